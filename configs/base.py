@@ -1,0 +1,137 @@
+"""Every default of a jaxfrontier run, documented once.
+
+Family files (`configs/llama3.py`, ...) start from `get_config()` here and set
+only what differs. Any field can be overridden on the command line:
+`--config.train.steps=200 --config.optim.lr=3e-4`. The returned config is
+locked, so a misspelt override key fails with the key named.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+
+  # ---------------------------------------------------------------- model
+  m = c.model = ml_collections.ConfigDict()
+  m.family = ""  # HF name-map key ("llama3", "qwen3", ...); informational.
+  m.vocab_size = 512  # rows of the embedding table (>= tokenizer vocab).
+  m.embed_dim = 256  # residual stream width d.
+  m.num_layers = 4
+  m.num_heads = 8  # query heads.
+  m.num_kv_heads = 8  # key/value heads: = num_heads MHA, 1 MQA, between GQA.
+  m.head_dim = 0  # 0 -> embed_dim // num_heads.
+  m.mlp_dim = 1024  # gated-MLP hidden width.
+  m.activation = "silu"  # silu (SwiGLU) | gelu_tanh (GeGLU).
+  m.mlp_bias = False
+  m.norm = "rms"  # rms: x/rms(x)*w | rms_one_plus: x/rms(x)*(1+w), weights
+  #   stored zero-centred (Gemma, Qwen3-Next).
+  m.norm_eps = 1e-6
+  m.norm_placement = "pre"  # pre (Llama) | post (OLMo 2: norm after each sublayer,
+  #   inside the residual) | sandwich (Gemma 3: both).
+  m.qk_norm = "none"  # none | head (RMSNorm over head_dim, Qwen3/Gemma 3)
+  #   | full (over all heads at once, OLMo 2).
+  m.qkv_bias = False  # bias on the q/k/v projections (Qwen2).
+  m.out_bias = False  # bias on the attention output projection.
+  m.attention_sinks = False  # learned per-head logit in the softmax denominator (gpt-oss).
+  m.attn_logit_softcap = 0.0  # >0: logits = cap*tanh(logits/cap) before masking (Gemma 2).
+  m.final_logit_softcap = 0.0  # >0: same on the output logits.
+  m.query_pre_attn_scalar = 0.0  # >0: attention scale = this**-0.5 instead of head_dim**-0.5.
+  m.embed_scale = False  # multiply embeddings by sqrt(embed_dim) (Gemma).
+  m.tie_embeddings = False  # output head reuses the embedding table.
+  m.init_std = 0.02  # normal init std of every matrix.
+  # Layer patterns: layer i uses pattern[i % len(pattern)]. The decoder scans
+  # over the least common period of all patterns.
+  m.attention_pattern = ("global",)  # entries: global | local (sliding window).
+  m.rope_pattern = ("rope",)  # entries: rope | nope (no positional encoding).
+  m.sliding_window = 0  # window of `local` layers: query i sees keys j with i-j < window.
+  m.rope_theta = 10_000.0
+  m.local_rope_theta = 0.0  # >0: `local` layers use this theta and no scaling (Gemma 3).
+  m.partial_rotary_factor = 1.0  # fraction of head_dim that is rotated.
+  m.rope_scaling = ml_collections.ConfigDict()
+  m.rope_scaling.type = "none"  # none | linear | llama3 | yarn.
+  m.rope_scaling.factor = 1.0  # context extension factor s.
+  m.rope_scaling.original_max_position = 8192  # pretraining context (llama3, yarn).
+  m.rope_scaling.low_freq_factor = 1.0  # llama3.
+  m.rope_scaling.high_freq_factor = 4.0  # llama3.
+  m.rope_scaling.beta_fast = 32.0  # yarn correction range.
+  m.rope_scaling.beta_slow = 1.0  # yarn.
+  m.rope_scaling.attention_factor = 0.0  # yarn: 0 -> 0.1*ln(s)+1.
+  m.z_loss = 0.0  # weight of log(Z)^2 in the loss (PaLM z-loss); 0 = off.
+  m.scan_layers = True  # run repeating layers under nnx.scan (compile time flat in depth).
+  m.remat = "none"  # none | full: recompute each layer in the backward pass.
+
+  # ----------------------------------------------------------------- mesh
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1  # pure data parallelism (params replicated).
+  c.mesh.fsdp = -1  # ZeRO-3 style: params and batch sharded. -1 fills the rest.
+  c.mesh.tensor = 1  # Megatron-style heads / mlp / vocab sharding.
+  c.mesh.expert = 1  # expert parallelism (MoE).
+
+  # ---------------------------------------------------------------- train
+  t = c.train = ml_collections.ConfigDict()
+  t.steps = 200
+  t.batch_size = 16  # global sequences per step.
+  t.seq_len = 256  # tokens per sequence.
+  t.seed = 0  # params init, data order.
+  t.log_every = 10  # steps between metrics records.
+  t.eval_every = 0  # steps between evals; 0 = only at the end.
+  t.eval_batches = 8  # held-out batches per eval.
+  t.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = from the device table
+  #   (trainer/metrics.py), which has a nominal CPU entry.
+
+  # ---------------------------------------------------------------- optim
+  o = c.optim = ml_collections.ConfigDict()
+  o.name = "adamw"
+  o.lr = 3e-3  # peak learning rate.
+  o.schedule = "cosine"  # cosine (warmup then cosine decay) | constant (after warmup).
+  o.warmup_steps = 20
+  o.min_lr_ratio = 0.1  # final lr = lr * min_lr_ratio.
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.eps = 1e-8
+  o.weight_decay = 0.1  # decoupled; matrices only (not norms, biases, sinks).
+  o.grad_clip = 1.0  # global-norm clip; 0 = off.
+
+  # ----------------------------------------------------------------- data
+  d = c.data = ml_collections.ConfigDict()
+  d.path = ""  # glob of text files; "" = the default corpus (Python stdlib sources).
+  d.tokenizer = "byte"  # byte: UTF-8 bytes 0..255 plus EOS 256.
+  d.eval_fraction = 0.02  # fraction of files held out for eval (by a hash of the path).
+
+  # ----------------------------------------------------------- checkpoint
+  k = c.checkpoint = ml_collections.ConfigDict()
+  k.every = 0  # steps between saves into <workdir>/checkpoints; 0 = only at the end.
+  k.keep = 3  # most recent checkpoints kept.
+
+  # ------------------------------------------------------------ precision
+  p = c.precision = ml_collections.ConfigDict()
+  p.param_dtype = "float32"  # master weights.
+  p.compute_dtype = "bfloat16"  # matmul inputs; norms, softmax and loss stay float32.
+
+  # -------------------------------------------------------------- logging
+  c.logging = ml_collections.ConfigDict()
+  c.logging.progress_bar = True  # tqdm bar on the terminal; metrics.jsonl is always written.
+  return c
+
+
+# Tiny presets are for CPUs, where XLA's float32 matmuls beat bfloat16 ones.
+CPU_PRECISION = dict(compute_dtype="float32")
+
+
+def from_presets(family: str, presets: dict, name: str) -> ml_collections.ConfigDict:
+  """Base config with `presets[name]` applied: {"model": {...}, "train": {...}}."""
+  if name not in presets:
+    raise ValueError(f"unknown preset {name!r} for {family}; valid presets: {', '.join(presets)}")
+  config = get_config()
+  config.model.family = family
+  for section, fields in presets[name].items():
+    for key, value in fields.items():
+      if key not in config[section]:
+        raise ValueError(f"preset {family}:{name} sets unknown field {section}.{key}")
+      if isinstance(value, dict):
+        config[section][key].update(value)
+      else:
+        config[section][key] = value
+  config.lock()
+  return config

@@ -1,0 +1,114 @@
+"""Softmax attention: MHA/GQA/MQA with causal, sliding-window and segment
+masks, QK-norm, biases, attention sinks and logit soft-capping.
+
+`dot_product_attention` is the one attention entry point; `Attention` is the
+projection module around it. Letters: b batch, q/t query/key positions,
+h heads, k kv heads, g query heads per kv head, d head_dim, e embed.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from modeling.config import AttentionConfig
+from modeling.layers import params, rope
+from modeling.layers.norms import RMSNorm
+
+
+def attention_mask(segment_ids, window: int):
+  """[b, 1, 1, q, t] bool: causal, same document, and within `window` if > 0."""
+  seq = segment_ids.shape[1]
+  idx = jnp.arange(seq)
+  mask = idx[None, :] <= idx[:, None]  # key t <= query q
+  if window > 0:
+    mask &= idx[:, None] - idx[None, :] < window
+  same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
+  return (mask[None] & same_doc)[:, None, None]
+
+
+def dot_product_attention(
+  q, k, v, *, segment_ids, scale: float, window: int = 0, softcap: float = 0.0, sinks=None
+):
+  """q: [b, q, h, d]; k, v: [b, t, k, d]; segment_ids: [b, s]; sinks: [h] or None.
+
+  Returns [b, q, h, d]. K/V heads are shared by groups of h/k query heads
+  without being repeated in memory.
+  """
+  b, s, h, d = q.shape
+  kv_heads = k.shape[2]
+  q = q.reshape(b, s, kv_heads, h // kv_heads, d)
+  logits = jnp.einsum("bqkgd,btkd->bkgqt", q, k, preferred_element_type=jnp.float32) * scale
+  if softcap > 0:
+    logits = softcap * jnp.tanh(logits / softcap)
+  logits = jnp.where(attention_mask(segment_ids, window), logits, jnp.finfo(jnp.float32).min)
+  if sinks is None:
+    probs = jax.nn.softmax(logits, axis=-1)
+  else:
+    # The sink is an extra logit per head that takes probability mass but has no value.
+    sink = jnp.broadcast_to(
+      sinks.astype(jnp.float32).reshape(1, kv_heads, h // kv_heads, 1, 1), logits.shape[:-1] + (1,)
+    )
+    probs = jax.nn.softmax(jnp.concatenate([logits, sink], axis=-1), axis=-1)[..., :-1]
+  out = jnp.einsum("bkgqt,btkd->bqkgd", probs.astype(v.dtype), v)
+  return out.reshape(b, s, h, d)
+
+
+class Attention(nnx.Module):
+  def __init__(self, cfg: AttentionConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    self.cfg = cfg
+    e, h, k, d, std = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.init_std
+    self.q_proj = params.normal(rngs, (e, h, d), ("embed", "heads", "head_dim"), std, param_dtype)
+    self.k_proj = params.normal(
+      rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), std, param_dtype
+    )
+    self.v_proj = params.normal(
+      rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), std, param_dtype
+    )
+    self.o_proj = params.normal(rngs, (h, d, e), ("heads", "head_dim", "embed"), std, param_dtype)
+    if cfg.qkv_bias:
+      self.q_bias = params.constant(0.0, (h, d), ("heads", "head_dim"), param_dtype)
+      self.k_bias = params.constant(0.0, (k, d), ("kv_heads", "head_dim"), param_dtype)
+      self.v_bias = params.constant(0.0, (k, d), ("kv_heads", "head_dim"), param_dtype)
+    if cfg.out_bias:
+      self.o_bias = params.constant(0.0, (e,), ("embed",), param_dtype)
+    if cfg.qk_norm == "head":
+      self.q_norm = RMSNorm(d, cfg.norm, param_dtype=param_dtype, axis_name="head_dim")
+      self.k_norm = RMSNorm(d, cfg.norm, param_dtype=param_dtype, axis_name="head_dim")
+    elif cfg.qk_norm == "full":
+      self.q_norm = RMSNorm(h * d, cfg.norm, param_dtype=param_dtype, axis_name="heads")
+      self.k_norm = RMSNorm(k * d, cfg.norm, param_dtype=param_dtype, axis_name="kv_heads")
+    if cfg.sinks:
+      self.sinks = params.constant(0.0, (h,), ("heads",), param_dtype)
+
+  def _norm(self, norm, x):  # x: [b, s, heads, d]
+    if self.cfg.qk_norm == "full":
+      return norm(x.reshape(x.shape[:2] + (-1,))).reshape(x.shape)
+    return norm(x)
+
+  def __call__(self, x, *, positions, segment_ids):  # x: [b, s, e]
+    cfg, dt = self.cfg, x.dtype
+    q = jnp.einsum("bse,ehd->bshd", x, self.q_proj[...].astype(dt))
+    k = jnp.einsum("bse,ekd->bskd", x, self.k_proj[...].astype(dt))
+    v = jnp.einsum("bse,ekd->bskd", x, self.v_proj[...].astype(dt))
+    if cfg.qkv_bias:
+      q = q + self.q_bias[...].astype(dt)
+      k = k + self.k_bias[...].astype(dt)
+      v = v + self.v_bias[...].astype(dt)
+    if cfg.qk_norm != "none":
+      q, k = self._norm(self.q_norm, q), self._norm(self.k_norm, k)
+    if cfg.rope is not None:
+      q, k = rope.apply(q, positions, cfg.rope), rope.apply(k, positions, cfg.rope)
+    out = dot_product_attention(
+      q,
+      k,
+      v,
+      segment_ids=segment_ids,
+      scale=cfg.scale,
+      window=cfg.window,
+      softcap=cfg.softcap,
+      sinks=self.sinks[...] if cfg.sinks else None,
+    )
+    out = jnp.einsum("bshd,hde->bse", out, self.o_proj[...].astype(dt))
+    if cfg.out_bias:
+      out = out + self.o_bias[...].astype(dt)
+    return out

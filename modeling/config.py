@@ -1,0 +1,217 @@
+"""Frozen dataclass configs for the modules, validated once from `config.model`.
+
+Each module receives the small dataclass it needs, never the whole tree.
+`decoder_config(cfg.model, precision)` turns the ConfigDict into a
+`DecoderConfig` whose `blocks` hold one `BlockSpec` per layer.
+"""
+
+import dataclasses
+import math
+from typing import Any
+
+import jax.numpy as jnp
+
+NORMS = ("rms", "rms_one_plus")
+PLACEMENTS = ("pre", "post", "sandwich")
+QK_NORMS = ("none", "head", "full")
+ACTIVATIONS = ("silu", "gelu_tanh")
+ATTENTION_KINDS = ("global", "local")
+ROPE_KINDS = ("rope", "nope")
+ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclasses.dataclass(frozen=True)
+class NormConfig:
+  kind: str = "rms"
+  eps: float = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+  theta: float = 10_000.0
+  rotary_dim: int = 0  # leading dims of each head that rotate (partial rotary).
+  scaling: str = "none"
+  factor: float = 1.0
+  original_max_position: int = 8192
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+  attention_factor: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+  embed_dim: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  scale: float
+  window: int = 0  # 0 = global causal attention.
+  rope: RopeConfig | None = None  # None = NoPE.
+  qk_norm: str = "none"
+  norm: NormConfig = NormConfig()
+  qkv_bias: bool = False
+  out_bias: bool = False
+  sinks: bool = False
+  softcap: float = 0.0
+  init_std: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class MlpConfig:
+  embed_dim: int
+  mlp_dim: int
+  activation: str = "silu"
+  bias: bool = False
+  init_std: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSpec:
+  attention: AttentionConfig
+  mlp: MlpConfig
+  norm: NormConfig
+  placement: str = "pre"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecoderConfig:
+  vocab_size: int
+  embed_dim: int
+  blocks: tuple[BlockSpec, ...]
+  period: int  # blocks[i] == blocks[i % period].
+  norm: NormConfig
+  tie_embeddings: bool = False
+  embed_scale: bool = False
+  final_softcap: float = 0.0
+  init_std: float = 0.02
+  z_loss: float = 0.0
+  scan_layers: bool = True
+  remat: str = "none"
+  param_dtype: Any = jnp.float32
+  compute_dtype: Any = jnp.float32
+
+  @property
+  def num_layers(self) -> int:
+    return len(self.blocks)
+
+
+def _check(ok: bool, message: str):
+  if not ok:
+    raise ValueError(message)
+
+
+def _choice(name: str, value, valid):
+  _check(value in valid, f"model.{name}={value!r} is not valid; use one of {', '.join(valid)}")
+
+
+def decoder_config(
+  m, param_dtype: str = "float32", compute_dtype: str = "float32"
+) -> DecoderConfig:
+  """Validates `config.model` and expands it into per-layer block specs."""
+  for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "mlp_dim"):
+    _check(m[name] > 0, f"model.{name}={m[name]} must be positive")
+  _check(
+    m.num_heads % m.num_kv_heads == 0,
+    f"model.num_kv_heads={m.num_kv_heads} must divide model.num_heads={m.num_heads}; "
+    f"pick a divisor of {m.num_heads}",
+  )
+  head_dim = m.head_dim or m.embed_dim // m.num_heads
+  _check(
+    m.head_dim > 0 or m.embed_dim % m.num_heads == 0,
+    f"model.embed_dim={m.embed_dim} is not divisible by model.num_heads={m.num_heads}; "
+    "set model.head_dim explicitly",
+  )
+  _choice("norm", m.norm, NORMS)
+  _choice("norm_placement", m.norm_placement, PLACEMENTS)
+  _choice("qk_norm", m.qk_norm, QK_NORMS)
+  _choice("activation", m.activation, ACTIVATIONS)
+  _choice("rope_scaling.type", m.rope_scaling.type, ROPE_SCALINGS)
+  _choice("remat", m.remat, ("none", "full"))
+  _check(len(m.attention_pattern) > 0, "model.attention_pattern must not be empty")
+  _check(len(m.rope_pattern) > 0, "model.rope_pattern must not be empty")
+  for kind in m.attention_pattern:
+    _choice("attention_pattern entry", kind, ATTENTION_KINDS)
+  for kind in m.rope_pattern:
+    _choice("rope_pattern entry", kind, ROPE_KINDS)
+  _check(
+    "local" not in m.attention_pattern or m.sliding_window > 0,
+    "model.sliding_window must be > 0 when model.attention_pattern has 'local' layers",
+  )
+  _check(
+    0.0 < m.partial_rotary_factor <= 1.0,
+    f"model.partial_rotary_factor={m.partial_rotary_factor} must be in (0, 1]",
+  )
+  rotary_dim = int(head_dim * m.partial_rotary_factor)
+  _check(
+    rotary_dim % 2 == 0 and rotary_dim > 0,
+    f"model.partial_rotary_factor={m.partial_rotary_factor} gives an odd or empty "
+    f"rotary dim {rotary_dim} for head_dim {head_dim}",
+  )
+  _choice("precision.param_dtype", param_dtype, DTYPES)
+  _choice("precision.compute_dtype", compute_dtype, DTYPES)
+
+  norm = NormConfig(m.norm, m.norm_eps)
+  s = m.rope_scaling
+  global_rope = RopeConfig(
+    theta=m.rope_theta,
+    rotary_dim=rotary_dim,
+    scaling=s.type,
+    factor=s.factor,
+    original_max_position=s.original_max_position,
+    low_freq_factor=s.low_freq_factor,
+    high_freq_factor=s.high_freq_factor,
+    beta_fast=s.beta_fast,
+    beta_slow=s.beta_slow,
+    attention_factor=s.attention_factor,
+  )
+  local_rope = (
+    RopeConfig(theta=m.local_rope_theta, rotary_dim=rotary_dim)
+    if m.local_rope_theta > 0
+    else global_rope
+  )
+  scale = (m.query_pre_attn_scalar if m.query_pre_attn_scalar > 0 else head_dim) ** -0.5
+  mlp = MlpConfig(m.embed_dim, m.mlp_dim, m.activation, m.mlp_bias, m.init_std)
+
+  period = math.lcm(len(m.attention_pattern), len(m.rope_pattern))
+  blocks = []
+  for i in range(m.num_layers):
+    local = m.attention_pattern[i % len(m.attention_pattern)] == "local"
+    rope = None
+    if m.rope_pattern[i % len(m.rope_pattern)] == "rope":
+      rope = local_rope if local else global_rope
+    attention = AttentionConfig(
+      embed_dim=m.embed_dim,
+      num_heads=m.num_heads,
+      num_kv_heads=m.num_kv_heads,
+      head_dim=head_dim,
+      scale=scale,
+      window=m.sliding_window if local else 0,
+      rope=rope,
+      qk_norm=m.qk_norm,
+      norm=norm,
+      qkv_bias=m.qkv_bias,
+      out_bias=m.out_bias,
+      sinks=m.attention_sinks,
+      softcap=m.attn_logit_softcap,
+      init_std=m.init_std,
+    )
+    blocks.append(BlockSpec(attention, mlp, norm, m.norm_placement))
+  return DecoderConfig(
+    vocab_size=m.vocab_size,
+    embed_dim=m.embed_dim,
+    blocks=tuple(blocks),
+    period=min(period, m.num_layers),
+    norm=norm,
+    tie_embeddings=m.tie_embeddings,
+    embed_scale=m.embed_scale,
+    final_softcap=m.final_logit_softcap,
+    init_std=m.init_std,
+    z_loss=m.z_loss,
+    scan_layers=m.scan_layers,
+    remat=m.remat,
+    param_dtype=jnp.dtype(param_dtype),
+    compute_dtype=jnp.dtype(compute_dtype),
+  )

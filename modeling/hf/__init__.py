@@ -1,0 +1,5 @@
+"""Hugging Face checkpoint import: `load(directory) -> (config, model)`."""
+
+from modeling.hf.loader import load, load_params, model_config_from_hf
+
+__all__ = ["load", "load_params", "model_config_from_hf"]

@@ -1,0 +1,34 @@
+"""Gated MLP: down(act(x @ gate) * (x @ up)); SwiGLU (silu) or GeGLU (gelu_tanh)."""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from modeling.config import MlpConfig
+from modeling.layers import params
+
+ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
+
+
+class GatedMLP(nnx.Module):
+  def __init__(self, cfg: MlpConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    self.cfg = cfg
+    d, f, std = cfg.embed_dim, cfg.mlp_dim, cfg.init_std
+    self.gate_proj = params.normal(rngs, (d, f), ("embed", "mlp"), std, param_dtype)
+    self.up_proj = params.normal(rngs, (d, f), ("embed", "mlp"), std, param_dtype)
+    self.down_proj = params.normal(rngs, (f, d), ("mlp", "embed"), std, param_dtype)
+    if cfg.bias:
+      self.gate_bias = params.constant(0.0, (f,), ("mlp",), param_dtype)
+      self.up_bias = params.constant(0.0, (f,), ("mlp",), param_dtype)
+      self.down_bias = params.constant(0.0, (d,), ("embed",), param_dtype)
+
+  def __call__(self, x):  # x: [b, s, d]
+    dt = x.dtype
+    gate = x @ self.gate_proj[...].astype(dt)
+    up = x @ self.up_proj[...].astype(dt)
+    if self.cfg.bias:
+      gate, up = gate + self.gate_bias[...].astype(dt), up + self.up_bias[...].astype(dt)
+    out = (ACTIVATIONS[self.cfg.activation](gate) * up) @ self.down_proj[...].astype(dt)
+    if self.cfg.bias:
+      out = out + self.down_bias[...].astype(dt)
+    return out

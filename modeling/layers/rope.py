@@ -1,0 +1,74 @@
+"""Rotary position embeddings: default, linear, Llama-3 and YaRN frequency
+schedules, partial rotary (only the leading `rotary_dim` dims of a head turn).
+
+Layout is half-split (rotate_half): pairs are (i, i + rotary_dim/2), as in
+Hugging Face checkpoints.
+"""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+
+from modeling.config import RopeConfig
+
+
+def _llama3(inv_freq, c: RopeConfig):
+  wavelen = 2 * math.pi / inv_freq
+  low_wavelen = c.original_max_position / c.low_freq_factor
+  high_wavelen = c.original_max_position / c.high_freq_factor
+  scaled = np.where(wavelen > low_wavelen, inv_freq / c.factor, inv_freq)
+  smooth = (c.original_max_position / wavelen - c.low_freq_factor) / (
+    c.high_freq_factor - c.low_freq_factor
+  )
+  smoothed = (1 - smooth) * scaled / c.factor + smooth * scaled
+  medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+  return np.where(medium, smoothed, scaled)
+
+
+def _yarn(c: RopeConfig):
+  """YaRN: interpolate low frequencies by `factor`, keep high ones, ramp between."""
+  dim = c.rotary_dim
+  exponents = np.arange(0, dim, 2, dtype=np.float64) / dim
+  extrapolation = 1.0 / c.theta**exponents
+  interpolation = extrapolation / c.factor
+
+  def correction_dim(rotations):
+    return (
+      dim * math.log(c.original_max_position / (rotations * 2 * math.pi)) / (2 * math.log(c.theta))
+    )
+
+  low = max(math.floor(correction_dim(c.beta_fast)), 0)
+  high = min(math.ceil(correction_dim(c.beta_slow)), dim - 1)
+  if low == high:
+    high += 0.001
+  ramp = np.clip((np.arange(dim // 2) - low) / (high - low), 0, 1)
+  keep = 1 - ramp  # 1 -> extrapolate (high frequency), 0 -> interpolate.
+  inv_freq = interpolation * (1 - keep) + extrapolation * keep
+  attention_factor = c.attention_factor or (0.1 * math.log(c.factor) + 1.0 if c.factor > 1 else 1.0)
+  return inv_freq, attention_factor
+
+
+def frequencies(c: RopeConfig) -> tuple[np.ndarray, float]:
+  """(inv_freq [rotary_dim/2], attention_factor that multiplies cos and sin)."""
+  if c.scaling == "yarn":
+    return _yarn(c)
+  inv_freq = 1.0 / c.theta ** (np.arange(0, c.rotary_dim, 2, dtype=np.float64) / c.rotary_dim)
+  if c.scaling == "linear":
+    inv_freq = inv_freq / c.factor
+  elif c.scaling == "llama3":
+    inv_freq = _llama3(inv_freq, c)
+  return inv_freq, 1.0
+
+
+def apply(x, positions, c: RopeConfig):
+  """x: [batch, seq, heads, head_dim]; positions: [batch, seq] int."""
+  inv_freq, attention_factor = frequencies(c)
+  inv_freq = jnp.asarray(inv_freq, jnp.float32)
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, s, rotary_dim/2]
+  cos = (jnp.cos(angles) * attention_factor)[:, :, None, :]
+  sin = (jnp.sin(angles) * attention_factor)[:, :, None, :]
+  rot, rest = x[..., : c.rotary_dim], x[..., c.rotary_dim :]
+  x1, x2 = jnp.split(rot.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+  return jnp.concatenate([rotated, rest], axis=-1) if rest.shape[-1] else rotated

@@ -1,0 +1,60 @@
+"""The one table that maps logical axis names to mesh axes.
+
+Model code names logical axes only (`embed`, `heads`, `mlp`, ...); this table
+decides where they live on the mesh (`data`, `fsdp`, `tensor`, `expert`).
+A dimension that a mesh axis does not divide is left unsharded.
+"""
+
+import jax
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+MESH_AXES = ("data", "fsdp", "tensor", "expert")
+
+RULES: dict[str, tuple[str, ...]] = {
+  "batch": ("data", "fsdp", "expert"),
+  "vocab": ("tensor",),
+  "embed": ("fsdp",),
+  "heads": ("tensor",),
+  "kv_heads": ("tensor",),
+  "mlp": ("tensor",),
+  "head_dim": (),
+  "layers": (),  # scanned layers stay whole: each scan step reads one slice.
+  "norm": (),
+}
+
+
+def partition_spec(axes: tuple, shape: tuple, mesh: jax.sharding.Mesh, rules=RULES) -> P:
+  """PartitionSpec for an array with logical `axes`, skipping non-dividing or reused mesh axes."""
+  used, spec = set(), []
+  for name, size in zip(axes, shape):
+    mesh_axes = []
+    for axis in rules.get(name, ()):
+      n = mesh.shape[axis]
+      if n > 1 and axis not in used and size % (n * _product(mesh, mesh_axes)) == 0:
+        mesh_axes.append(axis)
+    used.update(mesh_axes)
+    spec.append(tuple(mesh_axes) if len(mesh_axes) > 1 else (mesh_axes[0] if mesh_axes else None))
+  return P(*spec)
+
+
+def _product(mesh, axes) -> int:
+  out = 1
+  for a in axes:
+    out *= mesh.shape[a]
+  return out
+
+
+def state_shardings(state: nnx.State, mesh) -> nnx.State:
+  """NamedShardings for every leaf of an (abstract) param state, from its `axes` metadata."""
+
+  def one(variable):
+    axes = tuple(variable.get_metadata().get("axes", (None,) * variable.ndim))
+    return variable.replace(NamedSharding(mesh, partition_spec(axes, variable.shape, mesh)))
+
+  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+
+
+def batch_sharding(mesh) -> NamedSharding:
+  """Sharding of [batch, seq] inputs: batch over every data-like axis that divides it."""
+  return NamedSharding(mesh, P(tuple(a for a in RULES["batch"] if mesh.shape[a] > 1) or None))

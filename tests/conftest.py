@@ -1,0 +1,40 @@
+"""Shared tiny configs and helpers for the test suite."""
+
+import importlib
+import pathlib
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+FAMILIES = ("llama3", "qwen3", "gemma3", "olmo2", "smollm3", "mistral")
+
+
+def family_config(family: str, preset: str = "tiny"):
+  """An unlocked copy of a family preset, for tests to shrink or modify."""
+  config = importlib.import_module(f"configs.{family}").get_config(preset)
+  config.unlock()
+  return config
+
+
+def small_train_config(family: str = "llama3", **train):
+  """A tiny preset cut down further so a few train steps take seconds on CPU."""
+  config = family_config(family)
+  config.model.embed_dim, config.model.mlp_dim = 64, 128
+  config.model.num_layers = 2 if family != "gemma3" else 6
+  if config.model.head_dim:
+    config.model.head_dim = 16
+  config.train.update(
+    dict(steps=30, batch_size=4, seq_len=64, log_every=10, eval_batches=2), **train
+  )
+  config.optim.warmup_steps = 5
+  config.precision.compute_dtype = "float32"
+  config.logging.progress_bar = False
+  return config
+
+
+@pytest.fixture
+def root():
+  return ROOT

@@ -1,0 +1,35 @@
+"""Bad input: one line on stderr naming the field, before any compile."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+CASES = [  # (extra args, text the one error line must contain)
+  (["--config", "configs/llama3.py:huge"], "valid presets: tiny, 1b, 8b, 70b"),
+  (["--config", "configs/llama3.py:tiny", "--config.train.stepz=3"], "train.stepz"),
+  (["--config", "configs/llama3.py:tiny", "--config.model.num_kv_heads=3"], "model.num_kv_heads"),
+  (["--config", "configs/llama3.py:tiny", "--config.data.path=/no/such/dir/*.txt"], "data.path"),
+  (
+    ["--config", "configs/qwen3.py:tiny", "--config.model.norm_placement=middle"],
+    "model.norm_placement",
+  ),
+]
+
+
+@pytest.mark.parametrize("args,needle", CASES, ids=["preset", "key", "kv_heads", "data", "choice"])
+def test_bad_input_fails_with_one_line_naming_the_field(args, needle, tmp_path):
+  result = subprocess.run(
+    [sys.executable, "scripts/train.py", *args, "--workdir", str(tmp_path / "run")],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  lines = result.stderr.strip().splitlines()
+  assert result.returncode != 0
+  assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+  assert needle in lines[0]
+  assert not (tmp_path / "run").exists()  # failed before creating anything

@@ -1,0 +1,316 @@
+"""Specs for modeling/hf: tiny random HF models load and match HF logits.
+
+Every case builds a tiny `transformers` model with ALL weights randomised
+(norm scales and biases too, so a wrong mapping cannot hide behind 1s and 0s),
+saves it, loads it through `modeling.hf.load` and compares float32 logits.
+"""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+from flax import nnx
+
+from modeling import hf
+
+TOL = 1e-4
+VOCAB, SEQ = 128, 32
+_TINY = dict(
+  vocab_size=VOCAB,
+  hidden_size=64,
+  intermediate_size=96,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  head_dim=16,
+  max_position_embeddings=256,
+  pad_token_id=0,
+  bos_token_id=1,
+  eos_token_id=2,
+)
+
+# name -> (HF model class, HF config class, config kwargs). Each case also
+# switches on the features its family is known for.
+CASES = {
+  # Llama 3 RoPE scaling (factor 8 over a 16-token pretraining context), biases,
+  # 3 scanned layers.
+  "llama": (
+    transformers.LlamaForCausalLM,
+    transformers.LlamaConfig,
+    dict(
+      num_hidden_layers=3,
+      attention_bias=True,
+      mlp_bias=True,
+      rope_parameters=dict(
+        rope_type="llama3",
+        rope_theta=500_000.0,
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=16,
+      ),
+    ),
+  ),
+  # YaRN (factor 4 over a 16-token context), per-head QK-norm, tied embeddings.
+  "qwen3": (
+    transformers.Qwen3ForCausalLM,
+    transformers.Qwen3Config,
+    dict(
+      num_hidden_layers=2,
+      tie_word_embeddings=True,
+      max_position_embeddings=64,
+      rope_parameters=dict(
+        rope_type="yarn", rope_theta=1_000_000.0, factor=4.0, original_max_position_embeddings=16
+      ),
+    ),
+  ),
+  # 2 local : 1 global over 5 layers (1 scanned period + 2 tail layers), window 8,
+  # linear scaling on global layers only, soft-capping, query_pre_attn_scalar != head_dim.
+  "gemma3": (
+    transformers.Gemma3ForCausalLM,
+    transformers.Gemma3TextConfig,
+    dict(
+      num_hidden_layers=5,
+      sliding_window=8,
+      query_pre_attn_scalar=24,
+      layer_types=[
+        "sliding_attention",
+        "sliding_attention",
+        "full_attention",
+        "sliding_attention",
+        "sliding_attention",
+      ],
+      final_logit_softcapping=2.0,
+      attn_logit_softcapping=5.0,
+      rope_parameters={
+        "full_attention": dict(rope_type="linear", factor=4.0, rope_theta=1_000_000.0),
+        "sliding_attention": dict(rope_type="default", rope_theta=10_000.0),
+      },
+    ),
+  ),
+  # Post-norm and QK-norm over all heads at once.
+  "olmo2": (
+    transformers.Olmo2ForCausalLM,
+    transformers.Olmo2Config,
+    dict(num_hidden_layers=2, rope_parameters=dict(rope_type="default", rope_theta=500_000.0)),
+  ),
+  # NoPE on every 2nd layer: pattern (rope, nope) scanned twice.
+  "smollm3": (
+    transformers.SmolLM3ForCausalLM,
+    transformers.SmolLM3Config,
+    dict(num_hidden_layers=4, no_rope_layer_interval=2),
+  ),
+  # Sliding window on every layer.
+  "mistral": (
+    transformers.MistralForCausalLM,
+    transformers.MistralConfig,
+    dict(num_hidden_layers=2, sliding_window=8),
+  ),
+}
+
+
+def _randomise(model: torch.nn.Module):
+  """Matrices ~ N(0, 1/fan_in); vectors (norm scales, biases) shifted by N(0, 0.2)."""
+  with torch.no_grad():
+    for p in model.parameters():
+      if p.ndim == 1:
+        p.add_(0.2 * torch.randn_like(p))
+      else:
+        p.normal_(0.0, p.shape[-1] ** -0.5)
+
+
+def _build(name, directory, **overrides):
+  model_cls, config_cls, kwargs = CASES[name]
+  torch.manual_seed(0)
+  config = config_cls(**{**_TINY, **kwargs, **overrides}, attn_implementation="eager")
+  model = model_cls(config).eval().float()
+  _randomise(model)
+  model.save_pretrained(directory)
+  return model
+
+
+def _build_config(name, **overrides) -> dict:
+  _, config_cls, kwargs = CASES[name]
+  return config_cls(**{**_TINY, **kwargs, **overrides}).to_dict()
+
+
+def _hf_logits(model, tokens) -> np.ndarray:
+  with torch.no_grad():
+    return model(input_ids=torch.as_tensor(tokens)).logits.numpy()
+
+
+@nnx.jit
+def _forward(model, tokens, positions, segment_ids):
+  return model(tokens, positions=positions, segment_ids=segment_ids)
+
+
+def _our_logits(model, tokens, positions=None, segment_ids=None) -> np.ndarray:
+  """Every test feeds [2, SEQ] with explicit positions, so each model compiles once."""
+  if positions is None:
+    positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+  if segment_ids is None:
+    segment_ids = np.ones(tokens.shape, np.int32)
+  return np.asarray(
+    _forward(
+      model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segment_ids, jnp.int32)
+    )
+  )
+
+
+def _tokens(batch, seq, seed=0):
+  return np.random.default_rng(seed).integers(0, VOCAB, (batch, seq))
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def pair(request, tmp_path_factory):
+  """(family name, HF model, our (config, model)) for one case."""
+  directory = tmp_path_factory.mktemp(request.param)
+  model = _build(request.param, directory)
+  return request.param, model, hf.load(directory)
+
+
+def test_logits_match_hf(pair):
+  name, hf_model, (_, model) = pair
+  tokens = _tokens(2, SEQ)
+  diff = np.abs(_our_logits(model, tokens) - _hf_logits(hf_model, tokens)).max()
+  print(f"{name}: max |logits diff| = {diff:.2e}")
+  assert diff <= TOL
+
+
+def test_packed_documents_match_hf_run_separately(pair):
+  """Row r holds two documents (segment ids 1 then 2, positions restarting at 0)."""
+  _, hf_model, (_, model) = pair
+  splits = [20, 9]
+  docs = [(_tokens(1, n, seed=r), _tokens(1, SEQ - n, seed=10 + r)) for r, n in enumerate(splits)]
+  packed = np.concatenate([np.concatenate(d, axis=1) for d in docs])
+  segment_ids = np.array([[1] * n + [2] * (SEQ - n) for n in splits])
+  positions = np.array([list(range(n)) + list(range(SEQ - n)) for n in splits])
+  ours = _our_logits(model, packed, positions, segment_ids)
+  theirs = np.concatenate(
+    [np.concatenate([_hf_logits(hf_model, a), _hf_logits(hf_model, b)], axis=1) for a, b in docs]
+  )
+  assert np.abs(ours - theirs).max() <= TOL
+
+
+@pytest.mark.parametrize("pair", ["gemma3", "mistral"], indirect=True)
+def test_sliding_window_matches_hf_past_the_window(pair):
+  _, hf_model, (config, model) = pair
+  assert config.model.sliding_window == 8  # SEQ = 32 tokens span four windows.
+  tokens = _tokens(2, SEQ, seed=3)
+  assert np.abs(_our_logits(model, tokens) - _hf_logits(hf_model, tokens)).max() <= TOL
+
+
+def test_config_captures_family_features(pair):
+  name, _, (config, _) = pair
+  m = config.model
+  expected = {
+    "llama": dict(
+      family="llama3", qkv_bias=True, out_bias=True, mlp_bias=True, num_kv_heads=2, head_dim=16
+    ),
+    "qwen3": dict(family="qwen3", qk_norm="head", tie_embeddings=True),
+    "gemma3": dict(
+      family="gemma3",
+      norm="rms_one_plus",
+      norm_placement="sandwich",
+      activation="gelu_tanh",
+      embed_scale=True,
+      query_pre_attn_scalar=24.0,
+      attention_pattern=("local", "local", "global"),
+      sliding_window=8,
+      local_rope_theta=10_000.0,
+      rope_theta=1_000_000.0,
+      final_logit_softcap=2.0,
+      attn_logit_softcap=0.0,
+    ),
+    "olmo2": dict(family="olmo2", norm_placement="post", qk_norm="full", rope_theta=500_000.0),
+    "smollm3": dict(family="smollm3", rope_pattern=("rope", "nope"), tie_embeddings=True),
+    "mistral": dict(family="mistral", attention_pattern=("local",), sliding_window=8),
+  }[name]
+  assert {k: m[k] for k in expected} == expected
+
+
+def test_rope_scaling_fields_are_read():
+  llama = hf.model_config_from_hf(_build_config("llama")).model.rope_scaling
+  assert (llama.type, llama.factor, llama.original_max_position) == ("llama3", 8.0, 16)
+  qwen = hf.model_config_from_hf(_build_config("qwen3")).model.rope_scaling
+  assert (qwen.type, qwen.factor, qwen.original_max_position) == ("yarn", 4.0, 16)
+  assert qwen.attention_factor == pytest.approx(0.1 * np.log(4.0) + 1)
+  gemma = hf.model_config_from_hf(_build_config("gemma3")).model.rope_scaling
+  assert (gemma.type, gemma.factor) == ("linear", 4.0)
+
+
+def test_legacy_rope_keys_give_the_same_config():
+  """Pre-`rope_parameters` config.json files (most Hub checkpoints) read the same."""
+  gemma = _build_config("gemma3")
+  legacy = {k: v for k, v in gemma.items() if k not in ("rope_parameters", "layer_types")}
+  legacy.update(
+    rope_theta=1_000_000.0,
+    rope_local_base_freq=10_000.0,
+    sliding_window_pattern=3,
+    rope_scaling=dict(rope_type="linear", factor=4.0),
+  )
+  assert hf.model_config_from_hf(legacy) == hf.model_config_from_hf(gemma)
+  llama = _build_config("llama")
+  legacy = {k: v for k, v in llama.items() if k != "rope_parameters"}
+  rope = dict(llama["rope_parameters"])
+  legacy.update(
+    rope_theta=rope.pop("rope_theta"), rope_scaling=dict(rope, type=rope.pop("rope_type"))
+  )
+  assert hf.model_config_from_hf(legacy) == hf.model_config_from_hf(llama)
+
+
+def test_hf_gemma3_ignores_attn_logit_softcapping(tmp_path):
+  """Why the loader leaves attn_logit_softcap off: HF's Gemma3 never applies it."""
+  tokens = _tokens(1, 16)
+  with_cap = _hf_logits(_build("gemma3", tmp_path / "a", attn_logit_softcapping=0.5), tokens)
+  without = _hf_logits(_build("gemma3", tmp_path / "b", attn_logit_softcapping=None), tokens)
+  np.testing.assert_array_equal(with_cap, without)
+
+
+def test_sharded_checkpoint_loads(tmp_path):
+  hf_model = _build("mistral", tmp_path, num_hidden_layers=1)
+  hf_model.save_pretrained(tmp_path, max_shard_size="20KB")
+  assert (tmp_path / "model.safetensors.index.json").exists()
+  _, model = hf.load(tmp_path)
+  tokens = _tokens(2, SEQ)
+  assert np.abs(_our_logits(model, tokens) - _hf_logits(hf_model, tokens)).max() <= TOL
+
+
+def test_bfloat16_checkpoint_loads(tmp_path):
+  hf_model = _build("llama", tmp_path, num_hidden_layers=1)
+  hf_model.to(torch.bfloat16).save_pretrained(tmp_path)
+  _, model = hf.load(tmp_path)
+  ours = np.asarray(model.embed[...])
+  theirs = hf_model.model.embed_tokens.weight.float().detach().numpy()
+  np.testing.assert_array_equal(ours, theirs)
+
+
+def test_unknown_model_type_lists_supported():
+  with pytest.raises(ValueError, match="model_type='gpt2' is not supported; supported: llama"):
+    hf.model_config_from_hf({"model_type": "gpt2"})
+
+
+def test_unsupported_rope_type_is_named():
+  config = _build_config("llama", rope_parameters=dict(rope_type="dynamic", factor=2.0))
+  with pytest.raises(ValueError, match="rope_type='dynamic'"):
+    hf.model_config_from_hf(config)
+
+
+def test_missing_tensors_are_listed(tmp_path):
+  _build("mistral", tmp_path, num_hidden_layers=1)
+  config = json.loads((tmp_path / "config.json").read_text())
+  (tmp_path / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2}))
+  with pytest.raises(ValueError, match=r"missing \['model.layers.1.input_layernorm.weight'"):
+    hf.load(tmp_path)
+
+
+def test_unexpected_tensors_are_listed(tmp_path):
+  _build("mistral", tmp_path, num_hidden_layers=1)
+  safetensors.numpy.save_file(
+    {"model.extra.weight": np.ones(2, np.float32)}, tmp_path / "extra.safetensors"
+  )
+  with pytest.raises(ValueError, match=r"missing none; unexpected \['model.extra.weight'\]"):
+    hf.load(tmp_path)

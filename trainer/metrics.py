@@ -1,0 +1,72 @@
+"""FLOP counts for MFU, device peaks, and the metrics writer (JSONL + terminal)."""
+
+import json
+import pathlib
+
+import jax
+
+from modeling.config import DecoderConfig
+
+# Dense bf16 peak FLOP/s per device, from vendor spec sheets (no sparsity).
+PEAK_FLOPS = {
+  "h200": 989e12,
+  "h100": 989e12,
+  "a100": 312e12,
+  "b200": 2250e12,
+  "l4": 121e12,
+  "tpu v6": 918e12,
+  "tpu v5p": 459e12,
+  "tpu v5 lite": 197e12,
+  "tpu v5e": 197e12,
+  "tpu v4": 275e12,
+  # Nominal CPU figure so MFU stays defined on a laptop: 2 cores x 3 GHz x 32
+  # fp32 FLOP/cycle (AVX2 FMA). Override with train.peak_flops.
+  "cpu": 192e9,
+}
+
+
+def peak_flops(override: float = 0.0) -> float:
+  if override > 0:
+    return override
+  kind = jax.devices()[0].device_kind.lower()
+  for name, flops in PEAK_FLOPS.items():
+    if name in kind:
+      return flops
+  return PEAK_FLOPS["cpu"] if jax.devices()[0].platform == "cpu" else float("nan")
+
+
+def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
+  """6 x (matmul params) + attention scores/values, forward and backward.
+
+  Matmul params exclude the embedding lookup but include the output head.
+  Attention counts 12 * heads * head_dim * keys-seen per layer (PaLM appendix B;
+  keys-seen is seq_len, or the window for sliding-window layers).
+  """
+  flops = 6 * cfg.embed_dim * cfg.vocab_size
+  for block in cfg.blocks:
+    a, m = block.attention, block.mlp
+    attn_params = a.embed_dim * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
+    mlp_params = 3 * m.embed_dim * m.mlp_dim
+    keys = min(seq_len, a.window) if a.window else seq_len
+    flops += 6 * (attn_params + mlp_params) + 12 * a.num_heads * a.head_dim * keys
+  return float(flops)
+
+
+class Writer:
+  """Appends one JSON object per record to <workdir>/metrics.jsonl."""
+
+  def __init__(self, workdir: str):
+    self.path = pathlib.Path(workdir) / "metrics.jsonl"
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._file = self.path.open("a")
+
+  def write(self, record: dict):
+    self._file.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+    self._file.flush()
+
+  def close(self):
+    self._file.close()
+
+
+def _plain(v):
+  return v.item() if hasattr(v, "item") else v

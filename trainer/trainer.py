@@ -1,0 +1,178 @@
+"""The Trainer: validated config -> mesh, sharded init (or restore), jitted
+donated train step, eval, checkpoints, metrics.
+
+`train_step(state, batch) -> (state, metrics)` is pure; logging, eval and
+checkpoints live in the loop around it.
+"""
+
+import pathlib
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from flax import nnx
+
+from modeling.config import decoder_config
+from modeling.decoder import cross_entropy
+from parallelism import rules
+from parallelism.mesh import make_mesh, mesh_shape
+from trainer import data, metrics, optim
+from trainer import state as state_lib
+from trainer.checkpoint import Checkpointer
+
+
+def validate(config):
+  """Every check that needs no compile; raises one ValueError naming the field."""
+  model_cfg = decoder_config(
+    config.model, config.precision.param_dtype, config.precision.compute_dtype
+  )
+  t = config.train
+  for name in ("steps", "batch_size", "seq_len", "log_every", "eval_batches"):
+    if t[name] <= 0:
+      raise ValueError(f"train.{name}={t[name]} must be positive")
+  optim.validate(config.optim, t.steps)
+  data.resolve_files(config.data)
+  if config.data.tokenizer == "byte" and config.model.vocab_size < data.BYTE_VOCAB_SIZE:
+    raise ValueError(
+      f"model.vocab_size={config.model.vocab_size} is smaller than the byte "
+      f"tokenizer's {data.BYTE_VOCAB_SIZE} ids; raise it"
+    )
+  shape = dict(zip(rules.MESH_AXES, mesh_shape(config.mesh, jax.device_count())))
+  batch_ways = shape["data"] * shape["fsdp"] * shape["expert"]
+  if t.batch_size % batch_ways:
+    raise ValueError(
+      f"train.batch_size={t.batch_size} must be divisible by the mesh's "
+      f"data*fsdp*expert={batch_ways}"
+    )
+  return model_cfg
+
+
+def make_steps(graphdef, tx, lr, z_loss: float):
+  def loss_fn(params, batch):
+    model = nnx.merge(graphdef, params)
+    logits = model(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    return cross_entropy(logits, batch["targets"], batch["weights"], z_loss)
+
+  def train_step(state, batch):
+    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+    updates, opt = tx.update(grads, state["opt"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {"loss": aux["ce"], "grad_norm": optax.tree.norm(grads), "lr": lr(state["step"])}
+    return {"step": state["step"] + 1, "params": params, "opt": opt}, metrics
+
+  def eval_step(params, batch):
+    _, aux = loss_fn(params, batch)
+    weight = batch["weights"].sum()
+    return aux["ce"] * weight, weight
+
+  return train_step, eval_step
+
+
+class Trainer:
+  def __init__(self, config, workdir: str):
+    self.config, self.workdir = config, pathlib.Path(workdir)
+    self.model_cfg = validate(config)
+    t = config.train
+    self.mesh = make_mesh(config.mesh)
+    graphdef, params = state_lib.init(self.model_cfg, self.mesh, t.seed)
+    tx, self.lr = optim.make(config.optim, t.steps, state_lib.logical_axes(self.model_cfg))
+    self.state = {
+      "step": jnp.zeros((), jnp.int32),
+      "params": params,
+      "opt": jax.jit(tx.init)(params),
+    }
+    train_step, eval_step = make_steps(graphdef, tx, self.lr, config.model.z_loss)
+    self._train_step = jax.jit(train_step, donate_argnums=0)
+    self._eval_step = jax.jit(eval_step)
+    self.batch_sharding = rules.batch_sharding(self.mesh)
+    self.dataset = data.make_dataset(
+      config.data, split="train", batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed
+    )
+    self.data_iter = iter(self.dataset)
+    self.checkpointer = Checkpointer(
+      str(self.workdir), config.checkpoint.every, config.checkpoint.keep
+    )
+    self._restore_or_record_config()
+
+  def _restore_or_record_config(self):
+    config_path = self.workdir / "config.json"
+    if self.checkpointer.latest_step() is not None:
+      abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state
+      )
+      self.state, data_state = self.checkpointer.restore(abstract)
+      self.data_iter.set_state(data_state)
+    self.workdir.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(self.config.to_json_best_effort(indent=2))
+
+  def put(self, batch):
+    return jax.device_put({k: jnp.asarray(v) for k, v in batch.items()}, self.batch_sharding)
+
+  def evaluate(self, batches) -> float:
+    total, weight = 0.0, 0.0
+    for batch in batches:
+      loss_sum, w = self._eval_step(self.state["params"], self.put(batch))
+      total, weight = total + float(loss_sum), weight + float(w)
+    return total / max(weight, 1.0)
+
+  def run(self) -> dict:
+    """Trains to train.steps; returns the last train and eval records."""
+    cfg, t = self.config, self.config.train
+    writer = metrics.Writer(str(self.workdir))
+    eval_data = data.eval_batches(
+      cfg.data, batch_size=t.batch_size, seq_len=t.seq_len, max_batches=t.eval_batches
+    )
+    tokens_per_step = t.batch_size * t.seq_len
+    flops = metrics.train_flops_per_token(self.model_cfg, t.seq_len) * tokens_per_step
+    peak = metrics.peak_flops(t.peak_flops) * jax.device_count()
+    start = int(self.state["step"])
+    bar = tqdm.tqdm(
+      total=t.steps, initial=start, disable=not cfg.logging.progress_bar, dynamic_ncols=True
+    )
+    last_train, last_eval, pending = {}, {}, []
+    tic = time.perf_counter()
+    for step in range(start + 1, t.steps + 1):
+      self.state, step_metrics = self._train_step(self.state, self.put(next(self.data_iter)))
+      pending.append(step_metrics)
+      bar.update(1)
+      if step % t.log_every == 0 or step == t.steps:
+        fetched = jax.device_get(pending)
+        elapsed = time.perf_counter() - tic
+        last_train = {
+          "step": step,
+          "loss": float(np.mean([m["loss"] for m in fetched])),
+          "lr": float(fetched[-1]["lr"]),
+          "grad_norm": float(fetched[-1]["grad_norm"]),
+          "tokens_per_s": len(fetched) * tokens_per_step / elapsed,
+          "mfu": len(fetched) * flops / elapsed / peak,
+        }
+        self._check_finite(last_train)
+        writer.write(last_train)
+        bar.set_postfix(
+          loss=f"{last_train['loss']:.3f}",
+          tok_s=f"{last_train['tokens_per_s']:.0f}",
+          mfu=f"{last_train['mfu']:.1%}",
+        )
+        pending, tic = [], time.perf_counter()
+      if eval_data and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
+        last_eval = {"step": step, "eval_loss": self.evaluate(eval_data)}
+        writer.write(last_eval)
+        bar.write(f"step {step}: eval_loss {last_eval['eval_loss']:.4f}")
+        tic = time.perf_counter()
+      if self.checkpointer.due(step) or step == t.steps:
+        self.checkpointer.save(step, self.state, self.data_iter.get_state())
+    bar.close()
+    writer.close()
+    self.checkpointer.close()
+    return {"train": last_train, "eval": last_eval}
+
+  def _check_finite(self, record):
+    if not np.isfinite(record["loss"]):
+      last = self.checkpointer.latest_step()
+      raise FloatingPointError(
+        f"loss is {record['loss']} at step {record['step']}; last good "
+        f"checkpoint: {'none' if last is None else f'step {last}'}"
+      )
