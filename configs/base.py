@@ -115,6 +115,10 @@ def get_config() -> ml_collections.ConfigDict:
   return c
 
 
+# Shared dimensions of the tiny presets (a few M params; trains on a CPU in minutes).
+TINY_MODEL = dict(
+  vocab_size=384, embed_dim=256, num_layers=4, num_heads=8, num_kv_heads=2, mlp_dim=768
+)
 # Tiny presets are for CPUs, where XLA's float32 matmuls beat bfloat16 ones.
 CPU_PRECISION = dict(compute_dtype="float32")
 

@@ -13,12 +13,7 @@ PRESETS = {
   # Trains on the default corpus on a 2-core CPU in minutes (README run).
   "tiny": dict(
     model=dict(
-      vocab_size=384,
-      embed_dim=256,
-      num_layers=4,
-      num_heads=8,
-      num_kv_heads=2,
-      mlp_dim=768,
+      base.TINY_MODEL,
       rope_theta=500_000.0,
       rope_scaling=_LLAMA3_ROPE,
       norm_eps=1e-5,

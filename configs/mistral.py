@@ -8,12 +8,7 @@ from configs import base
 PRESETS = {
   "tiny": dict(
     model=dict(
-      vocab_size=384,
-      embed_dim=256,
-      num_layers=4,
-      num_heads=8,
-      num_kv_heads=2,
-      mlp_dim=768,
+      base.TINY_MODEL,
       rope_theta=100_000_000.0,
       norm_eps=1e-5,
     ),

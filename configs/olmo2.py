@@ -12,9 +12,7 @@ _OLMO2 = dict(
 
 PRESETS = {
   "tiny": dict(
-    model=dict(
-      _OLMO2, vocab_size=384, embed_dim=256, num_layers=4, num_heads=8, num_kv_heads=8, mlp_dim=768
-    ),
+    model=dict(_OLMO2, **dict(base.TINY_MODEL, num_kv_heads=8)),
     precision=base.CPU_PRECISION,
   ),
   # OLMo-2-1124-7B: 7.30B params.

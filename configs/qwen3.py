@@ -17,13 +17,8 @@ _QWEN3 = dict(
 PRESETS = {
   "tiny": dict(
     model=dict(
-      vocab_size=384,
-      embed_dim=256,
-      num_layers=4,
-      num_heads=8,
-      num_kv_heads=2,
+      base.TINY_MODEL,
       head_dim=32,
-      mlp_dim=768,
       qk_norm="head",
       rope_theta=1_000_000.0,
       tie_embeddings=True,

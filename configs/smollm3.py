@@ -11,12 +11,7 @@ _NOPE_EVERY_4TH = ("rope", "rope", "rope", "nope")
 PRESETS = {
   "tiny": dict(
     model=dict(
-      vocab_size=384,
-      embed_dim=256,
-      num_layers=4,
-      num_heads=8,
-      num_kv_heads=2,
-      mlp_dim=768,
+      base.TINY_MODEL,
       rope_pattern=_NOPE_EVERY_4TH,
       rope_theta=5_000_000.0,
       tie_embeddings=True,
