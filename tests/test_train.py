@@ -65,3 +65,13 @@ def test_compile_time_does_not_grow_with_depth():
   _compile_seconds(2)  # warm up tracing caches shared by both
   shallow, deep = _compile_seconds(2), _compile_seconds(32)
   assert deep < 2 * shallow, f"2 layers: {shallow:.2f}s, 32 layers: {deep:.2f}s"
+
+
+def test_bfloat16_compute_trains_close_to_float32(tmp_path):
+  losses = {}
+  for dtype in ("float32", "bfloat16"):
+    config = small_train_config("gemma3", steps=20)
+    config.precision.compute_dtype = dtype
+    losses[dtype] = Trainer(config, str(tmp_path / dtype)).run()["train"]["loss"]
+  assert np.isfinite(losses["bfloat16"])
+  np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.05)
