@@ -1,5 +1,5 @@
 """SmolLM3 (Hugging Face): Llama-style GQA with NoPE on every 4th layer, tied
-embeddings, RoPE theta 5e6.
+embeddings, RoPE theta 2e6 (HF SmolLM3Config default; shared reference §10).
 
 Usage: --config configs/smollm3.py:3b
 """
@@ -13,7 +13,7 @@ PRESETS = {
     model=dict(
       base.TINY_MODEL,
       rope_pattern=_NOPE_EVERY_4TH,
-      rope_theta=5_000_000.0,
+      rope_theta=2_000_000.0,
       tie_embeddings=True,
     ),
     precision=base.CPU_PRECISION,
@@ -28,7 +28,7 @@ PRESETS = {
       num_kv_heads=4,
       mlp_dim=11_008,
       rope_pattern=_NOPE_EVERY_4TH,
-      rope_theta=5_000_000.0,
+      rope_theta=2_000_000.0,
       tie_embeddings=True,
     )
   ),

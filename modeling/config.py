@@ -60,6 +60,51 @@ class AttentionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MlaConfig:
+  """Multi-head latent attention (low-rank q, jointly compressed kv, decoupled rope key)."""
+
+  embed_dim: int
+  num_heads: int
+  q_lora_rank: int  # 0 = plain query projection, no low-rank path.
+  kv_lora_rank: int
+  qk_nope_head_dim: int
+  qk_rope_head_dim: int
+  v_head_dim: int
+  scale: float  # softmax scale, (nope+rope)**-0.5 times YaRN's mscale**2 when on.
+  rope: RopeConfig  # rotary_dim = qk_rope_head_dim.
+  norm: NormConfig = NormConfig()
+  absorbed: bool = False  # latent-space (decode) form: W_UK folded into q, W_UV after.
+  window: int = 0
+  init_std: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeConfig:
+  """Routed experts (+ optional shared experts) replacing a dense MLP."""
+
+  embed_dim: int
+  num_experts: int
+  top_k: int
+  expert_mlp_dim: int
+  router: str = "softmax"  # softmax | sigmoid | softmax_topk (softmax over the top-k logits)
+  norm_topk: bool = True  # renormalise the selected weights to sum to 1.
+  n_group: int = 1  # group-limited routing: experts in n_group groups,
+  topk_group: int = 1  #   tokens only pick from the topk_group best groups.
+  routed_scaling: float = 1.0  # multiplies the routed weights.
+  router_bias: bool = False  # learned bias on the router logits.
+  aux_free_bias: bool = False  # DeepSeek-V3 selection-only bias (state, not a param).
+  num_shared_experts: int = 0
+  shared_mlp_dim: int = 0  # width of the (fused) shared expert MLP.
+  shared_gate: bool = False  # sigmoid gate on the shared expert output.
+  activation: str = "silu"  # silu | clamped_swiglu
+  swiglu_limit: float = 7.0  # clamped_swiglu's clamp.
+  expert_bias: bool = False  # biases on the expert projections.
+  dispatch: str = "dropless"  # dropless (sort + ragged_dot) | capacity (drop over capacity)
+  capacity_factor: float = 1.25
+  init_std: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
 class MlpConfig:
   embed_dim: int
   mlp_dim: int
