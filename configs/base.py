@@ -57,6 +57,45 @@ def get_config() -> ml_collections.ConfigDict:
   m.rope_scaling.beta_fast = 32.0  # yarn correction range.
   m.rope_scaling.beta_slow = 1.0  # yarn.
   m.rope_scaling.attention_factor = 0.0  # yarn: 0 -> 0.1*ln(s)+1.
+  # Attention kind: gqa (MHA/GQA/MQA by num_kv_heads) | mla (multi-head latent attention).
+  m.attention = "gqa"
+  m.mla = ml_collections.ConfigDict()
+  m.mla.q_lora_rank = 0  # 0 = plain query projection (DeepSeek-V2-Lite).
+  m.mla.kv_lora_rank = 512  # compressed KV latent width (cached at decode).
+  m.mla.qk_nope_head_dim = 128  # per-head query/key dims without RoPE.
+  m.mla.qk_rope_head_dim = 64  # per-head query dims with RoPE; one shared RoPE key.
+  m.mla.v_head_dim = 128
+  m.mla.rope_interleave = (
+    False  # rope pairs (2i, 2i+1) as in DeepSeek checkpoints; else half-split.
+  )
+  m.mla.absorbed = False  # latent-space (MQA) form: same weights, decode-time layout.
+  m.mla.mscale_all_dim = 0.0  # YaRN: softmax scale *= (0.1*mscale_all_dim*ln(s)+1)^2 if > 0.
+  # FFN kind per layer: layer i uses ffn_pattern[i % len] after the first
+  # `first_dense_layers` layers, which are always dense.
+  m.ffn_pattern = ("dense",)  # entries: dense | moe.
+  m.first_dense_layers = 0
+  m.moe = ml_collections.ConfigDict()
+  m.moe.num_experts = 0  # routed experts E.
+  m.moe.top_k = 2  # experts per token.
+  m.moe.expert_mlp_dim = 0  # each routed expert's gated-MLP width.
+  m.moe.router = "softmax"  # softmax | sigmoid | softmax_topk (softmax over the top-k logits).
+  m.moe.norm_topk = True  # renormalise the selected weights to sum to 1.
+  m.moe.n_group = 1  # group-limited routing: E experts in n_group groups ...
+  m.moe.topk_group = 1  # ... of which each token may use the best topk_group.
+  m.moe.routed_scaling = 1.0  # multiplies the routed weights (DeepSeek-V3: 2.5).
+  m.moe.router_bias = False  # learned bias on the router logits (gpt-oss).
+  m.moe.aux_free_bias = False  # selection-only bias, updated each step by the sign rule.
+  m.moe.bias_update_rate = 0.001  # gamma of the sign rule.
+  m.moe.num_shared_experts = 0  # always-on experts, fused into one MLP.
+  m.moe.shared_mlp_dim = 0  # width of that MLP; 0 = num_shared_experts * expert_mlp_dim.
+  m.moe.shared_gate = False  # sigmoid gate on the shared expert (Qwen2-MoE).
+  m.moe.activation = "silu"  # silu (SwiGLU) | clamped_swiglu (gpt-oss).
+  m.moe.expert_bias = False  # biases on the expert projections.
+  m.moe.dispatch = "dropless"  # dropless (sort + ragged_dot) | capacity (drops overflow).
+  m.moe.capacity_factor = 1.25  # capacity = factor * tokens * top_k / E.
+  m.moe.seq_aux_weight = 0.0  # DeepSeek-V3 sequence-wise balance loss (alpha).
+  m.moe.switch_aux_weight = 0.0  # Switch/GShard load-balance loss.
+  m.moe.router_z_weight = 0.0  # router z-loss.
   m.z_loss = 0.0  # weight of log(Z)^2 in the loss (PaLM z-loss); 0 = off.
   m.scan_layers = True  # run repeating layers under nnx.scan (compile time flat in depth).
   m.remat = "none"  # none | full: recompute each layer in the backward pass.

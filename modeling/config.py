@@ -76,6 +76,9 @@ class MlaConfig:
   absorbed: bool = False  # latent-space (decode) form: W_UK folded into q, W_UV after.
   window: int = 0
   init_std: float = 0.02
+  # True: the rope columns of q/k come in interleaved pairs (2i, 2i+1), as in DeepSeek
+  # checkpoints (HF `rope_interleave`); they are regrouped to half-split before rotating.
+  rope_interleave: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,8 +118,8 @@ class MlpConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
-  attention: AttentionConfig
-  mlp: MlpConfig
+  attention: AttentionConfig | MlaConfig
+  mlp: MlpConfig | MoeConfig
   norm: NormConfig
   placement: str = "pre"
 
@@ -126,8 +129,9 @@ class DecoderConfig:
   vocab_size: int
   embed_dim: int
   blocks: tuple[BlockSpec, ...]
-  period: int  # blocks[i] == blocks[i % period].
+  period: int  # blocks[i] == blocks[i + period] for i >= prefix.
   norm: NormConfig
+  prefix: int = 0  # leading layers that break the pattern (first dense layers), run unrolled.
   tie_embeddings: bool = False
   embed_scale: bool = False
   final_softcap: float = 0.0
@@ -137,6 +141,10 @@ class DecoderConfig:
   remat: str = "none"
   param_dtype: Any = jnp.float32
   compute_dtype: Any = jnp.float32
+  seq_aux_weight: float = 0.0  # MoE balance-loss weights, summed over MoE layers.
+  switch_aux_weight: float = 0.0
+  router_z_weight: float = 0.0
+  bias_update_rate: float = 0.0  # aux-loss-free bias step (0 = no update).
 
   @property
   def num_layers(self) -> int:
@@ -175,6 +183,9 @@ def decoder_config(
   _choice("activation", m.activation, ACTIVATIONS)
   _choice("rope_scaling.type", m.rope_scaling.type, ROPE_SCALINGS)
   _choice("remat", m.remat, ("none", "full"))
+  _choice("attention", m.attention, ("gqa", "mla"))
+  for kind in m.ffn_pattern:
+    _choice("ffn_pattern entry", kind, ("dense", "moe"))
   _check(len(m.attention_pattern) > 0, "model.attention_pattern must not be empty")
   _check(len(m.rope_pattern) > 0, "model.rope_pattern must not be empty")
   for kind in m.attention_pattern:
@@ -219,15 +230,17 @@ def decoder_config(
   )
   scale = (m.query_pre_attn_scalar if m.query_pre_attn_scalar > 0 else head_dim) ** -0.5
   mlp = MlpConfig(m.embed_dim, m.mlp_dim, m.activation, m.mlp_bias, m.init_std)
+  moe = _moe_config(m) if "moe" in m.ffn_pattern else None
+  mla = _mla_config(m, global_rope, norm) if m.attention == "mla" else None
 
-  period = math.lcm(len(m.attention_pattern), len(m.rope_pattern))
   blocks = []
   for i in range(m.num_layers):
     local = m.attention_pattern[i % len(m.attention_pattern)] == "local"
     rope = None
     if m.rope_pattern[i % len(m.rope_pattern)] == "rope":
       rope = local_rope if local else global_rope
-    attention = AttentionConfig(
+    attention = mla and dataclasses.replace(mla, window=m.sliding_window if local else 0)
+    attention = attention or AttentionConfig(
       embed_dim=m.embed_dim,
       num_heads=m.num_heads,
       num_kv_heads=m.num_kv_heads,
@@ -243,12 +256,16 @@ def decoder_config(
       softcap=m.attn_logit_softcap,
       init_std=m.init_std,
     )
-    blocks.append(BlockSpec(attention, mlp, norm, m.norm_placement))
+    is_moe = i >= m.first_dense_layers and m.ffn_pattern[i % len(m.ffn_pattern)] == "moe"
+    blocks.append(BlockSpec(attention, moe if is_moe else mlp, norm, m.norm_placement))
+  prefix = min(m.first_dense_layers, m.num_layers)
+  period = math.lcm(len(m.attention_pattern), len(m.rope_pattern), len(m.ffn_pattern))
   return DecoderConfig(
     vocab_size=m.vocab_size,
     embed_dim=m.embed_dim,
     blocks=tuple(blocks),
-    period=min(period, m.num_layers),
+    period=max(min(period, m.num_layers - prefix), 1),
+    prefix=prefix,
     norm=norm,
     tie_embeddings=m.tie_embeddings,
     embed_scale=m.embed_scale,
@@ -259,4 +276,67 @@ def decoder_config(
     remat=m.remat,
     param_dtype=jnp.dtype(param_dtype),
     compute_dtype=jnp.dtype(compute_dtype),
+    seq_aux_weight=m.moe.seq_aux_weight if moe else 0.0,
+    switch_aux_weight=m.moe.switch_aux_weight if moe else 0.0,
+    router_z_weight=m.moe.router_z_weight if moe else 0.0,
+    bias_update_rate=m.moe.bias_update_rate if moe and m.moe.aux_free_bias else 0.0,
+  )
+
+
+def _moe_config(m) -> MoeConfig:
+  e = m.moe
+  _check(e.num_experts > 0, "model.moe.num_experts must be > 0 when model.ffn_pattern has 'moe'")
+  _check(e.expert_mlp_dim > 0, "model.moe.expert_mlp_dim must be > 0 for MoE layers")
+  cfg = MoeConfig(
+    embed_dim=m.embed_dim,
+    num_experts=e.num_experts,
+    top_k=e.top_k,
+    expert_mlp_dim=e.expert_mlp_dim,
+    router=e.router,
+    norm_topk=e.norm_topk,
+    n_group=e.n_group,
+    topk_group=e.topk_group,
+    routed_scaling=e.routed_scaling,
+    router_bias=e.router_bias,
+    aux_free_bias=e.aux_free_bias,
+    num_shared_experts=e.num_shared_experts,
+    shared_mlp_dim=e.shared_mlp_dim or e.num_shared_experts * e.expert_mlp_dim,
+    shared_gate=e.shared_gate,
+    activation=e.activation,
+    expert_bias=e.expert_bias,
+    dispatch=e.dispatch,
+    capacity_factor=e.capacity_factor,
+    init_std=m.init_std,
+  )
+  from modeling.moe import router  # noqa: PLC0415 - router imports this module.
+
+  router.validate(cfg)
+  return cfg
+
+
+def _mla_config(m, rope: RopeConfig, norm: NormConfig) -> MlaConfig:
+  a = m.mla
+  for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
+    _check(a[name] > 0, f"model.mla.{name}={a[name]} must be positive when model.attention='mla'")
+  _check(
+    a.qk_rope_head_dim % 2 == 0, f"model.mla.qk_rope_head_dim={a.qk_rope_head_dim} must be even"
+  )
+  from modeling.attention.mla import mla_softmax_scale  # noqa: PLC0415 - mla imports this module.
+
+  factor = rope.factor if rope.scaling != "none" else 1.0
+  scale = mla_softmax_scale(a.qk_nope_head_dim + a.qk_rope_head_dim, factor, a.mscale_all_dim)
+  return MlaConfig(
+    embed_dim=m.embed_dim,
+    num_heads=m.num_heads,
+    q_lora_rank=a.q_lora_rank,
+    kv_lora_rank=a.kv_lora_rank,
+    qk_nope_head_dim=a.qk_nope_head_dim,
+    qk_rope_head_dim=a.qk_rope_head_dim,
+    v_head_dim=a.v_head_dim,
+    scale=scale,
+    rope=dataclasses.replace(rope, rotary_dim=a.qk_rope_head_dim),
+    norm=NormConfig(norm.kind, 1e-6),  # the latent norms' eps is fixed in the reference models
+    absorbed=a.absorbed,
+    rope_interleave=a.rope_interleave,
+    init_std=m.init_std,
   )

@@ -1,9 +1,13 @@
 """One generic decoder, assembled from per-layer `BlockSpec`s.
 
-Layers repeat with a period (Gemma 3: 5 local + 1 global = 6); the first
-`num_layers // period` periods are stacked along a leading `layers` axis and
-run under `nnx.scan`, so compile time does not grow with depth. The
-`num_layers % period` left-over layers run unrolled after them.
+Layers repeat with a period (Gemma 3: 5 local + 1 global = 6). After `prefix`
+leading layers that break the pattern (DeepSeek's first dense layers, run
+unrolled), whole periods are stacked along a leading `layers` axis and run
+under `nnx.scan`, so compile time does not grow with depth; the left-over
+layers run unrolled after them.
+
+Blocks return (x, stats); MoE blocks report expert load and balance losses,
+which the decoder gathers per layer into `aux`.
 """
 
 import jax
@@ -11,10 +15,23 @@ import jax.numpy as jnp
 from flax import nnx
 
 from modeling.attention.dot_product import Attention
-from modeling.config import BlockSpec, DecoderConfig
+from modeling.attention.mla import MLA
+from modeling.config import (
+  AttentionConfig,
+  BlockSpec,
+  DecoderConfig,
+  MlaConfig,
+  MlpConfig,
+  MoeConfig,
+)
 from modeling.layers import params
 from modeling.layers.mlp import GatedMLP
 from modeling.layers.norms import RMSNorm
+from modeling.moe.layer import MoE
+
+# Which module a block builds for each config type.
+ATTENTION = {AttentionConfig: Attention, MlaConfig: MLA}
+FFN = {MlpConfig: GatedMLP, MoeConfig: MoE}
 
 
 class Block(nnx.Module):
@@ -24,20 +41,23 @@ class Block(nnx.Module):
     self.placement = spec.placement
     d = spec.attention.embed_dim
     norm = lambda: RMSNorm(d, spec.norm, param_dtype=param_dtype, axis_name="embed")
-    self.attn = Attention(spec.attention, rngs=rngs, param_dtype=param_dtype)
-    self.mlp = GatedMLP(spec.mlp, rngs=rngs, param_dtype=param_dtype)
+    self.attn = ATTENTION[type(spec.attention)](spec.attention, rngs=rngs, param_dtype=param_dtype)
+    self.mlp = FFN[type(spec.mlp)](spec.mlp, rngs=rngs, param_dtype=param_dtype)
+    self.is_moe = isinstance(spec.mlp, MoeConfig)
     if spec.placement in ("pre", "sandwich"):
       self.attn_norm, self.mlp_norm = norm(), norm()
     if spec.placement in ("post", "sandwich"):
       self.attn_post_norm, self.mlp_post_norm = norm(), norm()
 
-  def __call__(self, x, *, positions, segment_ids):  # x: [b, s, e]
+  def __call__(self, x, *, positions, segment_ids):  # x: [b, s, e] -> (x, stats)
     pre = self.placement in ("pre", "sandwich")
     post = self.placement in ("post", "sandwich")
     h = self.attn(self.attn_norm(x) if pre else x, positions=positions, segment_ids=segment_ids)
     x = x + (self.attn_post_norm(h) if post else h)
-    h = self.mlp(self.mlp_norm(x) if pre else x)
-    return x + (self.mlp_post_norm(h) if post else h)
+    h, stats = self.mlp(self.mlp_norm(x) if pre else x), {}
+    if self.is_moe:
+      h, stats = h
+    return x + (self.mlp_post_norm(h) if post else h), stats
 
 
 class Period(nnx.Module):
@@ -47,14 +67,16 @@ class Period(nnx.Module):
     self.blocks = nnx.List([Block(s, rngs=rngs, param_dtype=param_dtype) for s in specs])
 
   def __call__(self, x, positions, segment_ids):
+    stats = []
     for block in self.blocks:
-      x = block(x, positions=positions, segment_ids=segment_ids)
-    return x
+      x, block_stats = block(x, positions=positions, segment_ids=segment_ids)
+      stats.append(block_stats)
+    return x, stats
 
 
 def _add_layers_axis(module: nnx.Module):
   for _, variable in nnx.iter_graph(module):
-    if isinstance(variable, nnx.Param):
+    if isinstance(variable, nnx.Variable):
       variable.set_metadata("axes", ("layers",) + params.logical_axes(variable))
 
 
@@ -63,8 +85,10 @@ class Decoder(nnx.Module):
     self.cfg = cfg
     dt, std, v, e = cfg.param_dtype, cfg.init_std, cfg.vocab_size, cfg.embed_dim
     self.embed = params.normal(rngs, (v, e), ("vocab", "embed"), std, dt)
-    period_specs = cfg.blocks[: cfg.period]
-    self.num_periods = cfg.num_layers // cfg.period if cfg.scan_layers else 0
+    self.prefix = nnx.List([Block(s, rngs=rngs, param_dtype=dt) for s in cfg.blocks[: cfg.prefix]])
+    period_specs = cfg.blocks[cfg.prefix : cfg.prefix + cfg.period]
+    repeating = cfg.num_layers - cfg.prefix
+    self.num_periods = repeating // cfg.period if cfg.scan_layers else 0
     if self.num_periods:
 
       @nnx.split_rngs(splits=self.num_periods)
@@ -74,14 +98,19 @@ class Decoder(nnx.Module):
 
       self.stack = make_stack(rngs)
       _add_layers_axis(self.stack)
-    tail = cfg.blocks[self.num_periods * cfg.period :]
+    tail = cfg.blocks[cfg.prefix + self.num_periods * cfg.period :]
     self.tail = nnx.List([Block(s, rngs=rngs, param_dtype=dt) for s in tail])
     self.final_norm = RMSNorm(e, cfg.norm, param_dtype=dt, axis_name="embed")
     if not cfg.tie_embeddings:
       self.lm_head = params.normal(rngs, (e, v), ("embed", "vocab"), std, dt)
 
   def __call__(self, tokens, *, positions=None, segment_ids=None):
-    """tokens: [b, s] int -> logits [b, s, vocab] float32."""
+    """tokens: [b, s] int -> (logits [b, s, vocab] float32, aux).
+
+    aux: `aux_loss` (weighted MoE balance losses, summed over layers) and, with
+    MoE layers, `expert_load` [moe_layers, experts] token counts and
+    `dropped_frac` (mean over MoE layers).
+    """
     cfg = self.cfg
     b, s = tokens.shape
     if positions is None:
@@ -91,10 +120,18 @@ class Decoder(nnx.Module):
     x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype)
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.embed_dim**0.5, cfg.compute_dtype)
+    stats = []  # per MoE layer, in layer order
+    for block in self.prefix:
+      x, block_stats = block(x, positions=positions, segment_ids=segment_ids)
+      stats.append(block_stats)
     if self.num_periods:
-      x = self._scan(x, positions, segment_ids)
+      x, stacked = self._scan(x, positions, segment_ids)
+      # stacked[j][key]: [num_periods, ...] for block j of the period -> layer p * period + j.
+      for p in range(self.num_periods):
+        stats.extend(jax.tree.map(lambda a: a[p], stacked))
     for block in self.tail:
-      x = block(x, positions=positions, segment_ids=segment_ids)
+      x, block_stats = block(x, positions=positions, segment_ids=segment_ids)
+      stats.append(block_stats)
     x = self.final_norm(x)
     head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
     logits = jnp.einsum(
@@ -102,7 +139,24 @@ class Decoder(nnx.Module):
     )
     if cfg.final_softcap > 0:
       logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
-    return logits
+    return logits, self._aux([st for st in stats if st])
+
+  def _aux(self, stats: list[dict]) -> dict:
+    cfg = self.cfg
+    if not stats:
+      return {"aux_loss": jnp.zeros((), jnp.float32)}
+    total = lambda key: sum(st[key] for st in stats)
+    aux_loss = (
+      cfg.seq_aux_weight * total("seq_aux")
+      + cfg.switch_aux_weight * total("switch_aux")
+      + cfg.router_z_weight * total("router_z")
+    )
+    return {
+      "aux_loss": aux_loss,
+      "expert_load": jnp.stack([st["load"] for st in stats]),
+      "dropped_frac": total("dropped_frac") / len(stats),
+      "router_z": total("router_z") / len(stats),
+    }
 
   def _scan(self, x, positions, segment_ids):
     def body(period, x):
@@ -111,7 +165,7 @@ class Decoder(nnx.Module):
     if self.cfg.remat == "full":
       body = nnx.remat(body)
 
-    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=nnx.Carry)
+    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0))
     def run(period, x):
       return body(period, x)
 

@@ -19,6 +19,10 @@ RULES: dict[str, tuple[str, ...]] = {
   "kv_heads": ("tensor",),
   "mlp": ("tensor",),
   "head_dim": (),
+  "q_lora": (),  # MLA latents are small (<= 1536): replicated.
+  "kv_lora": (),
+  "experts": ("expert",),
+  "expert_mlp": ("tensor",),
   "layers": (),  # scanned layers stay whole: each scan step reads one slice.
   "norm": (),
 }

@@ -144,7 +144,7 @@ def _hf_logits(model, tokens) -> np.ndarray:
 
 @nnx.jit
 def _forward(model, tokens, positions, segment_ids):
-  return model(tokens, positions=positions, segment_ids=segment_ids)
+  return model(tokens, positions=positions, segment_ids=segment_ids)[0]
 
 
 def _our_logits(model, tokens, positions=None, segment_ids=None) -> np.ndarray:

@@ -48,10 +48,15 @@ def _compile_seconds(num_layers: int) -> float:
   mesh = jax.sharding.Mesh(
     np.asarray(jax.devices()[:1]).reshape(1, 1, 1, 1), ("data", "fsdp", "tensor", "expert")
   )
-  graphdef, params = state_lib.init(model_cfg, mesh, 0)
+  graphdef, params, model_state = state_lib.init(model_cfg, mesh, 0)
   tx, lr = optim.make(config.optim, 10, state_lib.logical_axes(model_cfg))
-  train_step, _ = make_steps(graphdef, tx, lr, 0.0)
-  state = {"step": np.int32(0), "params": params, "opt": tx.init(params)}
+  train_step, _ = make_steps(graphdef, tx, lr, model_cfg)
+  state = {
+    "step": np.int32(0),
+    "params": params,
+    "model_state": model_state,
+    "opt": tx.init(params),
+  }
   batch = {
     k: np.zeros((4, 64), np.int32) for k in ("inputs", "targets", "segment_ids", "positions")
   }

@@ -5,7 +5,7 @@ import pathlib
 
 import jax
 
-from modeling.config import DecoderConfig
+from modeling.config import DecoderConfig, MlaConfig, MoeConfig
 
 # Dense bf16 peak FLOP/s per device, from vendor spec sheets (no sparsity).
 PEAK_FLOPS = {
@@ -36,20 +36,44 @@ def peak_flops(override: float = 0.0) -> float:
 
 
 def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
-  """6 x (matmul params) + attention scores/values, forward and backward.
+  """6 x (active matmul params) + attention scores/values, forward and backward.
 
-  Matmul params exclude the embedding lookup but include the output head.
-  Attention counts 12 * heads * head_dim * keys-seen per layer (PaLM appendix B;
-  keys-seen is seq_len, or the window for sliding-window layers).
+  Matmul params exclude the embedding lookup but include the output head; MoE
+  layers count the router, the top-k routed experts and the shared experts.
+  Attention counts 6 * heads * (qk_dim + v_dim) * keys-seen per layer (PaLM
+  appendix B's 12*h*d*T when qk_dim = v_dim; keys-seen is seq_len, or the
+  window for sliding-window layers).
   """
   flops = 6 * cfg.embed_dim * cfg.vocab_size
   for block in cfg.blocks:
-    a, m = block.attention, block.mlp
-    attn_params = a.embed_dim * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
-    mlp_params = 3 * m.embed_dim * m.mlp_dim
-    keys = min(seq_len, a.window) if a.window else seq_len
-    flops += 6 * (attn_params + mlp_params) + 12 * a.num_heads * a.head_dim * keys
+    attn_params, head_dims, heads = _attention_shape(block.attention)
+    window = block.attention.window
+    keys = min(seq_len, window) if window else seq_len
+    flops += 6 * (attn_params + _ffn_params(block.mlp)) + 6 * heads * head_dims * keys
   return float(flops)
+
+
+def _attention_shape(a) -> tuple[int, int, int]:
+  """(matmul params, qk_dim + v_dim per head, heads)."""
+  if isinstance(a, MlaConfig):
+    qk = a.qk_nope_head_dim + a.qk_rope_head_dim
+    if a.q_lora_rank:
+      q = a.embed_dim * a.q_lora_rank + a.q_lora_rank * a.num_heads * qk
+    else:
+      q = a.embed_dim * a.num_heads * qk
+    kv = a.embed_dim * (a.kv_lora_rank + a.qk_rope_head_dim)
+    kv += a.kv_lora_rank * a.num_heads * (a.qk_nope_head_dim + a.v_head_dim)
+    out = a.num_heads * a.v_head_dim * a.embed_dim
+    return q + kv + out, qk + a.v_head_dim, a.num_heads
+  params = a.embed_dim * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
+  return params, 2 * a.head_dim, a.num_heads
+
+
+def _ffn_params(m) -> int:
+  if isinstance(m, MoeConfig):
+    routed = 3 * m.embed_dim * m.expert_mlp_dim * m.top_k
+    return m.embed_dim * m.num_experts + routed + 3 * m.embed_dim * m.shared_mlp_dim
+  return 3 * m.embed_dim * m.mlp_dim
 
 
 class Writer:
@@ -69,4 +93,6 @@ class Writer:
 
 
 def _plain(v):
-  return v.item() if hasattr(v, "item") else v
+  if hasattr(v, "tolist"):  # numpy scalars and arrays (per-layer MoE stats)
+    return v.tolist()
+  return v

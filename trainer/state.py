@@ -8,7 +8,7 @@ jit with those out_shardings, so the full model never sits on one device.
 import jax
 from flax import nnx, traverse_util
 
-from modeling.config import DecoderConfig
+from modeling.config import DecoderConfig, MoeConfig
 from modeling.decoder import Decoder
 from parallelism import rules
 
@@ -18,38 +18,57 @@ def _nested(flat_state, fn) -> dict:
 
 
 def abstract(cfg: DecoderConfig):
-  """(graphdef, flat abstract state) without allocating anything."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0))))
-  return graphdef, nnx.to_flat_state(state)
+  """(graphdef, flat abstract params, flat abstract non-param state) without allocating.
+
+  Non-param state is model variables the optimizer never sees (MoE router
+  selection biases and the expert loads each forward pass records).
+  """
+  model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  return graphdef, nnx.to_flat_state(params), nnx.to_flat_state(rest)
+
+
+def _axes(variable) -> tuple:
+  return tuple(variable.get_metadata().get("axes", ()))
 
 
 def logical_axes(cfg: DecoderConfig) -> dict:
   """Nested dict of each param's logical axis names."""
-  _, flat = abstract(cfg)
-  return _nested(flat, lambda v: tuple(v.get_metadata().get("axes", ())))
+  _, params, _ = abstract(cfg)
+  return _nested(params, _axes)
 
 
-def shardings(cfg: DecoderConfig, mesh) -> dict:
-  _, flat = abstract(cfg)
-  return _nested(
-    flat,
-    lambda v: jax.sharding.NamedSharding(
-      mesh, rules.partition_spec(v.get_metadata().get("axes", ()), v.shape, mesh)
-    ),
-  )
+def shardings(cfg: DecoderConfig, mesh) -> tuple[dict, dict]:
+  """NamedShardings of (params, non-param state) from the logical axes."""
+  _, params, rest = abstract(cfg)
+  one = lambda v: jax.sharding.NamedSharding(mesh, rules.partition_spec(_axes(v), v.shape, mesh))
+  return _nested(params, one), _nested(rest, one)
 
 
 def param_count(cfg: DecoderConfig) -> int:
-  _, flat = abstract(cfg)
-  return sum(v.size for _, v in flat)
+  _, params, _ = abstract(cfg)
+  return sum(v.size for _, v in params)
+
+
+def active_param_count(cfg: DecoderConfig) -> int:
+  """Params one token uses: all but the (1 - top_k/E) unselected share of routed experts."""
+  inactive = 0
+  for block in cfg.blocks:
+    m = block.mlp
+    if isinstance(m, MoeConfig):
+      per_expert = 3 * m.embed_dim * m.expert_mlp_dim
+      per_expert += (2 * m.expert_mlp_dim + m.embed_dim) if m.expert_bias else 0
+      inactive += per_expert * (m.num_experts - m.top_k)
+  return param_count(cfg) - inactive
 
 
 def init(cfg: DecoderConfig, mesh, seed: int):
-  """(graphdef, params) with params initialised directly into their shardings."""
-  graphdef, _ = abstract(cfg)
+  """(graphdef, params, model_state), initialised directly into their shardings."""
+  graphdef, _, _ = abstract(cfg)
 
   def create():
-    return nnx.to_pure_dict(nnx.state(Decoder(cfg, rngs=nnx.Rngs(seed))))
+    _, params, rest = nnx.split(Decoder(cfg, rngs=nnx.Rngs(seed)), nnx.Param, ...)
+    return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
-  params = jax.jit(create, out_shardings=shardings(cfg, mesh))()
-  return graphdef, params
+  params, model_state = jax.jit(create, out_shardings=shardings(cfg, mesh))()
+  return graphdef, params, model_state

@@ -17,6 +17,7 @@ from flax import nnx
 
 from modeling.config import decoder_config
 from modeling.decoder import cross_entropy
+from modeling.moe import balance
 from parallelism import rules
 from parallelism.mesh import make_mesh, mesh_shape
 from trainer import data, metrics, optim
@@ -50,25 +51,56 @@ def validate(config):
   return model_cfg
 
 
-def make_steps(graphdef, tx, lr, z_loss: float):
-  def loss_fn(params, batch):
-    model = nnx.merge(graphdef, params)
-    logits = model(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"])
-    return cross_entropy(logits, batch["targets"], batch["weights"], z_loss)
+def make_steps(graphdef, tx, lr, model_cfg):
+  """Pure train and eval steps over state {step, params, model_state, opt}."""
+
+  def loss_fn(params, model_state, batch):
+    model = nnx.merge(graphdef, params, model_state)
+    logits, aux = model(
+      batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"]
+    )
+    loss, ce = cross_entropy(logits, batch["targets"], batch["weights"], model_cfg.z_loss)
+    # The forward pass records expert loads in the non-param state.
+    new_model_state = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+    return loss + aux["aux_loss"], (ce["ce"], aux, new_model_state)
 
   def train_step(state, batch):
-    (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    (_, (ce, aux, model_state)), grads = grad_fn(state["params"], state["model_state"], batch)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {"loss": aux["ce"], "grad_norm": optax.tree.norm(grads), "lr": lr(state["step"])}
-    return {"step": state["step"] + 1, "params": params, "opt": opt}, metrics
+    if model_cfg.bias_update_rate:
+      model_state = update_router_biases(graphdef, params, model_state, model_cfg.bias_update_rate)
+    metrics = {"loss": ce, "grad_norm": optax.tree.norm(grads), "lr": lr(state["step"])}
+    metrics.update(moe_metrics(aux))
+    new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state}
+    return new_state | {"opt": opt}, metrics
 
-  def eval_step(params, batch):
-    _, aux = loss_fn(params, batch)
+  def eval_step(params, model_state, batch):
+    _, (ce, _, _) = loss_fn(params, model_state, batch)
     weight = batch["weights"].sum()
-    return aux["ce"] * weight, weight
+    return ce * weight, weight
 
   return train_step, eval_step
+
+
+def update_router_biases(graphdef, params, model_state, rate: float):
+  """Aux-loss-free balancing: bias += rate * sign(mean load - load), per MoE layer."""
+  model = nnx.merge(graphdef, params, model_state)
+  balance.update_router_biases(model, rate)
+  return nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+
+
+def moe_metrics(aux: dict) -> dict:
+  if "expert_load" not in aux:
+    return {}
+  load = aux["expert_load"]  # [moe_layers, experts]
+  return {
+    "aux_loss": aux["aux_loss"],
+    "expert_load_max_over_mean": load.max(-1) / jnp.maximum(load.mean(-1), 1e-9),
+    "dropped_frac": aux["dropped_frac"],
+    "router_z": aux["router_z"],
+  }
 
 
 class Trainer:
@@ -77,14 +109,15 @@ class Trainer:
     self.model_cfg = validate(config)
     t = config.train
     self.mesh = make_mesh(config.mesh)
-    graphdef, params = state_lib.init(self.model_cfg, self.mesh, t.seed)
+    graphdef, params, model_state = state_lib.init(self.model_cfg, self.mesh, t.seed)
     tx, self.lr = optim.make(config.optim, t.steps, state_lib.logical_axes(self.model_cfg))
     self.state = {
       "step": jnp.zeros((), jnp.int32),
       "params": params,
+      "model_state": model_state,
       "opt": jax.jit(tx.init)(params),
     }
-    train_step, eval_step = make_steps(graphdef, tx, self.lr, config.model.z_loss)
+    train_step, eval_step = make_steps(graphdef, tx, self.lr, self.model_cfg)
     self._train_step = jax.jit(train_step, donate_argnums=0)
     self._eval_step = jax.jit(eval_step)
     self.batch_sharding = rules.batch_sharding(self.mesh)
@@ -114,7 +147,9 @@ class Trainer:
   def evaluate(self, batches) -> float:
     total, weight = 0.0, 0.0
     for batch in batches:
-      loss_sum, w = self._eval_step(self.state["params"], self.put(batch))
+      loss_sum, w = self._eval_step(
+        self.state["params"], self.state["model_state"], self.put(batch)
+      )
       total, weight = total + float(loss_sum), weight + float(w)
     return total / max(weight, 1.0)
 
@@ -149,6 +184,7 @@ class Trainer:
           "tokens_per_s": len(fetched) * tokens_per_step / elapsed,
           "mfu": len(fetched) * flops / elapsed / peak,
         }
+        last_train |= {k: v for k, v in fetched[-1].items() if k not in last_train}
         self._check_finite(last_train)
         writer.write(last_train)
         bar.set_postfix(

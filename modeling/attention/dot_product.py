@@ -3,7 +3,8 @@ masks, QK-norm, biases, attention sinks and logit soft-capping.
 
 `dot_product_attention` is the one attention entry point; `Attention` is the
 projection module around it. Letters: b batch, q/t query/key positions,
-h heads, k kv heads, g query heads per kv head, d head_dim, e embed.
+h heads, k kv heads, g query heads per kv head, d head_dim, v value head_dim,
+e embed.
 """
 
 import jax
@@ -29,10 +30,10 @@ def attention_mask(segment_ids, window: int):
 def dot_product_attention(
   q, k, v, *, segment_ids, scale: float, window: int = 0, softcap: float = 0.0, sinks=None
 ):
-  """q: [b, q, h, d]; k, v: [b, t, k, d]; segment_ids: [b, s]; sinks: [h] or None.
+  """q: [b, q, h, d]; k: [b, t, k, d]; v: [b, t, k, v]; segment_ids: [b, s]; sinks: [h] or None.
 
-  Returns [b, q, h, d]. K/V heads are shared by groups of h/k query heads
-  without being repeated in memory.
+  Returns [b, q, h, v]. K/V heads are shared by groups of h/k query heads
+  without being repeated in memory. v's head dim may differ from d (MLA: 192 vs 128).
   """
   b, s, h, d = q.shape
   kv_heads = k.shape[2]
@@ -49,8 +50,8 @@ def dot_product_attention(
       sinks.astype(jnp.float32).reshape(1, kv_heads, h // kv_heads, 1, 1), logits.shape[:-1] + (1,)
     )
     probs = jax.nn.softmax(jnp.concatenate([logits, sink], axis=-1), axis=-1)[..., :-1]
-  out = jnp.einsum("bkgqt,btkd->bqkgd", probs.astype(v.dtype), v)
-  return out.reshape(b, s, h, d)
+  out = jnp.einsum("bkgqt,btkv->bqkgv", probs.astype(v.dtype), v)
+  return out.reshape(b, s, h, v.shape[-1])
 
 
 class Attention(nnx.Module):

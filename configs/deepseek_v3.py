@@ -1,0 +1,86 @@
+"""DeepSeek-V3 (DeepSeek-AI): MLA attention, 3 dense layers then fine-grained
+MoE (256 routed + 1 shared expert, top-8 of 8 groups limited to 4, sigmoid
+scores, aux-loss-free bias), YaRN for long context.
+
+Usage: --config configs/deepseek_v3.py:full
+"""
+
+from configs import base
+
+_MLA = dict(
+  q_lora_rank=1536,
+  kv_lora_rank=512,
+  qk_nope_head_dim=128,
+  qk_rope_head_dim=64,
+  v_head_dim=128,
+  rope_interleave=True,
+)
+_MOE = dict(
+  num_experts=256,
+  top_k=8,
+  expert_mlp_dim=2048,
+  router="sigmoid",
+  norm_topk=True,
+  n_group=8,
+  topk_group=4,
+  routed_scaling=2.5,
+  aux_free_bias=True,
+  num_shared_experts=1,
+  seq_aux_weight=1e-4,
+)
+
+PRESETS = {
+  "tiny": dict(
+    model=dict(
+      vocab_size=384,
+      embed_dim=128,
+      num_layers=4,
+      num_heads=4,
+      num_kv_heads=4,
+      mlp_dim=384,
+      attention="mla",
+      mla=dict(
+        _MLA,
+        q_lora_rank=64,
+        kv_lora_rank=32,
+        qk_nope_head_dim=32,
+        qk_rope_head_dim=16,
+        v_head_dim=32,
+      ),
+      ffn_pattern=("moe",),
+      first_dense_layers=1,
+      moe=dict(_MOE, num_experts=16, top_k=4, expert_mlp_dim=64, n_group=4, topk_group=2),
+    ),
+    precision=base.CPU_PRECISION,
+  ),
+  # DeepSeek-V3 (671B total with the 14B MTP module; 37B active).
+  "full": dict(
+    model=dict(
+      vocab_size=129_280,
+      embed_dim=7168,
+      num_layers=61,
+      num_heads=128,
+      num_kv_heads=128,
+      mlp_dim=18_432,
+      attention="mla",
+      mla=dict(_MLA, mscale_all_dim=1.0),
+      ffn_pattern=("moe",),
+      first_dense_layers=3,
+      moe=_MOE,
+      rope_theta=10_000.0,
+      rope_scaling=dict(
+        type="yarn",
+        factor=40.0,
+        original_max_position=4096,
+        beta_fast=32.0,
+        beta_slow=1.0,
+        attention_factor=1.0,
+      ),
+      norm_eps=1e-6,
+    ),
+  ),
+}
+
+
+def get_config(preset: str = "tiny"):
+  return base.from_presets("deepseek_v3", PRESETS, preset)

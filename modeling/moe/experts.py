@@ -1,0 +1,116 @@
+"""Stacked routed experts and the two ways to send tokens to them.
+
+`dropless`: sort the (token, slot) pairs by expert and run one grouped GEMM
+(`jax.lax.ragged_dot`) per projection; nothing is dropped.
+`capacity`: each expert takes at most C = ceil(capacity_factor * t * k / E)
+pairs, first come first served in (token, slot) order; later pairs are dropped
+(contribute 0). Fixed shapes, batched einsum over an [E, C, e] buffer.
+Letters: t tokens, e embed, x experts (E), f expert mlp, k slots, c capacity.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from modeling.config import MoeConfig
+from modeling.layers import params
+
+
+def _silu_glu(gate, up, limit):
+  del limit
+  return jax.nn.silu(gate) * up
+
+
+def _clamped_swiglu(gate, up, limit):
+  gate = jnp.minimum(gate, limit)
+  up = jnp.clip(up, -limit, limit)
+  return (up + 1.0) * gate * jax.nn.sigmoid(1.702 * gate)
+
+
+ACTIVATIONS = {"silu": _silu_glu, "clamped_swiglu": _clamped_swiglu}
+
+
+class Experts(nnx.Module):
+  def __init__(self, cfg: MoeConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    self.cfg = cfg
+    E, e, f, std = cfg.num_experts, cfg.embed_dim, cfg.expert_mlp_dim, cfg.init_std
+    in_axes, out_axes = ("experts", "embed", "expert_mlp"), ("experts", "expert_mlp", "embed")
+    self.gate_proj = params.normal(rngs, (E, e, f), in_axes, std, param_dtype)
+    self.up_proj = params.normal(rngs, (E, e, f), in_axes, std, param_dtype)
+    self.down_proj = params.normal(rngs, (E, f, e), out_axes, std, param_dtype)
+    if cfg.expert_bias:
+      self.gate_bias = params.constant(0.0, (E, f), ("experts", "expert_mlp"), param_dtype)
+      self.up_bias = params.constant(0.0, (E, f), ("experts", "expert_mlp"), param_dtype)
+      self.down_bias = params.constant(0.0, (E, e), ("experts", "embed"), param_dtype)
+
+  def _bias(self, name, dt, expert_ids=None):
+    """Bias [E, n] as [E, 1, n] (capacity buffer) or gathered per row [m, n] (sorted rows)."""
+    bias = getattr(self, name)[...].astype(dt)
+    return bias[:, None, :] if expert_ids is None else bias[expert_ids]
+
+  def _grouped(self, xs, sizes, expert_ids):
+    """xs [m, e] sorted by expert, sizes [E] -> [m, e] via ragged_dot."""
+    dt = xs.dtype
+    mm = lambda a, w: jax.lax.ragged_dot(a, w[...].astype(dt), sizes)
+    gate, up = mm(xs, self.gate_proj), mm(xs, self.up_proj)  # [m, f]
+    if self.cfg.expert_bias:
+      gate = gate + self._bias("gate_bias", dt, expert_ids)
+      up = up + self._bias("up_bias", dt, expert_ids)
+    out = mm(ACTIVATIONS[self.cfg.activation](gate, up, self.cfg.swiglu_limit), self.down_proj)
+    if self.cfg.expert_bias:
+      out = out + self._bias("down_bias", dt, expert_ids)
+    return out
+
+  def _batched(self, buf):
+    """buf [E, c, e] -> [E, c, e], every expert on its own slice."""
+    dt = buf.dtype
+    gate = jnp.einsum("xce,xef->xcf", buf, self.gate_proj[...].astype(dt))
+    up = jnp.einsum("xce,xef->xcf", buf, self.up_proj[...].astype(dt))
+    if self.cfg.expert_bias:
+      gate, up = gate + self._bias("gate_bias", dt), up + self._bias("up_bias", dt)
+    h = ACTIVATIONS[self.cfg.activation](gate, up, self.cfg.swiglu_limit)
+    out = jnp.einsum("xcf,xfe->xce", h, self.down_proj[...].astype(dt))
+    if self.cfg.expert_bias:
+      out = out + self._bias("down_bias", dt)
+    return out
+
+  def __call__(self, x, weights, indices):
+    """x [t, e], weights/indices [t, k] -> (y [t, e] in x.dtype, dropped_frac)."""
+    if self.cfg.dispatch == "capacity":
+      out, dropped = self._capacity_dispatch(x, indices)
+    else:
+      out, dropped = self._dropless_dispatch(x, indices), jnp.zeros((), jnp.float32)
+    y = jnp.einsum("tke,tk->te", out.astype(jnp.float32), weights.astype(jnp.float32))
+    return y.astype(x.dtype), dropped
+
+  def _dropless_dispatch(self, x, indices):
+    """-> per-pair outputs [t, k, e]."""
+    t, k = indices.shape
+    flat = indices.reshape(-1)  # [t*k]
+    order = jnp.argsort(flat, stable=True)  # pairs grouped by expert
+    expert_ids = flat[order]
+    sizes = jnp.bincount(flat, length=self.cfg.num_experts).astype(jnp.int32)  # [E]
+    out = self._grouped(x[order // k], sizes, expert_ids)  # [t*k, e], sorted
+    return out[jnp.argsort(order)].reshape(t, k, -1)
+
+  def capacity(self, t: int) -> int:
+    cfg = self.cfg
+    return math.ceil(cfg.capacity_factor * t * cfg.top_k / cfg.num_experts)
+
+  def _capacity_dispatch(self, x, indices):
+    """-> (per-pair outputs [t, k, e] with dropped pairs zeroed, dropped fraction)."""
+    t, k = indices.shape
+    E, c = self.cfg.num_experts, self.capacity(t)
+    flat = indices.reshape(-1)  # [t*k]
+    onehot = jax.nn.one_hot(flat, E, dtype=jnp.int32)  # [t*k, E]
+    position = jnp.sum((jnp.cumsum(onehot, axis=0) - 1) * onehot, axis=-1)  # [t*k]
+    keep = position < c
+    slot = jnp.where(keep, position, c)  # c is out of bounds: dropped by the scatter
+    tokens = jnp.repeat(x, k, axis=0)  # [t*k, e]
+    buf = jnp.zeros((E, c, x.shape[-1]), x.dtype).at[flat, slot].set(tokens, mode="drop")
+    out = self._batched(buf)[flat, jnp.minimum(slot, c - 1)]  # [t*k, e]
+    out = jnp.where(keep[:, None], out, 0.0)
+    dropped = 1.0 - jnp.mean(keep.astype(jnp.float32))
+    return out.reshape(t, k, -1), dropped

@@ -1,0 +1,48 @@
+"""Mixture-of-experts MLP: router + routed experts + optional (gated) shared expert.
+
+y = Σ_k w_k · FFN_{i_k}(x) + [σ(x · g)] · Shared(x). Letters: b batch,
+s seq, e embed, x experts (E).
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from modeling.config import MlpConfig, MoeConfig
+from modeling.layers import params
+from modeling.layers.mlp import GatedMLP
+from modeling.moe.experts import Experts
+from modeling.moe.router import ExpertLoad, Router, validate
+
+
+class MoE(nnx.Module):
+  def __init__(self, cfg: MoeConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    validate(cfg)
+    self.cfg = cfg
+    e = cfg.embed_dim
+    self.router = Router(cfg, rngs=rngs, param_dtype=param_dtype)
+    self.experts = Experts(cfg, rngs=rngs, param_dtype=param_dtype)
+    if cfg.shared_mlp_dim > 0:
+      shared = MlpConfig(e, cfg.shared_mlp_dim, activation="silu", init_std=cfg.init_std)
+      self.shared = GatedMLP(shared, rngs=rngs, param_dtype=param_dtype)
+    if cfg.shared_gate:
+      self.shared_gate = params.normal(rngs, (e, 1), ("embed", None), cfg.init_std, param_dtype)
+    self.load = ExpertLoad(jnp.zeros((cfg.num_experts,), jnp.float32), axes=("experts",))
+
+  def __call__(self, x):
+    """x: [b, s, e] -> (y [b, s, e], stats).
+
+    stats: load [E] (token-slot counts, also written to `self.load`), seq_aux,
+    switch_aux, router_z, dropped_frac (scalars, float32; unscaled by any coefficient).
+    """
+    b, s, e = x.shape
+    tokens = x.reshape(b * s, e)  # [t, e]
+    weights, indices, stats = self.router(tokens, batch_shape=(b, s))  # [t, k] x2
+    y, dropped = self.experts(tokens, weights, indices)  # [t, e]
+    if self.cfg.shared_mlp_dim > 0:
+      shared = self.shared(tokens)
+      if self.cfg.shared_gate:
+        shared = shared * jax.nn.sigmoid(tokens @ self.shared_gate[...].astype(x.dtype))
+      y = y + shared
+    self.load[...] = stats["load"]
+    return y.reshape(b, s, e), dict(stats, dropped_frac=dropped)

@@ -1,0 +1,152 @@
+"""Top-k routers (softmax, sigmoid with group-limited selection, softmax over the top-k logits).
+
+Every kind selects on a score plus the optional aux-free bias (selection only)
+and weights the selected experts by the unbiased score. Logits, scores and
+weights are float32. Letters: t tokens, e embed, x experts (E), k slots.
+"""
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from modeling.config import MoeConfig
+from modeling.layers import params
+
+ROUTERS = ("softmax", "sigmoid", "softmax_topk")
+ACTIVATIONS = ("silu", "clamped_swiglu")
+DISPATCHES = ("dropless", "capacity")
+
+
+class RouterBias(nnx.Variable):
+  """DeepSeek-V3 aux-free selection bias [E]: state, never a Param, never differentiated."""
+
+
+class ExpertLoad(nnx.Variable):
+  """Per-expert (token, slot) counts [E] of the latest forward pass, for the bias update."""
+
+
+def _check(ok: bool, message: str):
+  if not ok:
+    raise ValueError(message)
+
+
+def validate(cfg: MoeConfig):
+  """Raises ValueError naming the first bad MoeConfig field."""
+  E = cfg.num_experts
+  for name in ("embed_dim", "num_experts", "top_k", "expert_mlp_dim", "n_group", "topk_group"):
+    _check(getattr(cfg, name) > 0, f"moe.{name}={getattr(cfg, name)} must be positive")
+  for name, valid in (("router", ROUTERS), ("activation", ACTIVATIONS), ("dispatch", DISPATCHES)):
+    value = getattr(cfg, name)
+    _check(value in valid, f"moe.{name}={value!r} is not valid; use one of {', '.join(valid)}")
+  _check(cfg.top_k <= E, f"moe.top_k={cfg.top_k} exceeds moe.num_experts={E}")
+  _check(E % cfg.n_group == 0, f"moe.n_group={cfg.n_group} must divide moe.num_experts={E}")
+  _check(
+    cfg.topk_group <= cfg.n_group,
+    f"moe.topk_group={cfg.topk_group} exceeds moe.n_group={cfg.n_group}",
+  )
+  reachable = cfg.topk_group * (E // cfg.n_group)
+  _check(
+    cfg.top_k <= reachable,
+    f"moe.top_k={cfg.top_k} exceeds the {reachable} experts in moe.topk_group={cfg.topk_group} "
+    f"groups of {E // cfg.n_group}; raise topk_group or lower top_k",
+  )
+  _check(
+    cfg.dispatch != "capacity" or cfg.capacity_factor > 0,
+    f"moe.capacity_factor={cfg.capacity_factor} must be positive",
+  )
+  _check(
+    (cfg.num_shared_experts > 0) == (cfg.shared_mlp_dim > 0),
+    f"moe.shared_mlp_dim={cfg.shared_mlp_dim} must be > 0 exactly when "
+    f"moe.num_shared_experts={cfg.num_shared_experts} > 0",
+  )
+  _check(
+    not cfg.shared_gate or cfg.shared_mlp_dim > 0,
+    "moe.shared_gate=True needs a shared expert (moe.shared_mlp_dim > 0)",
+  )
+
+
+def aux_free_update(bias, load, rate: float):
+  """b_i += rate * sign(mean(c) - c_i) over the last axis (loads summed over the global batch)."""
+  load = load.astype(jnp.float32)
+  return bias + rate * jnp.sign(jnp.mean(load, axis=-1, keepdims=True) - load)
+
+
+def _group_limit(biased, n_group: int, topk_group: int):
+  """Masks (-inf) the experts outside each token's topk_group best groups.
+
+  A group's score is the sum of its top-2 biased scores (top-1 for 1-expert groups).
+  """
+  t, E = biased.shape
+  grouped = biased.reshape(t, n_group, E // n_group)  # [t, g, E/g]
+  group_score = jax.lax.top_k(grouped, min(2, E // n_group))[0].sum(-1)  # [t, g]
+  _, keep = jax.lax.top_k(group_score, topk_group)  # [t, topk_group]
+  keep = jax.nn.one_hot(keep, n_group, dtype=jnp.bool_).any(-2)  # [t, g]
+  return jnp.where(keep[:, :, None], grouped, -jnp.inf).reshape(t, E)
+
+
+def _aux_losses(logits, probs, indices, batch_shape, E: int):
+  """seq_aux (DeepSeek eq. 17-20 per sequence), switch_aux, router_z and load.
+
+  probs [t, E] are the router's affinities normalised over experts; the
+  indicator 1[i selected] is the actual routing mask (bias and group limit
+  included, Megatron's choice), without gradient.
+  """
+  t, k = indices.shape
+  b, s = batch_shape or (1, t)
+  mask = jax.nn.one_hot(indices, E, dtype=jnp.float32).sum(-2)  # [t, E]
+  load = mask.sum(0)  # [E]
+  f_seq = mask.reshape(b, s, E).sum(1) * (E / (k * s))  # [b, E]
+  p_seq = probs.reshape(b, s, E).mean(1)  # [b, E]
+  seq_aux = jnp.mean(jnp.sum(f_seq * p_seq, -1))
+  switch_aux = E * jnp.sum(load / (t * k) * probs.mean(0))  # 1.0 when balanced
+  router_z = jnp.mean(jax.nn.logsumexp(logits, axis=-1) ** 2)
+  return dict(load=load, seq_aux=seq_aux, switch_aux=switch_aux, router_z=router_z)
+
+
+class Router(nnx.Module):
+  def __init__(self, cfg: MoeConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    self.cfg = cfg
+    e, E = cfg.embed_dim, cfg.num_experts
+    self.kernel = params.normal(rngs, (e, E), ("embed", "experts"), cfg.init_std, param_dtype)
+    if cfg.router_bias:
+      self.bias = params.constant(0.0, (E,), ("experts",), param_dtype)
+    if cfg.aux_free_bias:
+      self.aux_free_bias = RouterBias(jnp.zeros((E,), jnp.float32), axes=("experts",))
+
+  def logits(self, x):  # x: [t, e] -> [t, E] float32
+    logits = x.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)
+    if self.cfg.router_bias:
+      logits = logits + self.bias[...].astype(jnp.float32)
+    return logits
+
+  def _selection_bias(self):
+    if not self.cfg.aux_free_bias:
+      return 0.0
+    return jax.lax.stop_gradient(self.aux_free_bias[...].astype(jnp.float32))
+
+  def __call__(self, x, batch_shape=None):
+    """x: [t, e] -> (weights [t, k] f32, indices [t, k] int32, stats).
+
+    batch_shape (b, s) with b*s == t gives seq_aux its sequences; None = one sequence.
+    """
+    cfg = self.cfg
+    logits = self.logits(x)  # [t, E]
+    if cfg.router == "sigmoid":
+      scores = jax.nn.sigmoid(logits)
+      probs = scores / jnp.sum(scores, -1, keepdims=True)
+    elif cfg.router == "softmax":
+      scores = probs = jax.nn.softmax(logits, axis=-1)
+    else:  # softmax_topk: the weights are a softmax over the selected logits.
+      scores, probs = logits, jax.nn.softmax(logits, axis=-1)
+    biased = scores + self._selection_bias()
+    if cfg.n_group > 1:
+      biased = _group_limit(biased, cfg.n_group, cfg.topk_group)
+    _, indices = jax.lax.top_k(biased, cfg.top_k)  # [t, k]
+    weights = jnp.take_along_axis(scores, indices, axis=-1)  # unbiased
+    if cfg.router == "softmax_topk":
+      weights = jax.nn.softmax(weights, axis=-1)
+    elif cfg.norm_topk:
+      weights = weights / (jnp.sum(weights, -1, keepdims=True) + 1e-20)
+    weights = weights * cfg.routed_scaling
+    stats = _aux_losses(logits, probs, indices, batch_shape, cfg.num_experts)
+    return weights, indices.astype(jnp.int32), stats
