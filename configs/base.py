@@ -96,6 +96,13 @@ def get_config() -> ml_collections.ConfigDict:
   m.moe.seq_aux_weight = 0.0  # DeepSeek-V3 sequence-wise balance loss (alpha).
   m.moe.switch_aux_weight = 0.0  # Switch/GShard load-balance loss.
   m.moe.router_z_weight = 0.0  # router z-loss.
+  # DeepSeek-V3 multi-token prediction: `depth` sequential modules after the
+  # trunk, each one more block predicting one token further ahead.
+  m.mtp = ml_collections.ConfigDict()
+  m.mtp.depth = 0
+  m.mtp.loss_weight = 0.3  # lambda: loss = main + lambda/depth * sum_k L_k ...
+  m.mtp.late_loss_weight = 0.1  # ... and this lambda from late_start on (V3: 0.3 then 0.1).
+  m.mtp.late_start = 1.0  # fraction of train.steps where late_loss_weight takes over.
   m.z_loss = 0.0  # weight of log(Z)^2 in the loss (PaLM z-loss); 0 = off.
   m.scan_layers = True  # run repeating layers under nnx.scan (compile time flat in depth).
   m.remat = "none"  # none | full: recompute each layer in the backward pass.

@@ -145,6 +145,7 @@ class DecoderConfig:
   switch_aux_weight: float = 0.0
   router_z_weight: float = 0.0
   bias_update_rate: float = 0.0  # aux-loss-free bias step (0 = no update).
+  mtp_depth: int = 0  # multi-token prediction modules after the trunk.
 
   @property
   def num_layers(self) -> int:
@@ -184,6 +185,7 @@ def decoder_config(
   _choice("rope_scaling.type", m.rope_scaling.type, ROPE_SCALINGS)
   _choice("remat", m.remat, ("none", "full"))
   _choice("attention", m.attention, ("gqa", "mla"))
+  _check(m.mtp.depth >= 0, f"model.mtp.depth={m.mtp.depth} must be >= 0")
   for kind in m.ffn_pattern:
     _choice("ffn_pattern entry", kind, ("dense", "moe"))
   _check(len(m.attention_pattern) > 0, "model.attention_pattern must not be empty")
@@ -280,6 +282,7 @@ def decoder_config(
     switch_aux_weight=m.moe.switch_aux_weight if moe else 0.0,
     router_z_weight=m.moe.router_z_weight if moe else 0.0,
     bias_update_rate=m.moe.bias_update_rate if moe and m.moe.aux_free_bias else 0.0,
+    mtp_depth=m.mtp.depth,
   )
 
 

@@ -28,6 +28,7 @@ from modeling.layers import params
 from modeling.layers.mlp import GatedMLP
 from modeling.layers.norms import RMSNorm
 from modeling.moe.layer import MoE
+from modeling.mtp import MTPModule
 
 # Which module a block builds for each config type.
 ATTENTION = {AttentionConfig: Attention, MlaConfig: MLA}
@@ -103,13 +104,22 @@ class Decoder(nnx.Module):
     self.final_norm = RMSNorm(e, cfg.norm, param_dtype=dt, axis_name="embed")
     if not cfg.tie_embeddings:
       self.lm_head = params.normal(rngs, (e, v), ("embed", "vocab"), std, dt)
+    # Created last so the main model's init does not depend on the MTP depth.
+    mtp_block = lambda: Block(cfg.blocks[-1], rngs=rngs, param_dtype=dt)
+    self.mtp = nnx.List(
+      [
+        MTPModule(mtp_block(), e, cfg.norm, rngs=rngs, init_std=std, param_dtype=dt)
+        for _ in range(cfg.mtp_depth)
+      ]
+    )
 
   def __call__(self, tokens, *, positions=None, segment_ids=None):
     """tokens: [b, s] int -> (logits [b, s, vocab] float32, aux).
 
-    aux: `aux_loss` (weighted MoE balance losses, summed over layers) and, with
-    MoE layers, `expert_load` [moe_layers, experts] token counts and
-    `dropped_frac` (mean over MoE layers).
+    aux: `aux_loss` (weighted MoE balance losses, summed over layers); with
+    MoE layers, `expert_load` [moe_layers, experts] token counts, `router_z`
+    and `dropped_frac` (means over MoE layers); with MTP, `mtp_logits` (one
+    [b, s, vocab] per depth).
     """
     cfg = self.cfg
     b, s = tokens.shape
@@ -132,14 +142,27 @@ class Decoder(nnx.Module):
     for block in self.tail:
       x, block_stats = block(x, positions=positions, segment_ids=segment_ids)
       stats.append(block_stats)
-    x = self.final_norm(x)
-    head = self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]
-    logits = jnp.einsum(
-      "bse,ev->bsv", x, head.astype(cfg.compute_dtype), preferred_element_type=jnp.float32
-    )
-    if cfg.final_softcap > 0:
-      logits = cfg.final_softcap * jnp.tanh(logits / cfg.final_softcap)
-    return logits, self._aux([st for st in stats if st])
+    head = (self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]).astype(x.dtype)
+    logits = self._logits(self.final_norm(x), head)
+    mtp_logits = []
+    for k, module in enumerate(self.mtp, start=1):
+      # Depth k at position i sees token i+k (wrapped positions are masked in the loss).
+      emb = jnp.take(self.embed[...], jnp.roll(tokens, -k, axis=1), axis=0).astype(x.dtype)
+      if cfg.embed_scale:
+        emb = emb * jnp.asarray(cfg.embed_dim**0.5, cfg.compute_dtype)
+      x, normed, block_stats = module(x, emb, positions=positions, segment_ids=segment_ids)
+      mtp_logits.append(self._logits(normed, head))
+      stats.append(block_stats)
+    aux = self._aux([st for st in stats if st])
+    if mtp_logits:
+      aux["mtp_logits"] = mtp_logits
+    return logits, aux
+
+  def _logits(self, x, head):
+    logits = jnp.einsum("bse,ev->bsv", x, head, preferred_element_type=jnp.float32)
+    if self.cfg.final_softcap > 0:
+      logits = self.cfg.final_softcap * jnp.tanh(logits / self.cfg.final_softcap)
+    return logits
 
   def _aux(self, stats: list[dict]) -> dict:
     cfg = self.cfg
@@ -170,17 +193,3 @@ class Decoder(nnx.Module):
       return body(period, x)
 
     return run(self.stack, x)
-
-
-def cross_entropy(logits, targets, weights, z_loss: float = 0.0):
-  """Mean next-token CE over weighted positions (+ z_loss * log(Z)^2).
-
-  logits: [b, s, v] float32; targets: [b, s] int; weights: [b, s] float.
-  Returns (loss, {"ce": ..., "z": ...}).
-  """
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  denom = jnp.maximum(weights.sum(), 1.0)
-  ce = ((log_z - target_logit) * weights).sum() / denom
-  z = (jnp.square(log_z) * weights).sum() / denom
-  return ce + z_loss * z, {"ce": ce, "z": z}

@@ -6,6 +6,13 @@ import sys
 
 import pytest
 
+try:  # transformers is the parity reference; with 2 intra-op threads beside JAX, torch's
+  import torch  # tiny matmuls run ~100x slower on this 2-core machine.
+
+  torch.set_num_threads(1)
+except ImportError:
+  pass
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 

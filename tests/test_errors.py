@@ -13,13 +13,29 @@ CASES = [  # (extra args, text the one error line must contain)
   (["--config", "configs/llama3.py:tiny", "--config.model.num_kv_heads=3"], "model.num_kv_heads"),
   (["--config", "configs/llama3.py:tiny", "--config.data.path=/no/such/dir/*.txt"], "data.path"),
   (
+    ["--config", "configs/deepseek_v3.py:tiny", "--config.model.moe.top_k=17"],
+    "model.moe.top_k=17 exceeds model.moe.num_experts=16",
+  ),
+  (
+    ["--config", "configs/deepseek_v3.py:tiny", "--config.model.moe.n_group=5"],
+    "model.moe.n_group=5 must divide",
+  ),
+  (
+    ["--config", "configs/deepseek_v3.py:tiny", "--config.model.moe.topk_group=5"],
+    "model.moe.topk_group=5 exceeds model.moe.n_group=4",
+  ),
+  (
     ["--config", "configs/qwen3.py:tiny", "--config.model.norm_placement=middle"],
     "model.norm_placement",
   ),
 ]
 
 
-@pytest.mark.parametrize("args,needle", CASES, ids=["preset", "key", "kv_heads", "data", "choice"])
+@pytest.mark.parametrize(
+  "args,needle",
+  CASES,
+  ids=["preset", "key", "kv_heads", "data", "top_k", "n_group", "topk_group", "choice"],
+)
 def test_bad_input_fails_with_one_line_naming_the_field(args, needle, tmp_path):
   result = subprocess.run(
     [sys.executable, "scripts/train.py", *args, "--workdir", str(tmp_path / "run")],

@@ -46,7 +46,8 @@ def test_bias_stays_zero_without_aux_free_balancing(tmp_path):
 def test_moe_metrics_reach_metrics_jsonl(tmp_path):
   trainer = _tiny_moe(tmp_path, steps=4)
   result = trainer.run()["train"]
-  assert len(result["expert_load_max_over_mean"]) == 2  # layers 1, 2 are MoE; layer 0 dense
+  # Layers 1, 2 and the MTP module's block are MoE; layer 0 is dense.
+  assert len(result["expert_load_max_over_mean"]) == 3
   assert all(r >= 1.0 for r in result["expert_load_max_over_mean"])
   assert result["dropped_frac"] == 0.0
   assert np.isfinite(result["loss"]) and np.isfinite(result["aux_loss"])

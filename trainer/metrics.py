@@ -50,7 +50,12 @@ def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
     window = block.attention.window
     keys = min(seq_len, window) if window else seq_len
     flops += 6 * (attn_params + _ffn_params(block.mlp)) + 6 * heads * head_dims * keys
-  return float(flops)
+  # Each MTP depth: eh_proj, one more block like the last, and the shared head.
+  per_depth = 6 * (2 * cfg.embed_dim * cfg.embed_dim + cfg.embed_dim * cfg.vocab_size)
+  last = cfg.blocks[-1]
+  attn_params, head_dims, heads = _attention_shape(last.attention)
+  per_depth += 6 * (attn_params + _ffn_params(last.mlp)) + 6 * heads * head_dims * seq_len
+  return float(flops + cfg.mtp_depth * per_depth)
 
 
 def _attention_shape(a) -> tuple[int, int, int]:

@@ -45,9 +45,11 @@ def shardings(cfg: DecoderConfig, mesh) -> tuple[dict, dict]:
   return _nested(params, one), _nested(rest, one)
 
 
-def param_count(cfg: DecoderConfig) -> int:
+def param_count(cfg: DecoderConfig, include_mtp: bool = False) -> int:
+  """Total params; MTP modules are left out by default, as in published totals
+  (DeepSeek-V3: 671B main model + 14B MTP)."""
   _, params, _ = abstract(cfg)
-  return sum(v.size for _, v in params)
+  return sum(v.size for path, v in params if include_mtp or path[0] != "mtp")
 
 
 def active_param_count(cfg: DecoderConfig) -> int:

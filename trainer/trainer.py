@@ -16,7 +16,7 @@ import tqdm
 from flax import nnx
 
 from modeling.config import decoder_config
-from modeling.decoder import cross_entropy
+from modeling.losses import cross_entropy, mtp_losses
 from modeling.moe import balance
 from parallelism import rules
 from parallelism.mesh import make_mesh, mesh_shape
@@ -51,33 +51,49 @@ def validate(config):
   return model_cfg
 
 
-def make_steps(graphdef, tx, lr, model_cfg):
+def mtp_weight_schedule(mtp_cfg, steps: int):
+  """lambda(step): loss_weight, then late_loss_weight from late_start * steps on."""
+  late = int(mtp_cfg.late_start * steps)
+  return lambda step: jnp.where(step < late, mtp_cfg.loss_weight, mtp_cfg.late_loss_weight)
+
+
+def make_steps(graphdef, tx, lr, model_cfg, mtp_weight=lambda step: 0.0):
   """Pure train and eval steps over state {step, params, model_state, opt}."""
 
-  def loss_fn(params, model_state, batch):
+  def loss_fn(params, model_state, batch, step):
     model = nnx.merge(graphdef, params, model_state)
     logits, aux = model(
       batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"]
     )
     loss, ce = cross_entropy(logits, batch["targets"], batch["weights"], model_cfg.z_loss)
+    loss = loss + aux["aux_loss"]
+    if "mtp_logits" in aux:
+      aux["mtp_loss"] = mtp_losses(
+        aux.pop("mtp_logits"), batch["targets"], batch["weights"], batch["segment_ids"]
+      )
+      loss = loss + mtp_weight(step) * aux["mtp_loss"].mean()
     # The forward pass records expert loads in the non-param state.
     new_model_state = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
-    return loss + aux["aux_loss"], (ce["ce"], aux, new_model_state)
+    return loss, (ce["ce"], aux, new_model_state)
 
   def train_step(state, batch):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (ce, aux, model_state)), grads = grad_fn(state["params"], state["model_state"], batch)
+    (_, (ce, aux, model_state)), grads = grad_fn(
+      state["params"], state["model_state"], batch, state["step"]
+    )
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     if model_cfg.bias_update_rate:
       model_state = update_router_biases(graphdef, params, model_state, model_cfg.bias_update_rate)
     metrics = {"loss": ce, "grad_norm": optax.tree.norm(grads), "lr": lr(state["step"])}
     metrics.update(moe_metrics(aux))
+    if "mtp_loss" in aux:
+      metrics["mtp_loss"] = aux["mtp_loss"]
     new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state}
     return new_state | {"opt": opt}, metrics
 
   def eval_step(params, model_state, batch):
-    _, (ce, _, _) = loss_fn(params, model_state, batch)
+    _, (ce, _, _) = loss_fn(params, model_state, batch, 0)
     weight = batch["weights"].sum()
     return ce * weight, weight
 
@@ -117,7 +133,9 @@ class Trainer:
       "model_state": model_state,
       "opt": jax.jit(tx.init)(params),
     }
-    train_step, eval_step = make_steps(graphdef, tx, self.lr, self.model_cfg)
+    train_step, eval_step = make_steps(
+      graphdef, tx, self.lr, self.model_cfg, mtp_weight_schedule(config.model.mtp, t.steps)
+    )
     self._train_step = jax.jit(train_step, donate_argnums=0)
     self._eval_step = jax.jit(eval_step)
     self.batch_sharding = rules.batch_sharding(self.mesh)

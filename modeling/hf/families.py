@@ -2,17 +2,22 @@
 
 A family is data: which config.json keys fill which `config.model` fields,
 the HF defaults for keys a config.json may omit, the `config.model` fields the
-HF modeling code hard-codes, the names of the per-layer norm tensors, and two
-small rules that give each layer's attention kind and positional kind.
-`loader.py` holds the only logic; nothing there names a family.
+HF modeling code hard-codes, the config.json values it cannot take, the names
+of the per-layer norm tensors and of any tensors named unlike the shared
+tables, and small rules that give each layer's attention kind, positional kind
+and FFN kind. `loader.py` holds the only logic; nothing there names a family.
 """
 
 import dataclasses
-from typing import Callable
+from collections.abc import Callable
+
+from modeling.hf.tensors import GPT_OSS_WEIGHTS, POST_NORMS, PRE_NORMS, SANDWICH_NORMS
 
 FULL, SLIDING = "full_attention", "sliding_attention"
+DENSE, MOE = "dense", "moe"
 
-# config.model field <- config.json key, shared by every family.
+# config.model field <- config.json key, shared by every family. A dotted field
+# is nested ("moe.top_k"); a (key, {hf value: ours}) pair translates the value.
 COMMON_FIELDS = {
   "vocab_size": "vocab_size",
   "embed_dim": "hidden_size",
@@ -27,6 +32,26 @@ COMMON_FIELDS = {
 }
 # Llama-style q/k/v/o projections all carry a bias when `attention_bias` is set.
 ATTENTION_BIAS = {"qkv_bias": "attention_bias", "out_bias": "attention_bias"}
+MLA_FIELDS = {
+  "mla.q_lora_rank": "q_lora_rank",  # null -> 0: a plain q_proj.
+  "mla.kv_lora_rank": "kv_lora_rank",
+  "mla.qk_nope_head_dim": "qk_nope_head_dim",
+  "mla.qk_rope_head_dim": "qk_rope_head_dim",
+  "mla.v_head_dim": "v_head_dim",
+  "mla.rope_interleave": "rope_interleave",
+}
+# DeepSeek-V3-style routing: sigmoid scores, group limit, routed scale, shared experts.
+DEEPSEEK_MOE_FIELDS = {
+  "moe.num_experts": "n_routed_experts",
+  "moe.top_k": "num_experts_per_tok",
+  "moe.expert_mlp_dim": "moe_intermediate_size",
+  "moe.norm_topk": "norm_topk_prob",
+  "moe.n_group": "n_group",
+  "moe.topk_group": "topk_group",
+  "moe.routed_scaling": "routed_scaling_factor",
+  "moe.num_shared_experts": "n_shared_experts",
+}
+DEEPSEEK_MOE_MODEL = {"moe.router": "sigmoid", "moe.aux_free_bias": True}
 
 # HF `hidden_act` -> config.model.activation.
 ACTIVATIONS = {
@@ -36,66 +61,41 @@ ACTIVATIONS = {
   "gelu_new": "gelu_tanh",
 }
 
-# Our block param path -> (HF name under `model.layers.{i}.`, is a torch Linear
-# weight [out, in] that must be transposed). Paths our model lacks (biases,
-# QK-norms when off) are never asked for.
-ATTENTION_MLP_WEIGHTS = {
-  "attn.q_proj": ("self_attn.q_proj.weight", True),
-  "attn.k_proj": ("self_attn.k_proj.weight", True),
-  "attn.v_proj": ("self_attn.v_proj.weight", True),
-  "attn.o_proj": ("self_attn.o_proj.weight", True),
-  "attn.q_bias": ("self_attn.q_proj.bias", False),
-  "attn.k_bias": ("self_attn.k_proj.bias", False),
-  "attn.v_bias": ("self_attn.v_proj.bias", False),
-  "attn.o_bias": ("self_attn.o_proj.bias", False),
-  "attn.q_norm.scale": ("self_attn.q_norm.weight", False),
-  "attn.k_norm.scale": ("self_attn.k_norm.weight", False),
-  "mlp.gate_proj": ("mlp.gate_proj.weight", True),
-  "mlp.up_proj": ("mlp.up_proj.weight", True),
-  "mlp.down_proj": ("mlp.down_proj.weight", True),
-  "mlp.gate_bias": ("mlp.gate_proj.bias", False),
-  "mlp.up_bias": ("mlp.up_proj.bias", False),
-  "mlp.down_bias": ("mlp.down_proj.bias", False),
-}
-# Top-level tensors: our path -> (HF name, transpose).
-TOP_WEIGHTS = {
-  "embed": ("model.embed_tokens.weight", False),
-  "lm_head": ("lm_head.weight", True),
-  "final_norm.scale": ("model.norm.weight", False),
-}
-PRE_NORMS = {
-  "attn_norm.scale": "input_layernorm.weight",
-  "mlp_norm.scale": "post_attention_layernorm.weight",
-}
-POST_NORMS = {
-  "attn_post_norm.scale": "post_attention_layernorm.weight",
-  "mlp_post_norm.scale": "post_feedforward_layernorm.weight",
-}
-SANDWICH_NORMS = {
-  "attn_norm.scale": "input_layernorm.weight",
-  "attn_post_norm.scale": "post_attention_layernorm.weight",
-  "mlp_norm.scale": "pre_feedforward_layernorm.weight",
-  "mlp_post_norm.scale": "post_feedforward_layernorm.weight",
-}
+
+def _all_full(hf):
+  return [FULL] * hf["num_hidden_layers"]
+
+
+def _all_dense(hf):
+  return [DENSE] * hf["num_hidden_layers"]
 
 
 @dataclasses.dataclass(frozen=True)
 class Family:
   name: str  # our configs/ family (config.model.family).
-  fields: dict  # config.model field <- config.json key.
+  fields: dict  # config.model field <- config.json key (or (key, value map)).
   defaults: dict  # HF class defaults for config.json keys that may be absent.
   model: dict  # config.model fields the HF modeling code hard-codes.
   norms: dict  # our block norm path -> HF per-layer norm name.
-  layer_types: Callable  # hf dict -> [FULL | SLIDING] per layer.
+  layer_types: Callable = _all_full  # hf dict -> [FULL | SLIDING] per layer.
   rope_layers: Callable = lambda hf: [True] * hf["num_hidden_layers"]  # RoPE on layer i?
+  ffn_layers: Callable = _all_dense  # hf dict -> [DENSE | MOE] per layer.
+  weights: dict = dataclasses.field(default_factory=dict)  # tensors.LAYER_WEIGHTS overrides.
   local_theta_key: str = ""  # pre-`rope_parameters` key of the sliding layers' theta.
+  partial_rotary: bool = False  # attention rotates only the leading dims of a head.
   rejected: dict = dataclasses.field(default_factory=dict)  # key -> value HF may hold
   #   that we cannot represent.
+  required: dict = dataclasses.field(default_factory=dict)  # key -> the only value we
+  #   can represent (HF hard-codes it or a config.model field cannot hold others).
+  aliases: dict = dataclasses.field(default_factory=dict)  # config.json key -> the key
+  #   `fields` reads (HF's `attribute_map`: hub files and save_pretrained differ).
+  extra_layers_key: str = ""  # config.json key counting the layers stored after the
+  #   last one (multi-token-prediction modules), which we do not load.
 
 
 def _given_layer_types(hf):
   """`layer_types` as saved (transformers >= 4.5x writes it for windowed families)."""
-  return hf.get("layer_types") or [FULL] * hf["num_hidden_layers"]
+  return hf.get("layer_types") or _all_full(hf)
 
 
 def _qwen3_layer_types(hf):
@@ -108,10 +108,21 @@ def _qwen3_layer_types(hf):
   ]
 
 
+def _qwen3_moe_layer_types(hf):  # HF Qwen3-MoE windows every layer (no max_window_layers).
+  window = hf["use_sliding_window"] and hf["sliding_window"]
+  return [SLIDING if window else FULL] * hf["num_hidden_layers"]
+
+
 def _gemma3_layer_types(hf):
   period = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
   return hf.get("layer_types") or [
     SLIDING if (i + 1) % period else FULL for i in range(hf["num_hidden_layers"])
+  ]
+
+
+def _gpt_oss_layer_types(hf):  # HF default: even layers slide, odd layers are full.
+  return hf.get("layer_types") or [
+    SLIDING if (i + 1) % 2 else FULL for i in range(hf["num_hidden_layers"])
   ]
 
 
@@ -131,6 +142,23 @@ def _mistral_layer_types(hf):  # HF Mistral windows every layer and ignores laye
   return [SLIDING if hf.get("sliding_window") else FULL] * hf["num_hidden_layers"]
 
 
+def _first_k_dense_layers(hf):  # DeepSeek / GLM: the first `first_k_dense_replace` are dense.
+  k = hf["first_k_dense_replace"]
+  return [DENSE if i < k else MOE for i in range(hf["num_hidden_layers"])]
+
+
+def _qwen3_moe_ffn_layers(hf):  # MoE every `decoder_sparse_step`, minus `mlp_only_layers`.
+  step, dense = hf["decoder_sparse_step"], set(hf["mlp_only_layers"] or ())
+  return [
+    MOE if i not in dense and hf["num_experts"] > 0 and (i + 1) % step == 0 else DENSE
+    for i in range(hf["num_hidden_layers"])
+  ]
+
+
+def _all_moe(hf):
+  return [MOE] * hf["num_hidden_layers"]
+
+
 _LLAMA_DEFAULTS = dict(
   rms_norm_eps=1e-6,
   tie_word_embeddings=False,
@@ -143,6 +171,38 @@ _LLAMA_DEFAULTS = dict(
   max_position_embeddings=2048,
 )
 
+_DEEPSEEK_V3 = dict(
+  fields={**COMMON_FIELDS, **MLA_FIELDS, **DEEPSEEK_MOE_FIELDS},
+  defaults=dict(
+    _LLAMA_DEFAULTS,
+    vocab_size=129_280,
+    q_lora_rank=1536,
+    kv_lora_rank=512,
+    qk_nope_head_dim=128,
+    qk_rope_head_dim=64,
+    v_head_dim=128,
+    rope_interleave=True,
+    n_routed_experts=256,
+    num_experts_per_tok=8,
+    moe_intermediate_size=2048,
+    norm_topk_prob=True,
+    n_group=8,
+    topk_group=4,
+    routed_scaling_factor=2.5,
+    n_shared_experts=1,
+    first_k_dense_replace=3,
+    max_position_embeddings=4096,
+  ),
+  model=dict(DEEPSEEK_MOE_MODEL, attention="mla"),
+  norms=PRE_NORMS,
+  ffn_layers=_first_k_dense_layers,
+  extra_layers_key="num_nextn_predict_layers",
+  # HF DeepSeek-V3 always routes by sigmoid + e_score_correction_bias; MLA has no biases.
+  required=dict(
+    attention_bias=False, hidden_act="silu", scoring_func="sigmoid", topk_method="noaux_tc"
+  ),
+)
+
 FAMILIES = {
   "llama": Family(
     name="llama3",
@@ -150,7 +210,6 @@ FAMILIES = {
     defaults=_LLAMA_DEFAULTS,
     model={},
     norms=PRE_NORMS,
-    layer_types=lambda hf: [FULL] * hf["num_hidden_layers"],
   ),
   "qwen3": Family(
     name="qwen3",
@@ -208,7 +267,6 @@ FAMILIES = {
     defaults=dict(_LLAMA_DEFAULTS, rms_norm_eps=1e-5),
     model=dict(norm_placement="post", qk_norm="full"),
     norms=POST_NORMS,
-    layer_types=lambda hf: [FULL] * hf["num_hidden_layers"],
   ),
   "smollm3": Family(
     name="smollm3",
@@ -235,6 +293,110 @@ FAMILIES = {
     model={},
     norms=PRE_NORMS,
     layer_types=_mistral_layer_types,
+  ),
+  "deepseek_v3": Family(name="deepseek_v3", **_DEEPSEEK_V3),
+  # Kimi K2 ships DeepSeek-V3 code under its own model_type.
+  "kimi_k2": Family(name="kimi_k2", **_DEEPSEEK_V3),
+  "qwen3_moe": Family(
+    name="qwen3_moe",
+    fields={
+      **COMMON_FIELDS,
+      **ATTENTION_BIAS,
+      "moe.num_experts": "num_experts",
+      "moe.top_k": "num_experts_per_tok",
+      "moe.expert_mlp_dim": "moe_intermediate_size",
+      "moe.norm_topk": "norm_topk_prob",
+    },
+    defaults=dict(
+      _LLAMA_DEFAULTS,
+      use_sliding_window=False,
+      sliding_window=4096,
+      max_position_embeddings=32768,
+      decoder_sparse_step=1,
+      mlp_only_layers=None,
+      norm_topk_prob=False,  # the class default; released checkpoints set True.
+    ),
+    model={"qk_norm": "head", "moe.router": "softmax"},
+    norms=PRE_NORMS,
+    layer_types=_qwen3_moe_layer_types,
+    ffn_layers=_qwen3_moe_ffn_layers,
+    required=dict(hidden_act="silu"),  # routed experts are SwiGLU.
+    aliases={"num_local_experts": "num_experts"},
+  ),
+  "glm4_moe": Family(
+    name="glm4_moe",
+    fields={
+      **COMMON_FIELDS,
+      **DEEPSEEK_MOE_FIELDS,
+      "qkv_bias": "attention_bias",  # o_proj never has a bias.
+      "qk_norm": ("use_qk_norm", {True: "head", False: "none"}),
+    },
+    defaults=dict(
+      _LLAMA_DEFAULTS,
+      rms_norm_eps=1e-5,
+      use_qk_norm=False,
+      partial_rotary_factor=0.5,
+      n_routed_experts=128,
+      num_experts_per_tok=8,
+      moe_intermediate_size=1408,
+      norm_topk_prob=True,
+      n_group=1,
+      topk_group=1,
+      routed_scaling_factor=1.0,
+      n_shared_experts=1,
+      first_k_dense_replace=1,
+      max_position_embeddings=131_072,
+    ),
+    model=DEEPSEEK_MOE_MODEL,
+    norms=PRE_NORMS,
+    ffn_layers=_first_k_dense_layers,
+    extra_layers_key="num_nextn_predict_layers",
+    partial_rotary=True,
+    required=dict(hidden_act="silu"),
+  ),
+  "gpt_oss": Family(
+    name="gpt_oss",
+    fields={
+      **COMMON_FIELDS,
+      **ATTENTION_BIAS,
+      "moe.num_experts": "num_local_experts",
+      "moe.top_k": "num_experts_per_tok",
+      "moe.expert_mlp_dim": "intermediate_size",
+    },
+    defaults=dict(
+      _LLAMA_DEFAULTS,
+      rms_norm_eps=1e-5,
+      head_dim=64,
+      attention_bias=True,
+      sliding_window=128,
+      num_experts_per_tok=4,
+      rope_theta=150_000.0,
+      max_position_embeddings=131_072,
+      swiglu_alpha=1.702,
+      swiglu_limit=7.0,
+      rope_scaling=dict(  # HF's default when config.json names no rope scaling.
+        rope_type="yarn",
+        factor=32.0,
+        beta_fast=32.0,
+        beta_slow=1.0,
+        truncate=False,
+        original_max_position_embeddings=4096,
+      ),
+    ),
+    model={
+      "attention_sinks": True,
+      "moe.router": "softmax_topk",
+      "moe.router_bias": True,
+      "moe.activation": "clamped_swiglu",
+      "moe.expert_bias": True,
+    },
+    norms=PRE_NORMS,
+    layer_types=_gpt_oss_layer_types,
+    ffn_layers=_all_moe,
+    weights=GPT_OSS_WEIGHTS,
+    aliases={"num_experts": "num_local_experts"},
+    # Our clamped SwiGLU hard-codes alpha 1.702 and limit 7 (no config.model field).
+    required=dict(swiglu_alpha=1.702, swiglu_limit=7.0),
   ),
 }
 

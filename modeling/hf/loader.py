@@ -2,7 +2,8 @@
 
 `model_config_from_hf(config.json dict)` gives a full, locked config;
 `load_params(model, directory)` copies `*.safetensors` into a `Decoder`;
-`load(directory)` does both. Per-family knowledge lives in `families.py`.
+`load(directory)` does both. Per-family knowledge lives in `families.py`,
+tensor names in `tensors.py`.
 """
 
 import contextlib
@@ -19,8 +20,9 @@ from safetensors import safe_open
 from configs import base
 from modeling.config import decoder_config
 from modeling.decoder import Decoder
-from modeling.hf import families
+from modeling.hf import families, tensors
 from modeling.hf.families import FULL, SLIDING
+from modeling.moe.router import RouterBias
 
 # Tensors a checkpoint may carry that hold nothing we need.
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -32,29 +34,66 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 def model_config_from_hf(hf_config: dict) -> ml_collections.ConfigDict:
   """config.json (as a dict) -> locked jaxfrontier config with `model` filled in."""
   fam = families.family(hf_config.get("model_type"))
-  hf = {**fam.defaults, **hf_config}
-  for key, bad in fam.rejected.items():
-    if hf.get(key) == bad:
-      raise ValueError(f"config.json {key}={bad!r} is not supported for {hf['model_type']}")
+  hf = {**fam.defaults, **{fam.aliases.get(k, k): v for k, v in hf_config.items()}}
+  _check_supported(hf, fam)
   config = base.get_config()
   m = config.model
   m.family = fam.name
   for field, key in fam.fields.items():
-    m[field] = _field_value(m, field, hf, key)
+    _set(m, field, _field_value(m, field, hf, key))
   for field, value in fam.model.items():
-    m[field] = value
+    _set(m, field, value)
   types = _layer_patterns(m, hf, fam)
+  _ffn_patterns(m, hf, fam)
   _rope(m, hf, fam, types)
   config.lock()
   return config
 
 
+def _check_supported(hf, fam):
+  model_type = hf["model_type"]
+  if hf.get("quantization_config"):
+    method = hf["quantization_config"].get("quant_method")
+    raise ValueError(
+      f"config.json quantization_config (quant_method={method!r}) is not supported; "
+      "load a dequantized (bf16/fp32) checkpoint"
+    )
+  for key, bad in fam.rejected.items():
+    if hf.get(key) == bad:
+      raise ValueError(f"config.json {key}={bad!r} is not supported for {model_type}")
+  for key, only in fam.required.items():
+    if key in hf and hf[key] != only:
+      raise ValueError(
+        f"config.json {key}={hf[key]!r} is not supported for {model_type}; only {only!r}"
+      )
+
+
+def _node(m, field):
+  """("moe.top_k") -> (m.moe, "top_k")."""
+  *parents, leaf = field.split(".")
+  for name in parents:
+    m = m[name]
+  return m, leaf
+
+
+def _set(m, field, value):
+  node, leaf = _node(m, field)
+  node[leaf] = value
+
+
 def _field_value(m, field, hf, key):
+  key, translate = key if isinstance(key, tuple) else (key, None)
   if key not in hf:
     raise ValueError(f"config.json has no {key!r} (needed for model.{field})")
-  value = hf[key]
+  value, (node, leaf) = hf[key], _node(m, field)
+  if translate is not None:
+    if value not in translate:
+      raise ValueError(
+        f"config.json {key}={value!r} is not supported; use one of {list(translate)}"
+      )
+    return translate[value]
   if value is None:  # HF's "derive it": kv heads = heads; 0 / off for the rest.
-    return m.num_heads if field == "num_kv_heads" else type(m[field])()
+    return m.num_heads if field == "num_kv_heads" else type(node[leaf])()
   if field == "activation":
     if value not in families.ACTIVATIONS:
       raise ValueError(
@@ -62,7 +101,7 @@ def _field_value(m, field, hf, key):
         f"use one of {', '.join(families.ACTIVATIONS)}"
       )
     return families.ACTIVATIONS[value]
-  return type(m[field])(value)
+  return type(node[leaf])(value)
 
 
 def _period(seq) -> tuple:
@@ -91,6 +130,27 @@ def _layer_patterns(m, hf, fam) -> list:
   return types
 
 
+def _dense_prefix_and_period(kinds) -> tuple[int, tuple]:
+  """Shortest pattern p, then fewest leading dense layers f, with kinds[i] == p[i % len(p)]
+  for every i >= f (patterns index layers absolutely, from 0)."""
+  leading = next((i for i, k in enumerate(kinds) if k != families.DENSE), len(kinds))
+  for n in range(1, len(kinds) + 1):
+    for first in range(min(leading, len(kinds) - n) + 1):
+      pattern = [None] * n
+      for i in range(first, first + n):
+        pattern[i % n] = kinds[i]
+      if all(kinds[i] == pattern[i % n] for i in range(first, len(kinds))):
+        return first, tuple(pattern)
+  raise AssertionError("unreachable: n = len(kinds), first = 0 always fits")
+
+
+def _ffn_patterns(m, hf, fam):
+  kinds = list(fam.ffn_layers(hf))
+  if len(kinds) != m.num_layers:
+    raise ValueError(f"config.json gives {len(kinds)} FFN layer kinds for {m.num_layers} layers")
+  m.first_dense_layers, m.ffn_pattern = _dense_prefix_and_period(kinds)
+
+
 # -------------------------------------------------------------------- rope
 
 
@@ -116,15 +176,19 @@ def _rope_type(params) -> str:
 
 def _rope(m, hf, fam, types):
   glob, local = _rope_parameters(hf, fam)
-  for params in (glob, local):
-    partial = params.get("partial_rotary_factor", hf.get("partial_rotary_factor")) or 1.0
-    if partial != 1.0:
-      raise ValueError(
-        f"config.json partial_rotary_factor={partial} is not supported "
-        f"for {hf['model_type']} (its attention rotates the whole head)"
-      )
+  partial = [
+    p.get("partial_rotary_factor", hf.get("partial_rotary_factor")) or 1.0 for p in (glob, local)
+  ]
+  if partial[0] != partial[1] or (partial[0] != 1.0 and not fam.partial_rotary):
+    raise ValueError(
+      f"config.json partial_rotary_factor={partial[0]} is not supported "
+      f"for {hf['model_type']} (its attention rotates the whole head)"
+    )
+  m.partial_rotary_factor = float(partial[0])
   m.rope_theta = float(glob["rope_theta"])
   m.rope_scaling.update(_scaling(glob, hf))
+  if m.attention == "mla":  # HF MLA also scales the softmax by mscale(factor, mscale_all_dim)**2.
+    m.mla.mscale_all_dim = float(glob.get("mscale_all_dim") or 0.0)
   if SLIDING in types and local != glob:
     if _rope_type(local) != "default":
       raise ValueError(
@@ -204,58 +268,113 @@ class _Checkpoint:
     return handle.get_tensor(name)
 
 
-def _hf_names(path: tuple, model: Decoder, fam) -> list:
-  """Our flat param path -> [(HF name, transpose)], one per stacked layer."""
-  layer_weights = {
-    **families.ATTENTION_MLP_WEIGHTS,
-    **{k: (v, False) for k, v in fam.norms.items()},
+# Variables a checkpoint holds; the rest (expert loads) start at zero.
+_CHECKPOINT_VARIABLES = (nnx.Param, RouterBias)
+_TRANSFORMS = {
+  tensors.AS_IS: lambda a: a,
+  tensors.TRANSPOSE: lambda a: np.swapaxes(a, -1, -2),
+  tensors.EVEN: lambda a: a[..., 0::2],
+  tensors.ODD: lambda a: a[..., 1::2],
+}
+
+
+def _layers(path: tuple, model: Decoder) -> tuple[list | None, tuple]:
+  """Our flat path -> (HF layer indices, one per stacked copy; path inside the block)."""
+  cfg, periods = model.cfg, model.num_periods
+  if path[0] == "prefix":  # ("prefix", i, ...): layer i.
+    return [path[1]], path[2:]
+  if path[0] == "stack":  # ("stack", "blocks", j, ...): layers prefix + p * period + j.
+    return [cfg.prefix + p * cfg.period + path[2] for p in range(periods)], path[3:]
+  if path[0] == "tail":  # ("tail", j, ...): layer prefix + periods * period + j.
+    return [cfg.prefix + periods * cfg.period + path[1]], path[2:]
+  return None, path
+
+
+def _hf_names(path: tuple, shape: tuple, model: Decoder, fam) -> tuple[list, str, bool]:
+  """Our flat path and per-layer shape -> (HF names per stacked layer, transform,
+  whether each layer's names are one tensor per routed expert, to stack)."""
+  layers, rest = _layers(path, model)
+  if layers is None:
+    name, transform = tensors.TOP_WEIGHTS[".".join(path)]
+    return [[name]], transform, False
+  table = {
+    **tensors.LAYER_WEIGHTS,
+    **fam.weights,
+    **{k: (v, tensors.AS_IS) for k, v in fam.norms.items()},
   }
-  period = model.cfg.period
-  if path[0] == "stack":  # ("stack", "blocks", j, ...): layers p * period + j.
-    layers, rest = [p * period + path[2] for p in range(model.num_periods)], path[3:]
-  elif path[0] == "tail":  # ("tail", j, ...): layer num_periods * period + j.
-    layers, rest = [model.num_periods * period + path[1]], path[2:]
-  else:
-    return [families.TOP_WEIGHTS[".".join(path)]]
-  name, transpose = layer_weights[".".join(rest)]
-  return [(f"model.layers.{i}.{name}", transpose) for i in layers]
+  name, transform = table[".".join(rest)]
+  per_expert = "{x}" in name
+  experts = range(shape[0]) if per_expert else [None]  # shape: [E, ...]
+  names = [[f"model.layers.{i}.{name.format(x=x)}" for x in experts] for i in layers]
+  return names, transform, per_expert
 
 
-def _convert(array, transpose, shape, dtype, name):
-  array = array.T if transpose else array
+def _convert(arrays, transform, per_expert, shape, dtype, name):
+  arrays = [_TRANSFORMS[transform](a) for a in arrays]
+  array = np.stack(arrays) if per_expert else arrays[0]
   if array.size != math.prod(shape):
     raise ValueError(f"tensor {name} has shape {array.shape}; expected {shape} elements")
   return jnp.asarray(array.reshape(shape), dtype)
 
 
+def _ignored(name: str, model: Decoder, extra_layers: int) -> bool:
+  """Tensors a checkpoint may hold that we do not load: rotary buffers, a tied head,
+  and the `extra_layers` layers after the last one (multi-token-prediction modules)."""
+  if name.endswith(_IGNORED_SUFFIXES) or (name == "lm_head.weight" and model.cfg.tie_embeddings):
+    return True
+  parts, n = name.split("."), model.cfg.num_layers
+  return (
+    parts[:2] == ["model", "layers"]
+    and parts[2].isdigit()
+    and n <= int(parts[2]) < n + extra_layers
+  )
+
+
+def _check_names(ckpt, wanted: dict, model: Decoder, fam, hf_config, directory):
+  needed = {n for names, _, _ in wanted.values() for layer in names for n in layer}
+  extra = (hf_config.get(fam.extra_layers_key) or 0) if fam.extra_layers_key else 0
+  missing = sorted(needed - ckpt.names())
+  unexpected = sorted(n for n in ckpt.names() - needed if not _ignored(n, model, extra))
+  if missing or unexpected:
+    raise ValueError(
+      f"checkpoint {directory} does not match the {fam.name} model: "
+      f"missing {missing or 'none'}; unexpected {unexpected or 'none'}"
+    )
+
+
+def _layer_shape(path, variable) -> tuple:
+  shape = variable.get_value().shape
+  return shape[1:] if path[0] == "stack" else shape
+
+
+def _value(ckpt, source, variable, path):
+  value = variable.get_value()
+  if source is None:  # not in the checkpoint
+    return jnp.zeros(value.shape, value.dtype)
+  names, transform, per_expert = source
+  shape = _layer_shape(path, variable)
+  layers = [
+    _convert([ckpt.read(n) for n in layer], transform, per_expert, shape, value.dtype, layer[0])
+    for layer in names
+  ]
+  return jnp.stack(layers) if path[0] == "stack" else layers[0]
+
+
 def load_params(model: Decoder, directory) -> Decoder:
   """Copies the safetensors weights in `directory` into `model` (in place)."""
   directory = pathlib.Path(directory)
-  fam = families.family(json.loads((directory / "config.json").read_text()).get("model_type"))
-  flat = list(nnx.to_flat_state(nnx.state(model, nnx.Param)))
-  wanted = {path: _hf_names(path, model, fam) for path, _ in flat}
+  hf_config = json.loads((directory / "config.json").read_text())
+  fam = families.family(hf_config.get("model_type"))
+  flat = list(nnx.to_flat_state(nnx.state(model)))
+  wanted = {
+    path: _hf_names(path, _layer_shape(path, v), model, fam)
+    for path, v in flat
+    if isinstance(v, _CHECKPOINT_VARIABLES)
+  }
   with contextlib.ExitStack() as stack:
     ckpt = _Checkpoint(directory, stack)
-    needed = {name for names in wanted.values() for name, _ in names}
-    missing = sorted(needed - ckpt.names())
-    unexpected = sorted(
-      n
-      for n in ckpt.names() - needed
-      if not n.endswith(_IGNORED_SUFFIXES)
-      and not (n == "lm_head.weight" and model.cfg.tie_embeddings)
-    )
-    if missing or unexpected:
-      raise ValueError(
-        f"checkpoint {directory} does not match the {fam.name} model: "
-        f"missing {missing or 'none'}; unexpected {unexpected or 'none'}"
-      )
-    new = []
-    for path, variable in flat:
-      value, names = variable.get_value(), wanted[path]
-      stacked = path[0] == "stack"
-      shape = value.shape[1:] if stacked else value.shape
-      arrays = [_convert(ckpt.read(n), t, shape, value.dtype, n) for n, t in names]
-      new.append((path, variable.replace(jnp.stack(arrays) if stacked else arrays[0])))
+    _check_names(ckpt, wanted, model, fam, hf_config, directory)
+    new = [(p, v.replace(_value(ckpt, wanted.get(p), v, p))) for p, v in flat]
   nnx.update(model, nnx.from_flat_state(new))
   return model
 

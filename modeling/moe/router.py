@@ -34,34 +34,38 @@ def validate(cfg: MoeConfig):
   """Raises ValueError naming the first bad MoeConfig field."""
   E = cfg.num_experts
   for name in ("embed_dim", "num_experts", "top_k", "expert_mlp_dim", "n_group", "topk_group"):
-    _check(getattr(cfg, name) > 0, f"moe.{name}={getattr(cfg, name)} must be positive")
+    _check(getattr(cfg, name) > 0, f"model.moe.{name}={getattr(cfg, name)} must be positive")
   for name, valid in (("router", ROUTERS), ("activation", ACTIVATIONS), ("dispatch", DISPATCHES)):
     value = getattr(cfg, name)
-    _check(value in valid, f"moe.{name}={value!r} is not valid; use one of {', '.join(valid)}")
-  _check(cfg.top_k <= E, f"moe.top_k={cfg.top_k} exceeds moe.num_experts={E}")
-  _check(E % cfg.n_group == 0, f"moe.n_group={cfg.n_group} must divide moe.num_experts={E}")
+    _check(
+      value in valid, f"model.moe.{name}={value!r} is not valid; use one of {', '.join(valid)}"
+    )
+  _check(cfg.top_k <= E, f"model.moe.top_k={cfg.top_k} exceeds model.moe.num_experts={E}")
+  _check(
+    E % cfg.n_group == 0, f"model.moe.n_group={cfg.n_group} must divide model.moe.num_experts={E}"
+  )
   _check(
     cfg.topk_group <= cfg.n_group,
-    f"moe.topk_group={cfg.topk_group} exceeds moe.n_group={cfg.n_group}",
+    f"model.moe.topk_group={cfg.topk_group} exceeds model.moe.n_group={cfg.n_group}",
   )
   reachable = cfg.topk_group * (E // cfg.n_group)
   _check(
     cfg.top_k <= reachable,
-    f"moe.top_k={cfg.top_k} exceeds the {reachable} experts in moe.topk_group={cfg.topk_group} "
+    f"model.moe.top_k={cfg.top_k} exceeds the {reachable} experts in model.moe.topk_group={cfg.topk_group} "
     f"groups of {E // cfg.n_group}; raise topk_group or lower top_k",
   )
   _check(
     cfg.dispatch != "capacity" or cfg.capacity_factor > 0,
-    f"moe.capacity_factor={cfg.capacity_factor} must be positive",
+    f"model.moe.capacity_factor={cfg.capacity_factor} must be positive",
   )
   _check(
     (cfg.num_shared_experts > 0) == (cfg.shared_mlp_dim > 0),
-    f"moe.shared_mlp_dim={cfg.shared_mlp_dim} must be > 0 exactly when "
-    f"moe.num_shared_experts={cfg.num_shared_experts} > 0",
+    f"model.moe.shared_mlp_dim={cfg.shared_mlp_dim} must be > 0 exactly when "
+    f"model.moe.num_shared_experts={cfg.num_shared_experts} > 0",
   )
   _check(
     not cfg.shared_gate or cfg.shared_mlp_dim > 0,
-    "moe.shared_gate=True needs a shared expert (moe.shared_mlp_dim > 0)",
+    "model.moe.shared_gate=True needs a shared expert (model.moe.shared_mlp_dim > 0)",
   )
 
 

@@ -1,0 +1,85 @@
+"""Hugging Face tensor names: our param path -> (HF name, transform).
+
+Shared by every family; a family overrides entries through `Family.weights`
+(families.py). `loader.py` applies the transforms.
+"""
+
+# How a checkpoint tensor becomes ours: torch Linear weights [out, in] are
+# transposed; EVEN / ODD take the even / odd columns of a gate-up interleaved
+# tensor (gpt-oss: gate = columns 0, 2, ..., up = 1, 3, ...).
+AS_IS, TRANSPOSE, EVEN, ODD = "as_is", "transpose", "even", "odd"
+
+# Our block param path -> (HF name under `model.layers.{i}.`, transform). Paths
+# our model lacks (biases, QK-norms when off, MLA when GQA) are never asked for.
+ATTENTION_MLP_WEIGHTS = {
+  "attn.q_proj": ("self_attn.q_proj.weight", TRANSPOSE),
+  "attn.k_proj": ("self_attn.k_proj.weight", TRANSPOSE),
+  "attn.v_proj": ("self_attn.v_proj.weight", TRANSPOSE),
+  "attn.o_proj": ("self_attn.o_proj.weight", TRANSPOSE),
+  "attn.q_bias": ("self_attn.q_proj.bias", AS_IS),
+  "attn.k_bias": ("self_attn.k_proj.bias", AS_IS),
+  "attn.v_bias": ("self_attn.v_proj.bias", AS_IS),
+  "attn.o_bias": ("self_attn.o_proj.bias", AS_IS),
+  "attn.q_norm.scale": ("self_attn.q_norm.weight", AS_IS),
+  "attn.k_norm.scale": ("self_attn.k_norm.weight", AS_IS),
+  "attn.sinks": ("self_attn.sinks", AS_IS),
+  "mlp.gate_proj": ("mlp.gate_proj.weight", TRANSPOSE),
+  "mlp.up_proj": ("mlp.up_proj.weight", TRANSPOSE),
+  "mlp.down_proj": ("mlp.down_proj.weight", TRANSPOSE),
+  "mlp.gate_bias": ("mlp.gate_proj.bias", AS_IS),
+  "mlp.up_bias": ("mlp.up_proj.bias", AS_IS),
+  "mlp.down_bias": ("mlp.down_proj.bias", AS_IS),
+}
+# Multi-head latent attention (plain `attn.q_proj` when q_lora_rank is 0).
+MLA_WEIGHTS = {
+  "attn.q_a_proj": ("self_attn.q_a_proj.weight", TRANSPOSE),
+  "attn.q_a_norm.scale": ("self_attn.q_a_layernorm.weight", AS_IS),
+  "attn.q_b_proj": ("self_attn.q_b_proj.weight", TRANSPOSE),
+  "attn.kv_a_proj": ("self_attn.kv_a_proj_with_mqa.weight", TRANSPOSE),
+  "attn.kv_a_norm.scale": ("self_attn.kv_a_layernorm.weight", AS_IS),
+  "attn.kv_b_proj": ("self_attn.kv_b_proj.weight", TRANSPOSE),
+}
+# Hub MoE layout (DeepSeek, Qwen-MoE, GLM-MoE): `{x}` is the routed expert,
+# one tensor each, stacked on a leading experts axis.
+MOE_WEIGHTS = {
+  "mlp.router.kernel": ("mlp.gate.weight", TRANSPOSE),
+  "mlp.router.aux_free_bias": ("mlp.gate.e_score_correction_bias", AS_IS),
+  "mlp.experts.gate_proj": ("mlp.experts.{x}.gate_proj.weight", TRANSPOSE),
+  "mlp.experts.up_proj": ("mlp.experts.{x}.up_proj.weight", TRANSPOSE),
+  "mlp.experts.down_proj": ("mlp.experts.{x}.down_proj.weight", TRANSPOSE),
+  "mlp.shared.gate_proj": ("mlp.shared_experts.gate_proj.weight", TRANSPOSE),
+  "mlp.shared.up_proj": ("mlp.shared_experts.up_proj.weight", TRANSPOSE),
+  "mlp.shared.down_proj": ("mlp.shared_experts.down_proj.weight", TRANSPOSE),
+}
+LAYER_WEIGHTS = {**ATTENTION_MLP_WEIGHTS, **MLA_WEIGHTS, **MOE_WEIGHTS}
+# gpt-oss stores all experts in one tensor per projection, already [in, out].
+GPT_OSS_WEIGHTS = {
+  "mlp.router.kernel": ("mlp.router.weight", TRANSPOSE),
+  "mlp.router.bias": ("mlp.router.bias", AS_IS),
+  "mlp.experts.gate_proj": ("mlp.experts.gate_up_proj", EVEN),  # [E, e, 2f]
+  "mlp.experts.up_proj": ("mlp.experts.gate_up_proj", ODD),
+  "mlp.experts.down_proj": ("mlp.experts.down_proj", AS_IS),  # [E, f, e]
+  "mlp.experts.gate_bias": ("mlp.experts.gate_up_proj_bias", EVEN),  # [E, 2f]
+  "mlp.experts.up_bias": ("mlp.experts.gate_up_proj_bias", ODD),
+  "mlp.experts.down_bias": ("mlp.experts.down_proj_bias", AS_IS),
+}
+# Top-level tensors: our path -> (HF name, transform).
+TOP_WEIGHTS = {
+  "embed": ("model.embed_tokens.weight", AS_IS),
+  "lm_head": ("lm_head.weight", TRANSPOSE),
+  "final_norm.scale": ("model.norm.weight", AS_IS),
+}
+PRE_NORMS = {
+  "attn_norm.scale": "input_layernorm.weight",
+  "mlp_norm.scale": "post_attention_layernorm.weight",
+}
+POST_NORMS = {
+  "attn_post_norm.scale": "post_attention_layernorm.weight",
+  "mlp_post_norm.scale": "post_feedforward_layernorm.weight",
+}
+SANDWICH_NORMS = {
+  "attn_norm.scale": "input_layernorm.weight",
+  "attn_post_norm.scale": "post_attention_layernorm.weight",
+  "mlp_norm.scale": "pre_feedforward_layernorm.weight",
+  "mlp_post_norm.scale": "post_feedforward_layernorm.weight",
+}

@@ -1,0 +1,446 @@
+"""Specs for modeling/hf on MoE families: tiny random HF models load, match HF
+logits and route every token to the same experts.
+
+As in test_hf_parity.py, ALL weights are random (norm scales, biases, sinks and
+DeepSeek's e_score_correction_bias too). Routing is checked two ways: our
+per-layer expert loads (aux["expert_load"]) against counts of the experts HF's
+routers picked, and our loaded routers, fed the exact hidden states HF's
+routers saw (forward hooks), against HF's per-token choices and weights.
+"""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import safetensors.numpy
+import torch
+import transformers
+from flax import nnx
+
+from modeling import hf
+
+TOL = 1e-4
+VOCAB, SEQ = 128, 32
+_TINY = dict(
+  vocab_size=VOCAB,
+  hidden_size=64,
+  intermediate_size=96,
+  num_attention_heads=4,
+  num_key_value_heads=2,
+  head_dim=16,
+  max_position_embeddings=256,
+  pad_token_id=0,
+  bos_token_id=1,
+  eos_token_id=2,
+)
+
+# name -> (HF model class, HF config class, config kwargs).
+CASES = {
+  # MLA (q LoRA, interleaved rope), YaRN with mscale != mscale_all_dim, 1 dense
+  # layer then 3 scanned MoE layers: 16 experts in 4 groups, top-4 from the best
+  # 2 groups, sigmoid + correction bias, 2 shared experts, routed scale 2.5.
+  "deepseek_v3": (
+    transformers.DeepseekV3ForCausalLM,
+    transformers.DeepseekV3Config,
+    dict(
+      num_hidden_layers=4,
+      num_key_value_heads=4,
+      head_dim=8,  # HF's rope width; DeepseekV3Config sets it to qk_rope_head_dim.
+      max_position_embeddings=64,
+      q_lora_rank=32,
+      kv_lora_rank=16,
+      qk_nope_head_dim=16,
+      qk_rope_head_dim=8,
+      v_head_dim=16,
+      first_k_dense_replace=1,
+      n_routed_experts=16,
+      num_experts_per_tok=4,
+      moe_intermediate_size=32,
+      n_group=4,
+      topk_group=2,
+      n_shared_experts=2,
+      routed_scaling_factor=2.5,
+      rope_parameters=dict(
+        rope_type="yarn",
+        rope_theta=10_000.0,
+        factor=4.0,
+        original_max_position_embeddings=16,
+        mscale=1.0,
+        mscale_all_dim=0.5,
+      ),
+    ),
+  ),
+  # MoE on every 2nd layer (pattern dense, moe), softmax top-2 of 8, not renormalised.
+  "qwen3_moe": (
+    transformers.Qwen3MoeForCausalLM,
+    transformers.Qwen3MoeConfig,
+    dict(
+      num_hidden_layers=4,
+      decoder_sparse_step=2,
+      num_experts=8,
+      num_experts_per_tok=2,
+      moe_intermediate_size=32,
+      norm_topk_prob=False,
+    ),
+  ),
+  # Half-rotary heads, q/k/v bias, QK-norm, 1 dense layer, sigmoid routing
+  # over 2 groups of which 1 is used, a shared expert.
+  "glm4_moe": (
+    transformers.Glm4MoeForCausalLM,
+    transformers.Glm4MoeConfig,
+    dict(
+      num_hidden_layers=3,
+      first_k_dense_replace=1,
+      n_routed_experts=16,
+      num_experts_per_tok=4,
+      moe_intermediate_size=32,
+      n_group=2,
+      topk_group=1,
+      routed_scaling_factor=2.5,
+      use_qk_norm=True,
+      attention_bias=True,
+      rope_parameters=dict(rope_type="default", rope_theta=10_000.0, partial_rotary_factor=0.5),
+    ),
+  ),
+  # Sinks, sliding (window 8) / full layers, q/k/v/o biases, biased router with a
+  # softmax over the top-2 logits, interleaved gate-up experts with biases. The
+  # released YaRN (x32 over 4096) but with truncate=True: the release's
+  # truncate=False is not representable (test_gpt_oss_untruncated_yarn_is_rejected).
+  "gpt_oss": (
+    transformers.GptOssForCausalLM,
+    transformers.GptOssConfig,
+    dict(
+      num_hidden_layers=4,
+      num_local_experts=8,
+      num_experts_per_tok=2,
+      intermediate_size=32,
+      sliding_window=8,
+      max_position_embeddings=131_072,
+      rope_parameters=dict(
+        rope_type="yarn",
+        rope_theta=150_000.0,
+        factor=32.0,
+        beta_fast=32.0,
+        beta_slow=1.0,
+        original_max_position_embeddings=4096,
+        truncate=True,
+      ),
+    ),
+  ),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():
+  """Tiny torch matmuls run ~100x slower on 2 intra-op threads next to JAX's pool."""
+  threads = torch.get_num_threads()
+  torch.set_num_threads(1)
+  yield
+  torch.set_num_threads(threads)
+
+
+def _randomise(model: torch.nn.Module):
+  """Matrices ~ N(0, 1/fan_in); vectors shifted by N(0, 0.2); correction biases ~ N(0, 0.1)."""
+  with torch.no_grad():
+    for p in model.parameters():
+      if p.ndim == 1:
+        p.add_(0.2 * torch.randn_like(p))
+      else:
+        p.normal_(0.0, p.shape[-1] ** -0.5)
+    for name, buffer in model.named_buffers():
+      if name.endswith("e_score_correction_bias"):
+        buffer.normal_(0.0, 0.1)
+
+
+def _hf_config(name, **overrides):
+  _, config_cls, kwargs = CASES[name]
+  return config_cls(**{**_TINY, **kwargs, **overrides}, attn_implementation="eager")
+
+
+def _build(name, directory, **overrides):
+  torch.manual_seed(0)
+  model = CASES[name][0](_hf_config(name, **overrides)).eval().float()
+  _randomise(model)
+  model.save_pretrained(directory)
+  return model
+
+
+def _routers(hf_model) -> list:
+  """HF's MoE routers in layer order (they return (logits, weights, indices))."""
+  return [m for m in hf_model.modules() if type(m).__name__.lower().endswith("topkrouter")]
+
+
+def _hf_run(hf_model, tokens):
+  """-> (logits, [(router input [t, e], weights [t, k], indices [t, k]) per MoE layer])."""
+  seen = []
+
+  def hook(module, args, output):
+    x = args[0].reshape(-1, args[0].shape[-1])
+    seen.append((x.numpy(), output[1].numpy(), output[2].numpy()))
+
+  handles = [r.register_forward_hook(hook) for r in _routers(hf_model)]
+  try:
+    with torch.no_grad():
+      logits = hf_model(input_ids=torch.as_tensor(tokens)).logits.numpy()
+  finally:
+    for h in handles:
+      h.remove()
+  return logits, seen
+
+
+@nnx.jit
+def _forward(model, tokens, positions, segment_ids):
+  return model(tokens, positions=positions, segment_ids=segment_ids)
+
+
+def _ours(model, tokens, positions=None, segment_ids=None):
+  """-> (logits, aux) on [2, SEQ] inputs, so each model compiles once."""
+  if positions is None:
+    positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
+  if segment_ids is None:
+    segment_ids = np.ones(tokens.shape, np.int32)
+  logits, aux = _forward(
+    model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segment_ids, jnp.int32)
+  )
+  return np.asarray(logits), aux
+
+
+def _tokens(batch, seq, seed=0):
+  return np.random.default_rng(seed).integers(0, VOCAB, (batch, seq))
+
+
+def _our_router(model, layer: int):
+  """Our loaded router of `layer`, sliced out of the scanned stack where needed."""
+  cfg = model.cfg
+  if layer < cfg.prefix:
+    return model.prefix[layer].mlp.router
+  period, j = divmod(layer - cfg.prefix, cfg.period)
+  if period >= model.num_periods:
+    return model.tail[layer - cfg.prefix - model.num_periods * cfg.period].mlp.router
+  graphdef, state = nnx.split(model.stack.blocks[j].mlp.router)
+  return nnx.merge(graphdef, jax.tree.map(lambda a: a[period], state))
+
+
+@nnx.jit
+def _route(router, x):  # every layer's router has one graph: compiles once per family.
+  weights, indices, _ = router(x)
+  return weights, indices
+
+
+def _moe_layers(model) -> list:
+  return [i for i, b in enumerate(model.cfg.blocks) if hasattr(b.mlp, "num_experts")]
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def pair(request, tmp_path_factory):
+  """(family name, HF model, our (config, model)) for one case."""
+  directory = tmp_path_factory.mktemp(request.param)
+  model = _build(request.param, directory)
+  return request.param, model, hf.load(directory)
+
+
+def test_logits_match_hf(pair):
+  name, hf_model, (_, model) = pair
+  tokens = _tokens(2, SEQ)
+  diff = np.abs(_ours(model, tokens)[0] - _hf_run(hf_model, tokens)[0]).max()
+  print(f"{name}: max |logits diff| = {diff:.2e}")
+  assert diff <= TOL
+
+
+def test_expert_loads_match_hf_routing(pair):
+  """aux["expert_load"][layer] counts the same (token, expert) picks as HF's routers."""
+  _, hf_model, (_, model) = pair
+  tokens = _tokens(2, SEQ, seed=1)
+  _, seen = _hf_run(hf_model, tokens)
+  num_experts = model.cfg.blocks[_moe_layers(model)[0]].mlp.num_experts
+  theirs = np.stack([np.bincount(idx.ravel(), minlength=num_experts) for _, _, idx in seen])
+  ours = np.asarray(_ours(model, tokens)[1]["expert_load"])
+  assert len(seen) == len(_moe_layers(model))
+  np.testing.assert_array_equal(ours, theirs)
+
+
+def test_routers_pick_the_same_experts_as_hf(pair):
+  """Per token and MoE layer: the same expert set, with the same weights."""
+  _, hf_model, (_, model) = pair
+  _, seen = _hf_run(hf_model, _tokens(2, SEQ, seed=2))
+  for layer, (x, hf_weights, hf_indices) in zip(_moe_layers(model), seen, strict=True):
+    weights, indices = _route(_our_router(model, layer), jnp.asarray(x))
+    ours, theirs = np.argsort(np.asarray(indices), -1), np.argsort(hf_indices, -1)
+    pick = lambda a, order: np.take_along_axis(np.asarray(a), order, -1)
+    np.testing.assert_array_equal(pick(indices, ours), pick(hf_indices, theirs), f"layer {layer}")
+    np.testing.assert_allclose(pick(weights, ours), pick(hf_weights, theirs), atol=1e-5)
+
+
+def test_packed_documents_match_hf_run_separately(pair):
+  """Row r holds two documents (segment ids 1 then 2, positions restarting at 0)."""
+  _, hf_model, (_, model) = pair
+  splits = [20, 9]
+  docs = [(_tokens(1, n, seed=r), _tokens(1, SEQ - n, seed=10 + r)) for r, n in enumerate(splits)]
+  packed = np.concatenate([np.concatenate(d, axis=1) for d in docs])
+  segment_ids = np.array([[1] * n + [2] * (SEQ - n) for n in splits])
+  positions = np.array([list(range(n)) + list(range(SEQ - n)) for n in splits])
+  ours = _ours(model, packed, positions, segment_ids)[0]
+  run = lambda t: _hf_run(hf_model, t)[0]
+  theirs = np.concatenate([np.concatenate([run(a), run(b)], axis=1) for a, b in docs])
+  assert np.abs(ours - theirs).max() <= TOL
+
+
+def test_config_captures_family_features(pair):
+  name, _, (config, _) = pair
+  m = config.model
+  expected = {
+    "deepseek_v3": {
+      "attention": "mla",
+      "mla.q_lora_rank": 32,
+      "mla.rope_interleave": True,
+      "mla.mscale_all_dim": 0.5,
+      "first_dense_layers": 1,
+      "ffn_pattern": ("moe",),
+      "moe.router": "sigmoid",
+      "moe.aux_free_bias": True,
+      "moe.n_group": 4,
+      "moe.topk_group": 2,
+      "moe.num_shared_experts": 2,
+      "moe.routed_scaling": 2.5,
+      "rope_scaling.type": "yarn",
+    },
+    "qwen3_moe": {
+      "qk_norm": "head",
+      "first_dense_layers": 0,
+      "ffn_pattern": ("dense", "moe"),
+      "moe.router": "softmax",
+      "moe.norm_topk": False,
+      "moe.num_shared_experts": 0,
+    },
+    "glm4_moe": {
+      "qkv_bias": True,
+      "out_bias": False,
+      "qk_norm": "head",
+      "partial_rotary_factor": 0.5,
+      "first_dense_layers": 1,
+      "moe.router": "sigmoid",
+      "moe.n_group": 2,
+      "moe.num_shared_experts": 1,
+    },
+    "gpt_oss": {
+      "attention_sinks": True,
+      "qkv_bias": True,
+      "out_bias": True,
+      "attention_pattern": ("local", "global"),
+      "sliding_window": 8,
+      "ffn_pattern": ("moe",),
+      "moe.router": "softmax_topk",
+      "moe.router_bias": True,
+      "moe.activation": "clamped_swiglu",
+      "moe.expert_bias": True,
+    },
+  }[name]
+  assert {k: _field(m, k) for k in expected} == expected
+
+
+def _field(m, dotted: str):
+  for key in dotted.split("."):
+    m = m[key]
+  return m
+
+
+def _config(name, **overrides) -> dict:
+  _, config_cls, kwargs = CASES[name]
+  return config_cls(**{**_TINY, **kwargs, **overrides}).to_dict()
+
+
+@pytest.mark.parametrize(
+  "overrides,first_dense,pattern",
+  [
+    (dict(decoder_sparse_step=1, mlp_only_layers=[0, 1]), 2, ("moe",)),
+    (dict(decoder_sparse_step=2, mlp_only_layers=[]), 0, ("dense", "moe")),
+    (
+      dict(num_hidden_layers=6, decoder_sparse_step=3, mlp_only_layers=[]),
+      0,
+      ("dense",) * 2 + ("moe",),
+    ),
+  ],
+)
+def test_qwen3_moe_sparse_step_and_mlp_only_layers_give_the_ffn_pattern(
+  overrides, first_dense, pattern
+):
+  m = hf.model_config_from_hf(_config("qwen3_moe", **overrides)).model
+  assert (m.first_dense_layers, m.ffn_pattern) == (first_dense, pattern)
+
+
+def test_kimi_k2_reads_as_deepseek_v3():
+  config = _config("deepseek_v3")
+  kimi = hf.model_config_from_hf(dict(config, model_type="kimi_k2")).model
+  deepseek = hf.model_config_from_hf(config).model
+  assert kimi.family == "kimi_k2"
+  with kimi.unlocked():
+    kimi.family = deepseek.family
+  assert kimi == deepseek
+
+
+def test_legacy_deepseek_rope_scaling_gives_the_same_config():
+  """Hub DeepSeek/Kimi config.json files carry rope_theta + rope_scaling{type: yarn, ...}."""
+  config = _config("deepseek_v3")
+  legacy = {k: v for k, v in config.items() if k != "rope_parameters"}
+  rope = dict(config["rope_parameters"])
+  legacy.update(
+    rope_theta=rope.pop("rope_theta"), rope_scaling=dict(rope, type=rope.pop("rope_type"))
+  )
+  assert hf.model_config_from_hf(legacy) == hf.model_config_from_hf(config)
+
+
+def test_deepseek_without_q_lora_uses_a_plain_query_projection():
+  m = hf.model_config_from_hf(_config("deepseek_v3", q_lora_rank=None)).model
+  assert m.mla.q_lora_rank == 0
+
+
+def test_gpt_oss_untruncated_yarn_is_rejected():
+  """Released gpt-oss configs use YaRN with truncate=False, which config.model cannot hold."""
+  config = _config("gpt_oss", rope_parameters=None)
+  assert config["rope_parameters"]["truncate"] is False
+  with pytest.raises(ValueError, match="truncate=False"):
+    hf.model_config_from_hf(config)
+
+
+@pytest.mark.parametrize(
+  "name,key,value",
+  [
+    ("gpt_oss", "swiglu_limit", 10.0),
+    ("deepseek_v3", "attention_bias", True),
+    ("deepseek_v3", "scoring_func", "softmax"),
+    ("qwen3_moe", "hidden_act", "gelu_pytorch_tanh"),
+  ],
+)
+def test_unrepresentable_fields_are_named(name, key, value):
+  with pytest.raises(ValueError, match=f"{key}={value!r} is not supported"):
+    hf.model_config_from_hf(dict(_config(name), **{key: value}))
+
+
+def test_quantized_checkpoints_are_rejected():
+  config = dict(_config("gpt_oss"), quantization_config={"quant_method": "mxfp4"})
+  with pytest.raises(ValueError, match="quantization_config \\(quant_method='mxfp4'\\)"):
+    hf.model_config_from_hf(config)
+
+
+def _with_extra_layer_tensor(tmp_path, layer_past_last: int):
+  _build("deepseek_v3", tmp_path, num_hidden_layers=2)
+  config = json.loads((tmp_path / "config.json").read_text())
+  assert config["num_nextn_predict_layers"] == 1
+  name = f"model.layers.{config['num_hidden_layers'] + layer_past_last}.eh_proj.weight"
+  safetensors.numpy.save_file({name: np.ones((2, 2), np.float32)}, tmp_path / "mtp.safetensors")
+  return name
+
+
+def test_multi_token_prediction_layers_are_ignored(tmp_path):
+  """DeepSeek / GLM checkpoints store num_nextn_predict_layers MTP modules after the last layer."""
+  _with_extra_layer_tensor(tmp_path, 0)
+  _, model = hf.load(tmp_path)
+  assert np.asarray(model.prefix[0].attn.kv_b_proj[...]).any()
+
+
+def test_layers_past_the_mtp_modules_are_unexpected(tmp_path):
+  name = _with_extra_layer_tensor(tmp_path, 1)
+  with pytest.raises(ValueError, match=f"unexpected \\['{name}'\\]"):
+    hf.load(tmp_path)

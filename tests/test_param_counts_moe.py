@@ -1,0 +1,47 @@
+"""MoE full presets carry the published dimensions: total and active params within 2%.
+
+`active_param_count` counts everything but the unselected routed experts. The
+publishers disagree on whether the embedding table and the output head are
+"active", so each entry names what its published active count leaves out.
+"""
+
+import pytest
+
+from modeling.config import decoder_config
+from tests.conftest import family_config
+from trainer.state import active_param_count, param_count
+
+# (family, preset, published total, published active, left out of active)
+PUBLISHED = [
+  # DeepSeek-V3 report: 671B main model (the 14B MTP module is extra), 37B active.
+  ("deepseek_v3", "full", 671e9, 37e9, ""),
+  # Kimi K2 report: 1.04T total, 32.6B activated.
+  ("kimi_k2", "full", 1.04e12, 32.6e9, ""),
+  # Qwen3 model cards.
+  ("qwen3_moe", "30b_a3b", 30.5e9, 3.3e9, ""),
+  ("qwen3_moe", "235b_a22b", 235e9, 22e9, ""),
+  # GLM-4.5 report: 106B / 12B (Air), 355B / 32B; active excludes embedding and head.
+  ("glm4_moe", "air", 106e9, 12e9, "embed+head"),
+  ("glm4_moe", "full", 355e9, 32e9, "embed+head"),
+  # gpt-oss model card: 20.91B / 3.61B, 116.83B / 5.13B; active counts the unembedding only.
+  ("gpt_oss", "20b", 20.91e9, 3.61e9, "embed"),
+  ("gpt_oss", "120b", 116.83e9, 5.13e9, "embed"),
+]
+
+
+def _left_out(cfg, which: str) -> int:
+  table = cfg.vocab_size * cfg.embed_dim
+  return {"": 0, "embed": table, "embed+head": table * (1 if cfg.tie_embeddings else 2)}[which]
+
+
+def _close(count, published):
+  return abs(count - published) / published < 0.02
+
+
+@pytest.mark.parametrize("family,preset,total,active,left_out", PUBLISHED)
+def test_moe_preset_param_counts_match_published(family, preset, total, active, left_out):
+  cfg = decoder_config(family_config(family, preset).model)
+  count = param_count(cfg)
+  assert _close(count, total), f"{family}:{preset} has {count / 1e9:.2f}B total"
+  count = active_param_count(cfg) - _left_out(cfg, left_out)
+  assert _close(count, active), f"{family}:{preset} has {count / 1e9:.2f}B active"
