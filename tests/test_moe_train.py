@@ -6,7 +6,7 @@ import numpy as np
 from flax import traverse_util
 
 from tests.conftest import family_config
-from trainer.trainer import Trainer
+from trainer.trainer import Trainer, progress_fields
 
 
 def _tiny_moe(tmp_path, steps=6, **moe):
@@ -51,4 +51,7 @@ def test_moe_metrics_reach_metrics_jsonl(tmp_path):
   assert all(r >= 1.0 for r in result["expert_load_max_over_mean"])
   assert result["dropped_frac"] == 0.0
   assert np.isfinite(result["loss"]) and np.isfinite(result["aux_loss"])
+  bar = progress_fields(result)
+  assert bar["load_max"] == f"{max(result['expert_load_max_over_mean']):.2f}"
+  assert bar["mtp"] == f"{result['mtp_loss'][0]:.2f}"
   jax.clear_caches()

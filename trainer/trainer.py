@@ -119,6 +119,21 @@ def moe_metrics(aux: dict) -> dict:
   }
 
 
+def progress_fields(record: dict) -> dict:
+  """The progress bar's view of a metrics record (MoE and MTP fields when present)."""
+  fields = {
+    "loss": f"{record['loss']:.3f}",
+    "tok_s": f"{record['tokens_per_s']:.0f}",
+    "mfu": f"{record['mfu']:.1%}",
+  }
+  if "expert_load_max_over_mean" in record:
+    fields["load_max"] = f"{max(record['expert_load_max_over_mean']):.2f}"
+    fields["dropped"] = f"{record['dropped_frac']:.1%}"
+  if "mtp_loss" in record:
+    fields["mtp"] = "/".join(f"{v:.2f}" for v in record["mtp_loss"])
+  return fields
+
+
 class Trainer:
   def __init__(self, config, workdir: str):
     self.config, self.workdir = config, pathlib.Path(workdir)
@@ -205,11 +220,7 @@ class Trainer:
         last_train |= {k: v for k, v in fetched[-1].items() if k not in last_train}
         self._check_finite(last_train)
         writer.write(last_train)
-        bar.set_postfix(
-          loss=f"{last_train['loss']:.3f}",
-          tok_s=f"{last_train['tokens_per_s']:.0f}",
-          mfu=f"{last_train['mfu']:.1%}",
-        )
+        bar.set_postfix(progress_fields(last_train))
         pending, tic = [], time.perf_counter()
       if eval_data and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
         last_eval = {"step": step, "eval_loss": self.evaluate(eval_data)}
