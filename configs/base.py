@@ -57,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.rope_scaling.beta_fast = 32.0  # yarn correction range.
   m.rope_scaling.beta_slow = 1.0  # yarn.
   m.rope_scaling.attention_factor = 0.0  # yarn: 0 -> 0.1*ln(s)+1.
+  m.rope_scaling.truncate = True  # yarn: round the correction range to whole dims (False: gpt-oss).
   # Attention kind: gqa (MHA/GQA/MQA by num_kv_heads) | mla (multi-head latent attention).
   m.attention = "gqa"
   m.mla = ml_collections.ConfigDict()

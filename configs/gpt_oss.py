@@ -21,10 +21,14 @@ _GPT_OSS = dict(
   attention_pattern=("local", "global"),
   sliding_window=128,
   rope_theta=150_000.0,
-  # The release sets YaRN truncate=False (no rounding of the correction range),
-  # which config.model cannot express yet; this is the truncated form.
+  # YaRN as released: the correction range is not rounded (truncate=False).
   rope_scaling=dict(
-    type="yarn", factor=32.0, original_max_position=4096, beta_fast=32.0, beta_slow=1.0
+    type="yarn",
+    factor=32.0,
+    original_max_position=4096,
+    beta_fast=32.0,
+    beta_slow=1.0,
+    truncate=False,
   ),
   norm_eps=1e-5,
   ffn_pattern=("moe",),

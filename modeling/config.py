@@ -39,6 +39,7 @@ class RopeConfig:
   beta_fast: float = 32.0
   beta_slow: float = 1.0
   attention_factor: float = 0.0
+  truncate: bool = True  # yarn: floor/ceil the correction range.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +225,7 @@ def decoder_config(
     beta_fast=s.beta_fast,
     beta_slow=s.beta_slow,
     attention_factor=s.attention_factor,
+    truncate=s.truncate,
   )
   local_rope = (
     RopeConfig(theta=m.local_rope_theta, rotary_dim=rotary_dim)

@@ -106,8 +106,7 @@ CASES = {
   ),
   # Sinks, sliding (window 8) / full layers, q/k/v/o biases, biased router with a
   # softmax over the top-2 logits, interleaved gate-up experts with biases. The
-  # released YaRN (x32 over 4096) but with truncate=True: the release's
-  # truncate=False is not representable (test_gpt_oss_untruncated_yarn_is_rejected).
+  # released YaRN: x32 over 4096 with an unrounded correction range (truncate=False).
   "gpt_oss": (
     transformers.GptOssForCausalLM,
     transformers.GptOssConfig,
@@ -125,7 +124,7 @@ CASES = {
         beta_fast=32.0,
         beta_slow=1.0,
         original_max_position_embeddings=4096,
-        truncate=True,
+        truncate=False,
       ),
     ),
   ),
@@ -396,12 +395,11 @@ def test_deepseek_without_q_lora_uses_a_plain_query_projection():
   assert m.mla.q_lora_rank == 0
 
 
-def test_gpt_oss_untruncated_yarn_is_rejected():
-  """Released gpt-oss configs use YaRN with truncate=False, which config.model cannot hold."""
+def test_gpt_oss_default_yarn_is_untruncated():
+  """Released gpt-oss configs use YaRN with truncate=False; the loader keeps it."""
   config = _config("gpt_oss", rope_parameters=None)
   assert config["rope_parameters"]["truncate"] is False
-  with pytest.raises(ValueError, match="truncate=False"):
-    hf.model_config_from_hf(config)
+  assert hf.model_config_from_hf(config).model.rope_scaling.truncate is False
 
 
 @pytest.mark.parametrize(

@@ -219,8 +219,6 @@ def _scaling(p, hf) -> dict:
       high_freq_factor=float(p["high_freq_factor"]),
     )
   if kind == "yarn":
-    if p.get("truncate", True) is False:
-      raise ValueError("config.json rope_parameters.truncate=False (yarn) is not supported")
     factor = float(p.get("factor") or hf["max_position_embeddings"] / original)
     attention = p.get("attention_factor")
     if attention is None and p.get("mscale") and p.get("mscale_all_dim"):
@@ -232,6 +230,7 @@ def _scaling(p, hf) -> dict:
       beta_fast=float(p.get("beta_fast") or 32.0),
       beta_slow=float(p.get("beta_slow") or 1.0),
       attention_factor=float(attention or _yarn_mscale(factor)),
+      truncate=bool(p.get("truncate", True)),
     )
   raise ValueError(
     f"config.json rope_type={kind!r} is not supported; use default, linear, llama3 or yarn"

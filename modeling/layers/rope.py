@@ -38,8 +38,10 @@ def _yarn(c: RopeConfig):
       dim * math.log(c.original_max_position / (rotations * 2 * math.pi)) / (2 * math.log(c.theta))
     )
 
-  low = max(math.floor(correction_dim(c.beta_fast)), 0)
-  high = min(math.ceil(correction_dim(c.beta_slow)), dim - 1)
+  low, high = correction_dim(c.beta_fast), correction_dim(c.beta_slow)
+  if c.truncate:
+    low, high = math.floor(low), math.ceil(high)
+  low, high = max(low, 0), min(high, dim - 1)
   if low == high:
     high += 0.001
   ramp = np.clip((np.arange(dim // 2) - low) / (high - low), 0, 1)
