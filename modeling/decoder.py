@@ -55,9 +55,8 @@ class Block(nnx.Module):
     post = self.placement in ("post", "sandwich")
     h = self.attn(self.attn_norm(x) if pre else x, positions=positions, segment_ids=segment_ids)
     x = x + (self.attn_post_norm(h) if post else h)
-    h, stats = self.mlp(self.mlp_norm(x) if pre else x), {}
-    if self.is_moe:
-      h, stats = h
+    h = self.mlp(self.mlp_norm(x) if pre else x)
+    h, stats = h if self.is_moe else (h, {})  # MoE also returns its load and balance stats
     return x + (self.mlp_post_norm(h) if post else h), stats
 
 

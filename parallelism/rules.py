@@ -6,7 +6,6 @@ A dimension that a mesh axis does not divide is left unsharded.
 """
 
 import jax
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor", "expert")
@@ -47,16 +46,6 @@ def _product(mesh, axes) -> int:
   for a in axes:
     out *= mesh.shape[a]
   return out
-
-
-def state_shardings(state: nnx.State, mesh) -> nnx.State:
-  """NamedShardings for every leaf of an (abstract) param state, from its `axes` metadata."""
-
-  def one(variable):
-    axes = tuple(variable.get_metadata().get("axes", (None,) * variable.ndim))
-    return variable.replace(NamedSharding(mesh, partition_spec(axes, variable.shape, mesh)))
-
-  return jax.tree.map(one, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def batch_sharding(mesh) -> NamedSharding:

@@ -16,21 +16,11 @@ import transformers
 from flax import nnx
 
 from modeling import hf
+from tests.hf_common import SEQ, TOL
+from tests.hf_common import TINY as _TINY
+from tests.hf_common import randomise as _randomise
+from tests.hf_common import tokens as _tokens
 
-TOL = 1e-4
-VOCAB, SEQ = 128, 32
-_TINY = dict(
-  vocab_size=VOCAB,
-  hidden_size=64,
-  intermediate_size=96,
-  num_attention_heads=4,
-  num_key_value_heads=2,
-  head_dim=16,
-  max_position_embeddings=256,
-  pad_token_id=0,
-  bos_token_id=1,
-  eos_token_id=2,
-)
 
 # name -> (HF model class, HF config class, config kwargs). Each case also
 # switches on the features its family is known for.
@@ -112,16 +102,6 @@ CASES = {
 }
 
 
-def _randomise(model: torch.nn.Module):
-  """Matrices ~ N(0, 1/fan_in); vectors (norm scales, biases) shifted by N(0, 0.2)."""
-  with torch.no_grad():
-    for p in model.parameters():
-      if p.ndim == 1:
-        p.add_(0.2 * torch.randn_like(p))
-      else:
-        p.normal_(0.0, p.shape[-1] ** -0.5)
-
-
 def _build(name, directory, **overrides):
   model_cls, config_cls, kwargs = CASES[name]
   torch.manual_seed(0)
@@ -158,10 +138,6 @@ def _our_logits(model, tokens, positions=None, segment_ids=None) -> np.ndarray:
       model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segment_ids, jnp.int32)
     )
   )
-
-
-def _tokens(batch, seq, seed=0):
-  return np.random.default_rng(seed).integers(0, VOCAB, (batch, seq))
 
 
 @pytest.fixture(scope="module", params=list(CASES))

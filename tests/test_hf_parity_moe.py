@@ -20,21 +20,11 @@ import transformers
 from flax import nnx
 
 from modeling import hf
+from tests.hf_common import SEQ, TOL
+from tests.hf_common import TINY as _TINY
+from tests.hf_common import randomise as _randomise
+from tests.hf_common import tokens as _tokens
 
-TOL = 1e-4
-VOCAB, SEQ = 128, 32
-_TINY = dict(
-  vocab_size=VOCAB,
-  hidden_size=64,
-  intermediate_size=96,
-  num_attention_heads=4,
-  num_key_value_heads=2,
-  head_dim=16,
-  max_position_embeddings=256,
-  pad_token_id=0,
-  bos_token_id=1,
-  eos_token_id=2,
-)
 
 # name -> (HF model class, HF config class, config kwargs).
 CASES = {
@@ -131,28 +121,6 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-  """Tiny torch matmuls run ~100x slower on 2 intra-op threads next to JAX's pool."""
-  threads = torch.get_num_threads()
-  torch.set_num_threads(1)
-  yield
-  torch.set_num_threads(threads)
-
-
-def _randomise(model: torch.nn.Module):
-  """Matrices ~ N(0, 1/fan_in); vectors shifted by N(0, 0.2); correction biases ~ N(0, 0.1)."""
-  with torch.no_grad():
-    for p in model.parameters():
-      if p.ndim == 1:
-        p.add_(0.2 * torch.randn_like(p))
-      else:
-        p.normal_(0.0, p.shape[-1] ** -0.5)
-    for name, buffer in model.named_buffers():
-      if name.endswith("e_score_correction_bias"):
-        buffer.normal_(0.0, 0.1)
-
-
 def _hf_config(name, **overrides):
   _, config_cls, kwargs = CASES[name]
   return config_cls(**{**_TINY, **kwargs, **overrides}, attn_implementation="eager")
@@ -204,10 +172,6 @@ def _ours(model, tokens, positions=None, segment_ids=None):
     model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segment_ids, jnp.int32)
   )
   return np.asarray(logits), aux
-
-
-def _tokens(batch, seq, seed=0):
-  return np.random.default_rng(seed).integers(0, VOCAB, (batch, seq))
 
 
 def _our_router(model, layer: int):

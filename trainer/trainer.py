@@ -175,7 +175,7 @@ class Trainer:
     config_path.write_text(self.config.to_json_best_effort(indent=2))
 
   def put(self, batch):
-    return jax.device_put({k: jnp.asarray(v) for k, v in batch.items()}, self.batch_sharding)
+    return jax.device_put(batch, self.batch_sharding)  # numpy straight to the sharded layout
 
   def evaluate(self, batches) -> float:
     total, weight = 0.0, 0.0
