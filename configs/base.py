@@ -30,7 +30,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.norm_placement = "pre"  # pre (Llama) | post (OLMo 2: norm after each sublayer,
   #   inside the residual) | sandwich (Gemma 3: both).
   m.qk_norm = "none"  # none | head (RMSNorm over head_dim, Qwen3/Gemma 3)
-  #   | full (over all heads at once, OLMo 2).
+  #   | full (over all heads at once, OLMo 2) | l2_rope_layers (RMS over head_dim
+  #   without a scale, on the RoPE layers only, Llama 4).
   m.qkv_bias = False  # bias on the q/k/v projections (Qwen2).
   m.out_bias = False  # bias on the attention output projection.
   m.attention_sinks = False  # learned per-head logit in the softmax denominator (gpt-oss).
@@ -42,12 +43,18 @@ def get_config() -> ml_collections.ConfigDict:
   m.init_std = 0.02  # normal init std of every matrix.
   # Layer patterns: layer i uses pattern[i % len(pattern)]. The decoder scans
   # over the least common period of all patterns.
-  m.attention_pattern = ("global",)  # entries: global | local (sliding window).
+  m.attention_pattern = ("global",)  # entries: global | local (sliding window)
+  #   | chunked (Llama 4: attend only within the same attention_chunk block).
   m.rope_pattern = ("rope",)  # entries: rope | nope (no positional encoding).
   m.sliding_window = 0  # window of `local` layers: query i sees keys j with i-j < window.
+  m.attention_chunk = 0  # `chunked` layers: query i sees keys j with i//chunk == j//chunk.
+  # Llama 4 temperature tuning on `nope` layers: q *= 1 + scale*ln(1 + floor((pos+1)/floor)).
+  m.nope_temperature_scale = 0.0  # 0 = off.
+  m.nope_temperature_floor = 8192
   m.rope_theta = 10_000.0
   m.local_rope_theta = 0.0  # >0: `local` layers use this theta and no scaling (Gemma 3).
   m.partial_rotary_factor = 1.0  # fraction of head_dim that is rotated.
+  m.rope_interleave = False  # rotate pairs (2i, 2i+1) (Llama 4) instead of (i, i+d/2).
   m.rope_scaling = ml_collections.ConfigDict()
   m.rope_scaling.type = "none"  # none | linear | llama3 | yarn.
   m.rope_scaling.factor = 1.0  # context extension factor s.
@@ -91,6 +98,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.moe.shared_mlp_dim = 0  # width of that MLP; 0 = num_shared_experts * expert_mlp_dim.
   m.moe.shared_gate = False  # sigmoid gate on the shared expert (Qwen2-MoE).
   m.moe.activation = "silu"  # silu (SwiGLU) | clamped_swiglu (gpt-oss).
+  m.moe.swiglu_limit = 7.0  # clamped_swiglu: gate <= limit, |up| <= limit.
+  m.moe.scale_inputs = False  # routing weight scales the expert's input, FFN(w*x),
+  #   instead of its output (Llama 4).
   m.moe.expert_bias = False  # biases on the expert projections.
   m.moe.dispatch = "dropless"  # dropless (sort + ragged_dot) | capacity (drops overflow).
   m.moe.capacity_factor = 1.25  # capacity = factor * tokens * top_k / E.

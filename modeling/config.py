@@ -13,9 +13,9 @@ import jax.numpy as jnp
 
 NORMS = ("rms", "rms_one_plus")
 PLACEMENTS = ("pre", "post", "sandwich")
-QK_NORMS = ("none", "head", "full")
+QK_NORMS = ("none", "head", "full", "l2_rope_layers")
 ACTIVATIONS = ("silu", "gelu_tanh")
-ATTENTION_KINDS = ("global", "local")
+ATTENTION_KINDS = ("global", "local", "chunked")
 ROPE_KINDS = ("rope", "nope")
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -40,6 +40,7 @@ class RopeConfig:
   beta_slow: float = 1.0
   attention_factor: float = 0.0
   truncate: bool = True  # yarn: floor/ceil the correction range.
+  interleave: bool = False  # rotate pairs (2i, 2i+1) instead of (i, i + rotary_dim/2).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +51,11 @@ class AttentionConfig:
   head_dim: int
   scale: float
   window: int = 0  # 0 = global causal attention.
+  chunk: int = 0  # > 0: keys only from the query's own block of `chunk` positions.
   rope: RopeConfig | None = None  # None = NoPE.
-  qk_norm: str = "none"
+  qk_norm: str = "none"  # none | head | full | l2 (RMS over head_dim, no scale).
+  temperature_scale: float = 0.0  # > 0: q *= 1 + scale*ln(1 + floor((pos+1)/floor)).
+  temperature_floor: int = 8192
   norm: NormConfig = NormConfig()
   qkv_bias: bool = False
   out_bias: bool = False
@@ -77,9 +81,6 @@ class MlaConfig:
   absorbed: bool = False  # latent-space (decode) form: W_UK folded into q, W_UV after.
   window: int = 0
   init_std: float = 0.02
-  # True: the rope columns of q/k come in interleaved pairs (2i, 2i+1), as in DeepSeek
-  # checkpoints (HF `rope_interleave`); they are regrouped to half-split before rotating.
-  rope_interleave: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +104,7 @@ class MoeConfig:
   activation: str = "silu"  # silu | clamped_swiglu
   swiglu_limit: float = 7.0  # clamped_swiglu's clamp.
   expert_bias: bool = False  # biases on the expert projections.
+  scale_inputs: bool = False  # the routing weight scales the expert input, not output.
   dispatch: str = "dropless"  # dropless (sort + ragged_dot) | capacity (drop over capacity)
   capacity_factor: float = 1.25
   init_std: float = 0.02
@@ -185,6 +187,18 @@ def decoder_config(
   _choice("activation", m.activation, ACTIVATIONS)
   _choice("rope_scaling.type", m.rope_scaling.type, ROPE_SCALINGS)
   _choice("remat", m.remat, ("none", "full"))
+  _check(
+    m.attention == "gqa" or "chunked" not in m.attention_pattern,
+    "model.attention_pattern 'chunked' layers need model.attention='gqa'",
+  )
+  _check(
+    m.nope_temperature_floor > 0,
+    f"model.nope_temperature_floor={m.nope_temperature_floor} must be positive",
+  )
+  _check(
+    "chunked" not in m.attention_pattern or m.attention_chunk > 0,
+    "model.attention_chunk must be > 0 when model.attention_pattern has 'chunked' layers",
+  )
   _choice("attention", m.attention, ("gqa", "mla"))
   _check(m.mtp.depth >= 0, f"model.mtp.depth={m.mtp.depth} must be >= 0")
   for kind in m.ffn_pattern:
@@ -226,9 +240,10 @@ def decoder_config(
     beta_slow=s.beta_slow,
     attention_factor=s.attention_factor,
     truncate=s.truncate,
+    interleave=m.rope_interleave,
   )
   local_rope = (
-    RopeConfig(theta=m.local_rope_theta, rotary_dim=rotary_dim)
+    RopeConfig(theta=m.local_rope_theta, rotary_dim=rotary_dim, interleave=m.rope_interleave)
     if m.local_rope_theta > 0
     else global_rope
   )
@@ -239,10 +254,14 @@ def decoder_config(
 
   blocks = []
   for i in range(m.num_layers):
-    local = m.attention_pattern[i % len(m.attention_pattern)] == "local"
+    kind = m.attention_pattern[i % len(m.attention_pattern)]
+    local = kind == "local"
     rope = None
     if m.rope_pattern[i % len(m.rope_pattern)] == "rope":
       rope = local_rope if local else global_rope
+    qk_norm = m.qk_norm
+    if qk_norm == "l2_rope_layers":
+      qk_norm = "l2" if rope else "none"
     attention = mla and dataclasses.replace(mla, window=m.sliding_window if local else 0)
     attention = attention or AttentionConfig(
       embed_dim=m.embed_dim,
@@ -251,8 +270,11 @@ def decoder_config(
       head_dim=head_dim,
       scale=scale,
       window=m.sliding_window if local else 0,
+      chunk=m.attention_chunk if kind == "chunked" else 0,
       rope=rope,
-      qk_norm=m.qk_norm,
+      qk_norm=qk_norm,
+      temperature_scale=0.0 if rope else m.nope_temperature_scale,
+      temperature_floor=m.nope_temperature_floor,
       norm=norm,
       qkv_bias=m.qkv_bias,
       out_bias=m.out_bias,
@@ -308,7 +330,9 @@ def _moe_config(m) -> MoeConfig:
     shared_mlp_dim=e.shared_mlp_dim or e.num_shared_experts * e.expert_mlp_dim,
     shared_gate=e.shared_gate,
     activation=e.activation,
+    swiglu_limit=e.swiglu_limit,
     expert_bias=e.expert_bias,
+    scale_inputs=e.scale_inputs,
     dispatch=e.dispatch,
     capacity_factor=e.capacity_factor,
     init_std=m.init_std,
@@ -339,9 +363,9 @@ def _mla_config(m, rope: RopeConfig, norm: NormConfig) -> MlaConfig:
     qk_rope_head_dim=a.qk_rope_head_dim,
     v_head_dim=a.v_head_dim,
     scale=scale,
-    rope=dataclasses.replace(rope, rotary_dim=a.qk_rope_head_dim),
+    # DeepSeek checkpoints rotate interleaved pairs; the model-level rope_interleave is GQA's.
+    rope=dataclasses.replace(rope, rotary_dim=a.qk_rope_head_dim, interleave=a.rope_interleave),
     norm=NormConfig(norm.kind, 1e-6),  # the latent norms' eps is fixed in the reference models
     absorbed=a.absorbed,
-    rope_interleave=a.rope_interleave,
     init_std=m.init_std,
   )

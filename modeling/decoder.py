@@ -112,8 +112,11 @@ class Decoder(nnx.Module):
       ]
     )
 
-  def __call__(self, tokens, *, positions=None, segment_ids=None):
+  def __call__(self, tokens, *, positions=None, segment_ids=None, mtp: bool = True):
     """tokens: [b, s] int -> (logits [b, s, vocab] float32, aux).
+
+    mtp=False skips the multi-token-prediction modules (eval, or an MTP loss
+    weight of 0 for the whole run).
 
     aux: `aux_loss` (weighted MoE balance losses, summed over layers); with
     MoE layers, `expert_load` [moe_layers, experts] token counts, `router_z`
@@ -144,7 +147,7 @@ class Decoder(nnx.Module):
     head = (self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]).astype(x.dtype)
     logits = self._logits(self.final_norm(x), head)
     mtp_logits = []
-    for k, module in enumerate(self.mtp, start=1):
+    for k, module in enumerate(self.mtp if mtp else (), start=1):
       # Depth k at position i sees token i+k (wrapped positions are masked in the loss).
       emb = jnp.take(self.embed[...], jnp.roll(tokens, -k, axis=1), axis=0).astype(x.dtype)
       if cfg.embed_scale:

@@ -21,7 +21,7 @@ from modeling.config import decoder_config  # noqa: E402
 from parallelism.mesh import make_mesh  # noqa: E402
 from trainer import data, optim  # noqa: E402
 from trainer import state as state_lib  # noqa: E402
-from trainer.trainer import make_steps  # noqa: E402
+from trainer.trainer import make_steps, mtp_weight_schedule  # noqa: E402
 
 
 def load_config(spec: str):
@@ -42,7 +42,8 @@ def step_tokens_per_s(config, batch, steps: int) -> tuple[float, float]:
   mesh = make_mesh(config.mesh)
   graphdef, params, model_state = state_lib.init(model_cfg, mesh, 0)
   tx, lr = optim.make(config.optim, config.train.steps, state_lib.logical_axes(model_cfg))
-  train_step, _ = make_steps(graphdef, tx, lr, model_cfg)
+  mtp_weight = mtp_weight_schedule(config.model.mtp, config.train.steps)
+  train_step, _ = make_steps(graphdef, tx, lr, model_cfg, mtp_weight)
   state = {
     "step": np.int32(0),
     "params": params,

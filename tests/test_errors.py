@@ -28,13 +28,17 @@ CASES = [  # (extra args, text the one error line must contain)
     ["--config", "configs/qwen3.py:tiny", "--config.model.norm_placement=middle"],
     "model.norm_placement",
   ),
+  (
+    ["--config", "configs/llama4.py:tiny", "--config.model.attention_chunk=0"],
+    "model.attention_chunk must be > 0",
+  ),
 ]
 
 
 @pytest.mark.parametrize(
   "args,needle",
   CASES,
-  ids=["preset", "key", "kv_heads", "data", "top_k", "n_group", "topk_group", "choice"],
+  ids=["preset", "key", "kv_heads", "data", "top_k", "n_group", "topk_group", "choice", "chunk"],
 )
 def test_bad_input_fails_with_one_line_naming_the_field(args, needle, tmp_path):
   result = subprocess.run(

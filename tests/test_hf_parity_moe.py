@@ -95,8 +95,9 @@ CASES = {
     ),
   ),
   # Sinks, sliding (window 8) / full layers, q/k/v/o biases, biased router with a
-  # softmax over the top-2 logits, interleaved gate-up experts with biases. The
-  # released YaRN: x32 over 4096 with an unrounded correction range (truncate=False).
+  # softmax over the top-2 logits, interleaved gate-up experts with biases, a
+  # SwiGLU clamp low enough to bind (1.0, released: 7.0). The released YaRN: x32
+  # over 4096 with an unrounded correction range (truncate=False).
   "gpt_oss": (
     transformers.GptOssForCausalLM,
     transformers.GptOssConfig,
@@ -106,6 +107,7 @@ CASES = {
       num_experts_per_tok=2,
       intermediate_size=32,
       sliding_window=8,
+      swiglu_limit=1.0,
       max_position_embeddings=131_072,
       rope_parameters=dict(
         rope_type="yarn",
@@ -116,6 +118,45 @@ CASES = {
         original_max_position_embeddings=4096,
         truncate=False,
       ),
+    ),
+  ),
+  # 8 layers: RoPE on 3 of 4 (chunks of 8, L2 QK-norm, Llama-3 scaling), NoPE every
+  # 4th with temperature tuning (floor 4, so it acts within 32 tokens); MoE on odd
+  # layers: sigmoid top-1 scaling the expert input, plus the shared expert.
+  "llama4": (
+    transformers.Llama4ForCausalLM,
+    transformers.Llama4TextConfig,
+    dict(
+      num_hidden_layers=8,
+      intermediate_size=32,
+      intermediate_size_mlp=96,
+      num_local_experts=4,
+      num_experts_per_tok=1,
+      interleave_moe_layer_step=2,
+      attention_chunk_size=8,
+      floor_scale=4,
+      attn_scale=0.5,
+      rope_parameters=dict(
+        rope_type="llama3",
+        rope_theta=500_000.0,
+        factor=8.0,
+        low_freq_factor=1.0,
+        high_freq_factor=4.0,
+        original_max_position_embeddings=64,
+      ),
+    ),
+  ),
+  # QK-norm over all heads, half-rotary heads, sigmoid top-2 of 8 with the
+  # correction bias, renormalised; Mixtral's hub tensor names.
+  "minimax_m2": (
+    transformers.MiniMaxM2ForCausalLM,
+    transformers.MiniMaxM2Config,
+    dict(
+      num_hidden_layers=3,
+      intermediate_size=32,
+      num_local_experts=8,
+      num_experts_per_tok=2,
+      rope_parameters=dict(rope_type="default", rope_theta=10_000.0, partial_rotary_factor=0.5),
     ),
   ),
 }
@@ -135,8 +176,18 @@ def _build(name, directory, **overrides):
 
 
 def _routers(hf_model) -> list:
-  """HF's MoE routers in layer order (they return (logits, weights, indices))."""
-  return [m for m in hf_model.modules() if type(m).__name__.lower().endswith("topkrouter")]
+  """HF's MoE routers in layer order."""
+  names = ("topkrouter", "llama4router")
+  return [m for m in hf_model.modules() if type(m).__name__.lower().endswith(names)]
+
+
+def _routing(module, output):
+  """A router's output -> (weights [t, k], indices [t, k])."""
+  if isinstance(module, transformers.models.llama4.modeling_llama4.Llama4Router):
+    scores, logits = output  # scores [t, E]: sigmoid of the top-k logits, 0 elsewhere.
+    indices = torch.topk(logits, module.top_k, dim=-1).indices
+    return scores.gather(1, indices), indices
+  return output[1], output[2]  # (logits, weights, indices)
 
 
 def _hf_run(hf_model, tokens):
@@ -145,7 +196,8 @@ def _hf_run(hf_model, tokens):
 
   def hook(module, args, output):
     x = args[0].reshape(-1, args[0].shape[-1])
-    seen.append((x.numpy(), output[1].numpy(), output[2].numpy()))
+    weights, indices = _routing(module, output)
+    seen.append((x.numpy(), weights.numpy(), indices.numpy()))
 
   handles = [r.register_forward_hook(hook) for r in _routers(hf_model)]
   try:
@@ -297,7 +349,34 @@ def test_config_captures_family_features(pair):
       "moe.router": "softmax_topk",
       "moe.router_bias": True,
       "moe.activation": "clamped_swiglu",
+      "moe.swiglu_limit": 1.0,
       "moe.expert_bias": True,
+    },
+    "llama4": {
+      "rope_interleave": True,
+      "qk_norm": "l2_rope_layers",
+      "rope_pattern": ("rope", "rope", "rope", "nope"),
+      "attention_pattern": ("chunked", "chunked", "chunked", "global"),
+      "attention_chunk": 8,
+      "nope_temperature_scale": 0.5,
+      "nope_temperature_floor": 4,
+      "ffn_pattern": ("dense", "moe"),
+      "mlp_dim": 96,
+      "moe.expert_mlp_dim": 32,
+      "moe.shared_mlp_dim": 32,
+      "moe.router": "sigmoid",
+      "moe.norm_topk": False,
+      "moe.scale_inputs": True,
+      "rope_scaling.type": "llama3",
+    },
+    "minimax_m2": {
+      "qk_norm": "full",
+      "partial_rotary_factor": 0.5,
+      "ffn_pattern": ("moe",),
+      "moe.router": "sigmoid",
+      "moe.aux_free_bias": True,
+      "moe.norm_topk": True,
+      "moe.num_shared_experts": 0,
     },
   }[name]
   assert {k: _field(m, k) for k in expected} == expected
@@ -369,7 +448,8 @@ def test_gpt_oss_default_yarn_is_untruncated():
 @pytest.mark.parametrize(
   "name,key,value",
   [
-    ("gpt_oss", "swiglu_limit", 10.0),
+    ("gpt_oss", "swiglu_alpha", 1.0),
+    ("minimax_m2", "scoring_func", "softmax"),
     ("deepseek_v3", "attention_bias", True),
     ("deepseek_v3", "scoring_func", "softmax"),
     ("qwen3_moe", "hidden_act", "gelu_pytorch_tanh"),
@@ -406,3 +486,30 @@ def test_layers_past_the_mtp_modules_are_unexpected(tmp_path):
   name = _with_extra_layer_tensor(tmp_path, 1)
   with pytest.raises(ValueError, match=f"unexpected \\['{name}'\\]"):
     hf.load(tmp_path)
+
+
+def test_llama4_multimodal_checkpoint_loads_its_language_model(tmp_path):
+  """Hub Llama 4 files are Llama4ForConditionalGeneration: the text model's config
+  is `text_config`, its tensors sit under `language_model.`, the vision tower is skipped."""
+  torch.manual_seed(0)
+  vision = transformers.Llama4VisionConfig(
+    hidden_size=16,
+    num_hidden_layers=1,
+    num_attention_heads=2,
+    intermediate_size=32,
+    vision_output_dim=16,
+    projector_input_dim=16,
+    projector_output_dim=16,
+    image_size=28,
+    patch_size=14,
+  )
+  text = _hf_config("llama4", num_hidden_layers=4).to_dict()
+  config = transformers.Llama4Config(text_config=text, vision_config=vision.to_dict())
+  model = transformers.Llama4ForConditionalGeneration(config).eval().float()
+  _randomise(model)
+  model.save_pretrained(tmp_path)
+  _, ours = hf.load(tmp_path)
+  tokens = _tokens(2, SEQ)
+  with torch.no_grad():
+    theirs = model.language_model(input_ids=torch.as_tensor(tokens)).logits.numpy()
+  assert np.abs(_ours(ours, tokens)[0] - theirs).max() <= TOL

@@ -13,7 +13,7 @@ e embed, l q_lora, c kv_lora, n nope, r rope, v value dims, d = n + r):
   kv_b_proj.weight           [h*(n+v), c]    -> kv_b_proj  [c, h, n + v] = W.T.reshape(c, h, n + v)
   o_proj.weight              [e, h*v]        -> o_proj     [h, v, e]     = W.T.reshape(h, v, e)
 
-Config: rope_interleave -> MlaConfig.rope_interleave; the HF latent norms use
+Config: rope_interleave -> MlaConfig.rope.interleave; the HF latent norms use
 eps 1e-6 whatever rms_norm_eps says; scale = mla_softmax_scale(n + r, factor,
 mscale_all_dim); YaRN's cos/sin factor is yarn_mscale(f, mscale) / yarn_mscale(f,
 mscale_all_dim) when both are set.
@@ -39,7 +39,7 @@ E, H, Q_LORA, KV_LORA, NOPE, ROPE, V = 64, 4, 16, 32, 16, 8, 16
 YARN = {"factor": 4.0, "original_max_position": 16, "mscale": 1.0, "mscale_all_dim": 0.8}
 
 
-def mla_config(q_lora_rank=Q_LORA, yarn=False, **overrides) -> MlaConfig:
+def mla_config(q_lora_rank=Q_LORA, yarn=False, rope_interleave=False, **overrides) -> MlaConfig:
   if yarn:
     f = YARN["factor"]
     rope = RopeConfig(
@@ -52,6 +52,7 @@ def mla_config(q_lora_rank=Q_LORA, yarn=False, **overrides) -> MlaConfig:
     scale = mla_softmax_scale(NOPE + ROPE, f, YARN["mscale_all_dim"])
   else:
     rope, scale = RopeConfig(rotary_dim=ROPE), mla_softmax_scale(NOPE + ROPE, 1.0, 0.0)
+  rope = dataclasses.replace(rope, interleave=rope_interleave)
   cfg = MlaConfig(E, H, q_lora_rank, KV_LORA, NOPE, ROPE, V, scale=scale, rope=rope)
   return dataclasses.replace(cfg, **overrides)
 

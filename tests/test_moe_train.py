@@ -1,12 +1,15 @@
 """MoE inside the trainer: the aux-loss-free bias is state updated by the sign
 rule inside the jitted step, never by the optimizer."""
 
+import json
+
 import jax
 import numpy as np
+import pytest
 from flax import traverse_util
 
-from tests.conftest import family_config
-from trainer.trainer import Trainer, progress_fields
+from tests.conftest import family_config, small_train_config
+from trainer.trainer import Trainer, load_balance, progress_fields
 
 
 def _tiny_moe(tmp_path, steps=6, **moe):
@@ -55,3 +58,33 @@ def test_moe_metrics_reach_metrics_jsonl(tmp_path):
   assert bar["load_max"] == f"{max(result['expert_load_max_over_mean']):.2f}"
   assert bar["mtp"] == f"{result['mtp_loss'][0]:.2f}"
   jax.clear_caches()
+
+
+MOE_FAMILIES = (
+  "deepseek_v3",
+  "kimi_k2",
+  "qwen3_moe",
+  "glm4_moe",
+  "gpt_oss",
+  "llama4",
+  "minimax_m2",
+)
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES)
+def test_tiny_moe_preset_trains(tmp_path, family):
+  """Each MoE family's tiny preset (4 layers: Llama 4's NoPE layer included) learns."""
+  config = small_train_config(family, steps=20, log_every=10, eval_batches=1)
+  config.model.num_layers = 4
+  Trainer(config, str(tmp_path)).run()
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  losses = [r["loss"] for r in records if "loss" in r]
+  assert len(losses) == 2 and losses[1] < losses[0] - 0.3, losses
+  jax.clear_caches()
+
+
+def test_load_balance_is_over_the_summed_log_interval():
+  """Two steps that each overload a different expert balance out over the interval."""
+  steps = [np.array([[1.0, 3.0], [2.0, 2.0]]), np.array([[3.0, 1.0], [2.0, 2.0]])]
+  assert load_balance(steps) == [1.0, 1.0]
+  assert load_balance(steps[:1]) == [1.5, 1.0]

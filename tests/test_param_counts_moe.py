@@ -26,6 +26,12 @@ PUBLISHED = [
   # gpt-oss model card: 20.91B / 3.61B, 116.83B / 5.13B; active counts the unembedding only.
   ("gpt_oss", "20b", 20.91e9, 3.61e9, "embed"),
   ("gpt_oss", "120b", 116.83e9, 5.13e9, "embed"),
+  # Llama 4 model cards: Scout 109B / 17B, Maverick 400B / 17B active.
+  ("llama4", "scout", 109e9, 17e9, ""),
+  ("llama4", "maverick", 400e9, 17e9, ""),
+  # MiniMax-M2 model card: 230B total, 10B active (9.80B without embedding and head,
+  # 11.03B with both; the card does not say, and 9.80B is the one within 2%).
+  ("minimax_m2", "full", 230e9, 10e9, "embed+head"),
 ]
 
 

@@ -42,13 +42,13 @@ def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
   layers count the router, the top-k routed experts and the shared experts.
   Attention counts 6 * heads * (qk_dim + v_dim) * keys-seen per layer (PaLM
   appendix B's 12*h*d*T when qk_dim = v_dim; keys-seen is seq_len, or the
-  window for sliding-window layers).
+  window of sliding-window layers, or the chunk of chunked layers).
   """
   flops = 6 * cfg.embed_dim * cfg.vocab_size
   for block in cfg.blocks:
     attn_params, head_dims, heads = _attention_shape(block.attention)
-    window = block.attention.window
-    keys = min(seq_len, window) if window else seq_len
+    span = block.attention.window or getattr(block.attention, "chunk", 0)  # MLA has no chunk
+    keys = min(seq_len, span) if span else seq_len
     flops += 6 * (attn_params + _ffn_params(block.mlp)) + 6 * heads * head_dims * keys
   # Each MTP depth: eh_proj, one more block like the last, and the shared head.
   per_depth = 6 * (2 * cfg.embed_dim * cfg.embed_dim + cfg.embed_dim * cfg.vocab_size)

@@ -52,18 +52,28 @@ def validate(config):
 
 
 def mtp_weight_schedule(mtp_cfg, steps: int):
-  """lambda(step): loss_weight, then late_loss_weight from late_start * steps on."""
+  """lambda(step): loss_weight, then late_loss_weight from late_start * steps on.
+
+  None when the model has no MTP modules or the weight is 0 at every step: the
+  step then does not run them, so it is exactly the no-MTP step.
+  """
   late = int(mtp_cfg.late_start * steps)
+  used = [mtp_cfg.loss_weight] * (late > 0) + [mtp_cfg.late_loss_weight] * (late < steps)
+  if mtp_cfg.depth == 0 or not any(used):
+    return None
   return lambda step: jnp.where(step < late, mtp_cfg.loss_weight, mtp_cfg.late_loss_weight)
 
 
-def make_steps(graphdef, tx, lr, model_cfg, mtp_weight=lambda step: 0.0):
-  """Pure train and eval steps over state {step, params, model_state, opt}."""
+def make_steps(graphdef, tx, lr, model_cfg, mtp_weight=None):
+  """Pure train and eval steps over state {step, params, model_state, opt}.
 
-  def loss_fn(params, model_state, batch, step):
+  mtp_weight: step -> MTP loss weight, or None to leave the MTP modules out.
+  """
+
+  def loss_fn(params, model_state, batch, step, mtp=mtp_weight is not None):
     model = nnx.merge(graphdef, params, model_state)
     logits, aux = model(
-      batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"]
+      batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"], mtp=mtp
     )
     loss, ce = cross_entropy(logits, batch["targets"], batch["weights"], model_cfg.z_loss)
     loss = loss + aux["aux_loss"]
@@ -93,7 +103,7 @@ def make_steps(graphdef, tx, lr, model_cfg, mtp_weight=lambda step: 0.0):
     return new_state | {"opt": opt}, metrics
 
   def eval_step(params, model_state, batch):
-    _, (ce, _, _) = loss_fn(params, model_state, batch, 0)
+    _, (ce, _, _) = loss_fn(params, model_state, batch, 0, mtp=False)
     weight = batch["weights"].sum()
     return ce * weight, weight
 
@@ -108,15 +118,27 @@ def update_router_biases(graphdef, params, model_state, rate: float):
 
 
 def moe_metrics(aux: dict) -> dict:
+  """Step metrics of MoE models; `expert_load` [moe_layers, E] counts are raw, summed
+  over the log interval by `load_balance` on the host."""
   if "expert_load" not in aux:
     return {}
-  load = aux["expert_load"]  # [moe_layers, experts]
   return {
     "aux_loss": aux["aux_loss"],
-    "expert_load_max_over_mean": load.max(-1) / jnp.maximum(load.mean(-1), 1e-9),
+    "expert_load": aux["expert_load"],
     "dropped_frac": aux["dropped_frac"],
     "router_z": aux["router_z"],
   }
+
+
+def load_balance(loads) -> list[float]:
+  """Per MoE layer max/mean expert load of the (token, slot) counts summed over steps.
+
+  One step's batch is a small sample (a few hundred slots per expert in tiny
+  runs), so the log interval's sum is the record: sampling noise shrinks with
+  it and what remains is imbalance of the router.
+  """
+  total = np.sum(np.asarray(loads, np.float64), axis=0)  # [moe_layers, E]
+  return (total.max(-1) / np.maximum(total.mean(-1), 1e-9)).tolist()
 
 
 def progress_fields(record: dict) -> dict:
@@ -217,6 +239,10 @@ class Trainer:
           "tokens_per_s": len(fetched) * tokens_per_step / elapsed,
           "mfu": len(fetched) * flops / elapsed / peak,
         }
+        if "expert_load" in fetched[-1]:
+          last_train["expert_load_max_over_mean"] = load_balance(
+            [m.pop("expert_load") for m in fetched]
+          )
         last_train |= {k: v for k, v in fetched[-1].items() if k not in last_train}
         self._check_finite(last_train)
         writer.write(last_train)

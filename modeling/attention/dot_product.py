@@ -1,5 +1,6 @@
-"""Softmax attention: MHA/GQA/MQA with causal, sliding-window and segment
-masks, QK-norm, biases, attention sinks and logit soft-capping.
+"""Softmax attention: MHA/GQA/MQA with causal, sliding-window, chunked and
+segment masks, QK-norm, biases, attention sinks, logit soft-capping and Llama 4's
+NoPE temperature.
 
 `dot_product_attention` is the one attention entry point; `Attention` is the
 projection module around it. Letters: b batch, q/t query/key positions,
@@ -16,21 +17,37 @@ from modeling.layers import params, rope
 from modeling.layers.norms import RMSNorm
 
 
-def attention_mask(segment_ids, window: int):
-  """[b, 1, 1, q, t] bool: causal, same document, and within `window` if > 0."""
+def attention_mask(segment_ids, window: int = 0, chunk: int = 0, positions=None):
+  """[b, 1, 1, q, t] bool: causal, same document, within `window` if > 0, and in
+  the query's block of `chunk` positions if > 0 (blocks count from each document's
+  position 0, so packed documents chunk as they would alone)."""
   seq = segment_ids.shape[1]
   idx = jnp.arange(seq)
-  mask = idx[None, :] <= idx[:, None]  # key t <= query q
+  mask = (idx[None, :] <= idx[:, None])[None]  # key t <= query q
   if window > 0:
-    mask &= idx[:, None] - idx[None, :] < window
+    mask &= (idx[:, None] - idx[None, :] < window)[None]
+  if chunk > 0:
+    block = (idx[None] if positions is None else positions) // chunk  # [b or 1, s]
+    mask &= block[:, :, None] == block[:, None, :]
   same_doc = segment_ids[:, :, None] == segment_ids[:, None, :]
-  return (mask[None] & same_doc)[:, None, None]
+  return (mask & same_doc)[:, None, None]
 
 
 def dot_product_attention(
-  q, k, v, *, segment_ids, scale: float, window: int = 0, softcap: float = 0.0, sinks=None
+  q,
+  k,
+  v,
+  *,
+  segment_ids,
+  scale: float,
+  window: int = 0,
+  chunk: int = 0,
+  positions=None,
+  softcap: float = 0.0,
+  sinks=None,
 ):
-  """q: [b, q, h, d]; k: [b, t, k, d]; v: [b, t, k, v]; segment_ids: [b, s]; sinks: [h] or None.
+  """q: [b, q, h, d]; k: [b, t, k, d]; v: [b, t, k, v]; segment_ids, positions: [b, s];
+  sinks: [h] or None.
 
   Returns [b, q, h, v]. K/V heads are shared by groups of h/k query heads
   without being repeated in memory. v's head dim may differ from d (MLA: 192 vs 128).
@@ -41,7 +58,8 @@ def dot_product_attention(
   logits = jnp.einsum("bqkgd,btkd->bkgqt", q, k, preferred_element_type=jnp.float32) * scale
   if softcap > 0:
     logits = softcap * jnp.tanh(logits / softcap)
-  logits = jnp.where(attention_mask(segment_ids, window), logits, jnp.finfo(jnp.float32).min)
+  mask = attention_mask(segment_ids, window, chunk, positions)
+  logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   if sinks is None:
     probs = jax.nn.softmax(logits, axis=-1)
   else:
@@ -81,10 +99,22 @@ class Attention(nnx.Module):
     if cfg.sinks:
       self.sinks = params.constant(0.0, (h,), ("heads",), param_dtype)
 
-  def _norm(self, norm, x):  # x: [b, s, heads, d]
+  def _norm(self, name, x):  # x: [b, s, heads, d]
+    if self.cfg.qk_norm == "l2":  # RMS over head_dim without a scale (Llama 4).
+      x32 = x.astype(jnp.float32)
+      rms = jnp.sqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.cfg.norm.eps)
+      return (x32 / rms).astype(x.dtype)
+    norm = getattr(self, name)
     if self.cfg.qk_norm == "full":
       return norm(x.reshape(x.shape[:2] + (-1,))).reshape(x.shape)
     return norm(x)
+
+  def _temperature(self, q, positions):
+    """Llama 4's NoPE layers sharpen attention with length: q *= 1 + s*ln(1 + floor((p+1)/f))."""
+    cfg = self.cfg
+    p = positions.astype(jnp.float32)
+    t = 1.0 + cfg.temperature_scale * jnp.log1p(jnp.floor((p + 1.0) / cfg.temperature_floor))
+    return (q.astype(jnp.float32) * t[:, :, None, None]).astype(q.dtype)
 
   def __call__(self, x, *, positions, segment_ids):  # x: [b, s, e]
     cfg, dt = self.cfg, x.dtype
@@ -96,9 +126,11 @@ class Attention(nnx.Module):
       k = k + self.k_bias[...].astype(dt)
       v = v + self.v_bias[...].astype(dt)
     if cfg.qk_norm != "none":
-      q, k = self._norm(self.q_norm, q), self._norm(self.k_norm, k)
+      q, k = self._norm("q_norm", q), self._norm("k_norm", k)
     if cfg.rope is not None:
       q, k = rope.apply(q, positions, cfg.rope), rope.apply(k, positions, cfg.rope)
+    if cfg.temperature_scale > 0:
+      q = self._temperature(q, positions)
     out = dot_product_attention(
       q,
       k,
@@ -106,6 +138,8 @@ class Attention(nnx.Module):
       segment_ids=segment_ids,
       scale=cfg.scale,
       window=cfg.window,
+      chunk=cfg.chunk,
+      positions=positions,
       softcap=cfg.softcap,
       sinks=self.sinks[...] if cfg.sinks else None,
     )

@@ -73,8 +73,6 @@ class MLA(nnx.Module):
     self.o_proj = normal((h, v, e), ("heads", "head_dim", "embed"))
 
   def _rope(self, x, positions):  # x: [b, s, heads, r]
-    if self.cfg.rope_interleave:  # pairs (2i, 2i+1) -> half-split [evens | odds], as HF does.
-      x = jnp.concatenate([x[..., 0::2], x[..., 1::2]], axis=-1)
     return rope.apply(x, positions, self.cfg.rope)
 
   def _query(self, x, positions):  # x: [b, s, e] -> q_nope [b, s, h, n], q_pe [b, s, h, r]

@@ -11,9 +11,16 @@ and FFN kind. `loader.py` holds the only logic; nothing there names a family.
 import dataclasses
 from collections.abc import Callable
 
-from modeling.hf.tensors import GPT_OSS_WEIGHTS, POST_NORMS, PRE_NORMS, SANDWICH_NORMS
+from modeling.hf.tensors import (
+  GPT_OSS_WEIGHTS,
+  LLAMA4_WEIGHTS,
+  MIXTRAL_WEIGHTS,
+  POST_NORMS,
+  PRE_NORMS,
+  SANDWICH_NORMS,
+)
 
-FULL, SLIDING = "full_attention", "sliding_attention"
+FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
 DENSE, MOE = "dense", "moe"
 
 # config.model field <- config.json key, shared by every family. A dotted field
@@ -91,6 +98,13 @@ class Family:
   #   `fields` reads (HF's `attribute_map`: hub files and save_pretrained differ).
   extra_layers_key: str = ""  # config.json key counting the layers stored after the
   #   last one (multi-token-prediction modules), which we do not load.
+  derived: Callable = lambda hf: {}  # hf dict -> config.model fields computed from
+  #   several keys.
+
+
+# Multimodal checkpoints whose language model we load: model_type -> (the
+# config.json key of the text config, the prefix of the text model's tensors).
+TEXT_MODELS = {"llama4": ("text_config", "language_model.")}
 
 
 def _given_layer_types(hf):
@@ -126,7 +140,7 @@ def _gpt_oss_layer_types(hf):  # HF default: even layers slide, odd layers are f
   ]
 
 
-def _smollm3_rope_layers(hf):  # no_rope_layers[i] == 1 means layer i *uses* RoPE.
+def _no_rope_layers(hf):  # SmolLM3, Llama 4: no_rope_layers[i] == 1 means layer i *uses* RoPE.
   n, every = hf["num_hidden_layers"], hf["no_rope_layer_interval"]
   return [bool(r) for r in hf.get("no_rope_layers") or [(i + 1) % every for i in range(n)]]
 
@@ -135,7 +149,7 @@ def _smollm3_layer_types(hf):  # HF windows only the NoPE layers.
   if hf.get("layer_types"):
     return hf["layer_types"]
   window = hf["use_sliding_window"] and hf["sliding_window"]
-  return [SLIDING if window and not rope else FULL for rope in _smollm3_rope_layers(hf)]
+  return [SLIDING if window and not rope else FULL for rope in _no_rope_layers(hf)]
 
 
 def _mistral_layer_types(hf):  # HF Mistral windows every layer and ignores layer_types.
@@ -157,6 +171,23 @@ def _qwen3_moe_ffn_layers(hf):  # MoE every `decoder_sparse_step`, minus `mlp_on
 
 def _all_moe(hf):
   return [MOE] * hf["num_hidden_layers"]
+
+
+def _llama4_layer_types(hf):  # RoPE layers attend within chunks, NoPE layers globally.
+  return hf.get("layer_types") or [CHUNKED if r else FULL for r in _no_rope_layers(hf)]
+
+
+def _llama4_ffn_layers(hf):  # `moe_layers`, else MoE every `interleave_moe_layer_step`.
+  n, step = hf["num_hidden_layers"], hf["interleave_moe_layer_step"]
+  moe = hf.get("moe_layers")
+  moe = set(range(step - 1, n, step) if moe is None else moe)
+  return [MOE if i in moe else DENSE for i in range(n)]
+
+
+def _llama4_temperature(hf):
+  return {
+    "nope_temperature_scale": float(hf["attn_scale"]) if hf["attn_temperature_tuning"] else 0.0
+  }
 
 
 _LLAMA_DEFAULTS = dict(
@@ -284,7 +315,7 @@ FAMILIES = {
     model={},
     norms=PRE_NORMS,
     layer_types=_smollm3_layer_types,
-    rope_layers=_smollm3_rope_layers,
+    rope_layers=_no_rope_layers,
   ),
   "mistral": Family(
     name="mistral",
@@ -362,6 +393,7 @@ FAMILIES = {
       "moe.num_experts": "num_local_experts",
       "moe.top_k": "num_experts_per_tok",
       "moe.expert_mlp_dim": "intermediate_size",
+      "moe.swiglu_limit": "swiglu_limit",
     },
     defaults=dict(
       _LLAMA_DEFAULTS,
@@ -395,8 +427,97 @@ FAMILIES = {
     ffn_layers=_all_moe,
     weights=GPT_OSS_WEIGHTS,
     aliases={"num_experts": "num_local_experts"},
-    # Our clamped SwiGLU hard-codes alpha 1.702 and limit 7 (no config.model field).
-    required=dict(swiglu_alpha=1.702, swiglu_limit=7.0),
+    # Our clamped SwiGLU hard-codes alpha 1.702 (no config.model field).
+    required=dict(swiglu_alpha=1.702),
+  ),
+  "llama4_text": Family(
+    name="llama4",
+    fields={
+      **COMMON_FIELDS,
+      **ATTENTION_BIAS,
+      "mlp_dim": "intermediate_size_mlp",  # dense layers; experts use intermediate_size.
+      "moe.num_experts": "num_local_experts",
+      "moe.top_k": "num_experts_per_tok",
+      "moe.expert_mlp_dim": "intermediate_size",
+      "moe.shared_mlp_dim": "intermediate_size",
+      "qk_norm": ("use_qk_norm", {True: "l2_rope_layers", False: "none"}),
+      "nope_temperature_floor": "floor_scale",
+    },
+    defaults=dict(
+      _LLAMA_DEFAULTS,
+      rms_norm_eps=1e-5,
+      head_dim=128,
+      intermediate_size=8192,
+      intermediate_size_mlp=16384,
+      num_local_experts=16,
+      num_experts_per_tok=1,
+      moe_layers=None,
+      interleave_moe_layer_step=1,
+      use_qk_norm=True,
+      no_rope_layers=None,
+      no_rope_layer_interval=4,
+      attention_chunk_size=8192,
+      attn_temperature_tuning=True,
+      floor_scale=8192,
+      attn_scale=0.1,
+      rope_theta=500_000.0,
+      max_position_embeddings=131_072,
+    ),
+    # Meta's complex-number RoPE rotates (2i, 2i+1); the router is a sigmoid over
+    # the top-1 logit that scales the expert's input; one always-on shared expert.
+    model={
+      "rope_interleave": True,
+      "moe.router": "sigmoid",
+      "moe.norm_topk": False,
+      "moe.scale_inputs": True,
+      "moe.num_shared_experts": 1,
+    },
+    norms=PRE_NORMS,
+    layer_types=_llama4_layer_types,
+    rope_layers=_no_rope_layers,
+    ffn_layers=_llama4_ffn_layers,
+    weights=LLAMA4_WEIGHTS,
+    derived=_llama4_temperature,
+    required=dict(hidden_act="silu"),
+    aliases={"num_experts": "num_local_experts"},
+  ),
+  "minimax_m2": Family(
+    name="minimax_m2",
+    fields={
+      **COMMON_FIELDS,
+      "moe.num_experts": "num_local_experts",
+      "moe.top_k": "num_experts_per_tok",
+      "moe.expert_mlp_dim": "intermediate_size",
+    },
+    defaults=dict(
+      _LLAMA_DEFAULTS,
+      head_dim=128,
+      num_local_experts=256,
+      num_experts_per_tok=8,
+      rope_theta=5_000_000.0,
+      max_position_embeddings=196_608,
+    ),
+    # HF MiniMax-M2: QK RMSNorm over all heads at once, sigmoid routing with the
+    # e_score_correction_bias (selection only), renormalised top-k, no shared expert.
+    model={
+      "qk_norm": "full",
+      "moe.router": "sigmoid",
+      "moe.norm_topk": True,
+      "moe.aux_free_bias": True,
+    },
+    norms=PRE_NORMS,
+    ffn_layers=_all_moe,
+    weights=MIXTRAL_WEIGHTS,
+    partial_rotary=True,
+    required=dict(
+      hidden_act="silu",
+      scoring_func="sigmoid",
+      use_qk_norm=True,
+      qk_norm_type="per_layer",
+      attention_bias=False,
+      shared_intermediate_size=0,
+    ),
+    aliases={"num_experts": "num_local_experts"},
   ),
 }
 

@@ -21,7 +21,7 @@ from configs import base
 from modeling.config import decoder_config
 from modeling.decoder import Decoder
 from modeling.hf import families, tensors
-from modeling.hf.families import FULL, SLIDING
+from modeling.hf.families import CHUNKED, FULL, SLIDING
 from modeling.moe.router import RouterBias
 
 # Tensors a checkpoint may carry that hold nothing we need.
@@ -31,8 +31,19 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 # ------------------------------------------------------------------ config
 
 
+def _text_model(hf_config: dict) -> tuple[dict, str]:
+  """(the language model's config, its tensors' name prefix) of a config.json."""
+  if hf_config.get("model_type") in families.TEXT_MODELS:
+    key, prefix = families.TEXT_MODELS[hf_config["model_type"]]
+    if not isinstance(hf_config.get(key), dict):
+      raise ValueError(f"config.json model_type={hf_config['model_type']!r} has no {key!r}")
+    return hf_config[key], prefix
+  return hf_config, ""
+
+
 def model_config_from_hf(hf_config: dict) -> ml_collections.ConfigDict:
   """config.json (as a dict) -> locked jaxfrontier config with `model` filled in."""
+  hf_config, _ = _text_model(hf_config)
   fam = families.family(hf_config.get("model_type"))
   hf = {**fam.defaults, **{fam.aliases.get(k, k): v for k, v in hf_config.items()}}
   _check_supported(hf, fam)
@@ -41,7 +52,7 @@ def model_config_from_hf(hf_config: dict) -> ml_collections.ConfigDict:
   m.family = fam.name
   for field, key in fam.fields.items():
     _set(m, field, _field_value(m, field, hf, key))
-  for field, value in fam.model.items():
+  for field, value in {**fam.model, **fam.derived(hf)}.items():
     _set(m, field, value)
   types = _layer_patterns(m, hf, fam)
   _ffn_patterns(m, hf, fam)
@@ -118,14 +129,19 @@ def _layer_patterns(m, hf, fam) -> list:
   for name, seq in (("layer_types", types), ("no_rope_layers", ropes)):
     if len(seq) != m.num_layers:
       raise ValueError(f"config.json {name} has {len(seq)} entries for {m.num_layers} layers")
-  unknown = sorted(set(types) - {FULL, SLIDING})
+  unknown = sorted(set(types) - {FULL, SLIDING, CHUNKED})
   if unknown:
-    raise ValueError(f"config.json layer_types {unknown} are not supported; use {FULL}, {SLIDING}")
+    raise ValueError(
+      f"config.json layer_types {unknown} are not supported; use {FULL}, {SLIDING}, {CHUNKED}"
+    )
   if SLIDING in types:
     if not hf.get("sliding_window"):
       raise ValueError("config.json has sliding_attention layers but no sliding_window")
     m.sliding_window = int(hf["sliding_window"])
-  m.attention_pattern = _period(["local" if t == SLIDING else "global" for t in types])
+  if CHUNKED in types and hf.get("attention_chunk_size"):  # no chunk size: HF attends fully.
+    m.attention_chunk = int(hf["attention_chunk_size"])
+  kinds = {SLIDING: "local", CHUNKED: "chunked" if m.attention_chunk else "global"}
+  m.attention_pattern = _period([kinds.get(t, "global") for t in types])
   m.rope_pattern = _period(["rope" if r else "nope" for r in ropes])
   return types
 
@@ -176,8 +192,12 @@ def _rope_type(params) -> str:
 
 def _rope(m, hf, fam, types):
   glob, local = _rope_parameters(hf, fam)
+  # Hub MiniMax-M2 files give the rotated width as `rotary_dim` instead of a factor.
+  head_dim = hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]
+  legacy = hf.get("rotary_dim") and hf["rotary_dim"] / head_dim
   partial = [
-    p.get("partial_rotary_factor", hf.get("partial_rotary_factor")) or 1.0 for p in (glob, local)
+    p.get("partial_rotary_factor", hf.get("partial_rotary_factor", legacy)) or 1.0
+    for p in (glob, local)
   ]
   if partial[0] != partial[1] or (partial[0] != 1.0 and not fam.partial_rotary):
     raise ValueError(
@@ -274,6 +294,8 @@ _TRANSFORMS = {
   tensors.TRANSPOSE: lambda a: np.swapaxes(a, -1, -2),
   tensors.EVEN: lambda a: a[..., 0::2],
   tensors.ODD: lambda a: a[..., 1::2],
+  tensors.FIRST: lambda a: a[..., : a.shape[-1] // 2],
+  tensors.SECOND: lambda a: a[..., a.shape[-1] // 2 :],
 }
 
 
@@ -289,13 +311,13 @@ def _layers(path: tuple, model: Decoder) -> tuple[list | None, tuple]:
   return None, path
 
 
-def _hf_names(path: tuple, shape: tuple, model: Decoder, fam) -> tuple[list, str, bool]:
+def _hf_names(path: tuple, shape: tuple, model: Decoder, fam, prefix) -> tuple[list, str, bool]:
   """Our flat path and per-layer shape -> (HF names per stacked layer, transform,
   whether each layer's names are one tensor per routed expert, to stack)."""
   layers, rest = _layers(path, model)
   if layers is None:
     name, transform = tensors.TOP_WEIGHTS[".".join(path)]
-    return [[name]], transform, False
+    return [[prefix + name]], transform, False
   table = {
     **tensors.LAYER_WEIGHTS,
     **fam.weights,
@@ -304,7 +326,7 @@ def _hf_names(path: tuple, shape: tuple, model: Decoder, fam) -> tuple[list, str
   name, transform = table[".".join(rest)]
   per_expert = "{x}" in name
   experts = range(shape[0]) if per_expert else [None]  # shape: [E, ...]
-  names = [[f"model.layers.{i}.{name.format(x=x)}" for x in experts] for i in layers]
+  names = [[f"{prefix}model.layers.{i}.{name.format(x=x)}" for x in experts] for i in layers]
   return names, transform, per_expert
 
 
@@ -316,9 +338,13 @@ def _convert(arrays, transform, per_expert, shape, dtype, name):
   return jnp.asarray(array.reshape(shape), dtype)
 
 
-def _ignored(name: str, model: Decoder, extra_layers: int) -> bool:
+def _ignored(name: str, model: Decoder, extra_layers: int, prefix: str) -> bool:
   """Tensors a checkpoint may hold that we do not load: rotary buffers, a tied head,
-  and the `extra_layers` layers after the last one (multi-token-prediction modules)."""
+  the `extra_layers` layers after the last one (multi-token-prediction modules), and
+  anything outside the text model's `prefix` (a vision tower)."""
+  if not name.startswith(prefix):
+    return True
+  name = name[len(prefix) :]
   if name.endswith(_IGNORED_SUFFIXES) or (name == "lm_head.weight" and model.cfg.tie_embeddings):
     return True
   parts, n = name.split("."), model.cfg.num_layers
@@ -329,11 +355,11 @@ def _ignored(name: str, model: Decoder, extra_layers: int) -> bool:
   )
 
 
-def _check_names(ckpt, wanted: dict, model: Decoder, fam, hf_config, directory):
+def _check_names(ckpt, wanted: dict, model: Decoder, fam, hf_config, prefix, directory):
   needed = {n for names, _, _ in wanted.values() for layer in names for n in layer}
   extra = (hf_config.get(fam.extra_layers_key) or 0) if fam.extra_layers_key else 0
   missing = sorted(needed - ckpt.names())
-  unexpected = sorted(n for n in ckpt.names() - needed if not _ignored(n, model, extra))
+  unexpected = sorted(n for n in ckpt.names() - needed if not _ignored(n, model, extra, prefix))
   if missing or unexpected:
     raise ValueError(
       f"checkpoint {directory} does not match the {fam.name} model: "
@@ -362,17 +388,17 @@ def _value(ckpt, source, variable, path):
 def load_params(model: Decoder, directory) -> Decoder:
   """Copies the safetensors weights in `directory` into `model` (in place)."""
   directory = pathlib.Path(directory)
-  hf_config = json.loads((directory / "config.json").read_text())
+  hf_config, prefix = _text_model(json.loads((directory / "config.json").read_text()))
   fam = families.family(hf_config.get("model_type"))
   flat = list(nnx.to_flat_state(nnx.state(model)))
   wanted = {
-    path: _hf_names(path, _layer_shape(path, v), model, fam)
+    path: _hf_names(path, _layer_shape(path, v), model, fam, prefix)
     for path, v in flat
     if isinstance(v, _CHECKPOINT_VARIABLES)
   }
   with contextlib.ExitStack() as stack:
     ckpt = _Checkpoint(directory, stack)
-    _check_names(ckpt, wanted, model, fam, hf_config, directory)
+    _check_names(ckpt, wanted, model, fam, hf_config, prefix, directory)
     new = [(p, v.replace(_value(ckpt, wanted.get(p), v, p))) for p, v in flat]
   nnx.update(model, nnx.from_flat_state(new))
   return model

@@ -6,8 +6,10 @@ Shared by every family; a family overrides entries through `Family.weights`
 
 # How a checkpoint tensor becomes ours: torch Linear weights [out, in] are
 # transposed; EVEN / ODD take the even / odd columns of a gate-up interleaved
-# tensor (gpt-oss: gate = columns 0, 2, ..., up = 1, 3, ...).
+# tensor (gpt-oss: gate = columns 0, 2, ..., up = 1, 3, ...); FIRST / SECOND take
+# the first / second half of the columns of a gate-up concatenated one (Llama 4).
 AS_IS, TRANSPOSE, EVEN, ODD = "as_is", "transpose", "even", "odd"
+FIRST, SECOND = "first_half", "second_half"
 
 # Our block param path -> (HF name under `model.layers.{i}.`, transform). Paths
 # our model lacks (biases, QK-norms when off, MLA when GQA) are never asked for.
@@ -62,6 +64,27 @@ GPT_OSS_WEIGHTS = {
   "mlp.experts.gate_bias": ("mlp.experts.gate_up_proj_bias", EVEN),  # [E, 2f]
   "mlp.experts.up_bias": ("mlp.experts.gate_up_proj_bias", ODD),
   "mlp.experts.down_bias": ("mlp.experts.down_proj_bias", AS_IS),
+}
+# Llama 4 names the FFN `feed_forward`; its experts are two [E, in, out] tensors.
+LLAMA4_WEIGHTS = {
+  "mlp.gate_proj": ("feed_forward.gate_proj.weight", TRANSPOSE),
+  "mlp.up_proj": ("feed_forward.up_proj.weight", TRANSPOSE),
+  "mlp.down_proj": ("feed_forward.down_proj.weight", TRANSPOSE),
+  "mlp.router.kernel": ("feed_forward.router.weight", TRANSPOSE),
+  "mlp.experts.gate_proj": ("feed_forward.experts.gate_up_proj", FIRST),  # [E, e, 2f]
+  "mlp.experts.up_proj": ("feed_forward.experts.gate_up_proj", SECOND),
+  "mlp.experts.down_proj": ("feed_forward.experts.down_proj", AS_IS),  # [E, f, e]
+  "mlp.shared.gate_proj": ("feed_forward.shared_expert.gate_proj.weight", TRANSPOSE),
+  "mlp.shared.up_proj": ("feed_forward.shared_expert.up_proj.weight", TRANSPOSE),
+  "mlp.shared.down_proj": ("feed_forward.shared_expert.down_proj.weight", TRANSPOSE),
+}
+# Mixtral-style hub layout (MiniMax-M2): `block_sparse_moe`, experts w1 (gate), w3 (up), w2 (down).
+MIXTRAL_WEIGHTS = {
+  "mlp.router.kernel": ("block_sparse_moe.gate.weight", TRANSPOSE),
+  "mlp.router.aux_free_bias": ("block_sparse_moe.e_score_correction_bias", AS_IS),
+  "mlp.experts.gate_proj": ("block_sparse_moe.experts.{x}.w1.weight", TRANSPOSE),
+  "mlp.experts.up_proj": ("block_sparse_moe.experts.{x}.w3.weight", TRANSPOSE),
+  "mlp.experts.down_proj": ("block_sparse_moe.experts.{x}.w2.weight", TRANSPOSE),
 }
 # Top-level tensors: our path -> (HF name, transform).
 TOP_WEIGHTS = {

@@ -1,8 +1,9 @@
 """Rotary position embeddings: default, linear, Llama-3 and YaRN frequency
 schedules, partial rotary (only the leading `rotary_dim` dims of a head turn).
 
-Layout is half-split (rotate_half): pairs are (i, i + rotary_dim/2), as in
-Hugging Face checkpoints.
+Layout is half-split (rotate_half): pairs are (i, i + rotary_dim/2), as in most
+Hugging Face checkpoints; `interleave` rotates pairs (2i, 2i+1) instead (Meta's
+complex-number form: Llama 4, DeepSeek's MLA).
 """
 
 import math
@@ -70,7 +71,12 @@ def apply(x, positions, c: RopeConfig):
   angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, s, rotary_dim/2]
   cos = (jnp.cos(angles) * attention_factor)[:, :, None, :]
   sin = (jnp.sin(angles) * attention_factor)[:, :, None, :]
-  rot, rest = x[..., : c.rotary_dim], x[..., c.rotary_dim :]
-  x1, x2 = jnp.split(rot.astype(jnp.float32), 2, axis=-1)
-  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+  rot, rest = x[..., : c.rotary_dim].astype(jnp.float32), x[..., c.rotary_dim :]
+  if c.interleave:
+    x1, x2 = rot[..., 0::2], rot[..., 1::2]
+    pairs = jnp.stack([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    rotated = pairs.reshape(rot.shape).astype(x.dtype)
+  else:
+    x1, x2 = jnp.split(rot, 2, axis=-1)
+    rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
   return jnp.concatenate([rotated, rest], axis=-1) if rest.shape[-1] else rotated

@@ -5,6 +5,8 @@
 `capacity`: each expert takes at most C = ceil(capacity_factor * t * k / E)
 pairs, first come first served in (token, slot) order; later pairs are dropped
 (contribute 0). Fixed shapes, batched einsum over an [E, C, e] buffer.
+Each pair's output is weighted by its routing weight, or, with `scale_inputs`
+(Llama 4), its input is: y = sum_k FFN_k(w_k * x).
 Letters: t tokens, e embed, x experts (E), f expert mlp, k slots, c capacity.
 """
 
@@ -78,28 +80,32 @@ class Experts(nnx.Module):
 
   def __call__(self, x, weights, indices):
     """x [t, e], weights/indices [t, k] -> (y [t, e] in x.dtype, dropped_frac)."""
+    scale = None
+    if self.cfg.scale_inputs:  # each pair's input is weighted; outputs are summed as they are
+      scale, weights = weights.reshape(-1, 1).astype(x.dtype), jnp.ones_like(weights)
     if self.cfg.dispatch == "capacity":
-      out, dropped = self._capacity_dispatch(x, indices)
+      out, dropped = self._capacity_dispatch(x, indices, scale)
     else:
-      out, dropped = self._dropless_dispatch(x, indices), jnp.zeros((), jnp.float32)
+      out, dropped = self._dropless_dispatch(x, indices, scale), jnp.zeros((), jnp.float32)
     y = jnp.einsum("tke,tk->te", out.astype(jnp.float32), weights.astype(jnp.float32))
     return y.astype(x.dtype), dropped
 
-  def _dropless_dispatch(self, x, indices):
-    """-> per-pair outputs [t, k, e]."""
+  def _dropless_dispatch(self, x, indices, scale=None):
+    """x [t, e], indices [t, k], scale [t*k, 1] or None -> per-pair outputs [t, k, e]."""
     t, k = indices.shape
     flat = indices.reshape(-1)  # [t*k]
     order = jnp.argsort(flat, stable=True)  # pairs grouped by expert
     expert_ids = flat[order]
     sizes = jnp.bincount(flat, length=self.cfg.num_experts).astype(jnp.int32)  # [E]
-    out = self._grouped(x[order // k], sizes, expert_ids)  # [t*k, e], sorted
+    rows = x[order // k] if scale is None else x[order // k] * scale[order]
+    out = self._grouped(rows, sizes, expert_ids)  # [t*k, e], sorted
     return out[jnp.argsort(order)].reshape(t, k, -1)
 
   def capacity(self, t: int) -> int:
     cfg = self.cfg
     return math.ceil(cfg.capacity_factor * t * cfg.top_k / cfg.num_experts)
 
-  def _capacity_dispatch(self, x, indices):
+  def _capacity_dispatch(self, x, indices, scale=None):
     """-> (per-pair outputs [t, k, e] with dropped pairs zeroed, dropped fraction)."""
     t, k = indices.shape
     E, c = self.cfg.num_experts, self.capacity(t)
@@ -108,8 +114,9 @@ class Experts(nnx.Module):
     position = jnp.sum((jnp.cumsum(onehot, axis=0) - 1) * onehot, axis=-1)  # [t*k]
     keep = position < c
     slot = jnp.where(keep, position, c)  # c is out of bounds: dropped by the scatter
-    tokens = jnp.repeat(x, k, axis=0)  # [t*k, e]
-    buf = jnp.zeros((E, c, x.shape[-1]), x.dtype).at[flat, slot].set(tokens, mode="drop")
+    pairs = jnp.repeat(x, k, axis=0)  # [t*k, e]
+    pairs = pairs if scale is None else pairs * scale
+    buf = jnp.zeros((E, c, x.shape[-1]), x.dtype).at[flat, slot].set(pairs, mode="drop")
     out = self._batched(buf)[flat, jnp.minimum(slot, c - 1)]  # [t*k, e]
     out = jnp.where(keep[:, None], out, 0.0)
     dropped = 1.0 - jnp.mean(keep.astype(jnp.float32))
