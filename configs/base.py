@@ -116,7 +116,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.mtp.late_start = 1.0  # fraction of train.steps where late_loss_weight takes over.
   m.z_loss = 0.0  # weight of log(Z)^2 in the loss (PaLM z-loss); 0 = off.
   m.scan_layers = True  # run repeating layers under nnx.scan (compile time flat in depth).
-  m.remat = "none"  # none | full: recompute each layer in the backward pass.
+  m.remat = "none"  # scanned layers' backward recomputes the forward except what it keeps:
+  #   none (keeps all) | full (keeps nothing) | save_dots (keeps weight matmul outputs)
+  #   | save_attention_outputs (keeps each attention output).
 
   # ----------------------------------------------------------------- mesh
   c.mesh = ml_collections.ConfigDict()

@@ -186,7 +186,7 @@ def decoder_config(
   _choice("qk_norm", m.qk_norm, QK_NORMS)
   _choice("activation", m.activation, ACTIVATIONS)
   _choice("rope_scaling.type", m.rope_scaling.type, ROPE_SCALINGS)
-  _choice("remat", m.remat, ("none", "full"))
+  _choice("remat", m.remat, ("none", "full", "save_dots", "save_attention_outputs"))
   _check(
     m.attention == "gqa" or "chunked" not in m.attention_pattern,
     "model.attention_pattern 'chunked' layers need model.attention='gqa'",

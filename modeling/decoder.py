@@ -13,6 +13,7 @@ which the decoder gathers per layer into `aux`.
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from modeling.attention.dot_product import Attention
 from modeling.attention.mla import MLA
@@ -34,6 +35,14 @@ from modeling.mtp import MTPModule
 ATTENTION = {AttentionConfig: Attention, MlaConfig: MLA}
 FFN = {MlpConfig: GatedMLP, MoeConfig: MoE}
 
+# Remat policies (config.model.remat): what the backward pass keeps from the
+# forward instead of recomputing it. "none" keeps everything (no remat).
+REMAT_POLICIES = {
+  "full": None,  # keep only each layer's input
+  "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls
+  "save_attention_outputs": jax.checkpoint_policies.save_only_these_names("attention_out"),
+}
+
 
 class Block(nnx.Module):
   """Attention + MLP with pre, post (OLMo 2) or sandwich (Gemma 3) norms."""
@@ -54,6 +63,7 @@ class Block(nnx.Module):
     pre = self.placement in ("pre", "sandwich")
     post = self.placement in ("post", "sandwich")
     h = self.attn(self.attn_norm(x) if pre else x, positions=positions, segment_ids=segment_ids)
+    h = checkpoint_name(h, "attention_out")
     x = x + (self.attn_post_norm(h) if post else h)
     h = self.mlp(self.mlp_norm(x) if pre else x)
     h, stats = h if self.is_moe else (h, {})  # MoE also returns its load and balance stats
@@ -184,14 +194,13 @@ class Decoder(nnx.Module):
     }
 
   def _scan(self, x, positions, segment_ids):
-    def body(period, x):
-      return period(x, positions, segment_ids)
+    """Runs the stacked periods with jax.lax.scan over their split state (the
+    forward mutates no variable), under jax.checkpoint when remat is on."""
+    graphdef, state = nnx.split(self.stack)
 
-    if self.cfg.remat == "full":
-      body = nnx.remat(body)
+    def step(x, period_state):
+      return nnx.merge(graphdef, period_state)(x, positions, segment_ids)
 
-    @nnx.scan(in_axes=(0, nnx.Carry), out_axes=(nnx.Carry, 0))
-    def run(period, x):
-      return body(period, x)
-
-    return run(self.stack, x)
+    if self.cfg.remat != "none":
+      step = jax.checkpoint(step, policy=REMAT_POLICIES[self.cfg.remat])
+    return jax.lax.scan(step, x, state)

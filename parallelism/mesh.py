@@ -1,6 +1,8 @@
-"""Device mesh with axes (data, fsdp, tensor, expert) from `config.mesh`."""
+"""Device mesh with axes (data, fsdp, tensor, expert) from `config.mesh`, and
+multi-process start-up through JAX's own runtime (`jax.distributed`)."""
 
 import math
+import os
 
 import jax
 import numpy as np
@@ -31,6 +33,41 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
       f"{num_devices} are available; make mesh.data*fsdp*tensor*expert match"
     )
   return tuple(sizes)
+
+
+def detected_cluster(env=os.environ) -> str:
+  """The multi-process launcher whose environment this is, or "": a SLURM step
+  with several tasks, a Cloud TPU pod slice, or an indexed Job / JobSet on
+  Kubernetes. `jax.distributed.initialize()` then finds its peers itself."""
+  if "SLURM_JOB_ID" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    return "slurm"
+  if env.get("TPU_WORKER_HOSTNAMES"):
+    return "tpu"
+  if "KUBERNETES_SERVICE_HOST" in env and "JOB_COMPLETION_INDEX" in env:
+    return "kubernetes"
+  return ""
+
+
+def initialize_distributed(coordinator: str = "", num_processes: int = 0, process_id: int = -1):
+  """Joins this process to a multi-process run, if there is one.
+
+  Explicit flags win; otherwise `jax.distributed.initialize()` auto-detects
+  SLURM, Cloud TPU and Kubernetes. A lone process on a workstation does nothing.
+  On CPU, cross-process collectives go through gloo.
+  """
+  explicit = bool(coordinator) or num_processes > 0 or process_id >= 0
+  if explicit and not (coordinator and num_processes > 0 and process_id >= 0):
+    raise ValueError(
+      "--coordinator, --num_processes and --process_id go together; give all three "
+      f"(got {coordinator!r}, {num_processes}, {process_id})"
+    )
+  if not explicit and not detected_cluster():
+    return
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if explicit:
+    jax.distributed.initialize(coordinator, num_processes=num_processes, process_id=process_id)
+  else:
+    jax.distributed.initialize()
 
 
 def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:

@@ -13,13 +13,18 @@ MESH_AXES = ("data", "fsdp", "tensor", "expert")
 RULES: dict[str, tuple[str, ...]] = {
   "batch": ("data", "fsdp", "expert"),
   "vocab": ("tensor",),
-  "embed": ("fsdp",),
+  # ZeRO-3 over every axis the batch is split on but `data`: the expert axis holds
+  # different experts, and shards the dense weights like fsdp (expert weights
+  # take `expert` on their experts axis first, so their embed axis gets fsdp only).
+  "embed": ("fsdp", "expert"),
   "heads": ("tensor",),
   "kv_heads": ("tensor",),
   "mlp": ("tensor",),
   "head_dim": (),
-  "q_lora": (),  # MLA latents are small (<= 1536): replicated.
-  "kv_lora": (),
+  # MLA's latent axes: q_b / kv_b ([latent, heads, head_dim], 38M params a layer in
+  # DeepSeek-V3) need an fsdp axis when heads are not tensor-sharded.
+  "q_lora": ("fsdp",),
+  "kv_lora": ("fsdp",),
   "experts": ("expert",),
   "expert_mlp": ("tensor",),
   "layers": (),  # scanned layers stay whole: each scan step reads one slice.

@@ -353,7 +353,6 @@ def test_stats_match_their_definitions():
   _, indices, _ = _call(moe.router, x.reshape(-1, E_DIM))
   probs, mask = jax.nn.softmax(logits), jax.nn.one_hot(indices, 8).sum(1)  # [t, E]
   np.testing.assert_array_equal(stats["load"], mask.sum(0))
-  np.testing.assert_array_equal(moe.load[...], mask.sum(0))
   f = mask.reshape(2, 16, 8).sum(1) * 8 / (2 * 16)
   seq_aux = jnp.mean(jnp.sum(f * probs.reshape(2, 16, 8).mean(1), -1))
   np.testing.assert_allclose(stats["seq_aux"], seq_aux, rtol=1e-6)
@@ -400,7 +399,6 @@ def test_jit_and_grad_through_both_dispatches_agree():
     moe = _moe(cfg)
     value, grads[dispatch] = loss_and_grad(moe)
     assert np.isfinite(value)
-    assert np.asarray(moe.load[...]).sum() == 2 * 8 * cfg.top_k
   for name in ("gate_proj", "up_proj", "down_proj"):
     assert np.abs(np.asarray(grads["dropless"]["experts"][name][...])).sum() > 0
   assert np.abs(np.asarray(grads["dropless"]["router"]["kernel"][...])).sum() > 0

@@ -29,15 +29,22 @@ def _flat(tree):
 def test_aux_free_bias_moves_by_sign_rule_each_step(tmp_path):
   trainer = _tiny_moe(tmp_path, steps=1, bias_update_rate=0.01)
   biases = {k: v for k, v in _flat(trainer.state["model_state"]).items() if "aux_free_bias" in k}
-  assert biases and all(np.all(v == 0) for v in biases.values())
-  trainer.run()
-  state = _flat(trainer.state["model_state"])
-  for key, bias in biases.items():
-    load = state[key.replace("router/aux_free_bias", "load")]
-    expected = 0.01 * np.sign(load.mean(-1, keepdims=True) - load)
-    np.testing.assert_allclose(state[key], expected, atol=1e-7)
-    assert np.any(state[key] != 0)
-  assert not any("aux_free_bias" in k for k in _flat(trainer.state["params"]))
+  # Layer 0 is dense; layers 1-2 are one scanned stack [2, E]; the MTP block is MoE too.
+  assert sorted(biases) == [
+    "mtp/0/block/mlp/router/aux_free_bias",
+    "stack/blocks/0/mlp/router/aux_free_bias",
+  ]
+  assert all(np.all(v == 0) for v in biases.values())
+  state, metrics = trainer._train_step(trainer.state, trainer.put(next(trainer.data_iter)))
+  loads = np.asarray(metrics["expert_load"])  # [3, E]: layer 1, layer 2, MTP
+  expected = 0.01 * np.sign(loads.mean(-1, keepdims=True) - loads)
+  assert not any("aux_free_bias" in k for k in _flat(state["params"]))
+  state = _flat(state["model_state"])
+  np.testing.assert_allclose(
+    state["stack/blocks/0/mlp/router/aux_free_bias"], expected[:2], atol=1e-7
+  )
+  np.testing.assert_allclose(state["mtp/0/block/mlp/router/aux_free_bias"], expected[2], atol=1e-7)
+  assert np.any(expected != 0)
 
 
 def test_bias_stays_zero_without_aux_free_balancing(tmp_path):

@@ -1,5 +1,6 @@
-"""The same train steps on 1 device and on an 8-device (fake CPU) mesh give
-the same losses: params, batch and optimizer state follow the rules table."""
+"""The same train steps on 1 device and on 8 (fake CPU) devices give the same
+losses and the same params, for a dense and an MoE (MLA + MTP + aux-free bias)
+tiny model, over the meshes (data, fsdp, tensor, expert) of the spec."""
 
 import json
 import os
@@ -13,38 +14,59 @@ from tests.conftest import ROOT
 
 _RUN = """
 import json, sys
+import jax, numpy as np
+from flax import traverse_util
 from tests.conftest import small_train_config
 from trainer.trainer import Trainer
-config = small_train_config("llama3", steps=3, log_every=1, batch_size=8)
-config.model.update(num_heads=4, num_kv_heads=2)
+family, mesh, workdir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+config = small_train_config(family, steps=3, log_every=1, batch_size=8)
+config.model.update(num_layers=3, num_heads=4, num_kv_heads=2 if family == "llama3" else 4)
 config.optim.warmup_steps = 1
-config.mesh.update(json.loads(sys.argv[1]))
-Trainer(config, sys.argv[2]).run()
+config.mesh.update(mesh)
+trainer = Trainer(config, workdir)
+trainer.run()
+flat = traverse_util.flatten_dict(jax.device_get(trainer.state["params"]))
+np.savez(workdir + "/params.npz", **{"/".join(map(str, k)): v for k, v in flat.items()})
 """
 
+MESHES = [  # (data, fsdp, tensor, expert)
+  dict(data=8, fsdp=1, tensor=1, expert=1),
+  dict(data=1, fsdp=8, tensor=1, expert=1),
+  dict(data=1, fsdp=2, tensor=2, expert=2),
+  dict(data=2, fsdp=1, tensor=1, expert=4),
+]
+SINGLE = dict(data=1, fsdp=1, tensor=1, expert=1)
 
-def _losses(tmp_path, mesh: dict, devices: int) -> list[float]:
+
+def _run(tmp_path, family: str, mesh: dict, devices: int) -> tuple[list[float], dict]:
   env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
-  workdir = tmp_path / "-".join(f"{k}{v}" for k, v in mesh.items())
-  subprocess.run(
-    [sys.executable, "-c", _RUN, json.dumps(mesh), str(workdir)],
+  workdir = tmp_path / (family + "-" + "-".join(f"{k}{v}" for k, v in mesh.items()))
+  result = subprocess.run(
+    [sys.executable, "-c", _RUN, family, json.dumps(mesh), str(workdir)],
     cwd=ROOT,
     env=env,
-    check=True,
     capture_output=True,
-    timeout=300,
+    text=True,
+    timeout=600,
   )
+  assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  return [r["loss"] for r in records if "loss" in r]
+  params = dict(np.load(workdir / "params.npz"))
+  return [r["loss"] for r in records if "loss" in r], params
 
 
-@pytest.mark.parametrize(
-  "mesh",
-  [dict(data=1, fsdp=8, tensor=1), dict(data=2, fsdp=2, tensor=2)],
-  ids=["fsdp8", "data2-fsdp2-tensor2"],
-)
-def test_sharded_steps_match_single_device(tmp_path, mesh):
-  single = _losses(tmp_path, dict(data=1, fsdp=1, tensor=1), devices=1)
-  sharded = _losses(tmp_path, mesh, devices=8)
-  assert len(single) == 3
-  np.testing.assert_allclose(sharded, single, rtol=1e-5)
+@pytest.fixture(scope="module", params=["llama3", "deepseek_v3"])
+def single(request, tmp_path_factory):
+  family = request.param
+  return family, _run(tmp_path_factory.mktemp(family), family, SINGLE, devices=1)
+
+
+@pytest.mark.parametrize("mesh", MESHES, ids=lambda m: "x".join(str(v) for v in m.values()))
+def test_sharded_steps_match_single_device(tmp_path, single, mesh):
+  family, (losses, params) = single
+  sharded_losses, sharded_params = _run(tmp_path, family, mesh, devices=8)
+  assert len(losses) == 3
+  np.testing.assert_allclose(sharded_losses, losses, rtol=1e-5)
+  assert sharded_params.keys() == params.keys()
+  for name, value in params.items():
+    np.testing.assert_allclose(sharded_params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)

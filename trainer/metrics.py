@@ -82,19 +82,24 @@ def _ffn_params(m) -> int:
 
 
 class Writer:
-  """Appends one JSON object per record to <workdir>/metrics.jsonl."""
+  """Appends one JSON object per record to <workdir>/metrics.jsonl; a no-op
+  unless `enabled` (in multi-process runs only process 0 writes)."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, enabled: bool = True):
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
-    self.path.parent.mkdir(parents=True, exist_ok=True)
-    self._file = self.path.open("a")
+    self._file = None
+    if enabled:
+      self.path.parent.mkdir(parents=True, exist_ok=True)
+      self._file = self.path.open("a")
 
   def write(self, record: dict):
-    self._file.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
-    self._file.flush()
+    if self._file:
+      self._file.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
+      self._file.flush()
 
   def close(self):
-    self._file.close()
+    if self._file:
+      self._file.close()
 
 
 def _plain(v):

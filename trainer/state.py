@@ -21,7 +21,7 @@ def abstract(cfg: DecoderConfig):
   """(graphdef, flat abstract params, flat abstract non-param state) without allocating.
 
   Non-param state is model variables the optimizer never sees (MoE router
-  selection biases and the expert loads each forward pass records).
+  selection biases, updated by the train step from each step's expert loads).
   """
   model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)

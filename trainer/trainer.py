@@ -82,19 +82,18 @@ def make_steps(graphdef, tx, lr, model_cfg, mtp_weight=None):
         aux.pop("mtp_logits"), batch["targets"], batch["weights"], batch["segment_ids"]
       )
       loss = loss + mtp_weight(step) * aux["mtp_loss"].mean()
-    # The forward pass records expert loads in the non-param state.
-    new_model_state = nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
-    return loss, (ce["ce"], aux, new_model_state)
+    return loss, (ce["ce"], aux)
 
   def train_step(state, batch):
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, (ce, aux, model_state)), grads = grad_fn(
-      state["params"], state["model_state"], batch, state["step"]
-    )
+    (_, (ce, aux)), grads = grad_fn(state["params"], state["model_state"], batch, state["step"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
+    model_state = state["model_state"]
     if model_cfg.bias_update_rate:
-      model_state = update_router_biases(graphdef, params, model_state, model_cfg.bias_update_rate)
+      model_state = update_router_biases(
+        graphdef, params, model_state, aux["expert_load"], model_cfg.bias_update_rate
+      )
     metrics = {"loss": ce, "grad_norm": optax.tree.norm(grads), "lr": lr(state["step"])}
     metrics.update(moe_metrics(aux))
     if "mtp_loss" in aux:
@@ -103,18 +102,32 @@ def make_steps(graphdef, tx, lr, model_cfg, mtp_weight=None):
     return new_state | {"opt": opt}, metrics
 
   def eval_step(params, model_state, batch):
-    _, (ce, _, _) = loss_fn(params, model_state, batch, 0, mtp=False)
+    _, (ce, _) = loss_fn(params, model_state, batch, 0, mtp=False)
     weight = batch["weights"].sum()
     return ce * weight, weight
 
   return train_step, eval_step
 
 
-def update_router_biases(graphdef, params, model_state, rate: float):
+def update_router_biases(graphdef, params, model_state, loads, rate: float):
   """Aux-loss-free balancing: bias += rate * sign(mean load - load), per MoE layer."""
   model = nnx.merge(graphdef, params, model_state)
-  balance.update_router_biases(model, rate)
+  balance.update_router_biases(model, loads, rate)
   return nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+
+
+def local_rows(sharding, shape) -> slice:
+  """The contiguous batch rows this process's devices hold under `sharding`."""
+  starts, stops = set(), set()
+  for index in sharding.addressable_devices_indices_map(shape).values():
+    rows = index[0]
+    starts.add(rows.start or 0)
+    stops.add(shape[0] if rows.stop is None else rows.stop)
+  lo, hi = min(starts), max(stops)
+  covered = sum(b - a for a, b in zip(sorted(starts), sorted(stops), strict=True))
+  if covered != hi - lo:
+    raise ValueError(f"this process's batch rows are not contiguous: {sorted(starts)}")
+  return slice(lo, hi)
 
 
 def moe_metrics(aux: dict) -> dict:
@@ -194,10 +207,20 @@ class Trainer:
       self.state, data_state = self.checkpointer.restore(abstract)
       self.data_iter.set_state(data_state)
     self.workdir.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(self.config.to_json_best_effort(indent=2))
+    if jax.process_index() == 0:
+      config_path.write_text(self.config.to_json_best_effort(indent=2))
 
   def put(self, batch):
-    return jax.device_put(batch, self.batch_sharding)  # numpy straight to the sharded layout
+    """Global numpy batch -> sharded arrays. Every process runs the same data
+    pipeline; each hands JAX only the rows its own devices hold."""
+    if jax.process_count() == 1:
+      return jax.device_put(batch, self.batch_sharding)  # numpy straight to the sharded layout
+    shape = batch["inputs"].shape
+    rows = local_rows(self.batch_sharding, shape)
+    return {
+      k: jax.make_array_from_process_local_data(self.batch_sharding, v[rows], v.shape)
+      for k, v in batch.items()
+    }
 
   def evaluate(self, batches) -> float:
     total, weight = 0.0, 0.0
@@ -211,7 +234,8 @@ class Trainer:
   def run(self) -> dict:
     """Trains to train.steps; returns the last train and eval records."""
     cfg, t = self.config, self.config.train
-    writer = metrics.Writer(str(self.workdir))
+    primary = jax.process_index() == 0
+    writer = metrics.Writer(str(self.workdir), enabled=primary)
     eval_data = data.eval_batches(
       cfg.data, batch_size=t.batch_size, seq_len=t.seq_len, max_batches=t.eval_batches
     )
@@ -220,7 +244,10 @@ class Trainer:
     peak = metrics.peak_flops(t.peak_flops) * jax.device_count()
     start = int(self.state["step"])
     bar = tqdm.tqdm(
-      total=t.steps, initial=start, disable=not cfg.logging.progress_bar, dynamic_ncols=True
+      total=t.steps,
+      initial=start,
+      disable=not (cfg.logging.progress_bar and primary),
+      dynamic_ncols=True,
     )
     last_train, last_eval, pending = {}, {}, []
     tic = time.perf_counter()
@@ -251,7 +278,8 @@ class Trainer:
       if eval_data and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
         last_eval = {"step": step, "eval_loss": self.evaluate(eval_data)}
         writer.write(last_eval)
-        bar.write(f"step {step}: eval_loss {last_eval['eval_loss']:.4f}")
+        if primary:
+          bar.write(f"step {step}: eval_loss {last_eval['eval_loss']:.4f}")
         tic = time.perf_counter()
       if self.checkpointer.due(step) or step == t.steps:
         self.checkpointer.save(step, self.state, self.data_iter.get_state())

@@ -287,7 +287,7 @@ class _Checkpoint:
     return handle.get_tensor(name)
 
 
-# Variables a checkpoint holds; the rest (expert loads) start at zero.
+# Variables a checkpoint holds (params and the MoE selection biases).
 _CHECKPOINT_VARIABLES = (nnx.Param, RouterBias)
 _TRANSFORMS = {
   tensors.AS_IS: lambda a: a,

@@ -2,6 +2,6 @@
 
 from modeling.moe.experts import Experts
 from modeling.moe.layer import MoE
-from modeling.moe.router import ExpertLoad, Router, RouterBias, aux_free_update, validate
+from modeling.moe.router import Router, RouterBias, aux_free_update, validate
 
-__all__ = ["ExpertLoad", "Experts", "MoE", "Router", "RouterBias", "aux_free_update", "validate"]
+__all__ = ["Experts", "MoE", "Router", "RouterBias", "aux_free_update", "validate"]

@@ -1,15 +1,36 @@
 """Aux-loss-free load balancing across a whole model (DeepSeek-V3 §2.1.2)."""
 
-from flax import nnx
+import jax.numpy as jnp
 
-from modeling.moe.layer import MoE
 from modeling.moe.router import aux_free_update
 
 
-def update_router_biases(model: nnx.Module, rate: float):
-  """In place: each MoE layer's selection bias moves toward balancing the load its
-  last forward pass recorded. Stacked (scanned) layers update row by row."""
-  for _, module in nnx.iter_graph(model):
-    if isinstance(module, MoE) and module.cfg.aux_free_bias:
-      bias = module.router.aux_free_bias
-      bias[...] = aux_free_update(bias[...], module.load[...], rate)
+def _moe_layers(decoder) -> list:
+  """(MoE module, index into its stacked rows or None) per MoE layer, in the order
+  of the decoder's `aux["expert_load"]` rows: prefix, scanned periods, tail, MTP."""
+  blocks = [(b, None) for b in decoder.prefix]
+  if decoder.num_periods:
+    blocks += [(b, p) for p in range(decoder.num_periods) for b in decoder.stack.blocks]
+  blocks += [(b, None) for b in decoder.tail]
+  blocks += [(m.block, None) for m in decoder.mtp]
+  return [(b.mlp, p) for b, p in blocks if b.is_moe]
+
+
+def update_router_biases(decoder, loads, rate: float):
+  """In place: each MoE layer's selection bias moves toward balancing its load.
+
+  loads: [moe_layers, E] (token, slot) counts of the step, `aux["expert_load"]`;
+  without the MTP rows when the step left the MTP modules out (their biases stay).
+  """
+  rows = {}  # id(module) -> (module, [(stack index, load row)])
+  for (module, p), load in zip(_moe_layers(decoder), loads, strict=False):
+    rows.setdefault(id(module), (module, []))[1].append((p, load))
+  for module, entries in rows.values():
+    if not module.cfg.aux_free_bias:
+      continue
+    bias = module.router.aux_free_bias
+    if entries[0][0] is None:  # an unstacked layer
+      bias[...] = aux_free_update(bias[...], entries[0][1], rate)
+    else:  # stacked: rows ordered by period
+      stacked = jnp.stack([load for _, load in sorted(entries, key=lambda e: e[0])])
+      bias[...] = aux_free_update(bias[...], stacked, rate)

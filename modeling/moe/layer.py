@@ -12,7 +12,7 @@ from modeling.config import MlpConfig, MoeConfig
 from modeling.layers import params
 from modeling.layers.mlp import GatedMLP
 from modeling.moe.experts import Experts
-from modeling.moe.router import ExpertLoad, Router, validate
+from modeling.moe.router import Router, validate
 
 
 class MoE(nnx.Module):
@@ -27,12 +27,11 @@ class MoE(nnx.Module):
       self.shared = GatedMLP(shared, rngs=rngs, param_dtype=param_dtype)
     if cfg.shared_gate:
       self.shared_gate = params.normal(rngs, (e, 1), ("embed", None), cfg.init_std, param_dtype)
-    self.load = ExpertLoad(jnp.zeros((cfg.num_experts,), jnp.float32), axes=("experts",))
 
   def __call__(self, x):
     """x: [b, s, e] -> (y [b, s, e], stats).
 
-    stats: load [E] (token-slot counts, also written to `self.load`), seq_aux,
+    stats: load [E] (token-slot counts), seq_aux,
     switch_aux, router_z, dropped_frac (scalars, float32; unscaled by any coefficient).
     """
     b, s, e = x.shape
@@ -44,5 +43,4 @@ class MoE(nnx.Module):
       if self.cfg.shared_gate:
         shared = shared * jax.nn.sigmoid(tokens @ self.shared_gate[...].astype(x.dtype))
       y = y + shared
-    self.load[...] = stats["load"]
     return y.reshape(b, s, e), dict(stats, dropped_frac=dropped)

@@ -21,10 +21,6 @@ class RouterBias(nnx.Variable):
   """DeepSeek-V3 aux-free selection bias [E]: state, never a Param, never differentiated."""
 
 
-class ExpertLoad(nnx.Variable):
-  """Per-expert (token, slot) counts [E] of the latest forward pass, for the bias update."""
-
-
 def _check(ok: bool, message: str):
   if not ok:
     raise ValueError(message)
