@@ -70,6 +70,25 @@ def initialize_distributed(coordinator: str = "", num_processes: int = 0, proces
     jax.distributed.initialize()
 
 
+def check_model_fits(model_cfg, sizes: dict):
+  """Errors for model dimensions the mesh must split evenly: query heads over
+  `tensor`, routed experts over `expert` (each device holds whole heads / experts)."""
+  tensor, expert = sizes["tensor"], sizes["expert"]
+  for block in model_cfg.blocks:
+    heads = block.attention.num_heads
+    if heads % tensor:
+      raise ValueError(
+        f"model.num_heads={heads} is not divisible by mesh.tensor={tensor}; "
+        "pick a tensor size that divides the heads"
+      )
+    experts = getattr(block.mlp, "num_experts", 0)
+    if experts and experts % expert:
+      raise ValueError(
+        f"model.moe.num_experts={experts} is not divisible by mesh.expert={expert}; "
+        "pick an expert size that divides the experts"
+      )
+
+
 def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_cfg, len(devices))

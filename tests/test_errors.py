@@ -32,13 +32,28 @@ CASES = [  # (extra args, text the one error line must contain)
     ["--config", "configs/llama4.py:tiny", "--config.model.attention_chunk=0"],
     "model.attention_chunk must be > 0",
   ),
+  (
+    ["--config", "configs/llama3.py:tiny", "--config.mesh.fsdp=2"],
+    "needs 2 devices but 1 are available",
+  ),
 ]
 
 
 @pytest.mark.parametrize(
   "args,needle",
   CASES,
-  ids=["preset", "key", "kv_heads", "data", "top_k", "n_group", "topk_group", "choice", "chunk"],
+  ids=[
+    "preset",
+    "key",
+    "kv_heads",
+    "data",
+    "top_k",
+    "n_group",
+    "topk_group",
+    "choice",
+    "chunk",
+    "mesh",
+  ],
 )
 def test_bad_input_fails_with_one_line_naming_the_field(args, needle, tmp_path):
   result = subprocess.run(

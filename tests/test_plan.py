@@ -100,13 +100,56 @@ def test_count_collectives_counts_async_pairs_once():
   assert count_collectives(hlo) == {"all-reduce": 1, "all-gather": 1}
 
 
-def test_mesh_with_a_fill_axis_needs_devices():
+@pytest.mark.parametrize(
+  "overrides,kv_bytes",
+  [
+    # 128-head MHA, head_dim 128, bf16: K and V of every head.
+    (["--config.model.num_heads=128", "--config.model.num_kv_heads=128"], 65_536),
+    # GQA with 8 kv heads of 128 (Llama 3 70B as released).
+    ([], 4_096),
+  ],
+  ids=["mha128", "gqa8"],
+)
+def test_kv_cache_bytes_per_token_per_layer(overrides, kv_bytes):
+  args = ["--config", "configs/llama3.py:70b", "--mesh", "fsdp=8", "--config.model.head_dim=128"]
+  plan, _ = _plan(*args, *overrides)
+  assert plan["kv_bytes_per_token_per_layer"] == kv_bytes
+  assert plan["kv_bytes_per_token"] == 80 * kv_bytes
+
+
+def _plan_error(*args) -> str:
   result = subprocess.run(
-    [sys.executable, "scripts/plan.py", "--config", "configs/llama3.py:tiny", "--mesh", "fsdp=-1"],
+    [sys.executable, "scripts/plan.py", "--config", *args],
     cwd=ROOT,
     capture_output=True,
     text=True,
     timeout=120,
   )
   assert result.returncode != 0
-  assert result.stderr.strip().splitlines()[-1] == "error: --mesh has a -1 axis; give --devices"
+  return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+  "args,message",
+  [
+    (
+      ["configs/llama3.py:tiny", "--mesh", "fsdp=-1"],
+      "error: --mesh has a -1 axis; give --devices",
+    ),
+    (
+      ["configs/llama3.py:tiny", "--mesh", "fsdp=2", "--devices=8"],
+      "needs 2 devices but 8 are available",
+    ),
+    (
+      ["configs/deepseek_v3.py:tiny", "--mesh", "fsdp=1,expert=3"],
+      "model.moe.num_experts=16 is not divisible by mesh.expert=3",
+    ),
+    (
+      ["configs/llama3.py:tiny", "--mesh", "fsdp=1,tensor=3"],
+      "model.num_heads=8 is not divisible by mesh.tensor=3",
+    ),
+  ],
+  ids=["fill", "device_count", "experts", "heads"],
+)
+def test_bad_mesh_is_one_error_line(args, message):
+  assert message in _plan_error(*args)

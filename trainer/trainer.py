@@ -19,7 +19,7 @@ from modeling.config import decoder_config
 from modeling.losses import cross_entropy, mtp_losses
 from modeling.moe import balance
 from parallelism import rules
-from parallelism.mesh import make_mesh, mesh_shape
+from parallelism.mesh import check_model_fits, make_mesh, mesh_shape
 from trainer import data, metrics, optim
 from trainer import state as state_lib
 from trainer.checkpoint import Checkpointer
@@ -42,6 +42,7 @@ def validate(config):
       f"tokenizer's {data.BYTE_VOCAB_SIZE} ids; raise it"
     )
   shape = dict(zip(rules.MESH_AXES, mesh_shape(config.mesh, jax.device_count())))
+  check_model_fits(model_cfg, shape)
   batch_ways = shape["data"] * shape["fsdp"] * shape["expert"]
   if t.batch_size % batch_ways:
     raise ValueError(
