@@ -32,6 +32,28 @@ RULES: dict[str, tuple[str, ...]] = {
 }
 
 
+def with_overrides(text: str) -> dict[str, tuple[str, ...]]:
+  """RULES with `config.mesh.rules` applied: "name=axis+axis,name=,..." (an empty
+  right side replicates). Raises ValueError naming a bad entry."""
+  table = dict(RULES)
+  for entry in filter(None, (e.strip() for e in text.split(","))):
+    name, sep, value = entry.partition("=")
+    if not sep or name not in RULES:
+      raise ValueError(
+        f"mesh.rules entry {entry!r} must be LOGICAL=AXIS[+AXIS...] with LOGICAL one of "
+        f"{', '.join(RULES)}"
+      )
+    axes = tuple(filter(None, value.split("+")))
+    bad = [a for a in axes if a not in MESH_AXES]
+    if bad or len(set(axes)) != len(axes):
+      raise ValueError(
+        f"mesh.rules entry {entry!r} names {bad or 'a repeated axis'}; mesh axes are "
+        f"{', '.join(MESH_AXES)}, each at most once"
+      )
+    table[name] = axes
+  return table
+
+
 def partition_spec(axes: tuple, shape: tuple, mesh: jax.sharding.Mesh, rules=RULES) -> P:
   """PartitionSpec for an array with logical `axes`, skipping non-dividing or reused mesh axes."""
   used, spec = set(), []
@@ -53,6 +75,6 @@ def _product(mesh, axes) -> int:
   return out
 
 
-def batch_sharding(mesh) -> NamedSharding:
+def batch_sharding(mesh, rules=RULES) -> NamedSharding:
   """Sharding of [batch, seq] inputs: batch over every data-like axis that divides it."""
-  return NamedSharding(mesh, P(tuple(a for a in RULES["batch"] if mesh.shape[a] > 1) or None))
+  return NamedSharding(mesh, P(tuple(a for a in rules["batch"] if mesh.shape[a] > 1) or None))

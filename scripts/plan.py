@@ -78,6 +78,7 @@ def main(argv):
       os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
     )
   from modeling.config import decoder_config  # noqa: PLC0415
+  from parallelism import rules  # noqa: PLC0415
   from parallelism.mesh import check_model_fits  # noqa: PLC0415
   from trainer import plan  # noqa: PLC0415
 
@@ -85,6 +86,7 @@ def main(argv):
     cfg = decoder_config(config.model, config.precision.param_dtype, config.precision.compute_dtype)
     mesh_sizes = plan.mesh_sizes(config.mesh, devices)
     check_model_fits(cfg, mesh_sizes)
+    rules.with_overrides(config.mesh.rules)
   except ValueError as e:
     sys.exit(f"error: {e}")
   result = plan.plan(config, cfg, mesh_sizes)

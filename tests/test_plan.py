@@ -148,8 +148,28 @@ def _plan_error(*args) -> str:
       ["configs/llama3.py:tiny", "--mesh", "fsdp=1,tensor=3"],
       "model.num_heads=8 is not divisible by mesh.tensor=3",
     ),
+    (
+      ["configs/llama3.py:tiny", "--mesh", "fsdp=2", "--config.mesh.rules=embedding=fsdp"],
+      "mesh.rules entry 'embedding=fsdp' must be LOGICAL=AXIS",
+    ),
+    (
+      ["configs/llama3.py:tiny", "--mesh", "fsdp=2", "--config.mesh.rules=embed=zero"],
+      "mesh.rules entry 'embed=zero' names ['zero']",
+    ),
   ],
-  ids=["fill", "device_count", "experts", "heads"],
+  ids=["fill", "device_count", "experts", "heads", "rule_name", "rule_axis"],
 )
 def test_bad_mesh_is_one_error_line(args, message):
   assert message in _plan_error(*args)
+
+
+def test_rule_overrides_change_the_per_device_bytes():
+  base = ["--config", "configs/llama3.py:tiny", "--mesh", "fsdp=8"]
+  sharded, _ = _plan(*base)
+  # embed replicated: only vocab/mlp/heads axes could shard, and tensor is 1.
+  replicated, _ = _plan(*base, "--config.mesh.rules=embed=")
+  assert replicated["bytes_per_device"]["params"] == replicated["params_total"] * 4
+  assert sharded["bytes_per_device"]["params"] < replicated["bytes_per_device"]["params"] / 4
+  # vocab over fsdp as well: the embedding table is then split over fsdp on its vocab axis.
+  vocab, _ = _plan(*base, "--config.mesh.rules=embed=,vocab=fsdp")
+  assert vocab["bytes_per_device"]["params"] < replicated["bytes_per_device"]["params"]

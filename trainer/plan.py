@@ -32,13 +32,11 @@ def _shard_fraction(spec: P, mesh) -> float:
   return 1.0 / ways
 
 
-def _param_fractions(cfg: DecoderConfig, mesh) -> dict:
+def _param_fractions(cfg: DecoderConfig, mesh, table) -> dict:
   """Nested dict like the params: the fraction of each param one device holds."""
   _, params, _ = state_lib.abstract(cfg)
-  return state_lib._nested(
-    params,
-    lambda v: _shard_fraction(rules.partition_spec(state_lib._axes(v), v.shape, mesh), mesh),
-  )
+  spec = lambda v: rules.partition_spec(state_lib._axes(v), v.shape, mesh, table)
+  return state_lib._nested(params, lambda v: _shard_fraction(spec(v), mesh))
 
 
 def _abstract_params(cfg: DecoderConfig, dtype) -> dict:
@@ -63,7 +61,7 @@ def kv_bytes_per_token(cfg: DecoderConfig) -> list[int]:
 def memory_plan(config, cfg: DecoderConfig, mesh_sizes: dict) -> dict:
   """Per-device bytes of params, grads and optimizer state under the rules table."""
   mesh = AbstractMesh(tuple(mesh_sizes[a] for a in rules.MESH_AXES), rules.MESH_AXES)
-  fractions = _param_fractions(cfg, mesh)
+  fractions = _param_fractions(cfg, mesh, rules.with_overrides(config.mesh.rules))
   params = _abstract_params(cfg, cfg.param_dtype)
   per_device = jax.tree.map(lambda p, f: p.size * p.dtype.itemsize * f, params, fractions)
   param_bytes = sum(jax.tree.leaves(per_device))
@@ -103,7 +101,9 @@ def plan(config, cfg: DecoderConfig, mesh_sizes: dict) -> dict:
 
 def _abstract_state(config, cfg: DecoderConfig, mesh, tx):
   """The train state as ShapeDtypeStructs carrying their NamedShardings."""
-  param_shardings, rest_shardings = state_lib.shardings(cfg, mesh)
+  param_shardings, rest_shardings = state_lib.shardings(
+    cfg, mesh, rules.with_overrides(config.mesh.rules)
+  )
   _, params, rest = state_lib.abstract(cfg)
   as_struct = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)
   params = jax.tree.map(
@@ -138,7 +138,7 @@ def compile_step(config, cfg: DecoderConfig, mesh) -> dict:
   graphdef, _, _ = state_lib.abstract(cfg)
   train_step, _ = make_steps(graphdef, tx, lr, cfg, mtp_weight_schedule(config.model.mtp, t.steps))
   state = _abstract_state(config, cfg, mesh, tx)
-  batch_sharding = rules.batch_sharding(mesh)
+  batch_sharding = rules.batch_sharding(mesh, rules.with_overrides(config.mesh.rules))
   tokens = lambda dtype: jax.ShapeDtypeStruct(
     (t.batch_size, t.seq_len), dtype, sharding=batch_sharding
   )

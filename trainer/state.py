@@ -38,10 +38,12 @@ def logical_axes(cfg: DecoderConfig) -> dict:
   return _nested(params, _axes)
 
 
-def shardings(cfg: DecoderConfig, mesh) -> tuple[dict, dict]:
-  """NamedShardings of (params, non-param state) from the logical axes."""
+def shardings(cfg: DecoderConfig, mesh, table=rules.RULES) -> tuple[dict, dict]:
+  """NamedShardings of (params, non-param state) from the logical axes and `table`."""
   _, params, rest = abstract(cfg)
-  one = lambda v: jax.sharding.NamedSharding(mesh, rules.partition_spec(_axes(v), v.shape, mesh))
+  one = lambda v: jax.sharding.NamedSharding(
+    mesh, rules.partition_spec(_axes(v), v.shape, mesh, table)
+  )
   return _nested(params, one), _nested(rest, one)
 
 
@@ -64,7 +66,7 @@ def active_param_count(cfg: DecoderConfig) -> int:
   return param_count(cfg) - inactive
 
 
-def init(cfg: DecoderConfig, mesh, seed: int):
+def init(cfg: DecoderConfig, mesh, seed: int, table=rules.RULES):
   """(graphdef, params, model_state), initialised directly into their shardings."""
   graphdef, _, _ = abstract(cfg)
 
@@ -72,5 +74,5 @@ def init(cfg: DecoderConfig, mesh, seed: int):
     _, params, rest = nnx.split(Decoder(cfg, rngs=nnx.Rngs(seed)), nnx.Param, ...)
     return nnx.to_pure_dict(params), nnx.to_pure_dict(rest)
 
-  params, model_state = jax.jit(create, out_shardings=shardings(cfg, mesh))()
+  params, model_state = jax.jit(create, out_shardings=shardings(cfg, mesh, table))()
   return graphdef, params, model_state

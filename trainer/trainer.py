@@ -41,6 +41,7 @@ def validate(config):
       f"model.vocab_size={config.model.vocab_size} is smaller than the byte "
       f"tokenizer's {data.BYTE_VOCAB_SIZE} ids; raise it"
     )
+  rules.with_overrides(config.mesh.rules)
   shape = dict(zip(rules.MESH_AXES, mesh_shape(config.mesh, jax.device_count())))
   check_model_fits(model_cfg, shape)
   batch_ways = shape["data"] * shape["fsdp"] * shape["expert"]
@@ -176,7 +177,8 @@ class Trainer:
     self.model_cfg = validate(config)
     t = config.train
     self.mesh = make_mesh(config.mesh)
-    graphdef, params, model_state = state_lib.init(self.model_cfg, self.mesh, t.seed)
+    self.rules = rules.with_overrides(config.mesh.rules)
+    graphdef, params, model_state = state_lib.init(self.model_cfg, self.mesh, t.seed, self.rules)
     tx, self.lr = optim.make(config.optim, t.steps, state_lib.logical_axes(self.model_cfg))
     self.state = {
       "step": jnp.zeros((), jnp.int32),
@@ -189,7 +191,7 @@ class Trainer:
     )
     self._train_step = jax.jit(train_step, donate_argnums=0)
     self._eval_step = jax.jit(eval_step)
-    self.batch_sharding = rules.batch_sharding(self.mesh)
+    self.batch_sharding = rules.batch_sharding(self.mesh, self.rules)
     self.dataset = data.make_dataset(
       config.data, split="train", batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed
     )
