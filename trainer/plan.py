@@ -35,13 +35,13 @@ def _shard_fraction(spec: P, mesh) -> float:
 def _param_fractions(cfg: DecoderConfig, mesh, table) -> dict:
   """Nested dict like the params: the fraction of each param one device holds."""
   _, params, _ = state_lib.abstract(cfg)
-  spec = lambda v: rules.partition_spec(state_lib._axes(v), v.shape, mesh, table)
-  return state_lib._nested(params, lambda v: _shard_fraction(spec(v), mesh))
+  spec = lambda v: rules.partition_spec(state_lib.variable_axes(v), v.shape, mesh, table)
+  return state_lib.nested(params, lambda v: _shard_fraction(spec(v), mesh))
 
 
 def _abstract_params(cfg: DecoderConfig, dtype) -> dict:
   _, params, _ = state_lib.abstract(cfg)
-  return state_lib._nested(params, lambda v: jax.ShapeDtypeStruct(v.shape, dtype))
+  return state_lib.nested(params, lambda v: jax.ShapeDtypeStruct(v.shape, dtype))
 
 
 def kv_bytes_per_token(cfg: DecoderConfig) -> list[int]:
@@ -108,12 +108,12 @@ def _abstract_state(config, cfg: DecoderConfig, mesh, tx):
   as_struct = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)
   params = jax.tree.map(
     lambda s, sh: jax.ShapeDtypeStruct(s.shape, cfg.param_dtype, sharding=sh),
-    state_lib._nested(params, as_struct),
+    state_lib.nested(params, as_struct),
     param_shardings,
   )
   rest = jax.tree.map(
     lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-    state_lib._nested(rest, as_struct),
+    state_lib.nested(rest, as_struct),
     rest_shardings,
   )
   replicated = NamedSharding(mesh, P())

@@ -13,7 +13,8 @@ from modeling.decoder import Decoder
 from parallelism import rules
 
 
-def _nested(flat_state, fn) -> dict:
+def nested(flat_state, fn) -> dict:
+  """Flat (path, variable) pairs -> nested dict of fn(variable)."""
   return traverse_util.unflatten_dict({path: fn(v) for path, v in flat_state})
 
 
@@ -28,23 +29,24 @@ def abstract(cfg: DecoderConfig):
   return graphdef, nnx.to_flat_state(params), nnx.to_flat_state(rest)
 
 
-def _axes(variable) -> tuple:
+def variable_axes(variable) -> tuple:
+  """A variable's logical axis names (its `axes` metadata)."""
   return tuple(variable.get_metadata().get("axes", ()))
 
 
 def logical_axes(cfg: DecoderConfig) -> dict:
   """Nested dict of each param's logical axis names."""
   _, params, _ = abstract(cfg)
-  return _nested(params, _axes)
+  return nested(params, variable_axes)
 
 
 def shardings(cfg: DecoderConfig, mesh, table=rules.RULES) -> tuple[dict, dict]:
   """NamedShardings of (params, non-param state) from the logical axes and `table`."""
   _, params, rest = abstract(cfg)
   one = lambda v: jax.sharding.NamedSharding(
-    mesh, rules.partition_spec(_axes(v), v.shape, mesh, table)
+    mesh, rules.partition_spec(variable_axes(v), v.shape, mesh, table)
   )
-  return _nested(params, one), _nested(rest, one)
+  return nested(params, one), nested(rest, one)
 
 
 def param_count(cfg: DecoderConfig, include_mtp: bool = False) -> int:
