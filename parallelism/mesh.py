@@ -89,6 +89,11 @@ def check_model_fits(model_cfg, sizes: dict):
       )
 
 
+def mesh_sizes(mesh_cfg, num_devices: int) -> dict[str, int]:
+  """{axis: size} with the -1 axis resolved (see `mesh_shape`)."""
+  return dict(zip(MESH_AXES, mesh_shape(mesh_cfg, num_devices), strict=True))
+
+
 def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_cfg, len(devices))

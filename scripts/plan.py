@@ -11,6 +11,7 @@ and the collectives in the compiled HLO.
 """
 
 import json
+import math
 import os
 import pathlib
 import sys
@@ -20,6 +21,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from parallelism.rules import MESH_AXES as AXES  # noqa: E402
 from trainer import cli  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "configs/FAMILY.py:PRESET")
@@ -27,8 +29,6 @@ _MESH = flags.DEFINE_string("mesh", "", "Mesh sizes, e.g. data=2,fsdp=4 (overrid
 _DEVICES = flags.DEFINE_integer("devices", 0, "Device count; 0 = the mesh's product.")
 _COMPILE = flags.DEFINE_bool("compile", False, "AOT-compile one train step on fake devices.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
-
-AXES = ("data", "fsdp", "tensor", "expert")
 
 
 def _mesh_overrides(text: str) -> dict:
@@ -70,7 +70,7 @@ def main(argv):
   config.unlock()
   config.mesh.update(_mesh_overrides(_MESH.value))
   sizes = [config.mesh[a] for a in AXES]
-  devices = _DEVICES.value or (0 if -1 in sizes else int(__import__("math").prod(sizes)))
+  devices = _DEVICES.value or (0 if -1 in sizes else math.prod(sizes))
   if devices <= 0:
     sys.exit("error: --mesh has a -1 axis; give --devices")
   if _COMPILE.value:  # before JAX starts its CPU backend
@@ -79,12 +79,13 @@ def main(argv):
     )
   from modeling.config import decoder_config  # noqa: PLC0415
   from parallelism import rules  # noqa: PLC0415
+  from parallelism import mesh as parallelism_mesh  # noqa: PLC0415
   from parallelism.mesh import check_model_fits  # noqa: PLC0415
   from trainer import plan  # noqa: PLC0415
 
   try:
     cfg = decoder_config(config.model, config.precision.param_dtype, config.precision.compute_dtype)
-    mesh_sizes = plan.mesh_sizes(config.mesh, devices)
+    mesh_sizes = parallelism_mesh.mesh_sizes(config.mesh, devices)
     check_model_fits(cfg, mesh_sizes)
     rules.with_overrides(config.mesh.rules)
   except ValueError as e:

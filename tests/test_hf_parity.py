@@ -7,18 +7,15 @@ saves it, loads it through `modeling.hf.load` and compares float32 logits.
 
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import safetensors.numpy
 import torch
 import transformers
-from flax import nnx
 
 from modeling import hf
+from tests import hf_common
 from tests.hf_common import SEQ, TOL
-from tests.hf_common import TINY as _TINY
-from tests.hf_common import randomise as _randomise
 from tests.hf_common import tokens as _tokens
 
 
@@ -103,18 +100,11 @@ CASES = {
 
 
 def _build(name, directory, **overrides):
-  model_cls, config_cls, kwargs = CASES[name]
-  torch.manual_seed(0)
-  config = config_cls(**{**_TINY, **kwargs, **overrides}, attn_implementation="eager")
-  model = model_cls(config).eval().float()
-  _randomise(model)
-  model.save_pretrained(directory)
-  return model
+  return hf_common.build(CASES[name], directory, **overrides)
 
 
 def _build_config(name, **overrides) -> dict:
-  _, config_cls, kwargs = CASES[name]
-  return config_cls(**{**_TINY, **kwargs, **overrides}).to_dict()
+  return hf_common.config_dict(CASES[name], **overrides)
 
 
 def _hf_logits(model, tokens) -> np.ndarray:
@@ -122,22 +112,8 @@ def _hf_logits(model, tokens) -> np.ndarray:
     return model(input_ids=torch.as_tensor(tokens)).logits.numpy()
 
 
-@nnx.jit
-def _forward(model, tokens, positions, segment_ids):
-  return model(tokens, positions=positions, segment_ids=segment_ids)[0]
-
-
 def _our_logits(model, tokens, positions=None, segment_ids=None) -> np.ndarray:
-  """Every test feeds [2, SEQ] with explicit positions, so each model compiles once."""
-  if positions is None:
-    positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
-  if segment_ids is None:
-    segment_ids = np.ones(tokens.shape, np.int32)
-  return np.asarray(
-    _forward(
-      model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segment_ids, jnp.int32)
-    )
-  )
+  return hf_common.ours(model, tokens, positions, segment_ids)[0]
 
 
 @pytest.fixture(scope="module", params=list(CASES))

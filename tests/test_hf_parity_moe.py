@@ -20,9 +20,8 @@ import transformers
 from flax import nnx
 
 from modeling import hf
+from tests import hf_common
 from tests.hf_common import SEQ, TOL
-from tests.hf_common import TINY as _TINY
-from tests.hf_common import randomise as _randomise
 from tests.hf_common import tokens as _tokens
 
 
@@ -163,16 +162,11 @@ CASES = {
 
 
 def _hf_config(name, **overrides):
-  _, config_cls, kwargs = CASES[name]
-  return config_cls(**{**_TINY, **kwargs, **overrides}, attn_implementation="eager")
+  return hf_common.hf_config(CASES[name], **overrides)
 
 
 def _build(name, directory, **overrides):
-  torch.manual_seed(0)
-  model = CASES[name][0](_hf_config(name, **overrides)).eval().float()
-  _randomise(model)
-  model.save_pretrained(directory)
-  return model
+  return hf_common.build(CASES[name], directory, **overrides)
 
 
 def _routers(hf_model) -> list:
@@ -209,21 +203,8 @@ def _hf_run(hf_model, tokens):
   return logits, seen
 
 
-@nnx.jit
-def _forward(model, tokens, positions, segment_ids):
-  return model(tokens, positions=positions, segment_ids=segment_ids)
-
-
 def _ours(model, tokens, positions=None, segment_ids=None):
-  """-> (logits, aux) on [2, SEQ] inputs, so each model compiles once."""
-  if positions is None:
-    positions = np.broadcast_to(np.arange(tokens.shape[1]), tokens.shape)
-  if segment_ids is None:
-    segment_ids = np.ones(tokens.shape, np.int32)
-  logits, aux = _forward(
-    model, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(segment_ids, jnp.int32)
-  )
-  return np.asarray(logits), aux
+  return hf_common.ours(model, tokens, positions, segment_ids)
 
 
 def _our_router(model, layer: int):
@@ -389,8 +370,7 @@ def _field(m, dotted: str):
 
 
 def _config(name, **overrides) -> dict:
-  _, config_cls, kwargs = CASES[name]
-  return config_cls(**{**_TINY, **kwargs, **overrides}).to_dict()
+  return hf_common.config_dict(CASES[name], **overrides)
 
 
 @pytest.mark.parametrize(
@@ -506,7 +486,7 @@ def test_llama4_multimodal_checkpoint_loads_its_language_model(tmp_path):
   text = _hf_config("llama4", num_hidden_layers=4).to_dict()
   config = transformers.Llama4Config(text_config=text, vision_config=vision.to_dict())
   model = transformers.Llama4ForConditionalGeneration(config).eval().float()
-  _randomise(model)
+  hf_common.randomise(model)
   model.save_pretrained(tmp_path)
   _, ours = hf.load(tmp_path)
   tokens = _tokens(2, SEQ)

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
@@ -82,6 +83,7 @@ def test_lone_process_does_not_initialize(monkeypatch):
   for key in ("SLURM_JOB_ID", "SLURM_NTASKS", "TPU_WORKER_HOSTNAMES", "KUBERNETES_SERVICE_HOST"):
     monkeypatch.delenv(key, raising=False)
   initialize_distributed()  # no flags, no cluster: a no-op, not a hang
+  assert not jax.distributed.is_initialized()
 
 
 @pytest.mark.parametrize(

@@ -58,10 +58,10 @@ def kv_bytes_per_token(cfg: DecoderConfig) -> list[int]:
   return out
 
 
-def memory_plan(config, cfg: DecoderConfig, mesh_sizes: dict) -> dict:
-  """Per-device bytes of params, grads and optimizer state under the rules table."""
+def memory_plan(config, cfg: DecoderConfig, mesh_sizes: dict, table) -> dict:
+  """Per-device bytes of params, grads and optimizer state under the rules `table`."""
   mesh = AbstractMesh(tuple(mesh_sizes[a] for a in rules.MESH_AXES), rules.MESH_AXES)
-  fractions = _param_fractions(cfg, mesh, rules.with_overrides(config.mesh.rules))
+  fractions = _param_fractions(cfg, mesh, table)
   params = _abstract_params(cfg, cfg.param_dtype)
   per_device = jax.tree.map(lambda p, f: p.size * p.dtype.itemsize * f, params, fractions)
   param_bytes = sum(jax.tree.leaves(per_device))
@@ -95,15 +95,15 @@ def plan(config, cfg: DecoderConfig, mesh_sizes: dict) -> dict:
     "kv_bytes_per_token_per_layer": max(kv),
     "kv_bytes_per_token": sum(kv),
     "train_flops_per_token": metrics.train_flops_per_token(cfg, config.train.seq_len),
-    "bytes_per_device": memory_plan(config, cfg, mesh_sizes),
+    "bytes_per_device": memory_plan(
+      config, cfg, mesh_sizes, rules.with_overrides(config.mesh.rules)
+    ),
   }
 
 
-def _abstract_state(config, cfg: DecoderConfig, mesh, tx):
+def _abstract_state(cfg: DecoderConfig, mesh, tx, table):
   """The train state as ShapeDtypeStructs carrying their NamedShardings."""
-  param_shardings, rest_shardings = state_lib.shardings(
-    cfg, mesh, rules.with_overrides(config.mesh.rules)
-  )
+  param_shardings, rest_shardings = state_lib.shardings(cfg, mesh, table)
   _, params, rest = state_lib.abstract(cfg)
   as_struct = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)
   params = jax.tree.map(
@@ -137,8 +137,9 @@ def compile_step(config, cfg: DecoderConfig, mesh) -> dict:
   tx, lr = optim.make(config.optim, t.steps, state_lib.logical_axes(cfg))
   graphdef, _, _ = state_lib.abstract(cfg)
   train_step, _ = make_steps(graphdef, tx, lr, cfg, mtp_weight_schedule(config.model.mtp, t.steps))
-  state = _abstract_state(config, cfg, mesh, tx)
-  batch_sharding = rules.batch_sharding(mesh, rules.with_overrides(config.mesh.rules))
+  table = rules.with_overrides(config.mesh.rules)
+  state = _abstract_state(cfg, mesh, tx, table)
+  batch_sharding = rules.batch_sharding(mesh, table)
   tokens = lambda dtype: jax.ShapeDtypeStruct(
     (t.batch_size, t.seq_len), dtype, sharding=batch_sharding
   )
@@ -167,12 +168,6 @@ def count_collectives(hlo: str) -> dict:
     pattern = rf"= [^=\n]*\b{kind}(-start)?\("
     counts[kind] = len(re.findall(pattern, hlo))
   return {k: v for k, v in counts.items() if v}
-
-
-def mesh_sizes(mesh_cfg, num_devices: int) -> dict:
-  from parallelism.mesh import mesh_shape  # noqa: PLC0415
-
-  return dict(zip(rules.MESH_AXES, mesh_shape(mesh_cfg, num_devices), strict=True))
 
 
 def human_bytes(n: float) -> str:

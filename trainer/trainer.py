@@ -19,7 +19,7 @@ from modeling.config import decoder_config
 from modeling.losses import cross_entropy, mtp_losses
 from modeling.moe import balance
 from parallelism import rules
-from parallelism.mesh import check_model_fits, make_mesh, mesh_shape
+from parallelism.mesh import check_model_fits, make_mesh, mesh_sizes
 from trainer import data, metrics, optim
 from trainer import state as state_lib
 from trainer.checkpoint import Checkpointer
@@ -42,7 +42,7 @@ def validate(config):
       f"tokenizer's {data.BYTE_VOCAB_SIZE} ids; raise it"
     )
   rules.with_overrides(config.mesh.rules)
-  shape = dict(zip(rules.MESH_AXES, mesh_shape(config.mesh, jax.device_count())))
+  shape = mesh_sizes(config.mesh, jax.device_count())
   check_model_fits(model_cfg, shape)
   batch_ways = shape["data"] * shape["fsdp"] * shape["expert"]
   if t.batch_size % batch_ways:
@@ -192,6 +192,8 @@ class Trainer:
     self._train_step = jax.jit(train_step, donate_argnums=0)
     self._eval_step = jax.jit(eval_step)
     self.batch_sharding = rules.batch_sharding(self.mesh, self.rules)
+    # Multi-process: the rows of each global batch this process's devices hold.
+    self.rows = local_rows(self.batch_sharding, (t.batch_size, t.seq_len))
     self.dataset = data.make_dataset(
       config.data, split="train", batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed
     )
@@ -218,10 +220,8 @@ class Trainer:
     pipeline; each hands JAX only the rows its own devices hold."""
     if jax.process_count() == 1:
       return jax.device_put(batch, self.batch_sharding)  # numpy straight to the sharded layout
-    shape = batch["inputs"].shape
-    rows = local_rows(self.batch_sharding, shape)
     return {
-      k: jax.make_array_from_process_local_data(self.batch_sharding, v[rows], v.shape)
+      k: jax.make_array_from_process_local_data(self.batch_sharding, v[self.rows], v.shape)
       for k, v in batch.items()
     }
 
