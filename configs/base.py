@@ -104,6 +104,10 @@ def get_config() -> ml_collections.ConfigDict:
   m.moe.expert_bias = False  # biases on the expert projections.
   m.moe.dispatch = "dropless"  # dropless (sort + ragged_dot) | capacity (drops overflow).
   m.moe.capacity_factor = 1.25  # capacity = factor * tokens * top_k / E.
+  # Expert parallelism (mesh.expert > 1), dropless: rows a device may send to one
+  # other device. 0 = tokens * top_k (nothing dropped, n-times the mean); f > 0 =
+  # f * tokens * top_k / n (less memory and traffic; overflow dropped, counted).
+  m.moe.ep_capacity_factor = 0.0
   m.moe.seq_aux_weight = 0.0  # DeepSeek-V3 sequence-wise balance loss (alpha).
   m.moe.switch_aux_weight = 0.0  # Switch/GShard load-balance loss.
   m.moe.router_z_weight = 0.0  # router z-loss.
@@ -160,6 +164,11 @@ def get_config() -> ml_collections.ConfigDict:
   d.path = ""  # glob of text files; "" = the default corpus (Python stdlib sources).
   d.tokenizer = "byte"  # byte: UTF-8 bytes 0..255 plus EOS 256.
   d.eval_fraction = 0.02  # fraction of files held out for eval (by a hash of the path).
+  # Each train batch is `shards` blocks of rows, block j packed from files[j::shards];
+  # a process reads only the blocks of its own rows. 0 = one block per process. Fix it
+  # (to a multiple of every process count you will use) to get the same batches on
+  # any number of processes.
+  d.shards = 0
 
   # ----------------------------------------------------------- checkpoint
   k = c.checkpoint = ml_collections.ConfigDict()

@@ -107,6 +107,7 @@ class MoeConfig:
   scale_inputs: bool = False  # the routing weight scales the expert input, not output.
   dispatch: str = "dropless"  # dropless (sort + ragged_dot) | capacity (drop over capacity)
   capacity_factor: float = 1.25
+  ep_capacity_factor: float = 0.0  # expert parallel: 0 = exact dropless buffers.
   init_std: float = 0.02
 
 
@@ -335,6 +336,7 @@ def _moe_config(m) -> MoeConfig:
     scale_inputs=e.scale_inputs,
     dispatch=e.dispatch,
     capacity_factor=e.capacity_factor,
+    ep_capacity_factor=e.ep_capacity_factor,
     init_std=m.init_std,
   )
   from modeling.moe import router  # noqa: PLC0415 - router imports this module.

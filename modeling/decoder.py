@@ -30,6 +30,10 @@ from modeling.layers.mlp import GatedMLP
 from modeling.layers.norms import RMSNorm
 from modeling.moe.layer import MoE
 from modeling.mtp import MTPModule
+from parallelism import rules
+
+# Activations [b, s, e] between blocks: rows split like the batch, the rest whole.
+ACTIVATION_AXES = ("batch", None, None)
 
 # Which module a block builds for each config type.
 ATTENTION = {AttentionConfig: Attention, MlaConfig: MLA}
@@ -67,7 +71,8 @@ class Block(nnx.Module):
     x = x + (self.attn_post_norm(h) if post else h)
     h = self.mlp(self.mlp_norm(x) if pre else x)
     h, stats = h if self.is_moe else (h, {})  # MoE also returns its load and balance stats
-    return x + (self.mlp_post_norm(h) if post else h), stats
+    x = x + (self.mlp_post_norm(h) if post else h)
+    return rules.constrain(x, ACTIVATION_AXES), stats
 
 
 class Period(nnx.Module):
@@ -142,6 +147,7 @@ class Decoder(nnx.Module):
     x = jnp.take(self.embed[...], tokens, axis=0).astype(cfg.compute_dtype)
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.embed_dim**0.5, cfg.compute_dtype)
+    x = rules.constrain(x, ACTIVATION_AXES)
     stats = []  # per MoE layer, in layer order
     for block in self.prefix:
       x, block_stats = block(x, positions=positions, segment_ids=segment_ids)

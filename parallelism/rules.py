@@ -3,7 +3,15 @@
 Model code names logical axes only (`embed`, `heads`, `mlp`, ...); this table
 decides where they live on the mesh (`data`, `fsdp`, `tensor`, `expert`).
 A dimension that a mesh axis does not divide is left unsharded.
+
+Inside `activate(mesh, table)` (the trainer enters it while tracing a step)
+model code can place activations with `constrain(x, logical_axes)` and find
+the mesh for `shard_map` with `active()`; outside it both are no-ops, so the
+same model runs unsharded in tests and conversions.
 """
+
+import contextlib
+import contextvars
 
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -78,3 +86,49 @@ def _product(mesh, axes) -> int:
 def batch_sharding(mesh, rules=RULES) -> NamedSharding:
   """Sharding of [batch, seq] inputs: batch over every data-like axis that divides it."""
   return NamedSharding(mesh, P(tuple(a for a in rules["batch"] if mesh.shape[a] > 1) or None))
+
+
+_ACTIVE = contextvars.ContextVar("jaxfrontier_mesh", default=None)
+
+
+@contextlib.contextmanager
+def activate(mesh: jax.sharding.Mesh, table=RULES):
+  """Makes `mesh` and the rules `table` visible to model code traced inside."""
+  token = _ACTIVE.set((mesh, table))
+  try:
+    yield
+  finally:
+    _ACTIVE.reset(token)
+
+
+def active():
+  """(mesh, table) of the enclosing `activate`, or None."""
+  return _ACTIVE.get()
+
+
+def constrain(x: jax.Array, axes: tuple):
+  """Sharding constraint on an activation by logical axis names (None: replicated)."""
+  ctx = _ACTIVE.get()
+  if ctx is None:
+    return x
+  mesh, table = ctx
+  spec = partition_spec(axes, x.shape, mesh, table)
+  return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+
+
+def top_k(x: jax.Array, k: int):
+  """`jax.lax.top_k` over the last axis of row-major [tokens, ...] data, kept
+  split by rows under the active mesh: XLA's SPMD partitioner does not
+  partition TopK and would gather every token's row onto every device."""
+  ctx = _ACTIVE.get()
+  spec = None if ctx is None else partition_spec(("batch",), x.shape[:1], ctx[0], ctx[1])
+  if spec is None or spec[0] is None:
+    return jax.lax.top_k(x, k)
+  return jax.shard_map(
+    lambda rows: tuple(jax.lax.top_k(rows, k)), mesh=ctx[0], in_specs=spec, out_specs=(spec, spec)
+  )(x)
+
+
+def spec_axes(entry) -> tuple[str, ...]:
+  """The mesh axes of one PartitionSpec entry (None, a name, or a tuple)."""
+  return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)

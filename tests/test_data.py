@@ -162,21 +162,46 @@ def test_same_seed_gives_same_batches_and_different_seed_differs():
   assert any(not np.array_equal(x["inputs"], z["inputs"]) for x, z in zip(a, c))
 
 
-def test_processes_read_disjoint_file_shards(tmp_path):
+def test_row_blocks_read_disjoint_file_shards(tmp_path):
   docs = {f"{i}.txt": f"document {i}".encode() for i in range(6)}
   cfg = _cfg(_write_docs(tmp_path, docs), eval_fraction=0.0)
   seen = [
     _complete_docs(
-      _first_batches(cfg, 1, batch_size=1, seq_len=128, process_index=p, process_count=2)[0]
+      _first_batches(cfg, 1, batch_size=2, seq_len=128, shards=2, rows=slice(j, j + 1))[0]
     )
-    for p in (0, 1)
+    for j in (0, 1)
   ]
   assert seen[0] and seen[1] and not seen[0] & seen[1]
   assert seen[0] | seen[1] == set(docs.values())
 
 
-def test_train_iterator_resumes_from_its_checkpoint_state():
-  ds = data.make_dataset(_cfg(), split="train", batch_size=2, seq_len=512, seed=0)
+def test_reading_a_processs_rows_gives_those_rows_of_the_global_batch():
+  whole = _first_batches(_cfg(), 3, batch_size=4, shards=2)
+  halves = [
+    _first_batches(_cfg(), 3, batch_size=4, shards=2, rows=r) for r in (slice(0, 2), slice(2, 4))
+  ]
+  for step, batch in enumerate(whole):
+    assert batch["inputs"].shape == (4, 64)
+    for k in batch:
+      np.testing.assert_array_equal(batch[k][:2], halves[0][step][k])
+      np.testing.assert_array_equal(batch[k][2:], halves[1][step][k])
+
+
+@pytest.mark.parametrize(
+  "kw, message",
+  [
+    (dict(shards=3), "must be a positive divisor of train.batch_size=4"),
+    (dict(shards=2, rows=slice(1, 3)), "rows 1:3 of each batch are not whole blocks"),
+  ],
+)
+def test_bad_shards_are_one_clear_error(kw, message):
+  with pytest.raises(ValueError, match=message):
+    data.make_dataset(_cfg(), split="train", batch_size=4, seq_len=64, seed=0, **kw)
+
+
+@pytest.mark.parametrize("shards", [1, 2])
+def test_train_iterator_resumes_from_its_checkpoint_state(shards):
+  ds = data.make_dataset(_cfg(), split="train", batch_size=4, seq_len=256, seed=0, shards=shards)
   it = iter(ds)
   for _ in range(5):
     next(it)

@@ -1,6 +1,8 @@
 """Multi-process training through jax.distributed: two CPU processes on
 127.0.0.1 (fsdp=2, one device each) run the tiny MoE model and match the
-one-process losses; each process feeds JAX only its rows of the global batch."""
+one-process losses. Each process reads only its own rows of every batch (data.shards=2
+fixes the batches, so the one-process run reads both blocks itself) and saves its own
+data-iterator state in the checkpoint."""
 
 import json
 import os
@@ -26,6 +28,7 @@ _ARGS = [
   "--config.model.embed_dim=64",
   "--config.model.mlp_dim=128",
   "--config.logging.progress_bar=False",
+  "--config.data.shards=2",
 ]
 
 
@@ -77,6 +80,8 @@ def test_two_processes_match_one(tmp_path):
     assert p.returncode == 0, out[-3000:]
   np.testing.assert_allclose(_losses(tmp_path / "two"), _losses(tmp_path / "one"), rtol=1e-5)
   assert len(_losses(tmp_path / "two")) == 3  # process 1 wrote nothing
+  data_states = sorted(p.name for p in (tmp_path / "two").glob("checkpoints/3/data/*.json"))
+  assert data_states == ["process_0-of-2.json", "process_1-of-2.json"]
 
 
 def test_lone_process_does_not_initialize(monkeypatch):

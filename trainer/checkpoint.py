@@ -1,9 +1,12 @@
 """Checkpoints on orbax's CheckpointManager: the train state (step, params,
 optimizer state) plus the grain iterator state, committed atomically by orbax
-(written to a temporary directory, renamed when complete)."""
+(written to a temporary directory, renamed when complete). Each process saves
+its own iterator (grain's handler writes process_I-of-N.json): processes read
+different rows of the batch."""
 
 import pathlib
 
+import grain
 import orbax.checkpoint as ocp
 
 
@@ -19,11 +22,11 @@ class Checkpointer:
   def due(self, step: int) -> bool:
     return self.every > 0 and step % self.every == 0
 
-  def save(self, step: int, state, data_state: dict):
+  def save(self, step: int, state, data_iter):
     self.manager.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)
+        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)
       ),
       force=True,
     )
@@ -31,16 +34,18 @@ class Checkpointer:
   def latest_step(self):
     return self.manager.latest_step()
 
-  def restore(self, abstract_state):
-    """(state, data_state) of the latest committed step; `abstract_state` gives shapes and shardings."""
+  def restore(self, abstract_state, data_iter):
+    """The state of the latest committed step (`abstract_state` gives shapes and
+    shardings); `data_iter` is moved to where that step left it."""
     step = self.manager.latest_step()
     restored = self.manager.restore(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(data_iter),
       ),
     )
-    return restored.state, restored.data
+    return restored.state
 
   def close(self):
     self.manager.wait_until_finished()

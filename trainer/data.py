@@ -117,42 +117,8 @@ def _shift(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   }
 
 
-def make_dataset(
-  data_cfg,
-  *,
-  split: str,
-  batch_size: int,
-  seq_len: int,
-  seed: int,
-  process_index: int = 0,
-  process_count: int = 1,
-) -> grain.IterDataset:
-  """Packed byte batches of this process's share of `split`.
-
-  train: this process's files [process_index::process_count], reshuffled every
-  epoch, infinite, full batches only. eval: all eval files in order, one pass,
-  the last batch may be short. Each element: inputs, targets, segment_ids,
-  positions (int32 [batch, seq]) and weights (float32 [batch, seq]).
-  """
-  if split not in ("train", "eval"):
-    raise ValueError(f"split={split!r} must be 'train' or 'eval'")
-  if batch_size < 1 or seq_len < 1:
-    raise ValueError(f"batch_size={batch_size} and seq_len={seq_len} must be >= 1")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index={process_index} must be in [0, process_count={process_count})")
-  files, root = resolve_files(data_cfg)
-  train_files, eval_files = split_files(files, root, data_cfg.eval_fraction)
-  if split == "train":
-    files = train_files[process_index::process_count]
-  else:
-    files = eval_files
-  if not files:
-    raise ValueError(
-      f"the {split} split of data.path={data_cfg.path!r} has no files for process "
-      f"{process_index} of {process_count} (data.eval_fraction="
-      f"{data_cfg.eval_fraction}); add files or change data.eval_fraction"
-    )
-
+def _packed(files, *, split: str, batch_size: int, seq_len: int, seed: int) -> grain.IterDataset:
+  """One packed stream of `files`: train shuffles every epoch and never ends."""
   ds = grain.MapDataset.source([str(f) for f in files])
   if split == "train":
     ds = ds.shuffle(seed).repeat(None)  # each epoch is shuffled differently
@@ -163,6 +129,65 @@ def make_dataset(
   )  # {"tokens", "tokens_segment_ids", "tokens_positions"}: [seq + 1] each
   batched = packed.batch(batch_size, drop_remainder=(split == "train"))
   return batched.map(_shift)
+
+
+def _concat_rows(blocks: tuple[dict, ...]) -> dict[str, np.ndarray]:
+  return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+
+def make_dataset(
+  data_cfg,
+  *,
+  split: str,
+  batch_size: int,
+  seq_len: int,
+  seed: int,
+  shards: int = 1,
+  rows: slice | None = None,
+) -> grain.IterDataset:
+  """Packed byte batches of `split`, or of just the `rows` of each batch.
+
+  train: each global batch is `shards` blocks of batch_size / shards rows;
+  block j packs its own file shard files[j::shards], reshuffled every epoch,
+  infinite. Only the blocks `rows` covers are read (a process reads its own
+  rows, and the global batch is the same for any process count). eval: all
+  eval files in order, one pass, the last batch may be short. Each element:
+  inputs, targets, segment_ids, positions (int32 [rows, seq]) and weights
+  (float32 [rows, seq]).
+  """
+  if split not in ("train", "eval"):
+    raise ValueError(f"split={split!r} must be 'train' or 'eval'")
+  if batch_size < 1 or seq_len < 1:
+    raise ValueError(f"batch_size={batch_size} and seq_len={seq_len} must be >= 1")
+  if shards < 1 or batch_size % shards:
+    raise ValueError(
+      f"data.shards={shards} must be a positive divisor of train.batch_size={batch_size}"
+    )
+  files, root = resolve_files(data_cfg)
+  train_files, eval_files = split_files(files, root, data_cfg.eval_fraction)
+  if split == "eval":
+    if not eval_files:
+      raise ValueError(f"the eval split of data.path={data_cfg.path!r} has no files")
+    return _packed(eval_files, split=split, batch_size=batch_size, seq_len=seq_len, seed=seed)
+  block = batch_size // shards
+  lo, hi, _ = (rows or slice(0, batch_size)).indices(batch_size)
+  if lo % block or hi % block or hi <= lo:
+    raise ValueError(
+      f"rows {lo}:{hi} of each batch are not whole blocks of batch_size / data.shards = "
+      f"{block}; make data.shards a multiple of the process count"
+    )
+  streams = []
+  for j in range(lo // block, hi // block):
+    if not train_files[j::shards]:
+      raise ValueError(
+        f"data shard {j} of data.shards={shards} has no train files in "
+        f"data.path={data_cfg.path!r}; lower data.shards or add files"
+      )
+    kw = dict(split=split, batch_size=block, seq_len=seq_len, seed=seed)
+    streams.append(_packed(train_files[j::shards], **kw))
+  if len(streams) == 1:
+    return streams[0]
+  return grain.experimental.ZipIterDataset(streams).map(_concat_rows)
 
 
 def _pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
-from modeling.config import DecoderConfig, MlaConfig
+from modeling.config import DecoderConfig, MlaConfig, MoeConfig
 from parallelism import rules
 from trainer import metrics, optim
 from trainer import state as state_lib
@@ -136,8 +136,9 @@ def compile_step(config, cfg: DecoderConfig, mesh) -> dict:
   t = config.train
   tx, lr = optim.make(config.optim, t.steps, state_lib.logical_axes(cfg))
   graphdef, _, _ = state_lib.abstract(cfg)
-  train_step, _ = make_steps(graphdef, tx, lr, cfg, mtp_weight_schedule(config.model.mtp, t.steps))
   table = rules.with_overrides(config.mesh.rules)
+  mtp_weight = mtp_weight_schedule(config.model.mtp, t.steps)
+  train_step, _ = make_steps(graphdef, tx, lr, cfg, mtp_weight, mesh, table)
   state = _abstract_state(cfg, mesh, tx, table)
   batch_sharding = rules.batch_sharding(mesh, table)
   tokens = lambda dtype: jax.ShapeDtypeStruct(
@@ -158,11 +159,38 @@ def compile_step(config, cfg: DecoderConfig, mesh) -> dict:
   }
   # Peak live bytes: inputs + outputs + scratch, minus outputs that reuse donated inputs.
   memory["peak"] = memory["argument"] + memory["output"] + memory["temp"] - memory["alias"]
-  return {"memory_per_device": memory, "collectives": count_collectives(compiled.as_text())}
+  hlo = compiled.as_text()
+  return {
+    "memory_per_device": memory,
+    "collectives": count_collectives(hlo),
+    "whole_expert_gathers": len(whole_expert_gathers(hlo, cfg)),
+  }
+
+
+def whole_expert_gathers(hlo: str, cfg: DecoderConfig) -> list[str]:
+  """Result shapes of all-gathers that assemble every routed expert's weight
+  matrix on one device, [.., E, e, f] or [.., E, f, e] (f possibly split over
+  `tensor`). Expert parallelism must never emit one."""
+  moe = [b.mlp for b in cfg.blocks if isinstance(b.mlp, MoeConfig)]
+  if not moe:
+    return []
+  E, e, f = moe[0].num_experts, moe[0].embed_dim, moe[0].expert_mlp_dim
+  found = []
+  hlo = re.sub(r"/\*index=\d+\*/", "", hlo)
+  for result in re.findall(r"= ([^=\n]*?) all-gather(?:-start)?\(", hlo):
+    for dims in re.findall(r"\w+\[([\d,]+)\]", result):
+      shape = tuple(int(d) for d in dims.split(","))
+      if len(shape) < 3 or shape[-3] != E or e not in shape[-2:]:
+        continue
+      hidden = shape[-1] if shape[-2] == e else shape[-2]
+      if f % hidden == 0:
+        found.append(dims)
+  return found
 
 
 def count_collectives(hlo: str) -> dict:
   """Collective ops in HLO text by kind (async `-start` halves counted once)."""
+  hlo = re.sub(r"/\*index=\d+\*/", "", hlo)  # tuple results number their elements
   counts = collections.Counter()
   for kind in COLLECTIVES:
     pattern = rf"= [^=\n]*\b{kind}(-start)?\("

@@ -5,6 +5,7 @@ donated train step, eval, checkpoints, metrics.
 checkpoints live in the loop around it.
 """
 
+import contextlib
 import pathlib
 import time
 
@@ -44,6 +45,11 @@ def validate(config):
   rules.with_overrides(config.mesh.rules)
   shape = mesh_sizes(config.mesh, jax.device_count())
   check_model_fits(model_cfg, shape)
+  if config.data.shards < 0 or (config.data.shards and t.batch_size % config.data.shards):
+    raise ValueError(
+      f"data.shards={config.data.shards} must be 0 (one per process) or a divisor of "
+      f"train.batch_size={t.batch_size}"
+    )
   batch_ways = shape["data"] * shape["fsdp"] * shape["expert"]
   if t.batch_size % batch_ways:
     raise ValueError(
@@ -66,17 +72,20 @@ def mtp_weight_schedule(mtp_cfg, steps: int):
   return lambda step: jnp.where(step < late, mtp_cfg.loss_weight, mtp_cfg.late_loss_weight)
 
 
-def make_steps(graphdef, tx, lr, model_cfg, mtp_weight=None):
+def make_steps(graphdef, tx, lr, model_cfg, mtp_weight=None, mesh=None, table=rules.RULES):
   """Pure train and eval steps over state {step, params, model_state, opt}.
 
   mtp_weight: step -> MTP loss weight, or None to leave the MTP modules out.
+  mesh: traced under `rules.activate(mesh, table)`, so activations are
+  constrained and MoE layers run expert parallel on it.
   """
 
   def loss_fn(params, model_state, batch, step, mtp=mtp_weight is not None):
     model = nnx.merge(graphdef, params, model_state)
-    logits, aux = model(
-      batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"], mtp=mtp
-    )
+    with rules.activate(mesh, table) if mesh is not None else contextlib.nullcontext():
+      logits, aux = model(
+        batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"], mtp=mtp
+      )
     loss, ce = cross_entropy(logits, batch["targets"], batch["weights"], model_cfg.z_loss)
     loss = loss + aux["aux_loss"]
     if "mtp_logits" in aux:
@@ -186,16 +195,24 @@ class Trainer:
       "model_state": model_state,
       "opt": jax.jit(tx.init)(params),
     }
+    mtp_weight = mtp_weight_schedule(config.model.mtp, t.steps)
     train_step, eval_step = make_steps(
-      graphdef, tx, self.lr, self.model_cfg, mtp_weight_schedule(config.model.mtp, t.steps)
+      graphdef, tx, self.lr, self.model_cfg, mtp_weight, self.mesh, self.rules
     )
     self._train_step = jax.jit(train_step, donate_argnums=0)
     self._eval_step = jax.jit(eval_step)
     self.batch_sharding = rules.batch_sharding(self.mesh, self.rules)
     # Multi-process: the rows of each global batch this process's devices hold.
     self.rows = local_rows(self.batch_sharding, (t.batch_size, t.seq_len))
+    # Each process reads only its rows' blocks of every batch (see data.make_dataset).
     self.dataset = data.make_dataset(
-      config.data, split="train", batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed
+      config.data,
+      split="train",
+      batch_size=t.batch_size,
+      seq_len=t.seq_len,
+      seed=t.seed,
+      shards=config.data.shards or jax.process_count(),
+      rows=self.rows,
     )
     self.data_iter = iter(self.dataset)
     self.checkpointer = Checkpointer(
@@ -209,28 +226,26 @@ class Trainer:
       abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state
       )
-      self.state, data_state = self.checkpointer.restore(abstract)
-      self.data_iter.set_state(data_state)
+      self.state = self.checkpointer.restore(abstract, self.data_iter)
     self.workdir.mkdir(parents=True, exist_ok=True)
     if jax.process_index() == 0:
       config_path.write_text(self.config.to_json_best_effort(indent=2))
 
-  def put(self, batch):
-    """Global numpy batch -> sharded arrays. Every process runs the same data
-    pipeline; each hands JAX only the rows its own devices hold."""
+  def put(self, rows):
+    """This process's rows (`self.rows`) of a batch -> global sharded arrays."""
     if jax.process_count() == 1:
-      return jax.device_put(batch, self.batch_sharding)  # numpy straight to the sharded layout
+      return jax.device_put(rows, self.batch_sharding)  # numpy straight to the sharded layout
+    shape = (self.config.train.batch_size, self.config.train.seq_len)
     return {
-      k: jax.make_array_from_process_local_data(self.batch_sharding, v[self.rows], v.shape)
-      for k, v in batch.items()
+      k: jax.make_array_from_process_local_data(self.batch_sharding, v, shape)
+      for k, v in rows.items()
     }
 
   def evaluate(self, batches) -> float:
     total, weight = 0.0, 0.0
     for batch in batches:
-      loss_sum, w = self._eval_step(
-        self.state["params"], self.state["model_state"], self.put(batch)
-      )
+      rows = {k: v[self.rows] for k, v in batch.items()}  # every process reads all eval data
+      loss_sum, w = self._eval_step(self.state["params"], self.state["model_state"], self.put(rows))
       total, weight = total + float(loss_sum), weight + float(w)
     return total / max(weight, 1.0)
 
@@ -285,7 +300,7 @@ class Trainer:
           bar.write(f"step {step}: eval_loss {last_eval['eval_loss']:.4f}")
         tic = time.perf_counter()
       if self.checkpointer.due(step) or step == t.steps:
-        self.checkpointer.save(step, self.state, self.data_iter.get_state())
+        self.checkpointer.save(step, self.state, self.data_iter)
     bar.close()
     writer.close()
     self.checkpointer.close()

@@ -7,6 +7,9 @@ pairs, first come first served in (token, slot) order; later pairs are dropped
 (contribute 0). Fixed shapes, batched einsum over an [E, C, e] buffer.
 Each pair's output is weighted by its routing weight, or, with `scale_inputs`
 (Llama 4), its input is: y = sum_k FFN_k(w_k * x).
+Under a mesh whose `expert` axis splits the experts, both modes run expert
+parallel (`parallelism.expert`): the same FFN math on each device's experts,
+with tokens moved there and back by all-to-all.
 Letters: t tokens, e embed, x experts (E), f expert mlp, k slots, c capacity.
 """
 
@@ -18,6 +21,7 @@ from flax import nnx
 
 from modeling.config import MoeConfig
 from modeling.layers import params
+from parallelism import expert
 
 
 def _silu_glu(gate, up, limit):
@@ -47,50 +51,68 @@ class Experts(nnx.Module):
       self.up_bias = params.constant(0.0, (E, f), ("experts", "expert_mlp"), param_dtype)
       self.down_bias = params.constant(0.0, (E, e), ("experts", "embed"), param_dtype)
 
-  def _bias(self, name, dt, expert_ids=None):
-    """Bias [E, n] as [E, 1, n] (capacity buffer) or gathered per row [m, n] (sorted rows)."""
-    bias = getattr(self, name)[...].astype(dt)
-    return bias[:, None, :] if expert_ids is None else bias[expert_ids]
+  def _weights(self) -> tuple[dict, dict]:
+    """({name: array}, {name: logical axes}) of the expert projections and biases."""
+    names = ["gate_proj", "up_proj", "down_proj"]
+    names += ["gate_bias", "up_bias", "down_bias"] if self.cfg.expert_bias else []
+    variables = [getattr(self, n) for n in names]
+    arrays = {n: v[...] for n, v in zip(names, variables)}
+    return arrays, {n: params.logical_axes(v) for n, v in zip(names, variables)}
 
-  def _grouped(self, xs, sizes, expert_ids):
-    """xs [m, e] sorted by expert, sizes [E] -> [m, e] via ragged_dot."""
+  def _grouped(self, w, xs, sizes, expert_ids, reduce=lambda y: y):
+    """xs [m, e] sorted by expert, sizes [E] -> [m, e] via ragged_dot.
+
+    reduce sums partial down projections when the hidden dim is split (EP).
+    """
     dt = xs.dtype
-    mm = lambda a, w: jax.lax.ragged_dot(a, w[...].astype(dt), sizes)
-    gate, up = mm(xs, self.gate_proj), mm(xs, self.up_proj)  # [m, f]
+    mm = lambda a, name: jax.lax.ragged_dot(a, w[name].astype(dt), sizes)
+    bias = lambda name: w[name].astype(dt)[expert_ids]  # [m, n] per row
+    gate, up = mm(xs, "gate_proj"), mm(xs, "up_proj")  # [m, f]
     if self.cfg.expert_bias:
-      gate = gate + self._bias("gate_bias", dt, expert_ids)
-      up = up + self._bias("up_bias", dt, expert_ids)
-    out = mm(ACTIVATIONS[self.cfg.activation](gate, up, self.cfg.swiglu_limit), self.down_proj)
-    if self.cfg.expert_bias:
-      out = out + self._bias("down_bias", dt, expert_ids)
-    return out
+      gate, up = gate + bias("gate_bias"), up + bias("up_bias")
+    out = reduce(mm(ACTIVATIONS[self.cfg.activation](gate, up, self.cfg.swiglu_limit), "down_proj"))
+    return out + bias("down_bias") if self.cfg.expert_bias else out
 
-  def _batched(self, buf):
+  def _batched(self, w, buf, reduce=lambda y: y):
     """buf [E, c, e] -> [E, c, e], every expert on its own slice."""
     dt = buf.dtype
-    gate = jnp.einsum("xce,xef->xcf", buf, self.gate_proj[...].astype(dt))
-    up = jnp.einsum("xce,xef->xcf", buf, self.up_proj[...].astype(dt))
+    bias = lambda name: w[name].astype(dt)[:, None, :]  # [E, 1, n]
+    gate = jnp.einsum("xce,xef->xcf", buf, w["gate_proj"].astype(dt))
+    up = jnp.einsum("xce,xef->xcf", buf, w["up_proj"].astype(dt))
     if self.cfg.expert_bias:
-      gate, up = gate + self._bias("gate_bias", dt), up + self._bias("up_bias", dt)
+      gate, up = gate + bias("gate_bias"), up + bias("up_bias")
     h = ACTIVATIONS[self.cfg.activation](gate, up, self.cfg.swiglu_limit)
-    out = jnp.einsum("xcf,xfe->xce", h, self.down_proj[...].astype(dt))
-    if self.cfg.expert_bias:
-      out = out + self._bias("down_bias", dt)
-    return out
+    out = reduce(jnp.einsum("xcf,xfe->xce", h, w["down_proj"].astype(dt)))
+    return out + bias("down_bias") if self.cfg.expert_bias else out
 
   def __call__(self, x, weights, indices):
-    """x [t, e], weights/indices [t, k] -> (y [t, e] in x.dtype, dropped_frac)."""
+    """x [t, e], weights/indices [t, k] -> (y [t, e] in x.dtype, dropped_frac).
+
+    Under a mesh whose expert axis splits the experts (`parallelism.expert`)
+    tokens travel to their experts' devices; otherwise XLA places the work.
+    """
+    cfg = self.cfg
     scale = None
-    if self.cfg.scale_inputs:  # each pair's input is weighted; outputs are summed as they are
+    if cfg.scale_inputs:  # each pair's input is weighted; outputs are summed as they are
       scale, weights = weights.reshape(-1, 1).astype(x.dtype), jnp.ones_like(weights)
-    if self.cfg.dispatch == "capacity":
-      out, dropped = self._capacity_dispatch(x, indices, scale)
+    w, axes = self._weights()
+    ep = expert.layout(cfg.num_experts, cfg.expert_mlp_dim, x.shape[0])
+    if ep is not None and cfg.dispatch == "capacity":
+      fill = self._capacity_dispatch
+      out, dropped = expert.capacity(ep, fill, self._batched, w, axes, x, indices, scale)
+    elif ep is not None:
+      out, dropped = expert.dropless(
+        ep, self._grouped, w, axes, x, indices, scale,
+        num_experts=cfg.num_experts, buffer_factor=cfg.ep_capacity_factor,
+      )  # fmt: skip
+    elif cfg.dispatch == "capacity":
+      out, dropped = self._capacity_dispatch(x, indices, scale, lambda buf: self._batched(w, buf))
     else:
-      out, dropped = self._dropless_dispatch(x, indices, scale), jnp.zeros((), jnp.float32)
+      out, dropped = self._dropless_dispatch(w, x, indices, scale), jnp.zeros((), jnp.float32)
     y = jnp.einsum("tke,tk->te", out.astype(jnp.float32), weights.astype(jnp.float32))
     return y.astype(x.dtype), dropped
 
-  def _dropless_dispatch(self, x, indices, scale=None):
+  def _dropless_dispatch(self, w, x, indices, scale=None):
     """x [t, e], indices [t, k], scale [t*k, 1] or None -> per-pair outputs [t, k, e]."""
     t, k = indices.shape
     flat = indices.reshape(-1)  # [t*k]
@@ -98,15 +120,18 @@ class Experts(nnx.Module):
     expert_ids = flat[order]
     sizes = jnp.bincount(flat, length=self.cfg.num_experts).astype(jnp.int32)  # [E]
     rows = x[order // k] if scale is None else x[order // k] * scale[order]
-    out = self._grouped(rows, sizes, expert_ids)  # [t*k, e], sorted
+    out = self._grouped(w, rows, sizes, expert_ids)  # [t*k, e], sorted
     return out[jnp.argsort(order)].reshape(t, k, -1)
 
   def capacity(self, t: int) -> int:
     cfg = self.cfg
     return math.ceil(cfg.capacity_factor * t * cfg.top_k / cfg.num_experts)
 
-  def _capacity_dispatch(self, x, indices, scale=None):
-    """-> (per-pair outputs [t, k, e] with dropped pairs zeroed, dropped fraction)."""
+  def _capacity_dispatch(self, x, indices, scale, run):
+    """-> (per-pair outputs [t, k, e] with dropped pairs zeroed, dropped fraction).
+
+    run(buf [E, c, e]) -> [E, c, e] applies the experts to the filled buffer.
+    """
     t, k = indices.shape
     E, c = self.cfg.num_experts, self.capacity(t)
     flat = indices.reshape(-1)  # [t*k]
@@ -117,7 +142,7 @@ class Experts(nnx.Module):
     pairs = jnp.repeat(x, k, axis=0)  # [t*k, e]
     pairs = pairs if scale is None else pairs * scale
     buf = jnp.zeros((E, c, x.shape[-1]), x.dtype).at[flat, slot].set(pairs, mode="drop")
-    out = self._batched(buf)[flat, jnp.minimum(slot, c - 1)]  # [t*k, e]
+    out = run(buf)[flat, jnp.minimum(slot, c - 1)]  # [t*k, e]
     out = jnp.where(keep[:, None], out, 0.0)
     dropped = 1.0 - jnp.mean(keep.astype(jnp.float32))
     return out.reshape(t, k, -1), dropped

@@ -11,6 +11,7 @@ from flax import nnx
 
 from modeling.config import MoeConfig
 from modeling.layers import params
+from parallelism import rules
 
 ROUTERS = ("softmax", "sigmoid", "softmax_topk")
 ACTIVATIONS = ("silu", "clamped_swiglu")
@@ -55,6 +56,10 @@ def validate(cfg: MoeConfig):
     f"model.moe.capacity_factor={cfg.capacity_factor} must be positive",
   )
   _check(
+    cfg.ep_capacity_factor >= 0,
+    f"model.moe.ep_capacity_factor={cfg.ep_capacity_factor} must be >= 0 (0 = exact dropless)",
+  )
+  _check(
     (cfg.num_shared_experts > 0) == (cfg.shared_mlp_dim > 0),
     f"model.moe.shared_mlp_dim={cfg.shared_mlp_dim} must be > 0 exactly when "
     f"model.moe.num_shared_experts={cfg.num_shared_experts} > 0",
@@ -78,8 +83,8 @@ def _group_limit(biased, n_group: int, topk_group: int):
   """
   t, E = biased.shape
   grouped = biased.reshape(t, n_group, E // n_group)  # [t, g, E/g]
-  group_score = jax.lax.top_k(grouped, min(2, E // n_group))[0].sum(-1)  # [t, g]
-  _, keep = jax.lax.top_k(group_score, topk_group)  # [t, topk_group]
+  group_score = rules.top_k(grouped, min(2, E // n_group))[0].sum(-1)  # [t, g]
+  _, keep = rules.top_k(group_score, topk_group)  # [t, topk_group]
   keep = jax.nn.one_hot(keep, n_group, dtype=jnp.bool_).any(-2)  # [t, g]
   return jnp.where(keep[:, :, None], grouped, -jnp.inf).reshape(t, E)
 
@@ -141,7 +146,7 @@ class Router(nnx.Module):
     biased = scores + self._selection_bias()
     if cfg.n_group > 1:
       biased = _group_limit(biased, cfg.n_group, cfg.topk_group)
-    _, indices = jax.lax.top_k(biased, cfg.top_k)  # [t, k]
+    _, indices = rules.top_k(biased, cfg.top_k)  # [t, k]
     weights = jnp.take_along_axis(scores, indices, axis=-1)  # unbiased
     if cfg.router == "softmax_topk":
       weights = jax.nn.softmax(weights, axis=-1)

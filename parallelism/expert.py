@@ -1,0 +1,161 @@
+"""Expert parallelism: routed experts split over the mesh's expert axis, tokens
+sent to their experts' devices and back by all-to-all inside `shard_map`.
+
+Each of the n devices along the expert axis holds E/n whole experts (experts
+are laid out contiguously: expert i lives on device i // (E/n)) and its own
+shard of the tokens. The model supplies the FFN math; this module only moves
+rows.
+
+dropless: a device sorts its (token, slot) pairs by expert, which also groups
+them by destination, packs them into a [n, S, e] send buffer, and one
+all_to_all delivers them. The receiver sorts the n*S rows it got by local
+expert, runs the grouped FFN, and a second all_to_all takes the outputs home.
+With S = t*k (every pair could go to one device) nothing is ever dropped;
+`moe.ep_capacity_factor` > 0 sizes S at that factor times the mean t*k/n and
+drops (and counts) the overflow, trading exactness for n-times smaller buffers.
+capacity: each device fills its own [E, C, e] capacity buffer from its tokens
+(C from its local token count, as in GShard); all_to_all hands every device
+the [n, E/n, C, e] slices of its experts.
+
+The expert FFN's hidden dim may also be split (over `tensor`): each device
+then holds partial down projections, summed by psum before the trip home.
+Expert weights enter with their embed dim gathered (ZeRO-3 over fsdp gathers
+E/n local experts, never all E). Buffers are padded because XLA:CPU has no
+ragged all-to-all. Letters: t local tokens, k slots, e embed, n devices on the
+expert axis, S rows per (source, destination) pair, E experts, l = E/n.
+"""
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from parallelism import rules
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where an MoE layer's tokens and experts live on the active mesh."""
+
+  mesh: jax.sharding.Mesh
+  tokens: tuple[str, ...]  # mesh axes splitting the token rows
+  experts: tuple[str, ...]  # mesh axes splitting the experts (the EP group)
+  hidden: tuple[str, ...]  # mesh axes splitting each expert's hidden dim
+
+  @property
+  def n(self) -> int:
+    return math.prod(self.mesh.shape[a] for a in self.experts)
+
+  def weight_spec(self, axes: tuple) -> P:
+    """In-spec of one expert weight: experts and hidden split, embed gathered."""
+    split = {"experts": self.experts, "expert_mlp": self.hidden}
+    return P(*(split.get(a) or None for a in axes))
+
+
+def layout(num_experts: int, hidden_dim: int, num_tokens: int) -> Layout | None:
+  """The EP layout under the active mesh, or None when experts are not split."""
+  ctx = rules.active()
+  if ctx is None:
+    return None
+  mesh, table = ctx
+  experts, hidden = map(
+    rules.spec_axes,
+    rules.partition_spec(("experts", "expert_mlp"), (num_experts, hidden_dim), mesh, table),
+  )
+  if not experts:
+    return None
+  tokens = rules.spec_axes(rules.partition_spec(("batch",), (num_tokens,), mesh, table)[0])
+  # A hidden split must not also split tokens: the psum would mix different tokens.
+  hidden = tuple(a for a in hidden if a not in tokens)
+  return Layout(mesh, tokens, experts, hidden)
+
+
+def _run(lay: Layout, body, weights: dict, weight_axes: dict, x, indices, scale):
+  """shard_map of body(weights, x, indices, scale, psum_hidden) -> (out [t, k, e], dropped)."""
+  tok = P(lay.tokens or None)
+  has_scale = scale is not None
+  scale = scale.reshape(indices.shape) if has_scale else jnp.zeros(indices.shape, x.dtype)
+
+  def local(w, x, indices, scale):
+    reduce = (lambda y: jax.lax.psum(y, lay.hidden)) if lay.hidden else (lambda y: y)
+    out, dropped = body(w, x, indices, scale.reshape(-1, 1) if has_scale else None, reduce)
+    if lay.tokens:
+      dropped = jax.lax.pmean(dropped, lay.tokens)
+    return out, dropped
+
+  # Inside a scan the arrays are one layer's slices: the leading `layers` name drops.
+  specs = {n: lay.weight_spec(weight_axes[n][-w.ndim :]) for n, w in weights.items()}
+  return jax.shard_map(local, mesh=lay.mesh, in_specs=(specs, tok, tok, tok), out_specs=(tok, P()))(
+    weights, x, indices, scale
+  )
+
+
+def _exchange(buf, lay: Layout):
+  """[n, ...] -> [n, ...]: slice j goes to device j; slice j of the result came from j."""
+  return jax.lax.all_to_all(buf, lay.experts, 0, 0, tiled=True)
+
+
+def dropless(
+  lay: Layout, ffn, weights, weight_axes, x, indices, scale, *, num_experts, buffer_factor
+):
+  """Per-pair outputs [t, k, e] (sharded like x) and the dropped fraction.
+
+  ffn(w, rows [m, e] sorted by local expert, sizes [l], local ids [m], reduce) -> [m, e];
+  rows past sum(sizes) are padding and their outputs are ignored.
+  """
+  n = lay.n
+  l = num_experts // n
+
+  def body(w, x, indices, scale, reduce):
+    t, k = indices.shape
+    e = x.shape[-1]
+    cap = t * k if buffer_factor <= 0 else min(t * k, math.ceil(buffer_factor * t * k / n))
+    flat = indices.reshape(-1)
+    order = jnp.argsort(flat, stable=True)  # pairs by expert = by destination device
+    expert = flat[order]
+    dest = expert // l
+    counts = jnp.bincount(dest, length=n)
+    slot = jnp.arange(t * k) - (jnp.cumsum(counts) - counts)[dest]
+    keep = slot < cap
+    slot = jnp.where(keep, slot, cap)  # out of bounds: dropped by the scatters
+    rows = x[order // k] if scale is None else x[order // k] * scale[order]
+    send = jnp.zeros((n, cap, e), x.dtype).at[dest, slot].set(rows, mode="drop")
+    ids = jnp.full((n, cap), l, jnp.int32).at[dest, slot].set(expert % l, mode="drop")
+    recv, ids = _exchange(send, lay).reshape(n * cap, e), _exchange(ids, lay).reshape(-1)
+    local_order = jnp.argsort(ids, stable=True)  # by local expert; padding (id l) last
+    local_ids = ids[local_order]
+    sizes = jnp.bincount(ids, length=l).astype(jnp.int32)
+    out = ffn(w, recv[local_order], sizes, local_ids, reduce)
+    out = jnp.where((local_ids < l)[:, None], out, 0).astype(x.dtype)
+    out = jnp.zeros_like(out).at[local_order].set(out).reshape(n, cap, e)
+    back = _exchange(out, lay)[dest, jnp.minimum(slot, cap - 1)]  # [t*k, e], sorted
+    back = jnp.where(keep[:, None], back, 0)
+    pairs = jnp.zeros_like(back).at[order].set(back)
+    return pairs.reshape(t, k, e), 1.0 - jnp.mean(keep.astype(jnp.float32))
+
+  return _run(lay, body, weights, weight_axes, x, indices, scale)
+
+
+def capacity(lay: Layout, fill, ffn, weights, weight_axes, x, indices, scale):
+  """Capacity dispatch with each device's buffer split by expert owner.
+
+  fill(x, indices, scale, run) -> (out [t, k, e], dropped) builds the local
+  [E, C, e] buffer and calls run(buf) for the expert outputs;
+  ffn(w, buf [l, C', e], reduce) -> [l, C', e] runs the local experts.
+  """
+  n = lay.n
+
+  def body(w, x, indices, scale, reduce):
+    def run(buf):
+      E, c, e = buf.shape
+      l = E // n
+      recv = _exchange(buf.reshape(n, l, c, e), lay)  # [source, l, c, e]
+      out = ffn(w, recv.transpose(1, 0, 2, 3).reshape(l, n * c, e), reduce)
+      out = out.reshape(l, n, c, e).transpose(1, 0, 2, 3)
+      return _exchange(out, lay).reshape(E, c, e)
+
+    return fill(x, indices, scale, run)
+
+  return _run(lay, body, weights, weight_axes, x, indices, scale)
