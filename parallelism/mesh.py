@@ -89,6 +89,15 @@ def check_model_fits(model_cfg, sizes: dict):
       )
 
 
+def check_batch_fits(batch_size: int, sizes: dict):
+  """The batch splits over every data-like axis: data, fsdp and expert."""
+  ways = sizes["data"] * sizes["fsdp"] * sizes["expert"]
+  if batch_size % ways:
+    raise ValueError(
+      f"train.batch_size={batch_size} must be divisible by the mesh's data*fsdp*expert={ways}"
+    )
+
+
 def mesh_sizes(mesh_cfg, num_devices: int) -> dict[str, int]:
   """{axis: size} with the -1 axis resolved (see `mesh_shape`)."""
   return dict(zip(MESH_AXES, mesh_shape(mesh_cfg, num_devices), strict=True))

@@ -87,6 +87,8 @@ def main(argv):
     cfg = decoder_config(config.model, config.precision.param_dtype, config.precision.compute_dtype)
     mesh_sizes = parallelism_mesh.mesh_sizes(config.mesh, devices)
     check_model_fits(cfg, mesh_sizes)
+    if _COMPILE.value:
+      parallelism_mesh.check_batch_fits(config.train.batch_size, mesh_sizes)
     rules.with_overrides(config.mesh.rules)
   except ValueError as e:
     sys.exit(f"error: {e}")

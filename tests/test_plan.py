@@ -156,8 +156,12 @@ def _plan_error(*args) -> str:
       ["configs/llama3.py:tiny", "--mesh", "fsdp=2", "--config.mesh.rules=embed=zero"],
       "mesh.rules entry 'embed=zero' names ['zero']",
     ),
+    (
+      ["configs/llama3.py:tiny", "--mesh", "fsdp=8", "--compile", "--config.train.batch_size=4"],
+      "train.batch_size=4 must be divisible by the mesh's data*fsdp*expert=8",
+    ),
   ],
-  ids=["fill", "device_count", "experts", "heads", "rule_name", "rule_axis"],
+  ids=["fill", "device_count", "experts", "heads", "rule_name", "rule_axis", "batch"],
 )
 def test_bad_mesh_is_one_error_line(args, message):
   assert message in _plan_error(*args)

@@ -20,7 +20,7 @@ from modeling.config import decoder_config
 from modeling.losses import cross_entropy, mtp_losses
 from modeling.moe import balance
 from parallelism import rules
-from parallelism.mesh import check_model_fits, make_mesh, mesh_sizes
+from parallelism.mesh import check_batch_fits, check_model_fits, make_mesh, mesh_sizes
 from trainer import data, metrics, optim
 from trainer import state as state_lib
 from trainer.checkpoint import Checkpointer
@@ -50,12 +50,7 @@ def validate(config):
       f"data.shards={config.data.shards} must be 0 (one per process) or a divisor of "
       f"train.batch_size={t.batch_size}"
     )
-  batch_ways = shape["data"] * shape["fsdp"] * shape["expert"]
-  if t.batch_size % batch_ways:
-    raise ValueError(
-      f"train.batch_size={t.batch_size} must be divisible by the mesh's "
-      f"data*fsdp*expert={batch_ways}"
-    )
+  check_batch_fits(t.batch_size, shape)
   return model_cfg
 
 
