@@ -148,9 +148,16 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ---------------------------------------------------------------- optim
   o = c.optim = ml_collections.ConfigDict()
-  o.name = "adamw"
+  o.name = "adamw"  # adamw | muon (hidden matrices; AdamW for embed, head, router,
+  #   norms, biases, sinks; one lr and weight decay for both, Moonlight's scaling).
   o.lr = 3e-3  # peak learning rate.
-  o.schedule = "cosine"  # cosine (warmup then cosine decay) | constant (after warmup).
+  o.schedule = "cosine"  # cosine (warmup then cosine decay) | constant (after warmup)
+  #   | wsd (warmup, stable, then decay over the last decay_fraction of the steps).
+  o.decay_fraction = 0.2  # wsd: share of train.steps spent decaying.
+  o.decay_shape = "linear"  # wsd decay: linear | cosine | sqrt (1 - sqrt(progress)).
+  o.muon_beta = 0.95  # Muon momentum (Nesterov).
+  o.muon_ns_steps = 5  # quintic Newton-Schulz iterations.
+  o.muon_rms = 0.2  # Muon update scale 0.2 * sqrt(max(fan_in, fan_out)): AdamW-like RMS.
   o.warmup_steps = 20
   o.min_lr_ratio = 0.1  # final lr = lr * min_lr_ratio.
   o.b1 = 0.9

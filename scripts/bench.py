@@ -1,9 +1,12 @@
 """Benchmarks that print a ratio against a baseline measured in the same run.
 
   python scripts/bench.py moe [--config configs/deepseek_v3.py:tiny] [--steps 10]
+  python scripts/bench.py optim [--config configs/qwen3.py:tiny] [--steps 10]
 
 `moe`: tokens/s of the full train step with dropless (sort + ragged_dot)
 versus capacity-factor dispatch, same model, same batch, same process.
+`optim`: step time of Muon (+ AdamW for embeddings, norms, ...) over AdamW
+alone, same model, same batch, same process.
 """
 
 import argparse
@@ -63,20 +66,21 @@ def step_tokens_per_s(config, batch, steps: int) -> tuple[float, float]:
   return tokens / (time.perf_counter() - start), compile_s
 
 
-def bench_moe(args):
-  config = load_config(args.config)
+def first_batch(config, spec: str, steps: int) -> dict:
   t = config.train
-  batch = next(
-    iter(
-      data.make_dataset(
-        config.data, split="train", batch_size=t.batch_size, seq_len=t.seq_len, seed=0
-      )
-    )
+  ds = data.make_dataset(
+    config.data, split="train", batch_size=t.batch_size, seq_len=t.seq_len, seed=0
   )
   print(
-    f"{args.config}: batch {t.batch_size} x {t.seq_len}, {args.steps} timed steps, "
+    f"{spec}: batch {t.batch_size} x {t.seq_len}, {steps} timed steps, "
     f"{jax.devices()[0].device_kind}"
   )
+  return next(iter(ds))
+
+
+def bench_moe(args):
+  config = load_config(args.config)
+  batch = first_batch(config, args.config, args.steps)
   results = {}
   for dispatch in ("dropless", "capacity"):
     config.model.moe.dispatch = dispatch
@@ -86,14 +90,28 @@ def bench_moe(args):
   print(f"  dropless / capacity (factor {config.model.moe.capacity_factor}): {ratio:.2f}x")
 
 
+def bench_optim(args):
+  config = load_config(args.config)
+  batch = first_batch(config, args.config, args.steps)
+  results = {}
+  for name in ("adamw", "muon"):
+    config.optim.name = name
+    results[name], compile_s = step_tokens_per_s(config, batch, args.steps)
+    print(f"  {name:6s} {results[name]:10.0f} tokens/s   (compile {compile_s:.1f}s)")
+  print(f"  step time muon / adamw: {results['adamw'] / results['muon']:.2f}x")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="bench", required=True)
   moe = sub.add_parser("moe", help="dropless vs capacity MoE dispatch")
   moe.add_argument("--config", default="configs/deepseek_v3.py:tiny")
   moe.add_argument("--steps", type=int, default=10)
+  opt = sub.add_parser("optim", help="Muon vs AdamW step time")
+  opt.add_argument("--config", default="configs/qwen3.py:tiny")
+  opt.add_argument("--steps", type=int, default=10)
   args = parser.parse_args()
-  {"moe": bench_moe}[args.bench](args)
+  {"moe": bench_moe, "optim": bench_optim}[args.bench](args)
 
 
 if __name__ == "__main__":
