@@ -158,6 +158,10 @@ def get_config() -> ml_collections.ConfigDict:
   o.muon_beta = 0.95  # Muon momentum (Nesterov).
   o.muon_ns_steps = 5  # quintic Newton-Schulz iterations.
   o.muon_rms = 0.2  # Muon update scale 0.2 * sqrt(max(fan_in, fan_out)): AdamW-like RMS.
+  # MuonClip's QK-clip (Kimi K2, tau 100): after each update, heads whose largest
+  # pre-softmax logit exceeded tau get query/key weights rescaled to bring it to tau.
+  # 0 = off. Works with either optimizer; not with model.qk_norm.
+  o.qk_clip_tau = 0.0
   o.warmup_steps = 20
   o.min_lr_ratio = 0.1  # final lr = lr * min_lr_ratio.
   o.b1 = 0.9

@@ -66,13 +66,15 @@ class Block(nnx.Module):
   def __call__(self, x, *, positions, segment_ids):  # x: [b, s, e] -> (x, stats)
     pre = self.placement in ("pre", "sandwich")
     post = self.placement in ("post", "sandwich")
-    h = self.attn(self.attn_norm(x) if pre else x, positions=positions, segment_ids=segment_ids)
+    h, max_logits = self.attn(
+      self.attn_norm(x) if pre else x, positions=positions, segment_ids=segment_ids
+    )
     h = checkpoint_name(h, "attention_out")
     x = x + (self.attn_post_norm(h) if post else h)
     h = self.mlp(self.mlp_norm(x) if pre else x)
     h, stats = h if self.is_moe else (h, {})  # MoE also returns its load and balance stats
     x = x + (self.mlp_post_norm(h) if post else h)
-    return rules.constrain(x, ACTIVATION_AXES), stats
+    return rules.constrain(x, ACTIVATION_AXES), dict(stats, max_logits=max_logits)
 
 
 class Period(nnx.Module):
@@ -133,7 +135,8 @@ class Decoder(nnx.Module):
     mtp=False skips the multi-token-prediction modules (eval, or an MTP loss
     weight of 0 for the whole run).
 
-    aux: `aux_loss` (weighted MoE balance losses, summed over layers); with
+    aux: `aux_loss` (weighted MoE balance losses, summed over layers);
+    `max_logits` [layers, heads] (largest pre-softmax logit per head); with
     MoE layers, `expert_load` [moe_layers, experts] token counts, `router_z`
     and `dropped_frac` (means over MoE layers); with MTP, `mtp_logits` (one
     [b, s, vocab] per depth).
@@ -148,7 +151,7 @@ class Decoder(nnx.Module):
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.embed_dim**0.5, cfg.compute_dtype)
     x = rules.constrain(x, ACTIVATION_AXES)
-    stats = []  # per MoE layer, in layer order
+    stats = []  # per layer, in layer order
     for block in self.prefix:
       x, block_stats = block(x, positions=positions, segment_ids=segment_ids)
       stats.append(block_stats)
@@ -171,10 +174,19 @@ class Decoder(nnx.Module):
       x, normed, block_stats = module(x, emb, positions=positions, segment_ids=segment_ids)
       mtp_logits.append(self._logits(normed, head))
       stats.append(block_stats)
-    aux = self._aux([st for st in stats if st])
+    aux = self._aux(stats)
     if mtp_logits:
       aux["mtp_logits"] = mtp_logits
     return logits, aux
+
+  def layers(self) -> list[tuple[Block, int | None]]:
+    """(block, period index into its stacked params or None) per layer, in the
+    order of `aux` rows: prefix, scanned periods, tail, MTP."""
+    blocks = [(b, None) for b in self.prefix]
+    if self.num_periods:
+      blocks += [(b, p) for p in range(self.num_periods) for b in self.stack.blocks]
+    blocks += [(b, None) for b in self.tail]
+    return blocks + [(m.block, None) for m in self.mtp]
 
   def _logits(self, x, head):
     logits = jnp.einsum("bse,ev->bsv", x, head, preferred_element_type=jnp.float32)
@@ -182,10 +194,13 @@ class Decoder(nnx.Module):
       logits = self.cfg.final_softcap * jnp.tanh(logits / self.cfg.final_softcap)
     return logits
 
-  def _aux(self, stats: list[dict]) -> dict:
+  def _aux(self, layers: list[dict]) -> dict:
     cfg = self.cfg
+    # [layers, heads]: prefix, scanned periods, tail, MTP (when run), as `attention_layers`.
+    max_logits = jnp.stack([st["max_logits"] for st in layers])
+    stats = [st for st in layers if "load" in st]  # MoE layers
     if not stats:
-      return {"aux_loss": jnp.zeros((), jnp.float32)}
+      return {"aux_loss": jnp.zeros((), jnp.float32), "max_logits": max_logits}
     total = lambda key: sum(st[key] for st in stats)
     aux_loss = (
       cfg.seq_aux_weight * total("seq_aux")
@@ -197,6 +212,7 @@ class Decoder(nnx.Module):
       "expert_load": jnp.stack([st["load"] for st in stats]),
       "dropped_frac": total("dropped_frac") / len(stats),
       "router_z": total("router_z") / len(stats),
+      "max_logits": max_logits,
     }
 
   def _scan(self, x, positions, segment_ids):

@@ -14,13 +14,19 @@ from tests.conftest import family_config
 
 
 def reference_attention(q, k, v, segment_ids, scale, window=0, softcap=0.0, sinks=None):
-  """Loop-per-head numpy attention: q [b,s,h,d], k/v [b,s,k,d]."""
+  """Loop-per-head numpy attention: q [b,s,h,d], k/v [b,s,k,d] -> (out, max raw logit [h])."""
   b, s, h, d = q.shape
   group = h // k.shape[2]
   out = np.zeros_like(q)
+  max_logits = np.full(h, -np.inf)
   for bi in range(b):
     for hi in range(h):
       logits = q[bi, :, hi] @ k[bi, :, hi // group].T * scale
+      i, j = np.arange(s)[:, None], np.arange(s)[None, :]
+      allowed = (j <= i) & (segment_ids[bi][:, None] == segment_ids[bi][None, :])
+      if window:
+        allowed &= i - j < window
+      max_logits[hi] = max(max_logits[hi], logits[allowed].max())
       if softcap:
         logits = softcap * np.tanh(logits / softcap)
       i, j = np.arange(s)[:, None], np.arange(s)[None, :]
@@ -34,7 +40,7 @@ def reference_attention(q, k, v, segment_ids, scale, window=0, softcap=0.0, sink
       p = np.exp(logits - m)
       denom = p.sum(-1, keepdims=True) + (np.exp(sinks[hi] - m) if sinks is not None else 0)
       out[bi, :, hi] = (p / denom) @ v[bi, :, hi // group]
-  return out
+  return out, max_logits
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 1), (8, 2)])
@@ -49,7 +55,7 @@ def test_attention_matches_reference(heads, kv_heads, window, softcap, sinks):
   v = rng.normal(size=(b, s, kv_heads, d)).astype(np.float32)
   seg = np.array([[1] * 6 + [2] * 7, [1] * 13])
   sink_logits = rng.normal(size=(heads,)).astype(np.float32) if sinks else None
-  got = dot_product_attention(
+  got, got_max = dot_product_attention(
     jnp.asarray(q),
     jnp.asarray(k),
     jnp.asarray(v),
@@ -59,8 +65,9 @@ def test_attention_matches_reference(heads, kv_heads, window, softcap, sinks):
     softcap=softcap,
     sinks=None if sink_logits is None else jnp.asarray(sink_logits),
   )
-  want = reference_attention(q, k, v, seg, d**-0.5, window, softcap, sink_logits)
+  want, want_max = reference_attention(q, k, v, seg, d**-0.5, window, softcap, sink_logits)
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(got_max), want_max, rtol=1e-5)  # before softcap
 
 
 def test_partial_rotary_turns_only_leading_dims():

@@ -51,6 +51,8 @@ def validate(o, steps: int):
       f"optim.decay_fraction={o.decay_fraction} must be in (0, 1 - warmup_steps / steps]: "
       "the decay starts after the warmup ends"
     )
+  if o.qk_clip_tau < 0:
+    raise ValueError(f"optim.qk_clip_tau={o.qk_clip_tau} must be >= 0 (0 = off; Kimi K2: 100)")
   if not 0 <= o.muon_beta < 1 or o.muon_ns_steps < 1:
     raise ValueError(
       f"optim.muon_beta={o.muon_beta} must be in [0, 1) and optim.muon_ns_steps="

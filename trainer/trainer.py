@@ -21,7 +21,7 @@ from modeling.losses import cross_entropy, mtp_losses
 from modeling.moe import balance
 from parallelism import rules
 from parallelism.mesh import check_batch_fits, check_model_fits, make_mesh, mesh_sizes
-from trainer import data, metrics, optim
+from trainer import data, metrics, optim, qk_clip
 from trainer import state as state_lib
 from trainer.checkpoint import Checkpointer
 
@@ -36,6 +36,12 @@ def validate(config):
     if t[name] <= 0:
       raise ValueError(f"train.{name}={t[name]} must be positive")
   optim.validate(config.optim, t.steps)
+  if config.optim.qk_clip_tau > 0 and config.model.qk_norm != "none":
+    raise ValueError(
+      f"optim.qk_clip_tau={config.optim.qk_clip_tau} rescales query/key weights, which "
+      f"model.qk_norm={config.model.qk_norm!r} undoes; QK-norm already bounds the logits, "
+      "so set optim.qk_clip_tau=0"
+    )
   data.resolve_files(config.data)
   if config.data.tokenizer == "byte" and config.model.vocab_size < data.BYTE_VOCAB_SIZE:
     raise ValueError(
@@ -67,10 +73,14 @@ def mtp_weight_schedule(mtp_cfg, steps: int):
   return lambda step: jnp.where(step < late, mtp_cfg.loss_weight, mtp_cfg.late_loss_weight)
 
 
-def make_steps(graphdef, tx, lr, model_cfg, mtp_weight=None, mesh=None, table=rules.RULES):
+def make_steps(
+  graphdef, tx, lr, model_cfg, mtp_weight=None, mesh=None, table=rules.RULES, qk_clip_tau=0.0
+):
   """Pure train and eval steps over state {step, params, model_state, opt}.
 
   mtp_weight: step -> MTP loss weight, or None to leave the MTP modules out.
+  qk_clip_tau: > 0 rescales, after each update, the query/key weights of heads
+  whose largest logit passed tau (MuonClip's QK-clip; trainer/qk_clip.py).
   mesh: traced under `rules.activate(mesh, table)`, so activations are
   constrained and MoE layers run expert parallel on it.
   """
@@ -96,11 +106,18 @@ def make_steps(graphdef, tx, lr, model_cfg, mtp_weight=None, mesh=None, table=ru
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     model_state = state["model_state"]
+    if qk_clip_tau > 0:
+      params = clip_attention(graphdef, params, model_state, aux["max_logits"], qk_clip_tau)
     if model_cfg.bias_update_rate:
       model_state = update_router_biases(
         graphdef, params, model_state, aux["expert_load"], model_cfg.bias_update_rate
       )
-    metrics = {"loss": ce, "grad_norm": optax.tree.norm(grads), "lr": lr(state["step"])}
+    metrics = {
+      "loss": ce,
+      "grad_norm": optax.tree.norm(grads),
+      "lr": lr(state["step"]),
+      "max_logit": jnp.max(aux["max_logits"]),  # before this step's QK-clip
+    }
     metrics.update(moe_metrics(aux))
     if "mtp_loss" in aux:
       metrics["mtp_loss"] = aux["mtp_loss"]
@@ -113,6 +130,13 @@ def make_steps(graphdef, tx, lr, model_cfg, mtp_weight=None, mesh=None, table=ru
     return ce * weight, weight
 
   return train_step, eval_step
+
+
+def clip_attention(graphdef, params, model_state, max_logits, tau: float):
+  """QK-clip on the updated params; returns the params."""
+  model = nnx.merge(graphdef, params, model_state)
+  qk_clip.apply(model, max_logits, tau)
+  return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
 def update_router_biases(graphdef, params, model_state, loads, rate: float):
@@ -192,8 +216,9 @@ class Trainer:
     }
     mtp_weight = mtp_weight_schedule(config.model.mtp, t.steps)
     train_step, eval_step = make_steps(
-      graphdef, tx, self.lr, self.model_cfg, mtp_weight, self.mesh, self.rules
-    )
+      graphdef, tx, self.lr, self.model_cfg, mtp_weight, self.mesh, self.rules,
+      config.optim.qk_clip_tau,
+    )  # fmt: skip
     self._train_step = jax.jit(train_step, donate_argnums=0)
     self._eval_step = jax.jit(eval_step)
     self.batch_sharding = rules.batch_sharding(self.mesh, self.rules)

@@ -49,16 +49,19 @@ def dot_product_attention(
   """q: [b, q, h, d]; k: [b, t, k, d]; v: [b, t, k, v]; segment_ids, positions: [b, s];
   sinks: [h] or None.
 
-  Returns [b, q, h, v]. K/V heads are shared by groups of h/k query heads
-  without being repeated in memory. v's head dim may differ from d (MLA: 192 vs 128).
+  Returns (out [b, q, h, v], max_logits [h]): the largest unmasked pre-softmax
+  logit per head (before any softcap; no gradient), which MuonClip's QK-clip reads.
+  K/V heads are shared by groups of h/k query heads without being repeated in
+  memory. v's head dim may differ from d (MLA: 192 vs 128).
   """
   b, s, h, d = q.shape
   kv_heads = k.shape[2]
   q = q.reshape(b, s, kv_heads, h // kv_heads, d)
   logits = jnp.einsum("bqkgd,btkd->bkgqt", q, k, preferred_element_type=jnp.float32) * scale
+  mask = attention_mask(segment_ids, window, chunk, positions)
+  max_logits = jnp.max(jnp.where(mask, jax.lax.stop_gradient(logits), -jnp.inf), axis=(0, 3, 4))
   if softcap > 0:
     logits = softcap * jnp.tanh(logits / softcap)
-  mask = attention_mask(segment_ids, window, chunk, positions)
   logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
   if sinks is None:
     probs = jax.nn.softmax(logits, axis=-1)
@@ -69,7 +72,7 @@ def dot_product_attention(
     )
     probs = jax.nn.softmax(jnp.concatenate([logits, sink], axis=-1), axis=-1)[..., :-1]
   out = jnp.einsum("bkgqt,btkv->bqkgv", probs.astype(v.dtype), v)
-  return out.reshape(b, s, h, v.shape[-1])
+  return out.reshape(b, s, h, v.shape[-1]), max_logits.reshape(h)
 
 
 class Attention(nnx.Module):
@@ -116,7 +119,8 @@ class Attention(nnx.Module):
     t = 1.0 + cfg.temperature_scale * jnp.log1p(jnp.floor((p + 1.0) / cfg.temperature_floor))
     return (q.astype(jnp.float32) * t[:, :, None, None]).astype(q.dtype)
 
-  def __call__(self, x, *, positions, segment_ids):  # x: [b, s, e]
+  def __call__(self, x, *, positions, segment_ids):
+    """x: [b, s, e] -> (out [b, s, e], max pre-softmax logit per head [h])."""
     cfg, dt = self.cfg, x.dtype
     q = jnp.einsum("bse,ehd->bshd", x, self.q_proj[...].astype(dt))
     k = jnp.einsum("bse,ekd->bskd", x, self.k_proj[...].astype(dt))
@@ -131,7 +135,7 @@ class Attention(nnx.Module):
       q, k = rope.apply(q, positions, cfg.rope), rope.apply(k, positions, cfg.rope)
     if cfg.temperature_scale > 0:
       q = self._temperature(q, positions)
-    out = dot_product_attention(
+    out, max_logits = dot_product_attention(
       q,
       k,
       v,
@@ -146,4 +150,4 @@ class Attention(nnx.Module):
     out = jnp.einsum("bshd,hde->bse", out, self.o_proj[...].astype(dt))
     if cfg.out_bias:
       out = out + self.o_bias[...].astype(dt)
-    return out
+    return out, max_logits

@@ -91,12 +91,14 @@ class MLA(nnx.Module):
     k_pe = self._rope(k_pe[:, :, None, :], positions)[:, :, 0]  # one head, shared by all
     return self.kv_a_norm(c_kv), k_pe
 
-  def __call__(self, x, *, positions, segment_ids):  # x: [b, s, e] -> [b, s, e]
+  def __call__(self, x, *, positions, segment_ids):
+    """x: [b, s, e] -> (out [b, s, e], max pre-softmax logit per head [h])."""
     q_nope, q_pe = self._query(x, positions)
     c_kv, k_pe = self._latent(x, positions)
     attend = self._absorbed if self.cfg.absorbed else self._naive
-    out = attend(q_nope, q_pe, c_kv, k_pe, segment_ids)  # [b, s, h, v]
-    return jnp.einsum("bshv,hve->bse", out.astype(x.dtype), self.o_proj[...].astype(x.dtype))
+    out, max_logits = attend(q_nope, q_pe, c_kv, k_pe, segment_ids)  # [b, s, h, v], [h]
+    out = jnp.einsum("bshv,hve->bse", out.astype(x.dtype), self.o_proj[...].astype(x.dtype))
+    return out, max_logits
 
   def _naive(self, q_nope, q_pe, c_kv, k_pe, segment_ids):
     cfg = self.cfg
@@ -116,7 +118,7 @@ class MLA(nnx.Module):
     q_lat = jnp.einsum("bshn,chn->bshc", q_nope.astype(f32), w_uk)  # [b, s, h, c]
     q = jnp.concatenate([q_lat, q_pe.astype(f32)], axis=-1)  # [b, s, h, c + r]
     k = jnp.concatenate([c_kv, k_pe], axis=-1).astype(f32)[:, :, None, :]  # [b, t, 1, c + r]
-    o_lat = dot_product_attention(
+    o_lat, max_logits = dot_product_attention(
       q,
       k,
       c_kv.astype(f32)[:, :, None, :],  # values are the latent itself: [b, t, 1, c]
@@ -124,4 +126,4 @@ class MLA(nnx.Module):
       scale=cfg.scale,  # the qk head dim's scale, not (c + r)**-0.5
       window=cfg.window,
     )
-    return jnp.einsum("bshc,chv->bshv", o_lat, w_uv)  # [b, s, h, v]
+    return jnp.einsum("bshc,chv->bshv", o_lat, w_uv), max_logits  # [b, s, h, v], [h]

@@ -8,12 +8,7 @@ from modeling.moe.router import aux_free_update
 def _moe_layers(decoder) -> list:
   """(MoE module, index into its stacked rows or None) per MoE layer, in the order
   of the decoder's `aux["expert_load"]` rows: prefix, scanned periods, tail, MTP."""
-  blocks = [(b, None) for b in decoder.prefix]
-  if decoder.num_periods:
-    blocks += [(b, p) for p in range(decoder.num_periods) for b in decoder.stack.blocks]
-  blocks += [(b, None) for b in decoder.tail]
-  blocks += [(m.block, None) for m in decoder.mtp]
-  return [(b.mlp, p) for b, p in blocks if b.is_moe]
+  return [(b.mlp, p) for b, p in decoder.layers() if b.is_moe]
 
 
 def update_router_biases(decoder, loads, rate: float):
