@@ -25,16 +25,6 @@ def clip_factors(max_logits, tau: float):
   return jnp.where(s > tau, tau / jnp.maximum(s, 1e-30), 1.0)
 
 
-def _per_head(w, factor, head_axis: int):
-  """w [..., heads, (trailing)] scaled by factor [..., heads] on `head_axis` (-1 or -2),
-  where w may have extra axes (embed / latent) between the stack axes and heads."""
-  trailing = -head_axis - 1  # axes after the heads axis
-  stack = factor.ndim - 1  # leading stack axes shared by w and factor
-  middle = w.ndim - stack - 1 - trailing  # axes between the stack and the heads
-  shape = factor.shape[:stack] + (1,) * middle + factor.shape[stack:] + (1,) * trailing
-  return (w * factor.reshape(shape)).astype(w.dtype)
-
-
 def clip_gqa(p: dict, gamma, num_kv_heads: int) -> dict:
   """p: q_proj [.., e, h, d], k_proj [.., e, k, d], optional q_bias [.., h, d],
   k_bias [.., k, d] -> the same dict with clipped heads rescaled."""
@@ -43,11 +33,11 @@ def clip_gqa(p: dict, gamma, num_kv_heads: int) -> dict:
   q_factor = gamma / jnp.repeat(jnp.sqrt(worst), h // num_kv_heads, axis=-1)
   k_factor = jnp.sqrt(worst)
   out = dict(p)
-  out["q_proj"] = _per_head(p["q_proj"], q_factor, -2)
-  out["k_proj"] = _per_head(p["k_proj"], k_factor, -2)
+  out["q_proj"] = _per_head_dim(p["q_proj"], q_factor[..., None])
+  out["k_proj"] = _per_head_dim(p["k_proj"], k_factor[..., None])
   if "q_bias" in p:
-    out["q_bias"] = _per_head(p["q_bias"], q_factor, -2)
-    out["k_bias"] = _per_head(p["k_bias"], k_factor, -2)
+    out["q_bias"] = _per_head_dim(p["q_bias"], q_factor[..., None])
+    out["k_bias"] = _per_head_dim(p["k_bias"], k_factor[..., None])
   return out
 
 
@@ -73,7 +63,7 @@ def clip_mla(p: dict, gamma, nope_dim: int) -> dict:
 
 
 def _per_head_dim(w, factor):
-  """w [.., x, h, d] * factor [.., h, d] (stack axes leading in both)."""
+  """w [.., (x,) h, d] * factor [.., h, d or 1] (stack axes leading in both)."""
   stack = factor.ndim - 2
   shape = factor.shape[:stack] + (1,) * (w.ndim - stack - 2) + factor.shape[stack:]
   return (w * factor.reshape(shape)).astype(w.dtype)
