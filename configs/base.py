@@ -190,6 +190,16 @@ def get_config() -> ml_collections.ConfigDict:
   p = c.precision = ml_collections.ConfigDict()
   p.param_dtype = "float32"  # master weights.
   p.compute_dtype = "bfloat16"  # matmul inputs; norms, softmax and loss stay float32.
+  p.opt_state_dtype = "float32"  # first moments (AdamW mu, Muon momentum); DeepSeek: bfloat16.
+  # FP8-style training (DeepSeek-V3): linear-layer matmul inputs quantized to E4M3
+  # with one scale per 1x128 activation tile / 128x128 weight block, float32
+  # accumulation, straight-through gradients. Embedding, head, router, norms and
+  # the attention core stay in compute_dtype.
+  p.fp8 = False
+  p.fp8_grads = "e4m3"  # e4m3 (DeepSeek) | e5m2 (Transformer Engine): dtype of quantized grads.
+  p.fp8_dot = "auto"  # qdq (dequantize, then one dot) | blockwise (fp8 operands, one dot per
+  #   128 of K, float32 rescale: real fp8 GEMMs on sm_89+ GPUs) | auto (blockwise there).
+  p.fp8_pow2_scales = False  # round tile scales up to powers of two (DeepSeek-V3.1 ue8m0).
 
   # -------------------------------------------------------------- logging
   c.logging = ml_collections.ConfigDict()

@@ -44,6 +44,15 @@ class RopeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class Fp8:
+  """FP8-style linear layers (`modeling/layers/fp8.py`); None in a config = off."""
+
+  grad_dtype: str = "e4m3"  # e4m3 | e5m2: the type gradients are quantized to.
+  dot: str = "qdq"  # qdq (dequantize, then dot) | blockwise (fp8 dot per 128 of K).
+  pow2_scales: bool = False  # tile scales rounded up to powers of two (ue8m0).
+
+
+@dataclasses.dataclass(frozen=True)
 class AttentionConfig:
   embed_dim: int
   num_heads: int
@@ -62,6 +71,7 @@ class AttentionConfig:
   sinks: bool = False
   softcap: float = 0.0
   init_std: float = 0.02
+  fp8: Fp8 | None = None  # FP8-style q/k/v/o projections.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +91,7 @@ class MlaConfig:
   absorbed: bool = False  # latent-space (decode) form: W_UK folded into q, W_UV after.
   window: int = 0
   init_std: float = 0.02
+  fp8: Fp8 | None = None  # FP8-style projections (not the absorbed attention core).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +120,7 @@ class MoeConfig:
   capacity_factor: float = 1.25
   ep_capacity_factor: float = 0.0  # expert parallel: 0 = exact dropless buffers.
   init_std: float = 0.02
+  fp8: Fp8 | None = None  # FP8-style expert and shared-expert matmuls (never the router).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,6 +130,7 @@ class MlpConfig:
   activation: str = "silu"
   bias: bool = False
   init_std: float = 0.02
+  fp8: Fp8 | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,9 +179,12 @@ def _choice(name: str, value, valid):
 
 
 def decoder_config(
-  m, param_dtype: str = "float32", compute_dtype: str = "float32"
+  m, param_dtype: str = "float32", compute_dtype: str = "float32", fp8: Fp8 | None = None
 ) -> DecoderConfig:
-  """Validates `config.model` and expands it into per-layer block specs."""
+  """Validates `config.model` and expands it into per-layer block specs.
+
+  `fp8` (from `trainer/precision.py`) turns on FP8-style linear layers.
+  """
   for name in ("vocab_size", "embed_dim", "num_layers", "num_heads", "num_kv_heads", "mlp_dim"):
     _check(m[name] > 0, f"model.{name}={m[name]} must be positive")
   _check(
@@ -249,9 +265,9 @@ def decoder_config(
     else global_rope
   )
   scale = (m.query_pre_attn_scalar if m.query_pre_attn_scalar > 0 else head_dim) ** -0.5
-  mlp = MlpConfig(m.embed_dim, m.mlp_dim, m.activation, m.mlp_bias, m.init_std)
-  moe = _moe_config(m) if "moe" in m.ffn_pattern else None
-  mla = _mla_config(m, global_rope, norm) if m.attention == "mla" else None
+  mlp = MlpConfig(m.embed_dim, m.mlp_dim, m.activation, m.mlp_bias, m.init_std, fp8)
+  moe = _moe_config(m, fp8) if "moe" in m.ffn_pattern else None
+  mla = _mla_config(m, global_rope, norm, fp8) if m.attention == "mla" else None
 
   blocks = []
   for i in range(m.num_layers):
@@ -282,6 +298,7 @@ def decoder_config(
       sinks=m.attention_sinks,
       softcap=m.attn_logit_softcap,
       init_std=m.init_std,
+      fp8=fp8,
     )
     is_moe = i >= m.first_dense_layers and m.ffn_pattern[i % len(m.ffn_pattern)] == "moe"
     blocks.append(BlockSpec(attention, moe if is_moe else mlp, norm, m.norm_placement))
@@ -311,7 +328,7 @@ def decoder_config(
   )
 
 
-def _moe_config(m) -> MoeConfig:
+def _moe_config(m, fp8: Fp8 | None) -> MoeConfig:
   e = m.moe
   _check(e.num_experts > 0, "model.moe.num_experts must be > 0 when model.ffn_pattern has 'moe'")
   _check(e.expert_mlp_dim > 0, "model.moe.expert_mlp_dim must be > 0 for MoE layers")
@@ -338,6 +355,7 @@ def _moe_config(m) -> MoeConfig:
     capacity_factor=e.capacity_factor,
     ep_capacity_factor=e.ep_capacity_factor,
     init_std=m.init_std,
+    fp8=fp8,
   )
   from modeling.moe import router  # noqa: PLC0415 - router imports this module.
 
@@ -345,7 +363,7 @@ def _moe_config(m) -> MoeConfig:
   return cfg
 
 
-def _mla_config(m, rope: RopeConfig, norm: NormConfig) -> MlaConfig:
+def _mla_config(m, rope: RopeConfig, norm: NormConfig, fp8: Fp8 | None) -> MlaConfig:
   a = m.mla
   for name in ("kv_lora_rank", "qk_nope_head_dim", "qk_rope_head_dim", "v_head_dim"):
     _check(a[name] > 0, f"model.mla.{name}={a[name]} must be positive when model.attention='mla'")
@@ -370,4 +388,5 @@ def _mla_config(m, rope: RopeConfig, norm: NormConfig) -> MlaConfig:
     norm=NormConfig(norm.kind, 1e-6),  # the latent norms' eps is fixed in the reference models
     absorbed=a.absorbed,
     init_std=m.init_std,
+    fp8=fp8,
   )

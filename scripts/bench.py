@@ -20,9 +20,8 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from modeling.config import decoder_config  # noqa: E402
 from parallelism.mesh import make_mesh  # noqa: E402
-from trainer import data, optim  # noqa: E402
+from trainer import data, optim, precision  # noqa: E402
 from trainer import state as state_lib  # noqa: E402
 from trainer.trainer import make_steps, mtp_weight_schedule  # noqa: E402
 
@@ -39,12 +38,13 @@ def load_config(spec: str):
 
 def step_tokens_per_s(config, batch, steps: int) -> tuple[float, float]:
   """(tokens/s, compile seconds) of the jitted train step on one fixed batch."""
-  model_cfg = decoder_config(
-    config.model, config.precision.param_dtype, config.precision.compute_dtype
-  )
+  model_cfg = precision.model_config(config)
   mesh = make_mesh(config.mesh)
   graphdef, params, model_state = state_lib.init(model_cfg, mesh, 0)
-  tx, lr = optim.make(config.optim, config.train.steps, state_lib.logical_axes(model_cfg))
+  state_dtype = precision.policy(config.precision).opt_state_dtype
+  tx, lr = optim.make(
+    config.optim, config.train.steps, state_lib.logical_axes(model_cfg), state_dtype
+  )
   mtp_weight = mtp_weight_schedule(config.model.mtp, config.train.steps)
   train_step, _ = make_steps(graphdef, tx, lr, model_cfg, mtp_weight)
   state = {

@@ -77,14 +77,13 @@ def main(argv):
     os.environ["XLA_FLAGS"] = (
       os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
     )
-  from modeling.config import decoder_config  # noqa: PLC0415
   from parallelism import rules  # noqa: PLC0415
   from parallelism import mesh as parallelism_mesh  # noqa: PLC0415
   from parallelism.mesh import check_model_fits  # noqa: PLC0415
-  from trainer import plan  # noqa: PLC0415
+  from trainer import plan, precision  # noqa: PLC0415
 
   try:
-    cfg = decoder_config(config.model, config.precision.param_dtype, config.precision.compute_dtype)
+    cfg = precision.model_config(config)
     mesh_sizes = parallelism_mesh.mesh_sizes(config.mesh, devices)
     check_model_fits(cfg, mesh_sizes)
     if _COMPILE.value:

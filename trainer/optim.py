@@ -153,7 +153,7 @@ def _scale_by_shape(dims, rms: float) -> optax.GradientTransformation:
   return optax.GradientTransformation(lambda _: optax.EmptyState(), update)
 
 
-def _muon(o, lr, axes: dict) -> optax.GradientTransformation:
+def _muon(o, lr, axes: dict, state_dtype) -> optax.GradientTransformation:
   """Muon on the hidden matrices, AdamW on the rest, sharing lr and weight decay.
 
   Built from optax's Muon pieces rather than `optax.contrib.muon`: that alias
@@ -175,26 +175,30 @@ def _muon(o, lr, axes: dict) -> optax.GradientTransformation:
       ns_steps=o.muon_ns_steps,
       beta=o.muon_beta,
       nesterov=True,
-      mu_dtype=jnp.float32,
+      mu_dtype=state_dtype,
       weight_dimension_numbers=lambda _: muon_dims_tree,
     ),
     _scale_by_shape(muon_dims_tree, o.muon_rms),
     optax.add_decayed_weights(o.weight_decay),
     optax.scale_by_learning_rate(lr),
   )
-  adam = optax.adamw(lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=adam_mask)
-  return optax.partition({"muon": muon, "adam": adam}, labels)
+  return optax.partition({"muon": muon, "adam": _adamw(o, lr, adam_mask, state_dtype)}, labels)
 
 
-def make(o, steps: int, axes: dict) -> tuple[optax.GradientTransformation, optax.Schedule]:
+def _adamw(o, lr, mask, state_dtype) -> optax.GradientTransformation:
+  return optax.adamw(
+    lr, b1=o.b1, b2=o.b2, eps=o.eps, mu_dtype=state_dtype, weight_decay=o.weight_decay, mask=mask
+  )
+
+
+def make(
+  o, steps: int, axes: dict, state_dtype=jnp.float32
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """The optimizer chain and its lr schedule; first moments kept in `state_dtype`."""
   lr = schedule(o, steps)
   chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
   if o.name == "muon":
-    chain.append(_muon(o, lr, axes))
+    chain.append(_muon(o, lr, axes, state_dtype))
   else:
-    chain.append(
-      optax.adamw(
-        lr, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask(axes)
-      )
-    )
+    chain.append(_adamw(o, lr, decay_mask(axes), state_dtype))
   return optax.chain(*chain), lr

@@ -17,7 +17,7 @@ from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
 from modeling.config import DecoderConfig, MlaConfig, MoeConfig
 from parallelism import rules
-from trainer import metrics, optim
+from trainer import metrics, optim, precision
 from trainer import state as state_lib
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -70,7 +70,8 @@ def memory_plan(config, cfg: DecoderConfig, mesh_sizes: dict, table) -> dict:
   params = _abstract_params(cfg, cfg.param_dtype)
   per_device = jax.tree.map(lambda p, f: p.size * p.dtype.itemsize * f, params, fractions)
   param_bytes = sum(jax.tree.leaves(per_device))
-  tx, _ = optim.make(config.optim, config.train.steps, state_lib.logical_axes(cfg))
+  state_dtype = precision.policy(config.precision).opt_state_dtype
+  tx, _ = optim.make(config.optim, config.train.steps, state_lib.logical_axes(cfg), state_dtype)
   opt_state = jax.eval_shape(tx.init, params)
   # Optimizer leaves shaped like a param are sharded like it; the rest (counts) replicate.
   opt_bytes = optax.tree_utils.tree_map_params(
@@ -145,7 +146,8 @@ def compile_step(config, cfg: DecoderConfig, mesh) -> dict:
   from trainer.trainer import make_steps, mtp_weight_schedule  # noqa: PLC0415 - heavy import.
 
   t = config.train
-  tx, lr = optim.make(config.optim, t.steps, state_lib.logical_axes(cfg))
+  state_dtype = precision.policy(config.precision).opt_state_dtype
+  tx, lr = optim.make(config.optim, t.steps, state_lib.logical_axes(cfg), state_dtype)
   graphdef, _, _ = state_lib.abstract(cfg)
   table = rules.with_overrides(config.mesh.rules)
   mtp_weight = mtp_weight_schedule(config.model.mtp, t.steps)

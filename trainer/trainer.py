@@ -16,21 +16,18 @@ import optax
 import tqdm
 from flax import nnx
 
-from modeling.config import decoder_config
 from modeling.losses import cross_entropy, mtp_losses
 from modeling.moe import balance
 from parallelism import rules
 from parallelism.mesh import check_batch_fits, check_model_fits, make_mesh, mesh_sizes
-from trainer import data, metrics, optim, qk_clip
+from trainer import data, metrics, optim, precision, qk_clip
 from trainer import state as state_lib
 from trainer.checkpoint import Checkpointer
 
 
 def validate(config):
   """Every check that needs no compile; raises one ValueError naming the field."""
-  model_cfg = decoder_config(
-    config.model, config.precision.param_dtype, config.precision.compute_dtype
-  )
+  model_cfg = precision.model_config(config)
   t = config.train
   for name in ("steps", "batch_size", "seq_len", "log_every", "eval_batches"):
     if t[name] <= 0:
@@ -207,7 +204,12 @@ class Trainer:
     self.mesh = make_mesh(config.mesh)
     self.rules = rules.with_overrides(config.mesh.rules)
     graphdef, params, model_state = state_lib.init(self.model_cfg, self.mesh, t.seed, self.rules)
-    tx, self.lr = optim.make(config.optim, t.steps, state_lib.logical_axes(self.model_cfg))
+    tx, self.lr = optim.make(
+      config.optim,
+      t.steps,
+      state_lib.logical_axes(self.model_cfg),
+      precision.policy(config.precision).opt_state_dtype,
+    )
     self.state = {
       "step": jnp.zeros((), jnp.int32),
       "params": params,

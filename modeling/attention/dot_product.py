@@ -14,6 +14,7 @@ from flax import nnx
 
 from modeling.config import AttentionConfig
 from modeling.layers import params, rope
+from modeling.layers.fp8 import project
 from modeling.layers.norms import RMSNorm
 
 
@@ -122,9 +123,9 @@ class Attention(nnx.Module):
   def __call__(self, x, *, positions, segment_ids):
     """x: [b, s, e] -> (out [b, s, e], max pre-softmax logit per head [h])."""
     cfg, dt = self.cfg, x.dtype
-    q = jnp.einsum("bse,ehd->bshd", x, self.q_proj[...].astype(dt))
-    k = jnp.einsum("bse,ekd->bskd", x, self.k_proj[...].astype(dt))
-    v = jnp.einsum("bse,ekd->bskd", x, self.v_proj[...].astype(dt))
+    q = project(x, self.q_proj[...], cfg.fp8)  # [b, s, h, d]
+    k = project(x, self.k_proj[...], cfg.fp8)  # [b, s, kv, d]
+    v = project(x, self.v_proj[...], cfg.fp8)
     if cfg.qkv_bias:
       q = q + self.q_bias[...].astype(dt)
       k = k + self.k_bias[...].astype(dt)
@@ -147,7 +148,7 @@ class Attention(nnx.Module):
       softcap=cfg.softcap,
       sinks=self.sinks[...] if cfg.sinks else None,
     )
-    out = jnp.einsum("bshd,hde->bse", out, self.o_proj[...].astype(dt))
+    out = project(out, self.o_proj[...], cfg.fp8, n_in=2)  # [b, s, e]
     if cfg.out_bias:
       out = out + self.o_bias[...].astype(dt)
     return out, max_logits

@@ -21,6 +21,7 @@ from flax import nnx
 from modeling.attention.dot_product import dot_product_attention
 from modeling.config import MlaConfig
 from modeling.layers import params, rope
+from modeling.layers.fp8 import project
 from modeling.layers.norms import RMSNorm
 
 
@@ -76,17 +77,17 @@ class MLA(nnx.Module):
     return rope.apply(x, positions, self.cfg.rope)
 
   def _query(self, x, positions):  # x: [b, s, e] -> q_nope [b, s, h, n], q_pe [b, s, h, r]
-    dt = x.dtype
+    fp8 = self.cfg.fp8
     if self.cfg.q_lora_rank > 0:
-      c_q = self.q_a_norm(jnp.einsum("bse,el->bsl", x, self.q_a_proj[...].astype(dt)))
-      q = jnp.einsum("bsl,lhd->bshd", c_q, self.q_b_proj[...].astype(dt))
+      c_q = self.q_a_norm(project(x, self.q_a_proj[...], fp8))  # [b, s, l]
+      q = project(c_q, self.q_b_proj[...], fp8)  # [b, s, h, d]
     else:
-      q = jnp.einsum("bse,ehd->bshd", x, self.q_proj[...].astype(dt))
+      q = project(x, self.q_proj[...], fp8)
     q_nope, q_pe = jnp.split(q, [self.cfg.qk_nope_head_dim], axis=-1)
     return q_nope, self._rope(q_pe, positions)
 
   def _latent(self, x, positions):  # x: [b, s, e] -> c_kv [b, s, c], k_pe [b, s, r]
-    kv = jnp.einsum("bse,ec->bsc", x, self.kv_a_proj[...].astype(x.dtype))
+    kv = project(x, self.kv_a_proj[...], self.cfg.fp8)  # [b, s, c + r]
     c_kv, k_pe = jnp.split(kv, [self.cfg.kv_lora_rank], axis=-1)
     k_pe = self._rope(k_pe[:, :, None, :], positions)[:, :, 0]  # one head, shared by all
     return self.kv_a_norm(c_kv), k_pe
@@ -97,12 +98,12 @@ class MLA(nnx.Module):
     c_kv, k_pe = self._latent(x, positions)
     attend = self._absorbed if self.cfg.absorbed else self._naive
     out, max_logits = attend(q_nope, q_pe, c_kv, k_pe, segment_ids)  # [b, s, h, v], [h]
-    out = jnp.einsum("bshv,hve->bse", out.astype(x.dtype), self.o_proj[...].astype(x.dtype))
+    out = project(out.astype(x.dtype), self.o_proj[...], self.cfg.fp8, n_in=2)  # [b, s, e]
     return out, max_logits
 
   def _naive(self, q_nope, q_pe, c_kv, k_pe, segment_ids):
     cfg = self.cfg
-    kv = jnp.einsum("bsc,chd->bshd", c_kv, self.kv_b_proj[...].astype(c_kv.dtype))
+    kv = project(c_kv, self.kv_b_proj[...], cfg.fp8)  # [b, s, h, n + v]
     k_nope, v = jnp.split(kv, [cfg.qk_nope_head_dim], axis=-1)  # [b, s, h, n], [b, s, h, v]
     k_pe = jnp.broadcast_to(k_pe[:, :, None, :], q_pe.shape)  # [b, s, h, r]
     q = jnp.concatenate([q_nope, q_pe], axis=-1)  # [b, s, h, d]

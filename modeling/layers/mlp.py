@@ -6,6 +6,7 @@ from flax import nnx
 
 from modeling.config import MlpConfig
 from modeling.layers import params
+from modeling.layers.fp8 import project
 
 ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
 
@@ -23,12 +24,12 @@ class GatedMLP(nnx.Module):
       self.down_bias = params.constant(0.0, (d,), ("embed",), param_dtype)
 
   def __call__(self, x):  # x: [b, s, d]
-    dt = x.dtype
-    gate = x @ self.gate_proj[...].astype(dt)
-    up = x @ self.up_proj[...].astype(dt)
+    dt, fp8 = x.dtype, self.cfg.fp8
+    gate = project(x, self.gate_proj[...], fp8)
+    up = project(x, self.up_proj[...], fp8)
     if self.cfg.bias:
       gate, up = gate + self.gate_bias[...].astype(dt), up + self.up_bias[...].astype(dt)
-    out = (ACTIVATIONS[self.cfg.activation](gate) * up) @ self.down_proj[...].astype(dt)
+    out = project(ACTIVATIONS[self.cfg.activation](gate) * up, self.down_proj[...], fp8)
     if self.cfg.bias:
       out = out + self.down_bias[...].astype(dt)
     return out

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from modeling.config import MoeConfig
-from modeling.layers import params
+from modeling.layers import fp8, params
 from parallelism import expert
 
 
@@ -64,8 +64,11 @@ class Experts(nnx.Module):
 
     reduce sums partial down projections when the hidden dim is split (EP).
     """
-    dt = xs.dtype
-    mm = lambda a, name: jax.lax.ragged_dot(a, w[name].astype(dt), sizes)
+    dt, q = xs.dtype, self.cfg.fp8
+    if q is None:
+      mm = lambda a, name: jax.lax.ragged_dot(a, w[name].astype(dt), sizes)
+    else:
+      mm = lambda a, name: fp8.ragged_matmul(a, w[name], sizes, q)
     bias = lambda name: w[name].astype(dt)[expert_ids]  # [m, n] per row
     gate, up = mm(xs, "gate_proj"), mm(xs, "up_proj")  # [m, f]
     if self.cfg.expert_bias:
@@ -75,14 +78,17 @@ class Experts(nnx.Module):
 
   def _batched(self, w, buf, reduce=lambda y: y):
     """buf [E, c, e] -> [E, c, e], every expert on its own slice."""
-    dt = buf.dtype
+    dt, q = buf.dtype, self.cfg.fp8
+    if q is None:
+      mm = lambda a, name: jnp.einsum("xce,xef->xcf", a, w[name].astype(dt))
+    else:
+      mm = lambda a, name: fp8.batched_matmul(a, w[name], q)
     bias = lambda name: w[name].astype(dt)[:, None, :]  # [E, 1, n]
-    gate = jnp.einsum("xce,xef->xcf", buf, w["gate_proj"].astype(dt))
-    up = jnp.einsum("xce,xef->xcf", buf, w["up_proj"].astype(dt))
+    gate, up = mm(buf, "gate_proj"), mm(buf, "up_proj")
     if self.cfg.expert_bias:
       gate, up = gate + bias("gate_bias"), up + bias("up_bias")
     h = ACTIVATIONS[self.cfg.activation](gate, up, self.cfg.swiglu_limit)
-    out = reduce(jnp.einsum("xcf,xfe->xce", h, w["down_proj"].astype(dt)))
+    out = reduce(mm(h, "down_proj"))
     return out + bias("down_bias") if self.cfg.expert_bias else out
 
   def __call__(self, x, weights, indices):

@@ -23,7 +23,9 @@ class MoE(nnx.Module):
     self.router = Router(cfg, rngs=rngs, param_dtype=param_dtype)
     self.experts = Experts(cfg, rngs=rngs, param_dtype=param_dtype)
     if cfg.shared_mlp_dim > 0:
-      shared = MlpConfig(e, cfg.shared_mlp_dim, activation="silu", init_std=cfg.init_std)
+      shared = MlpConfig(
+        e, cfg.shared_mlp_dim, activation="silu", init_std=cfg.init_std, fp8=cfg.fp8
+      )
       self.shared = GatedMLP(shared, rngs=rngs, param_dtype=param_dtype)
     if cfg.shared_gate:
       self.shared_gate = params.normal(rngs, (e, 1), ("embed", None), cfg.init_std, param_dtype)

@@ -1,0 +1,81 @@
+"""Precision policy: which dtype each kind of tensor lives and computes in.
+
+- params: `param_dtype` (float32 master weights by default); gradients match.
+- compute: `compute_dtype` (bfloat16 by default) for matmul inputs and the
+  residual stream; norms, softmax, router and loss run in float32 regardless.
+- optimizer state: `opt_state_dtype` for first moments (AdamW's mu, Muon's
+  momentum); AdamW's second moment stays in the param dtype.
+- FP8-style (`fp8=True`): DeepSeek-V3's tile-scaled E4M3 on the inputs of the
+  linear layers (`modeling/layers/fp8.py`); embedding, head, router, norms and
+  the attention core keep the compute dtype.
+"""
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from modeling.config import DTYPES, DecoderConfig, Fp8, decoder_config
+from modeling.layers.fp8 import FP8_DTYPES
+
+FP8_DOTS = ("auto", "qdq", "blockwise")
+
+
+@dataclasses.dataclass(frozen=True)
+class Policy:
+  param_dtype: Any = jnp.float32
+  compute_dtype: Any = jnp.bfloat16
+  opt_state_dtype: Any = jnp.float32
+  fp8: Fp8 | None = None
+
+
+def native_fp8(device=None) -> bool:
+  """Whether the device multiplies fp8 operands in hardware (NVIDIA sm_89+)."""
+  device = device or jax.devices()[0]
+  capability = getattr(device, "compute_capability", None)
+  if device.platform != "gpu" or not capability:
+    return False
+  major, minor = (int(v) for v in str(capability).split(".")[:2])
+  return (major, minor) >= (8, 9)
+
+
+def _check(ok: bool, message: str):
+  if not ok:
+    raise ValueError(message)
+
+
+def policy(p, device=None) -> Policy:
+  """Validates `config.precision` into a Policy; fp8_dot=auto picks `blockwise`
+  (real fp8 dots) where the device has fp8 hardware, `qdq` elsewhere."""
+  for name in ("param_dtype", "compute_dtype", "opt_state_dtype"):
+    _check(
+      p[name] in DTYPES,
+      f"precision.{name}={p[name]!r} is not valid; use one of {', '.join(DTYPES)}",
+    )
+  fp8 = None
+  if p.fp8:
+    _check(
+      p.fp8_grads in FP8_DTYPES,
+      f"precision.fp8_grads={p.fp8_grads!r} is not valid; use one of {', '.join(FP8_DTYPES)}",
+    )
+    _check(
+      p.fp8_dot in FP8_DOTS,
+      f"precision.fp8_dot={p.fp8_dot!r} is not valid; use one of {', '.join(FP8_DOTS)}",
+    )
+    dot = p.fp8_dot
+    if dot == "auto":
+      dot = "blockwise" if native_fp8(device) else "qdq"
+    fp8 = Fp8(grad_dtype=p.fp8_grads, dot=dot, pow2_scales=p.fp8_pow2_scales)
+  return Policy(
+    param_dtype=jnp.dtype(p.param_dtype),
+    compute_dtype=jnp.dtype(p.compute_dtype),
+    opt_state_dtype=jnp.dtype(p.opt_state_dtype),
+    fp8=fp8,
+  )
+
+
+def model_config(config) -> DecoderConfig:
+  """`config.model` validated and expanded under `config.precision`'s policy."""
+  pol = policy(config.precision)
+  return decoder_config(config.model, pol.param_dtype.name, pol.compute_dtype.name, pol.fp8)
