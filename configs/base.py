@@ -185,6 +185,9 @@ def get_config() -> ml_collections.ConfigDict:
   k = c.checkpoint = ml_collections.ConfigDict()
   k.every = 0  # steps between saves into <workdir>/checkpoints; 0 = only at the end.
   k.keep = 3  # most recent checkpoints kept.
+  k.keep_every = 0  # also keep every step that is a multiple of this; 0 = none.
+  # Saves are asynchronous and commit atomically; SIGTERM saves the current step
+  # and exits cleanly; the same command with the same --workdir resumes.
 
   # ------------------------------------------------------------ precision
   p = c.precision = ml_collections.ConfigDict()
@@ -204,6 +207,9 @@ def get_config() -> ml_collections.ConfigDict:
   # -------------------------------------------------------------- logging
   c.logging = ml_collections.ConfigDict()
   c.logging.progress_bar = True  # tqdm bar on the terminal; metrics.jsonl is always written.
+  c.logging.tensorboard = True  # event files in <workdir>/tensorboard (tensorboardX).
+  c.logging.wandb = False  # also log to Weights & Biases (needs `pip install wandb`).
+  c.logging.wandb_project = "jaxfrontier"
   return c
 
 

@@ -36,6 +36,15 @@ CASES = [  # (extra args, text the one error line must contain)
     ["--config", "configs/llama3.py:tiny", "--config.mesh.fsdp=2"],
     "needs 2 devices but 1 are available",
   ),
+  (
+    [
+      "--config",
+      "configs/llama3.py:tiny",
+      "--config.precision.fp8=True",
+      "--config.precision.fp8_grads=e4m4",
+    ],
+    "precision.fp8_grads='e4m4' is not valid; use one of e4m3, e5m2",
+  ),  # fmt: skip
 ]
 
 
@@ -53,6 +62,7 @@ CASES = [  # (extra args, text the one error line must contain)
     "choice",
     "chunk",
     "mesh",
+    "fp8",
   ],
 )
 def test_bad_input_fails_with_one_line_naming_the_field(args, needle, tmp_path):

@@ -1,12 +1,15 @@
 """Training end to end on the default corpus: loss falls, metrics are written,
 compile time is flat in depth."""
 
+import importlib.util
 import json
 import shutil
+import struct
 import time
 
 import jax
 import numpy as np
+import pytest
 
 from modeling.config import decoder_config
 from tests.conftest import small_train_config
@@ -28,6 +31,34 @@ def test_short_run_writes_metrics_and_loss_falls(tmp_path):
   assert evals[-1]["eval_loss"] < evals[0]["eval_loss"]
   assert result["eval"]["eval_loss"] == evals[-1]["eval_loss"]
   assert (tmp_path / "config.json").exists()
+  scalars = _tensorboard_scalars(tmp_path / "tensorboard")
+  assert [step for step, _ in scalars["loss"]] == [10, 20, 30, 40]
+  np.testing.assert_allclose([v for _, v in scalars["loss"]], [r["loss"] for r in train], rtol=1e-6)
+  assert [step for step, _ in scalars["eval_loss"]] == [20, 40]
+
+
+def _tensorboard_scalars(directory) -> dict:
+  """tag -> [(step, value)] read back from the TFRecord event files."""
+  from tensorboardX.proto import event_pb2  # noqa: PLC0415
+
+  out = {}
+  for path in sorted(directory.glob("events.out.tfevents.*")):
+    data, pos = path.read_bytes(), 0
+    while pos < len(data):
+      (length,) = struct.unpack("<Q", data[pos : pos + 8])
+      event = event_pb2.Event.FromString(data[pos + 12 : pos + 12 + length])
+      pos += 12 + length + 4  # length, its crc, the record, its crc
+      for value in event.summary.value:
+        out.setdefault(value.tag, []).append((event.step, value.simple_value))
+  return out
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed")
+def test_wandb_without_the_package_fails_before_training(tmp_path):
+  config = small_train_config("llama3", steps=10)
+  config.logging.wandb = True
+  with pytest.raises(ValueError, match="logging.wandb=True needs the wandb package"):
+    Trainer(config, str(tmp_path))
 
 
 def test_rerun_in_same_workdir_resumes_from_checkpoint(tmp_path):

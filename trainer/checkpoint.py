@@ -1,8 +1,18 @@
-"""Checkpoints on orbax's CheckpointManager: the train state (step, params,
-optimizer state) plus the grain iterator state, committed atomically by orbax
-(written to a temporary directory, renamed when complete). Each process saves
-its own iterator (grain's handler writes process_I-of-N.json): processes read
-different rows of the batch."""
+"""Checkpoints on orbax's CheckpointManager.
+
+A checkpoint holds the train state (step, params, optimizer state, model state
+such as the aux-loss-free router biases), each process's grain iterator state
+(grain's handler writes process_I-of-N.json: processes read different rows of
+the batch) and the resolved config as JSON.
+
+Saves are asynchronous: `save` returns once the arrays are copied off the
+devices, and orbax writes them in the background into a temporary directory
+that is renamed to the step number only when complete (the atomic commit).
+A run killed mid-save leaves only the temporary directory, which restore
+never reads and the next start deletes. Kept: the `keep` most recent steps
+plus every step that is a multiple of `keep_every`. Restore takes the target
+shardings from the abstract state, so a checkpoint restores onto any mesh.
+"""
 
 import pathlib
 
@@ -11,28 +21,42 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  def __init__(self, workdir: str, every: int, keep: int):
+  def __init__(self, workdir: str, every: int, keep: int, keep_every: int = 0):
     self.every = every
     self.manager = ocp.CheckpointManager(
       pathlib.Path(workdir).absolute() / "checkpoints",
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True),
-      item_names=("state", "data"),
+      options=ocp.CheckpointManagerOptions(
+        max_to_keep=keep,
+        keep_period=keep_every or None,
+        create=True,
+        enable_async_checkpointing=True,
+        cleanup_tmp_directories=True,
+      ),
+      item_names=("state", "data", "config"),
     )
 
   def due(self, step: int) -> bool:
     return self.every > 0 and step % self.every == 0
 
-  def save(self, step: int, state, data_iter):
+  def save(self, step: int, state, data_iter, config: dict):
     self.manager.save(
       step,
       args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), data=grain.checkpoint.CheckpointSave(data_iter)
+        state=ocp.args.StandardSave(state),
+        data=grain.checkpoint.CheckpointSave(data_iter),
+        config=ocp.args.JsonSave(config),
       ),
       force=True,
     )
 
   def latest_step(self):
     return self.manager.latest_step()
+
+  def saved_config(self) -> dict:
+    """The config the latest committed checkpoint was written with."""
+    step = self.manager.latest_step()
+    restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+    return restored.config
 
   def restore(self, abstract_state, data_iter):
     """The state of the latest committed step (`abstract_state` gives shapes and

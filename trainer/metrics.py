@@ -1,9 +1,11 @@
 """FLOP counts for MFU, device peaks, and the metrics writer (JSONL + terminal)."""
 
+import importlib.util
 import json
 import pathlib
 
 import jax
+import tensorboardX
 
 from modeling.config import DecoderConfig, MlaConfig, MoeConfig
 
@@ -81,25 +83,67 @@ def _ffn_params(m) -> int:
   return 3 * m.embed_dim * m.mlp_dim
 
 
-class Writer:
-  """Appends one JSON object per record to <workdir>/metrics.jsonl; a no-op
-  unless `enabled` (in multi-process runs only process 0 writes)."""
+def check_logging(logging_cfg):
+  """Fails before anything compiles if a requested logger is not installed."""
+  if logging_cfg.wandb and importlib.util.find_spec("wandb") is None:
+    raise ValueError(
+      "logging.wandb=True needs the wandb package: pip install wandb, or set logging.wandb=False"
+    )
 
-  def __init__(self, workdir: str, enabled: bool = True):
+
+class Writer:
+  """Appends one JSON object per record to <workdir>/metrics.jsonl, and the
+  same numbers as TensorBoard scalars (per-layer lists as `name/i`) under
+  <workdir>/tensorboard and to wandb when asked; a no-op unless `enabled` (in
+  multi-process runs only process 0 writes)."""
+
+  def __init__(self, workdir: str, enabled: bool = True, logging_cfg=None, config: dict = None):
     self.path = pathlib.Path(workdir) / "metrics.jsonl"
-    self._file = None
-    if enabled:
-      self.path.parent.mkdir(parents=True, exist_ok=True)
-      self._file = self.path.open("a")
+    self._file = self._tb = self._wandb = None
+    if not enabled:
+      return
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._file = self.path.open("a")
+    if logging_cfg is not None and logging_cfg.tensorboard:
+      self._tb = tensorboardX.SummaryWriter(str(self.path.parent / "tensorboard"))
+    if logging_cfg is not None and logging_cfg.wandb:
+      import wandb  # noqa: PLC0415 - optional dependency, checked by check_logging.
+
+      self._wandb = wandb.init(
+        project=logging_cfg.wandb_project, dir=str(self.path.parent), config=config
+      )
 
   def write(self, record: dict):
-    if self._file:
-      self._file.write(json.dumps({k: _plain(v) for k, v in record.items()}) + "\n")
-      self._file.flush()
+    if not self._file:
+      return
+    record = {k: _plain(v) for k, v in record.items()}
+    self._file.write(json.dumps(record) + "\n")
+    self._file.flush()
+    scalars = dict(_scalars(record))
+    if self._tb:
+      for name, value in scalars.items():
+        self._tb.add_scalar(name, value, record["step"])
+      self._tb.flush()
+    if self._wandb:
+      self._wandb.log(scalars, step=record["step"])
 
   def close(self):
     if self._file:
       self._file.close()
+    if self._tb:
+      self._tb.close()
+    if self._wandb:
+      self._wandb.finish()
+
+
+def _scalars(record: dict):
+  for name, value in record.items():
+    if name == "step":
+      continue
+    if isinstance(value, (int, float)):
+      yield name, value
+    elif isinstance(value, list) and all(isinstance(v, (int, float)) for v in value):
+      yield from ((f"{name}/{i}", v) for i, v in enumerate(value))
 
 
 def _plain(v):

@@ -6,7 +6,10 @@ checkpoints live in the loop around it.
 """
 
 import contextlib
+import json
 import pathlib
+import signal
+import threading
 import time
 
 import jax
@@ -15,6 +18,8 @@ import numpy as np
 import optax
 import tqdm
 from flax import nnx
+from flax import traverse_util
+from jax.experimental import multihost_utils
 
 from modeling.losses import cross_entropy, mtp_losses
 from modeling.moe import balance
@@ -33,6 +38,7 @@ def validate(config):
     if t[name] <= 0:
       raise ValueError(f"train.{name}={t[name]} must be positive")
   optim.validate(config.optim, t.steps)
+  metrics.check_logging(config.logging)
   if config.optim.qk_clip_tau > 0 and config.model.qk_norm != "none":
     raise ValueError(
       f"optim.qk_clip_tau={config.optim.qk_clip_tau} rescales query/key weights, which "
@@ -55,6 +61,23 @@ def validate(config):
     )
   check_batch_fits(t.batch_size, shape)
   return model_cfg
+
+
+def check_same_model(saved: dict, current: dict):
+  """Resuming a workdir with a different `model` config is an error naming the fields."""
+  before = traverse_util.flatten_dict(saved.get("model", {}), sep=".")
+  now = traverse_util.flatten_dict(current["model"], sep=".")
+  changed = [
+    f"model.{k}: {before.get(k, '(absent)')!r} in the checkpoint, {now.get(k, '(absent)')!r} now"
+    for k in sorted(set(before) | set(now))
+    if before.get(k) != now.get(k)
+  ]
+  if changed:
+    raise ValueError(
+      "the workdir's checkpoint was trained with a different model config ("
+      + "; ".join(changed)
+      + "); use a new --workdir or the checkpoint's settings"
+    )
 
 
 def mtp_weight_schedule(mtp_cfg, steps: int):
@@ -201,6 +224,13 @@ class Trainer:
     self.config, self.workdir = config, pathlib.Path(workdir)
     self.model_cfg = validate(config)
     t = config.train
+    self.config_dict = json.loads(config.to_json_best_effort())
+    self.checkpointer = Checkpointer(
+      str(self.workdir), config.checkpoint.every, config.checkpoint.keep,
+      config.checkpoint.keep_every,
+    )  # fmt: skip
+    if self.checkpointer.latest_step() is not None:
+      check_same_model(self.checkpointer.saved_config(), self.config_dict)
     self.mesh = make_mesh(config.mesh)
     self.rules = rules.with_overrides(config.mesh.rules)
     graphdef, params, model_state = state_lib.init(self.model_cfg, self.mesh, t.seed, self.rules)
@@ -237,10 +267,8 @@ class Trainer:
       rows=self.rows,
     )
     self.data_iter = iter(self.dataset)
-    self.checkpointer = Checkpointer(
-      str(self.workdir), config.checkpoint.every, config.checkpoint.keep
-    )
     self._restore_or_record_config()
+    self._stop_requested = False
 
   def _restore_or_record_config(self):
     config_path = self.workdir / "config.json"
@@ -272,10 +300,15 @@ class Trainer:
     return total / max(weight, 1.0)
 
   def run(self) -> dict:
-    """Trains to train.steps; returns the last train and eval records."""
+    """Trains to train.steps, or until SIGTERM (then saves the step it is on and
+    returns with `preempted` True); returns the last train and eval records."""
+    with self._sigterm_saves():
+      return self._run()
+
+  def _run(self) -> dict:
     cfg, t = self.config, self.config.train
     primary = jax.process_index() == 0
-    writer = metrics.Writer(str(self.workdir), enabled=primary)
+    writer = metrics.Writer(str(self.workdir), primary, cfg.logging, self.config_dict)
     eval_data = data.eval_batches(
       cfg.data, batch_size=t.batch_size, seq_len=t.seq_len, max_batches=t.eval_batches
     )
@@ -289,7 +322,7 @@ class Trainer:
       disable=not (cfg.logging.progress_bar and primary),
       dynamic_ncols=True,
     )
-    last_train, last_eval, pending = {}, {}, []
+    last_train, last_eval, pending, preempted = {}, {}, [], False
     tic = time.perf_counter()
     for step in range(start + 1, t.steps + 1):
       self.state, step_metrics = self._train_step(self.state, self.put(next(self.data_iter)))
@@ -321,12 +354,44 @@ class Trainer:
         if primary:
           bar.write(f"step {step}: eval_loss {last_eval['eval_loss']:.4f}")
         tic = time.perf_counter()
-      if self.checkpointer.due(step) or step == t.steps:
-        self.checkpointer.save(step, self.state, self.data_iter)
+      preempted = self._preempted(step)
+      if self.checkpointer.due(step) or step == t.steps or preempted:
+        self.checkpointer.save(step, self.state, self.data_iter, self.config_dict)
+      if preempted:
+        if primary:
+          bar.write(f"SIGTERM: saved step {step}; run the same command to resume")
+        break
     bar.close()
     writer.close()
     self.checkpointer.close()
-    return {"train": last_train, "eval": last_eval}
+    return {"train": last_train, "eval": last_eval, "preempted": preempted}
+
+  @contextlib.contextmanager
+  def _sigterm_saves(self):
+    """While training, SIGTERM (preemption) asks for a save at the end of the step."""
+    if threading.current_thread() is not threading.main_thread():
+      yield
+      return
+
+    def request(signum, frame):
+      del signum, frame
+      self._stop_requested = True
+
+    previous = signal.signal(signal.SIGTERM, request)
+    try:
+      yield
+    finally:
+      signal.signal(signal.SIGTERM, previous)
+
+  def _preempted(self, step: int) -> bool:
+    """Whether to save and stop after `step`. With several processes, all agree
+    at log steps (one all-gather of a flag) so they save the same step."""
+    if jax.process_count() == 1:
+      return self._stop_requested
+    if step % self.config.train.log_every:
+      return False
+    flags = multihost_utils.process_allgather(np.array(self._stop_requested))
+    return bool(np.any(flags))
 
   def _check_finite(self, record):
     if not np.isfinite(record["loss"]):
