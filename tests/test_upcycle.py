@@ -56,8 +56,10 @@ def test_upcycled_run_starts_at_the_dense_loss(tmp_path):
   dense_cfg = small_train_config("llama3", steps=30)
   Trainer(dense_cfg, str(tmp_path / "dense")).run()
   moe_cfg = _moe(small_train_config("llama3", steps=10))
+  dense_record = (tmp_path / "dense" / "config.json").read_text()
   step = upcycle.upcycle(moe_cfg, str(tmp_path / "dense"), str(tmp_path / "moe"))
   assert step == 30
+  assert (tmp_path / "dense" / "config.json").read_text() == dense_record  # source untouched
   with pytest.raises(ValueError, match="already has checkpoints"):
     upcycle.upcycle(moe_cfg, str(tmp_path / "dense"), str(tmp_path / "moe"))
   # The first eval of the MoE run (step 0 weights seen at step 10's batches) vs dense.

@@ -267,19 +267,12 @@ class Trainer:
       rows=self.rows,
     )
     self.data_iter = iter(self.dataset)
-    self._restore_or_record_config()
-    self._stop_requested = False
-
-  def _restore_or_record_config(self):
-    config_path = self.workdir / "config.json"
     if self.checkpointer.latest_step() is not None:
       abstract = jax.tree.map(
         lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state
       )
       self.state = self.checkpointer.restore(abstract, self.data_iter)
-    self.workdir.mkdir(parents=True, exist_ok=True)
-    if jax.process_index() == 0:
-      config_path.write_text(self.config.to_json_best_effort(indent=2))
+    self._stop_requested = False
 
   def put(self, rows):
     """This process's rows (`self.rows`) of a batch -> global sharded arrays."""
@@ -308,6 +301,8 @@ class Trainer:
   def _run(self) -> dict:
     cfg, t = self.config, self.config.train
     primary = jax.process_index() == 0
+    if primary:  # the config this run trains with (each checkpoint also holds its own)
+      (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
     writer = metrics.Writer(str(self.workdir), primary, cfg.logging, self.config_dict)
     eval_data = data.eval_batches(
       cfg.data, batch_size=t.batch_size, seq_len=t.seq_len, max_batches=t.eval_batches

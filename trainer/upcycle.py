@@ -19,6 +19,7 @@ everything else (attention, norms, embedding, head) is copied.
 """
 
 import copy
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -107,11 +108,12 @@ def upcycle_params(
 def upcycle(config, dense_workdir: str, workdir: str, **options) -> int:
   """Restores the dense run in `dense_workdir` (its model = `config` with dense
   FFNs), writes the upcycled MoE as step 0 of a run in `workdir`. Training it is
-  `scripts/train.py` with the same config and workdir. Returns the dense step."""
+  `scripts/train.py` with the same config and workdir. Returns the dense step.
+  `options` are `upcycle_params`'s."""
   check(config, options.get("granularity", 1), options.get("router_init", "zeros"))
-  source = Trainer(dense_config(config), dense_workdir)
-  if source.checkpointer.latest_step() is None:
+  if not any((pathlib.Path(dense_workdir) / "checkpoints").glob("[0-9]*")):
     raise ValueError(f"no checkpoint in {dense_workdir}/checkpoints to upcycle")
+  source = Trainer(dense_config(config), dense_workdir)  # restores; writes nothing
   target = Trainer(config, workdir)
   if target.checkpointer.latest_step() is not None:
     raise ValueError(f"{workdir} already has checkpoints; upcycle into a new workdir")
