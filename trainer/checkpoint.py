@@ -17,7 +17,26 @@ shardings from the abstract state, so a checkpoint restores onto any mesh.
 import pathlib
 
 import grain
+import ml_collections
 import orbax.checkpoint as ocp
+from flax import traverse_util
+
+from configs import base
+
+
+def config_from_saved(saved: dict) -> ml_collections.ConfigDict:
+  """The locked run config from a checkpoint's JSON (lists back to tuples where
+  the field is one)."""
+  config = base.get_config()
+  for path, value in traverse_util.flatten_dict(saved).items():
+    node = config
+    for name in path[:-1]:
+      node = node[name]
+    if isinstance(node[path[-1]], tuple):
+      value = tuple(value)
+    node[path[-1]] = value
+  config.lock()
+  return config
 
 
 class Checkpointer:

@@ -234,6 +234,7 @@ class Trainer:
     self.mesh = make_mesh(config.mesh)
     self.rules = rules.with_overrides(config.mesh.rules)
     graphdef, params, model_state = state_lib.init(self.model_cfg, self.mesh, t.seed, self.rules)
+    self.graphdef = graphdef  # nnx.merge(graphdef, params, model_state) is the model.
     tx, self.lr = optim.make(
       config.optim,
       t.steps,

@@ -5,7 +5,9 @@ the HF defaults for keys a config.json may omit, the `config.model` fields the
 HF modeling code hard-codes, the config.json values it cannot take, the names
 of the per-layer norm tensors and of any tensors named unlike the shared
 tables, and small rules that give each layer's attention kind, positional kind
-and FFN kind. `loader.py` holds the only logic; nothing there names a family.
+and FFN kind, and the inverse rule (`layout`) that writes those layer kinds back
+as the keys its HF config reads. `loader.py` and `export.py` hold the only
+logic; nothing there names a family.
 """
 
 import dataclasses
@@ -69,6 +71,15 @@ ACTIVATIONS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class Layers:
+  """Per-layer kinds of a model, as the `layout` rules read them."""
+
+  types: list  # FULL | SLIDING | CHUNKED per layer.
+  ropes: list  # True where the layer uses RoPE.
+  ffns: list  # DENSE | MOE per layer.
+
+
 def _all_full(hf):
   return [FULL] * hf["num_hidden_layers"]
 
@@ -100,6 +111,9 @@ class Family:
   #   last one (multi-token-prediction modules), which we do not load.
   derived: Callable = lambda hf: {}  # hf dict -> config.model fields computed from
   #   several keys.
+  architecture: str = ""  # the HF model class written into an export's config.json.
+  layout: Callable = lambda m, layers: {}  # (resolved config.model, Layers) -> the
+  #   config.json keys that give those layer kinds and `derived` fields (export).
 
 
 # Multimodal checkpoints whose language model we load: model_type -> (the
@@ -190,6 +204,49 @@ def _llama4_temperature(hf):
   }
 
 
+# ---- export: layer kinds -> config.json keys (the inverses of the rules above)
+
+
+def _layer_types_layout(m, lay):
+  return {"layer_types": lay.types}
+
+
+def _qwen3_layout(m, lay):
+  return {"use_sliding_window": SLIDING in lay.types, "layer_types": lay.types}
+
+
+def _qwen3_moe_layout(m, lay):
+  return {
+    "use_sliding_window": SLIDING in lay.types,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [i for i, f in enumerate(lay.ffns) if f == DENSE],
+  }
+
+
+def _smollm3_layout(m, lay):
+  return {
+    "no_rope_layers": [int(r) for r in lay.ropes],
+    "use_sliding_window": SLIDING in lay.types,
+    "layer_types": lay.types,
+  }
+
+
+def _first_k_dense_layout(m, lay):
+  first_moe = next((i for i, f in enumerate(lay.ffns) if f == MOE), len(lay.ffns))
+  return {"first_k_dense_replace": first_moe, "num_nextn_predict_layers": 0}
+
+
+def _llama4_layout(m, lay):
+  return {
+    "no_rope_layers": [int(r) for r in lay.ropes],
+    "layer_types": lay.types,
+    "attention_chunk_size": m.attention_chunk or None,
+    "moe_layers": [i for i, f in enumerate(lay.ffns) if f == MOE],
+    "attn_temperature_tuning": m.nope_temperature_scale > 0,
+    "attn_scale": m.nope_temperature_scale or 0.1,
+  }
+
+
 _LLAMA_DEFAULTS = dict(
   rms_norm_eps=1e-6,
   tie_word_embeddings=False,
@@ -228,6 +285,8 @@ _DEEPSEEK_V3 = dict(
   norms=PRE_NORMS,
   ffn_layers=_first_k_dense_layers,
   extra_layers_key="num_nextn_predict_layers",
+  architecture="DeepseekV3ForCausalLM",
+  layout=_first_k_dense_layout,
   # HF DeepSeek-V3 always routes by sigmoid + e_score_correction_bias; MLA has no biases.
   required=dict(
     attention_bias=False, hidden_act="silu", scoring_func="sigmoid", topk_method="noaux_tc"
@@ -237,6 +296,7 @@ _DEEPSEEK_V3 = dict(
 FAMILIES = {
   "llama": Family(
     name="llama3",
+    architecture="LlamaForCausalLM",
     fields={**COMMON_FIELDS, **ATTENTION_BIAS, "mlp_bias": "mlp_bias"},
     defaults=_LLAMA_DEFAULTS,
     model={},
@@ -244,6 +304,8 @@ FAMILIES = {
   ),
   "qwen3": Family(
     name="qwen3",
+    architecture="Qwen3ForCausalLM",
+    layout=_qwen3_layout,
     fields={**COMMON_FIELDS, **ATTENTION_BIAS},
     defaults=dict(
       _LLAMA_DEFAULTS,
@@ -259,6 +321,8 @@ FAMILIES = {
   ),
   "gemma3_text": Family(
     name="gemma3",
+    architecture="Gemma3ForCausalLM",
+    layout=_layer_types_layout,
     fields={
       **COMMON_FIELDS,
       **ATTENTION_BIAS,
@@ -294,6 +358,7 @@ FAMILIES = {
   ),
   "olmo2": Family(
     name="olmo2",
+    architecture="Olmo2ForCausalLM",
     fields={**COMMON_FIELDS, **ATTENTION_BIAS},
     defaults=dict(_LLAMA_DEFAULTS, rms_norm_eps=1e-5),
     model=dict(norm_placement="post", qk_norm="full"),
@@ -301,6 +366,8 @@ FAMILIES = {
   ),
   "smollm3": Family(
     name="smollm3",
+    architecture="SmolLM3ForCausalLM",
+    layout=_smollm3_layout,
     fields={**COMMON_FIELDS, **ATTENTION_BIAS, "mlp_bias": "mlp_bias"},
     defaults=dict(
       _LLAMA_DEFAULTS,
@@ -319,6 +386,7 @@ FAMILIES = {
   ),
   "mistral": Family(
     name="mistral",
+    architecture="MistralForCausalLM",
     fields=COMMON_FIELDS,  # HF Mistral has no attention or MLP bias.
     defaults=dict(_LLAMA_DEFAULTS, sliding_window=4096, max_position_embeddings=131_072),
     model={},
@@ -330,6 +398,8 @@ FAMILIES = {
   "kimi_k2": Family(name="kimi_k2", **_DEEPSEEK_V3),
   "qwen3_moe": Family(
     name="qwen3_moe",
+    architecture="Qwen3MoeForCausalLM",
+    layout=_qwen3_moe_layout,
     fields={
       **COMMON_FIELDS,
       **ATTENTION_BIAS,
@@ -356,6 +426,8 @@ FAMILIES = {
   ),
   "glm4_moe": Family(
     name="glm4_moe",
+    architecture="Glm4MoeForCausalLM",
+    layout=_first_k_dense_layout,
     fields={
       **COMMON_FIELDS,
       **DEEPSEEK_MOE_FIELDS,
@@ -387,6 +459,8 @@ FAMILIES = {
   ),
   "gpt_oss": Family(
     name="gpt_oss",
+    architecture="GptOssForCausalLM",
+    layout=_layer_types_layout,
     fields={
       **COMMON_FIELDS,
       **ATTENTION_BIAS,
@@ -432,6 +506,8 @@ FAMILIES = {
   ),
   "llama4_text": Family(
     name="llama4",
+    architecture="Llama4ForCausalLM",
+    layout=_llama4_layout,
     fields={
       **COMMON_FIELDS,
       **ATTENTION_BIAS,
@@ -483,6 +559,7 @@ FAMILIES = {
   ),
   "minimax_m2": Family(
     name="minimax_m2",
+    architecture="MiniMaxM2ForCausalLM",
     fields={
       **COMMON_FIELDS,
       "moe.num_experts": "num_local_experts",
