@@ -172,9 +172,17 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ----------------------------------------------------------------- data
   d = c.data = ml_collections.ConfigDict()
-  d.path = ""  # glob of text files; "" = the default corpus (Python stdlib sources).
-  d.tokenizer = "byte"  # byte: UTF-8 bytes 0..255 plus EOS 256.
-  d.eval_fraction = 0.02  # fraction of files held out for eval (by a hash of the path).
+  d.path = ""  # glob of text / JSONL files, or a directory from scripts/prepare_data.py;
+  #   "" = the default corpus (Python stdlib sources).
+  d.format = "auto"  # auto (JSONL for *.jsonl / *.json, a prepared directory by its
+  #   meta.json, else text) | text (a file is a document) | jsonl (a line is a document)
+  #   | arrayrecord (a prepared directory).
+  d.field = "text"  # JSONL: the key holding each document's text.
+  d.tokenizer = "byte"  # byte: UTF-8 bytes 0..255 plus EOS 256 | path to a tokenizer.json.
+  d.eos_token = ""  # tokenizer.json: the end-of-document token; "" = the first of
+  #   <|endoftext|>, </s>, <eos>, <|end_of_text|> it has.
+  d.eval_fraction = 0.02  # fraction of files held out for eval (by a hash of the path);
+  #   a prepared directory has its own eval shards.
   # Each train batch is `shards` blocks of rows, block j packed from files[j::shards];
   # a process reads only the blocks of its own rows. 0 = one block per process. Fix it
   # (to a multiple of every process count you will use) to get the same batches on

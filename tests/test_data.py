@@ -4,17 +4,17 @@ import itertools
 import pathlib
 import sysconfig
 
-import ml_collections
 import numpy as np
 import pytest
 
+from configs import base
 from trainer import data
 
 
-def _cfg(path="", eval_fraction=0.02, tokenizer="byte"):
-  return ml_collections.ConfigDict(
-    dict(path=path, tokenizer=tokenizer, eval_fraction=eval_fraction)
-  )
+def _cfg(path="", eval_fraction=0.02, tokenizer="byte", **kw):
+  cfg = base.get_config().data
+  cfg.update(dict(path=path, tokenizer=tokenizer, eval_fraction=eval_fraction, **kw))
+  return cfg
 
 
 def _first_batches(cfg, n, *, split="train", seed=0, batch_size=2, seq_len=64, **kw):
@@ -121,7 +121,7 @@ def test_segment_ids_count_up_from_one_along_a_row_then_padding(batch, request):
 
 
 def test_inputs_decode_to_the_exact_bytes_of_the_files_separated_by_eos(tmp_path):
-  docs = {"a.txt": b"first file\n", "b.txt": b"\xff\xfe not utf-8 \x00", "c.txt": b"third"}
+  docs = {"a.txt": b"first file\n", "b.txt": "caf\u00e9 \x00 \u2603".encode(), "c.txt": b"third"}
   cfg = _cfg(_write_docs(tmp_path, docs), eval_fraction=1.0)  # eval: one pass, in order
   (batch,) = _first_batches(cfg, 1, split="eval", batch_size=1, seq_len=64)
   tokens = batch["inputs"][0][batch["segment_ids"][0] != 0]

@@ -1,28 +1,183 @@
-"""Byte-level text data: file lists, deterministic splits, packed grain batches.
+"""Text data: sources, tokenizers, deterministic splits, packed grain batches.
 
-A document is one file: its bytes (ids 0..255) followed by EOS. Documents are
-concatenated and split into rows of `seq_len + 1` tokens by grain's
-ConcatThenSplitIterDataset, which also gives per-row segment ids and positions;
-each row is then shifted into (inputs, targets).
+Sources (`data.format`): text files (a file is one document), JSONL (a line is
+one document: the string under `data.field`), both by glob, or a directory of
+tokenized ArrayRecord shards written by `scripts/prepare_data.py` (a record is
+one document). Tokenizers (`data.tokenizer`): `byte` (UTF-8 bytes 0..255, EOS
+256) or a local `tokenizer.json` (the `tokenizers` package). A document is its
+tokens followed by EOS. Documents are concatenated and split into rows of
+`seq_len + 1` tokens by grain's ConcatThenSplitIterDataset, which also gives
+per-row segment ids and positions; each row is shifted into (inputs, targets).
+
+Input that cannot be a document is skipped and counted by reason (`Skipped`):
+empty files or texts, invalid UTF-8, JSONL lines that are not JSON, records
+without a string `data.field`. The trainer reports the counts.
 """
 
+import functools
 import glob
 import hashlib
+import json
 import os
 import pathlib
 import sysconfig
+import threading
 
 import grain
 import numpy as np
 
 EOS_ID = 256
 BYTE_VOCAB_SIZE = 257
+FORMATS = ("auto", "text", "jsonl", "arrayrecord")
+SKIP_REASONS = ("empty", "invalid_utf8", "bad_json", "missing_field")
+META_FILE = "meta.json"  # a prepared directory's description (scripts/prepare_data.py)
+# tokenizer.json end-of-text tokens tried, in order, when data.eos_token is "".
+_EOS_TOKENS = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
 
 _EXCLUDED_DIRS = ("site-packages", "dist-packages")
 _GLOB_CHARS = set("*?[")
+_JSONL_SUFFIXES = (".jsonl", ".json")
 # Local files are cheap to read: a few threads and a small buffer keep the
 # first batch fast and memory bounded even for large files.
 _READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=64)
+
+
+# --------------------------------------------------------------- tokenizers
+
+
+class Tokenizer:
+  """`byte` or a local tokenizer.json: text -> int32 ids with EOS appended."""
+
+  def __init__(self, spec: str, eos_token: str = ""):
+    self.spec = spec
+    if spec == "byte":
+      self.vocab_size, self.eos_id, self.fingerprint, self._hf = (
+        BYTE_VOCAB_SIZE,
+        EOS_ID,
+        "byte",
+        None,
+      )
+      return
+    path = pathlib.Path(os.path.expanduser(spec))
+    if not path.is_file():
+      raise ValueError(
+        f"data.tokenizer={spec!r} is neither 'byte' nor an existing tokenizer.json file"
+      )
+    import tokenizers  # noqa: PLC0415 - only runs that use a tokenizer.json need it
+
+    self._hf = tokenizers.Tokenizer.from_file(str(path))
+    self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
+    self.fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    names = (
+      [eos_token] if eos_token else [t for t in _EOS_TOKENS if self._hf.token_to_id(t) is not None]
+    )
+    if not names or self._hf.token_to_id(names[0]) is None:
+      raise ValueError(
+        f"data.eos_token={eos_token!r}: {spec} has no such token; set data.eos_token to its "
+        "end-of-text token"
+        if eos_token
+        else f"{spec} has none of {', '.join(_EOS_TOKENS)}; set data.eos_token to its end-of-text token"
+      )
+    self.eos_id = self._hf.token_to_id(names[0])
+
+  def encode(self, text: str, raw: bytes | None = None) -> np.ndarray:
+    """Token ids of `text` (its UTF-8 bytes `raw`, if at hand) followed by EOS."""
+    if self._hf is None:
+      raw = text.encode("utf-8") if raw is None else raw
+      ids = np.frombuffer(raw, np.uint8)
+    else:
+      ids = self._hf.encode(text, add_special_tokens=False).ids
+    tokens = np.empty(len(ids) + 1, np.int32)
+    tokens[:-1] = ids
+    tokens[-1] = self.eos_id
+    return tokens
+
+
+@functools.cache
+def tokenizer(spec: str, eos_token: str = "") -> Tokenizer:
+  return Tokenizer(spec, eos_token)
+
+
+def data_tokenizer(data_cfg) -> Tokenizer:
+  return tokenizer(data_cfg.tokenizer, data_cfg.eos_token)
+
+
+# ---------------------------------------------------------- skipped input
+
+
+class Skipped:
+  """Counts of skipped input by reason, with the first place each was seen.
+  Thread-safe: grain reads files on several threads."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self.counts = dict.fromkeys(SKIP_REASONS, 0)
+    self.first = {}
+
+  def add(self, reason: str, where: str):
+    with self._lock:
+      self.counts[reason] += 1
+      self.first.setdefault(reason, where)
+
+  def total(self) -> int:
+    return sum(self.counts.values())
+
+  def summary(self) -> str:
+    """e.g. "2 invalid_utf8 (first: a.txt), 1 empty (first: b.txt)"; "" if none."""
+    return ", ".join(
+      f"{n} {reason} (first: {self.first[reason]})" for reason, n in self.counts.items() if n
+    )
+
+
+def _decode(raw: bytes, where: str, skipped: Skipped) -> str | None:
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError:
+    skipped.add("invalid_utf8", where)
+    return None
+
+
+def _jsonl_documents(raw: bytes, path: str, field: str, tok: Tokenizer, skipped: Skipped):
+  for number, line in enumerate(raw.splitlines(), 1):
+    if not line.strip():
+      continue  # blank lines hold no record
+    where = f"{path}:{number}"
+    text = _decode(line, where, skipped)
+    if text is None:
+      continue
+    try:
+      record = json.loads(text)
+    except json.JSONDecodeError:
+      skipped.add("bad_json", where)
+      continue
+    value = record.get(field) if isinstance(record, dict) else None
+    if not isinstance(value, str):
+      skipped.add("missing_field", where)
+    elif not value:
+      skipped.add("empty", where)
+    else:
+      yield tok.encode(value)
+
+
+def read_documents(path, fmt: str, field: str, tok: Tokenizer, skipped: Skipped) -> list:
+  """One text or JSONL file -> its documents' token arrays (int32, EOS last)."""
+  path = str(path)
+  with open(path, "rb") as f:
+    raw = f.read()
+  if file_format(path, fmt) == "jsonl":
+    return list(_jsonl_documents(raw, path, field, tok, skipped))
+  if not raw:
+    skipped.add("empty", path)
+    return []
+  text = _decode(raw, path, skipped)
+  return [] if text is None else [tok.encode(text, raw)]
+
+
+def file_format(path: str, fmt: str) -> str:
+  """text | jsonl for one input file (`auto`: JSONL by a .jsonl / .json suffix)."""
+  if fmt == "auto":
+    return "jsonl" if str(path).endswith(_JSONL_SUFFIXES) else "text"
+  return fmt
 
 
 def default_corpus_files() -> list[pathlib.Path]:
@@ -68,36 +223,66 @@ def _glob_root(pattern: str) -> pathlib.Path:
 
 
 def resolve_files(data_cfg) -> tuple[list[pathlib.Path], pathlib.Path]:
-  """(files sorted by relative path, root) for data_cfg.path ("" = stdlib corpus)."""
-  if data_cfg.tokenizer != "byte":
-    raise ValueError(f"data.tokenizer={data_cfg.tokenizer!r} is not supported; use 'byte'")
+  """(files sorted by relative path, root) for data_cfg.path ("" = stdlib corpus);
+  for a prepared directory, its ArrayRecord shards."""
+  check(data_cfg)
   path = data_cfg.path
   if path == "":
     return default_corpus_files(), pathlib.Path(sysconfig.get_paths()["stdlib"])
+  if is_prepared(data_cfg):
+    root = pathlib.Path(os.path.expanduser(path))
+    return sorted(root.glob("*.array_record")), root
   pattern = os.path.expanduser(path)
   root = _glob_root(pattern)
   files = [pathlib.Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
   if not files:
     raise ValueError(
-      f"data.path={path!r} matches no files; point it at existing text files or "
-      "leave it empty for the default corpus"
+      f"data.path={path!r} matches no files; point it at existing text or JSONL files, "
+      "a directory from scripts/prepare_data.py, or leave it empty for the default corpus"
     )
   files.sort(key=lambda f: f.relative_to(root).as_posix())
   return files, root
 
 
-def _read_tokens(path: str) -> dict[str, np.ndarray]:
-  """One document: {"tokens": int32 [n_bytes + 1]} (bytes then EOS)."""
-  with open(path, "rb") as f:
-    data = f.read()
-  tokens = np.empty(len(data) + 1, np.int32)
-  tokens[:-1] = np.frombuffer(data, np.uint8)
-  tokens[-1] = EOS_ID
-  return {"tokens": tokens}
+def is_prepared(data_cfg) -> bool:
+  """Whether data.path is a directory written by scripts/prepare_data.py."""
+  if not data_cfg.path or data_cfg.format not in ("auto", "arrayrecord"):
+    return False
+  return (pathlib.Path(os.path.expanduser(data_cfg.path)) / META_FILE).is_file()
 
 
-def _is_nonempty(doc: dict[str, np.ndarray]) -> bool:
-  return len(doc["tokens"]) > 1  # more than the EOS
+def check(data_cfg):
+  """data.format / data.tokenizer errors, and a prepared directory's tokenizer
+  against data.tokenizer."""
+  if data_cfg.format not in FORMATS:
+    raise ValueError(f"data.format={data_cfg.format!r} is not valid; use one of {FORMATS}")
+  tok = data_tokenizer(data_cfg)
+  prepared = is_prepared(data_cfg)
+  if data_cfg.format == "arrayrecord" and not prepared:
+    raise ValueError(
+      f"data.format='arrayrecord' needs data.path to be a directory written by "
+      f"scripts/prepare_data.py (with {META_FILE}); got {data_cfg.path!r}"
+    )
+  if prepared:
+    meta = json.loads((pathlib.Path(os.path.expanduser(data_cfg.path)) / META_FILE).read_text())
+    if meta["tokenizer_fingerprint"] != tok.fingerprint:
+      raise ValueError(
+        f"data.path={data_cfg.path!r} was tokenized with {meta['tokenizer']!r}, not "
+        f"data.tokenizer={data_cfg.tokenizer!r}; set data.tokenizer to that tokenizer"
+      )
+
+
+def split_shards(files) -> tuple[list, list]:
+  """A prepared directory's (train, eval) shards: eval-* files are the eval split."""
+  train = [f for f in files if f.name.startswith("train-")]
+  return train, [f for f in files if f.name.startswith("eval-")]
+
+
+def _split(data_cfg) -> tuple[list, list]:
+  files, root = resolve_files(data_cfg)
+  if is_prepared(data_cfg):
+    return split_shards(files)
+  return split_files(files, root, data_cfg.eval_fraction)
 
 
 def _shift(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -117,15 +302,47 @@ def _shift(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   }
 
 
-def _packed(files, *, split: str, batch_size: int, seq_len: int, seed: int) -> grain.IterDataset:
-  """One packed stream of `files`: train shuffles every epoch and never ends."""
-  ds = grain.MapDataset.source([str(f) for f in files])
+class _Documents(grain.experimental.FlatMapTransform):
+  """A file's (or record's) list of token arrays -> one element per document."""
+
+  max_fan_out = 2**31 - 1  # documents per file; grain's iterator does not cap it
+
+  def flat_map(self, docs):
+    return [{"tokens": d} for d in docs]
+
+
+def _record_documents(record: bytes, dtype) -> list:
+  return [np.frombuffer(record, dtype).astype(np.int32)]
+
+
+def _source(data_cfg, items, skipped: Skipped) -> tuple[grain.MapDataset, object]:
+  """(MapDataset over files or records, item -> list of token arrays)."""
+  if is_prepared(data_cfg):
+    meta = json.loads((pathlib.Path(os.path.expanduser(data_cfg.path)) / META_FILE).read_text())
+    records = grain.sources.ArrayRecordDataSource([str(f) for f in items])
+    return grain.MapDataset.source(records), functools.partial(
+      _record_documents, dtype=np.dtype(meta["dtype"])
+    )
+  read = functools.partial(
+    read_documents,
+    fmt=data_cfg.format,
+    field=data_cfg.field,
+    tok=data_tokenizer(data_cfg),
+    skipped=skipped,
+  )
+  return grain.MapDataset.source([str(f) for f in items]), read
+
+
+def _packed(ds, read, *, split: str, batch_size: int, seq_len: int, seed: int) -> grain.IterDataset:
+  """One packed stream of the files or records in `ds`: train shuffles every epoch
+  and never ends; eval is one pass in order."""
   if split == "train":
     ds = ds.shuffle(seed).repeat(None)  # each epoch is shuffled differently
-  ds = ds.map(_read_tokens).filter(_is_nonempty)
+  docs = grain.experimental.FlatMapIterDataset(
+    ds.map(read).to_iter_dataset(_READ_OPTIONS), _Documents()
+  )
   packed = grain.experimental.ConcatThenSplitIterDataset(
-    ds.to_iter_dataset(_READ_OPTIONS),
-    length_struct={"tokens": seq_len + 1},
+    docs, length_struct={"tokens": seq_len + 1}
   )  # {"tokens", "tokens_segment_ids", "tokens_positions"}: [seq + 1] each
   batched = packed.batch(batch_size, drop_remainder=(split == "train"))
   return batched.map(_shift)
@@ -144,16 +361,18 @@ def make_dataset(
   seed: int,
   shards: int = 1,
   rows: slice | None = None,
+  skipped: Skipped | None = None,
 ) -> grain.IterDataset:
-  """Packed byte batches of `split`, or of just the `rows` of each batch.
+  """Packed batches of `split`, or of just the `rows` of each batch.
 
   train: each global batch is `shards` blocks of batch_size / shards rows;
-  block j packs its own file shard files[j::shards], reshuffled every epoch,
-  infinite. Only the blocks `rows` covers are read (a process reads its own
-  rows, and the global batch is the same for any process count). eval: all
-  eval files in order, one pass, the last batch may be short. Each element:
-  inputs, targets, segment_ids, positions (int32 [rows, seq]) and weights
-  (float32 [rows, seq]).
+  block j packs its own shard of the input (files[j::shards], or records
+  j::shards of a prepared directory), reshuffled every epoch, infinite. Only
+  the blocks `rows` covers are read (a process reads its own rows, and the
+  global batch is the same for any process count). eval: the whole eval split
+  in order, one pass, the last batch may be short. Each element: inputs,
+  targets, segment_ids, positions (int32 [rows, seq]) and weights (float32
+  [rows, seq]). Skipped input is counted in `skipped`.
   """
   if split not in ("train", "eval"):
     raise ValueError(f"split={split!r} must be 'train' or 'eval'")
@@ -163,12 +382,13 @@ def make_dataset(
     raise ValueError(
       f"data.shards={shards} must be a positive divisor of train.batch_size={batch_size}"
     )
-  files, root = resolve_files(data_cfg)
-  train_files, eval_files = split_files(files, root, data_cfg.eval_fraction)
+  skipped = skipped if skipped is not None else Skipped()
+  train_items, eval_items = _split(data_cfg)
   if split == "eval":
-    if not eval_files:
-      raise ValueError(f"the eval split of data.path={data_cfg.path!r} has no files")
-    return _packed(eval_files, split=split, batch_size=batch_size, seq_len=seq_len, seed=seed)
+    if not eval_items:
+      raise ValueError(f"the eval split of data.path={data_cfg.path!r} is empty")
+    ds, read = _source(data_cfg, eval_items, skipped)
+    return _packed(ds, read, split=split, batch_size=batch_size, seq_len=seq_len, seed=seed)
   block = batch_size // shards
   lo, hi, _ = (rows or slice(0, batch_size)).indices(batch_size)
   if lo % block or hi % block or hi <= lo:
@@ -176,15 +396,22 @@ def make_dataset(
       f"rows {lo}:{hi} of each batch are not whole blocks of batch_size / data.shards = "
       f"{block}; make data.shards a multiple of the process count"
     )
+  prepared = is_prepared(data_cfg)
+  if prepared:
+    whole, read = _source(data_cfg, train_items, skipped)
   streams = []
   for j in range(lo // block, hi // block):
-    if not train_files[j::shards]:
+    if prepared:
+      ds = whole.slice(slice(j, None, shards))
+    else:
+      ds, read = _source(data_cfg, train_items[j::shards], skipped)
+    if not len(ds):
       raise ValueError(
-        f"data shard {j} of data.shards={shards} has no train files in "
-        f"data.path={data_cfg.path!r}; lower data.shards or add files"
+        f"data shard {j} of data.shards={shards} has no train input in "
+        f"data.path={data_cfg.path!r}; lower data.shards or add data"
       )
     kw = dict(split=split, batch_size=block, seq_len=seq_len, seed=seed)
-    streams.append(_packed(train_files[j::shards], **kw))
+    streams.append(_packed(ds, read, **kw))
   if len(streams) == 1:
     return streams[0]
   return grain.experimental.ZipIterDataset(streams).map(_concat_rows)
@@ -196,12 +423,15 @@ def _pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.nd
   return {k: np.pad(v, [(0, batch_size - n), (0, 0)]) for k, v in batch.items()}
 
 
-def eval_batches(data_cfg, *, batch_size: int, seq_len: int, max_batches: int) -> list[dict]:
+def eval_batches(
+  data_cfg, *, batch_size: int, seq_len: int, max_batches: int, skipped: Skipped | None = None
+) -> list[dict]:
   """The first max_batches eval batches, all of batch_size rows; [] if the eval split is empty."""
-  files, root = resolve_files(data_cfg)
-  if not split_files(files, root, data_cfg.eval_fraction)[1]:
+  if not _split(data_cfg)[1]:
     return []
-  ds = make_dataset(data_cfg, split="eval", batch_size=batch_size, seq_len=seq_len, seed=0)
+  ds = make_dataset(
+    data_cfg, split="eval", batch_size=batch_size, seq_len=seq_len, seed=0, skipped=skipped
+  )
   batches = []
   for batch in ds:
     if len(batches) == max_batches:

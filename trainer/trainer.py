@@ -46,10 +46,11 @@ def validate(config):
       "so set optim.qk_clip_tau=0"
     )
   data.resolve_files(config.data)
-  if config.data.tokenizer == "byte" and config.model.vocab_size < data.BYTE_VOCAB_SIZE:
+  vocab = data.data_tokenizer(config.data).vocab_size
+  if config.model.vocab_size < vocab:
     raise ValueError(
-      f"model.vocab_size={config.model.vocab_size} is smaller than the byte "
-      f"tokenizer's {data.BYTE_VOCAB_SIZE} ids; raise it"
+      f"model.vocab_size={config.model.vocab_size} is smaller than data.tokenizer="
+      f"{config.data.tokenizer!r}'s {vocab} ids; raise it"
     )
   rules.with_overrides(config.mesh.rules)
   shape = mesh_sizes(config.mesh, jax.device_count())
@@ -258,6 +259,7 @@ class Trainer:
     # Multi-process: the rows of each global batch this process's devices hold.
     self.rows = local_rows(self.batch_sharding, (t.batch_size, t.seq_len))
     # Each process reads only its rows' blocks of every batch (see data.make_dataset).
+    self.skipped = data.Skipped()  # input this process skipped (empty, invalid, ...)
     self.dataset = data.make_dataset(
       config.data,
       split="train",
@@ -266,6 +268,7 @@ class Trainer:
       seed=t.seed,
       shards=config.data.shards or jax.process_count(),
       rows=self.rows,
+      skipped=self.skipped,
     )
     self.data_iter = iter(self.dataset)
     if self.checkpointer.latest_step() is not None:
@@ -306,7 +309,11 @@ class Trainer:
       (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
     writer = metrics.Writer(str(self.workdir), primary, cfg.logging, self.config_dict)
     eval_data = data.eval_batches(
-      cfg.data, batch_size=t.batch_size, seq_len=t.seq_len, max_batches=t.eval_batches
+      cfg.data,
+      batch_size=t.batch_size,
+      seq_len=t.seq_len,
+      max_batches=t.eval_batches,
+      skipped=self.skipped,
     )
     tokens_per_step = t.batch_size * t.seq_len
     flops = metrics.train_flops_per_token(self.model_cfg, t.seq_len) * tokens_per_step
@@ -318,7 +325,7 @@ class Trainer:
       disable=not (cfg.logging.progress_bar and primary),
       dynamic_ncols=True,
     )
-    last_train, last_eval, pending, preempted = {}, {}, [], False
+    last_train, last_eval, pending, preempted, reported = {}, {}, [], False, 0
     tic = time.perf_counter()
     for step in range(start + 1, t.steps + 1):
       self.state, step_metrics = self._train_step(self.state, self.put(next(self.data_iter)))
@@ -341,6 +348,7 @@ class Trainer:
           )
         last_train |= {k: v for k, v in fetched[-1].items() if k not in last_train}
         self._check_finite(last_train)
+        reported = self._report_skipped(last_train, reported, bar, primary)
         writer.write(last_train)
         bar.set_postfix(progress_fields(last_train))
         pending, tic = [], time.perf_counter()
@@ -378,6 +386,16 @@ class Trainer:
       yield
     finally:
       signal.signal(signal.SIGTERM, previous)
+
+  def _report_skipped(self, record: dict, reported: int, bar, primary: bool) -> int:
+    """Adds this process's skipped-input counts to the record (when any) and prints
+    them whenever they grew; returns the total reported."""
+    total = self.skipped.total()
+    if total:
+      record |= {f"skipped_{r}": n for r, n in self.skipped.counts.items() if n}
+    if total > reported and primary:
+      bar.write(f"data: skipped {self.skipped.summary()}")
+    return total
 
   def _preempted(self, step: int) -> bool:
     """Whether to save and stop after `step`. With several processes, all agree
