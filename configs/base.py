@@ -67,6 +67,10 @@ def get_config() -> ml_collections.ConfigDict:
   m.rope_scaling.truncate = True  # yarn: round the correction range to whole dims (False: gpt-oss).
   # Attention kind: gqa (MHA/GQA/MQA by num_kv_heads) | mla (multi-head latent attention).
   m.attention = "gqa"
+  # Attention core: xla | pallas (the flash-attention kernels, forward and backward:
+  # causal, window, sinks, soft-cap, segments, GQA without repeated K/V; chunked
+  # layers stay on xla) | pallas_interpret (the same kernels emulated on CPU).
+  m.attention_kernel = "xla"
   m.mla = ml_collections.ConfigDict()
   m.mla.q_lora_rank = 0  # 0 = plain query projection (DeepSeek-V2-Lite).
   m.mla.kv_lora_rank = 512  # compressed KV latent width (cached at decode).

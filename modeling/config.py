@@ -70,6 +70,7 @@ class AttentionConfig:
   out_bias: bool = False
   sinks: bool = False
   softcap: float = 0.0
+  kernel: str = "xla"  # attention core: xla | pallas | pallas_interpret (see ATTENTION_KERNELS).
   init_std: float = 0.02
   fp8: Fp8 | None = None  # FP8-style q/k/v/o projections.
 
@@ -90,6 +91,7 @@ class MlaConfig:
   norm: NormConfig = NormConfig()
   absorbed: bool = False  # latent-space (decode) form: W_UK folded into q, W_UV after.
   window: int = 0
+  kernel: str = "xla"  # attention core: xla | pallas | pallas_interpret.
   init_std: float = 0.02
   fp8: Fp8 | None = None  # FP8-style projections (not the absorbed attention core).
 
@@ -169,6 +171,11 @@ class DecoderConfig:
     return len(self.blocks)
 
 
+# The attention core: XLA's fused ops, or the Pallas flash-attention kernels
+# (pallas_kernels/flash_attention; `pallas_interpret` runs them on CPU, for tests).
+ATTENTION_KERNELS = ("xla", "pallas", "pallas_interpret")
+
+
 def _check(ok: bool, message: str):
   if not ok:
     raise ValueError(message)
@@ -217,6 +224,7 @@ def decoder_config(
     "model.attention_chunk must be > 0 when model.attention_pattern has 'chunked' layers",
   )
   _choice("attention", m.attention, ("gqa", "mla"))
+  _choice("attention_kernel", m.attention_kernel, ATTENTION_KERNELS)
   _check(m.mtp.depth >= 0, f"model.mtp.depth={m.mtp.depth} must be >= 0")
   for kind in m.ffn_pattern:
     _choice("ffn_pattern entry", kind, ("dense", "moe"))
@@ -297,6 +305,7 @@ def decoder_config(
       out_bias=m.out_bias,
       sinks=m.attention_sinks,
       softcap=m.attn_logit_softcap,
+      kernel=m.attention_kernel,
       init_std=m.init_std,
       fp8=fp8,
     )
@@ -387,6 +396,7 @@ def _mla_config(m, rope: RopeConfig, norm: NormConfig, fp8: Fp8 | None) -> MlaCo
     rope=dataclasses.replace(rope, rotary_dim=a.qk_rope_head_dim, interleave=a.rope_interleave),
     norm=NormConfig(norm.kind, 1e-6),  # the latent norms' eps is fixed in the reference models
     absorbed=a.absorbed,
+    kernel=m.attention_kernel,
     init_std=m.init_std,
     fp8=fp8,
   )

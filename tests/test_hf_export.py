@@ -130,7 +130,7 @@ def test_export_script_writes_a_trained_run_transformers_loads(tmp_path):
   trainer.run()
   model = nnx.merge(trainer.graphdef, trainer.state["params"], trainer.state["model_state"])
   out = tmp_path / "hf"
-  cmd = [sys.executable, "scripts/export_hf.py", f"--workdir={tmp_path / 'run'}", f"--out={out}"]
+  cmd = [sys.executable, "scripts/convert_hf.py", f"--workdir={tmp_path / 'run'}", f"--out={out}"]
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "exported step 4" in result.stdout
@@ -140,7 +140,7 @@ def test_export_script_writes_a_trained_run_transformers_loads(tmp_path):
 
 
 def test_export_script_without_a_checkpoint_fails_cleanly(tmp_path):
-  cmd = [sys.executable, "scripts/export_hf.py", f"--workdir={tmp_path}", f"--out={tmp_path}/o"]
+  cmd = [sys.executable, "scripts/convert_hf.py", f"--workdir={tmp_path}", f"--out={tmp_path}/o"]
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith("error: no checkpoint in")

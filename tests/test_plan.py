@@ -16,13 +16,16 @@ PEAK_RSS_LIMIT = 3 * 2**30  # a full model would need terabytes
 
 def _plan(*args, devices: int = 0) -> tuple[dict, int]:
   """(plan.py --json output, the child's peak RSS in bytes)."""
+  # VmHWM is this process image's own peak: ru_maxrss would also count the pytest
+  # worker the child was forked from (Linux carries it across fork and exec).
   code = (
-    "import resource, runpy, sys\n"
+    "import re, runpy, sys\n"
     "sys.argv = ['scripts/plan.py'] + sys.argv[1:]\n"
     "try:\n"
     "  runpy.run_path('scripts/plan.py', run_name='__main__')\n"
     "finally:\n"
-    "  print('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, file=sys.stderr)\n"
+    "  hwm = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+    "  print('RSS', int(hwm) * 1024, file=sys.stderr)\n"
   )
   result = subprocess.run(
     [sys.executable, "-c", code, *args, "--json"],

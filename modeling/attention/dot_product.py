@@ -16,6 +16,7 @@ from modeling.config import AttentionConfig
 from modeling.layers import params, rope
 from modeling.layers.fp8 import project
 from modeling.layers.norms import RMSNorm
+from pallas_kernels.flash_attention import ops as flash_ops
 
 
 def attention_mask(segment_ids, window: int = 0, chunk: int = 0, positions=None):
@@ -46,6 +47,7 @@ def dot_product_attention(
   positions=None,
   softcap: float = 0.0,
   sinks=None,
+  kernel: str = "xla",
 ):
   """q: [b, q, h, d]; k: [b, t, k, d]; v: [b, t, k, v]; segment_ids, positions: [b, s];
   sinks: [h] or None.
@@ -53,8 +55,14 @@ def dot_product_attention(
   Returns (out [b, q, h, v], max_logits [h]): the largest unmasked pre-softmax
   logit per head (before any softcap; no gradient), which MuonClip's QK-clip reads.
   K/V heads are shared by groups of h/k query heads without being repeated in
-  memory. v's head dim may differ from d (MLA: 192 vs 128).
+  memory. v's head dim may differ from d (MLA: 192 vs 128). kernel: "xla", or
+  "pallas" / "pallas_interpret" for the flash-attention kernels (not chunked).
   """
+  if kernel != "xla" and chunk == 0:
+    return flash_ops.flash_attention(
+      q, k, v, segment_ids=segment_ids, scale=scale, window=window, softcap=softcap,
+      sinks=sinks, implementation="pallas", interpret=kernel == "pallas_interpret",
+    )  # fmt: skip
   b, s, h, d = q.shape
   kv_heads = k.shape[2]
   q = q.reshape(b, s, kv_heads, h // kv_heads, d)
@@ -147,6 +155,7 @@ class Attention(nnx.Module):
       positions=positions,
       softcap=cfg.softcap,
       sinks=self.sinks[...] if cfg.sinks else None,
+      kernel=cfg.kernel,
     )
     out = project(out, self.o_proj[...], cfg.fp8, n_in=2)  # [b, s, e]
     if cfg.out_bias:

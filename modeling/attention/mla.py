@@ -109,7 +109,7 @@ class MLA(nnx.Module):
     q = jnp.concatenate([q_nope, q_pe], axis=-1)  # [b, s, h, d]
     k = jnp.concatenate([k_nope, k_pe], axis=-1)
     return dot_product_attention(
-      q, k, v, segment_ids=segment_ids, scale=cfg.scale, window=cfg.window
+      q, k, v, segment_ids=segment_ids, scale=cfg.scale, window=cfg.window, kernel=cfg.kernel
     )
 
   def _absorbed(self, q_nope, q_pe, c_kv, k_pe, segment_ids):
@@ -126,5 +126,6 @@ class MLA(nnx.Module):
       segment_ids=segment_ids,
       scale=cfg.scale,  # the qk head dim's scale, not (c + r)**-0.5
       window=cfg.window,
+      kernel=cfg.kernel,
     )
     return jnp.einsum("bshc,chv->bshv", o_lat, w_uv), max_logits  # [b, s, h, v], [h]

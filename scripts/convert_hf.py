@@ -1,6 +1,6 @@
 """Export a run's latest checkpoint as a Hugging Face checkpoint directory.
 
-  python scripts/export_hf.py --workdir runs/demo --out runs/demo/hf [--dtype bfloat16]
+  python scripts/convert_hf.py --workdir runs/demo --out runs/demo/hf [--dtype bfloat16]
 
 Writes config.json (the family's HF model_type) and model.safetensors (sharded
 with an index past 5 GiB), which `transformers.AutoModelForCausalLM` and

@@ -1,0 +1,1 @@
+"""Blocked online-softmax attention (FlashAttention-2): `ops.flash_attention`."""

@@ -1,0 +1,263 @@
+"""FlashAttention-2 in Pallas: forward, dq and dk/dv kernels.
+
+Layouts (ops.py transposes and pads): q, dO [b, h, S, d]; k, v [b, kh, S, d];
+segment ids [b, S] (padding: -2 for queries, -1 for keys, so padding matches
+nothing). Query head n reads kv head n // g straight from its [b, kh, ...]
+block: GQA never repeats K/V. Each program owns one query block (forward, dq)
+or one key block (dk/dv) and loops only over the blocks the causal and window
+masks leave partly visible; fully masked blocks are never loaded.
+
+Masked logits are a large finite negative (not -inf), so a row that sees
+nothing (only padding rows do) gives finite garbage that ops.py slices off.
+"""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+
+NEG = -1e30  # masked logit
+
+
+def _kv_blocks(q_block, block_q: int, block_k: int, window: int, num_k: int):
+  """[lo, hi): key blocks query block `q_block` can see (causal, window)."""
+  q_start = q_block * block_q
+  hi = jnp.minimum(num_k, (q_start + block_q - 1) // block_k + 1)
+  lo = 0 if window <= 0 else jnp.maximum(0, (q_start - window + 1) // block_k)
+  return lo, hi
+
+
+def _q_blocks(k_block, block_q: int, block_k: int, window: int, num_q: int):
+  """[lo, hi): query blocks that can see some key of key block `k_block`."""
+  k_start = k_block * block_k
+  lo = k_start // block_q
+  hi = num_q if window <= 0 else jnp.minimum(num_q, (k_start + block_k - 2 + window) // block_q + 1)
+  return lo, hi
+
+
+def _logits(q, k, q_idx, k_idx, q_seg, k_seg, scale, softcap, window):
+  """(raw logits, soft-capped and masked logits, tanh or None, mask) of one tile."""
+  s = jax.lax.dot_general(q, k, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+  s = s * scale
+  keep = (k_idx[None, :] <= q_idx[:, None]) & (q_seg[:, None] == k_seg[None, :])
+  if window > 0:
+    keep &= q_idx[:, None] - k_idx[None, :] < window
+  t = None
+  capped = s
+  if softcap > 0:
+    t = jnp.tanh(s / softcap)
+    capped = softcap * t
+  return s, jnp.where(keep, capped, NEG), t, keep
+
+
+def _key_tile(k_ref, v_ref, kseg_ref, j, block_k: int):
+  """Key block j: (k [bk, d], v [bk, dv], key positions [bk], key segments [bk])."""
+  rows = pl.ds(j * block_k, block_k)
+  return k_ref[rows, :], v_ref[rows, :], j * block_k + jnp.arange(block_k), kseg_ref[rows]
+
+
+def _fwd_kernel(
+  q_ref, k_ref, v_ref, qseg_ref, kseg_ref, sink_ref, o_ref, lse_ref, mx_ref,
+  *, scale, softcap, window, block_q, block_k, num_k, has_sinks,
+):  # fmt: skip
+  qi = pl.program_id(2)
+  q = q_ref[...]  # [bq, d]
+  q_idx = qi * block_q + jnp.arange(block_q)
+  q_seg = qseg_ref[...]
+
+  def body(j, carry):
+    m, l, acc, mx = carry
+    k, v, k_idx, k_seg = _key_tile(k_ref, v_ref, kseg_ref, j, block_k)
+    raw, s, _, keep = _logits(q, k, q_idx, k_idx, q_seg, k_seg, scale, softcap, window)
+    mx = jnp.maximum(mx, jnp.max(jnp.where(keep, raw, NEG), axis=1))
+    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+    alpha = jnp.exp(m - m_new)
+    p = jnp.exp(s - m_new[:, None])
+    l = alpha * l + jnp.sum(p, axis=1)
+    pv = jnp.dot(p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return m_new, l, alpha[:, None] * acc + pv, mx
+
+  lo, hi = _kv_blocks(qi, block_q, block_k, window, num_k)
+  init = (
+    jnp.full((block_q,), NEG, jnp.float32),
+    jnp.zeros((block_q,), jnp.float32),
+    jnp.zeros((block_q, v_ref.shape[-1]), jnp.float32),
+    jnp.full((block_q,), NEG, jnp.float32),
+  )
+  m, l, acc, mx = jax.lax.fori_loop(lo, hi, body, init)
+  if has_sinks:  # one more logit per row, with no value: only the denominator grows
+    sink = sink_ref[0].astype(jnp.float32)
+    m_all = jnp.maximum(m, sink)
+    rescale = jnp.exp(m - m_all)
+    l = l * rescale + jnp.exp(sink - m_all)
+    acc = acc * rescale[:, None]
+    m = m_all
+  o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
+  lse_ref[...] = m + jnp.log(l)
+  mx_ref[...] = mx
+
+
+def _dq_kernel(
+  q_ref, k_ref, v_ref, qseg_ref, kseg_ref, do_ref, lse_ref, delta_ref, dq_ref,
+  *, scale, softcap, window, block_q, block_k, num_k,
+):  # fmt: skip
+  qi = pl.program_id(2)
+  q, do = q_ref[...], do_ref[...]
+  lse, delta = lse_ref[...], delta_ref[...]
+  q_idx = qi * block_q + jnp.arange(block_q)
+  q_seg = qseg_ref[...]
+
+  def body(j, dq):
+    k, v, k_idx, k_seg = _key_tile(k_ref, v_ref, kseg_ref, j, block_k)
+    _, s, t, _ = _logits(q, k, q_idx, k_idx, q_seg, k_seg, scale, softcap, window)
+    p = jnp.exp(s - lse[:, None])
+    dp = jax.lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    ds = p * (dp - delta[:, None])
+    if t is not None:
+      ds = ds * (1 - t * t)
+    return dq + jnp.dot(ds.astype(k.dtype), k, preferred_element_type=jnp.float32)
+
+  lo, hi = _kv_blocks(qi, block_q, block_k, window, num_k)
+  dq = jax.lax.fori_loop(lo, hi, body, jnp.zeros(q.shape, jnp.float32))
+  dq_ref[...] = (dq * scale).astype(dq_ref.dtype)
+
+
+def _dkv_kernel(
+  q_ref, k_ref, v_ref, qseg_ref, kseg_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
+  *, scale, softcap, window, block_q, block_k, num_q, group,
+):  # fmt: skip
+  kj = pl.program_id(2)
+  k, v = k_ref[...], v_ref[...]  # [bk, d], [bk, dv]
+  k_idx = kj * block_k + jnp.arange(block_k)
+  k_seg = kseg_ref[...]
+
+  def body(i, carry, n):
+    dk, dv = carry
+    start = i * block_q
+    q = q_ref[n, pl.ds(start, block_q), :]
+    do = do_ref[n, pl.ds(start, block_q), :]
+    lse = lse_ref[n, pl.ds(start, block_q)]
+    delta = delta_ref[n, pl.ds(start, block_q)]
+    q_idx = start + jnp.arange(block_q)
+    _, s, t, _ = _logits(
+      q, k, q_idx, k_idx, qseg_ref[pl.ds(start, block_q)], k_seg, scale, softcap, window
+    )
+    p = jnp.exp(s - lse[:, None])  # [bq, bk]
+    tr = (((0,), (0,)), ((), ()))  # contract the query axis: p^T @ do
+    dv = dv + jax.lax.dot_general(p.astype(do.dtype), do, tr, preferred_element_type=jnp.float32)
+    dp = jax.lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+    ds = p * (dp - delta[:, None])
+    if t is not None:
+      ds = ds * (1 - t * t)
+    dk = dk + jax.lax.dot_general(ds.astype(q.dtype), q, tr, preferred_element_type=jnp.float32)
+    return dk, dv
+
+  lo, hi = _q_blocks(kj, block_q, block_k, window, num_q)
+  carry = (jnp.zeros(k.shape, jnp.float32), jnp.zeros(v.shape, jnp.float32))
+  for n in range(group):  # the query heads that share this kv head
+    carry = jax.lax.fori_loop(lo, hi, functools.partial(body, n=n), carry)
+  dk, dv = carry
+  dk_ref[...] = (dk * scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def forward(q, k, v, q_seg, k_seg, sinks, *, scale, softcap, window, block_q, block_k, interpret):
+  """q [b, h, S, d], k/v [b, kh, S, d|dv], segs [b, S], sinks [h] -> (out [b, h, S, dv],
+  lse [b, h, S], row max of the raw logits [b, h, S])."""
+  b, h, seq, d = q.shape
+  kh, dv = k.shape[1], v.shape[-1]
+  g = h // kh
+  num_q, num_k = seq // block_q, seq // block_k
+  kernel = functools.partial(
+    _fwd_kernel, scale=scale, softcap=softcap, window=window, block_q=block_q,
+    block_k=block_k, num_k=num_k, has_sinks=sinks is not None,
+  )  # fmt: skip
+  sinks = jnp.zeros((h,), jnp.float32) if sinks is None else sinks
+  rows = pl.BlockSpec((None, None, block_q), lambda bi, n, i: (bi, n, i))
+  return pl.pallas_call(
+    kernel,
+    grid=(b, h, num_q),
+    in_specs=[
+      pl.BlockSpec((None, None, block_q, d), lambda bi, n, i: (bi, n, i, 0)),
+      pl.BlockSpec((None, None, seq, d), lambda bi, n, i: (bi, n // g, 0, 0)),
+      pl.BlockSpec((None, None, seq, dv), lambda bi, n, i: (bi, n // g, 0, 0)),
+      pl.BlockSpec((None, block_q), lambda bi, n, i: (bi, i)),
+      pl.BlockSpec((None, seq), lambda bi, n, i: (bi, 0)),
+      pl.BlockSpec((1,), lambda bi, n, i: (n,)),
+    ],
+    out_specs=[
+      pl.BlockSpec((None, None, block_q, dv), lambda bi, n, i: (bi, n, i, 0)),
+      rows,
+      rows,
+    ],
+    out_shape=[
+      jax.ShapeDtypeStruct((b, h, seq, dv), q.dtype),
+      jax.ShapeDtypeStruct((b, h, seq), jnp.float32),
+      jax.ShapeDtypeStruct((b, h, seq), jnp.float32),
+    ],
+    interpret=interpret,
+    name="flash_attention_fwd",
+  )(q, k, v, q_seg, k_seg, sinks)
+
+
+def backward(
+  q, k, v, q_seg, k_seg, do, lse, delta, *, scale, softcap, window, block_q, block_k, interpret
+):
+  """-> dq [b, h, S, d], dk [b, kh, S, d], dv [b, kh, S, dv] (f32 accumulation)."""
+  b, h, seq, d = q.shape
+  kh, dv_dim = k.shape[1], v.shape[-1]
+  g = h // kh
+  num_q, num_k = seq // block_q, seq // block_k
+  common = dict(scale=scale, softcap=softcap, window=window, block_q=block_q, block_k=block_k)
+  full_k = pl.BlockSpec((None, None, seq, d), lambda bi, n, i: (bi, n // g, 0, 0))
+  full_v = pl.BlockSpec((None, None, seq, dv_dim), lambda bi, n, i: (bi, n // g, 0, 0))
+  q_rows = pl.BlockSpec((None, None, block_q), lambda bi, n, i: (bi, n, i))
+  dq = pl.pallas_call(
+    functools.partial(_dq_kernel, num_k=num_k, **common),
+    grid=(b, h, num_q),
+    in_specs=[
+      pl.BlockSpec((None, None, block_q, d), lambda bi, n, i: (bi, n, i, 0)),
+      full_k,
+      full_v,
+      pl.BlockSpec((None, block_q), lambda bi, n, i: (bi, i)),
+      pl.BlockSpec((None, seq), lambda bi, n, i: (bi, 0)),
+      pl.BlockSpec((None, None, block_q, dv_dim), lambda bi, n, i: (bi, n, i, 0)),
+      q_rows,
+      q_rows,
+    ],
+    out_specs=pl.BlockSpec((None, None, block_q, d), lambda bi, n, i: (bi, n, i, 0)),
+    out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
+    interpret=interpret,
+    name="flash_attention_dq",
+  )(q, k, v, q_seg, k_seg, do, lse, delta)
+  # dk/dv: one program per (batch, kv head, key block) loops over its g query heads.
+  grouped = lambda x: x.reshape(b, kh, g, *x.shape[2:])
+  group_spec = lambda *tail: pl.BlockSpec(
+    (None, None, g, seq, *tail), lambda bi, n, j: (bi, n, 0, 0, *(0,) * len(tail))
+  )
+  dk, dv = pl.pallas_call(
+    functools.partial(_dkv_kernel, num_q=num_q, group=g, **common),
+    grid=(b, kh, num_k),
+    in_specs=[
+      group_spec(d),
+      pl.BlockSpec((None, None, block_k, d), lambda bi, n, j: (bi, n, j, 0)),
+      pl.BlockSpec((None, None, block_k, dv_dim), lambda bi, n, j: (bi, n, j, 0)),
+      pl.BlockSpec((None, seq), lambda bi, n, j: (bi, 0)),
+      pl.BlockSpec((None, block_k), lambda bi, n, j: (bi, j)),
+      group_spec(dv_dim),
+      group_spec(),
+      group_spec(),
+    ],
+    out_specs=[
+      pl.BlockSpec((None, None, block_k, d), lambda bi, n, j: (bi, n, j, 0)),
+      pl.BlockSpec((None, None, block_k, dv_dim), lambda bi, n, j: (bi, n, j, 0)),
+    ],
+    out_shape=[
+      jax.ShapeDtypeStruct(k.shape, k.dtype),
+      jax.ShapeDtypeStruct(v.shape, v.dtype),
+    ],
+    interpret=interpret,
+    name="flash_attention_dkv",
+  )(grouped(q), k, v, q_seg, k_seg, grouped(do), grouped(lse), grouped(delta))
+  return dq, dk, dv

@@ -1,0 +1,100 @@
+"""`flash_attention`: the Pallas kernels behind a custom VJP, or the reference.
+
+Same contract as `reference.attention` (q [b, s, h, d], k [b, s, kh, d], v [b, s,
+kh, dv], segment ids >= 0, causal, optional window, soft-cap and sinks; returns
+(out [b, s, h, dv], max_logits [h])). `implementation`: "pallas" (the kernels;
+`interpret=True` runs them on CPU), "reference", or None: Pallas on GPU/TPU,
+the reference elsewhere. Sequences are padded to a multiple of the blocks.
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from pallas_kernels.flash_attention import kernel, reference
+
+IMPLEMENTATIONS = ("pallas", "reference")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cfg:
+  scale: float
+  softcap: float
+  window: int
+  block_q: int
+  block_k: int
+  interpret: bool
+  has_sinks: bool
+
+  def kernel_args(self):
+    return dict(
+      scale=self.scale, softcap=self.softcap, window=self.window, block_q=self.block_q,
+      block_k=self.block_k, interpret=self.interpret,
+    )  # fmt: skip
+
+
+def _heads_first(x):  # [b, s, n, d] -> [b, n, s, d]
+  return jnp.swapaxes(x, 1, 2)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _flash(q, k, v, q_seg, k_seg, sinks, cfg: _Cfg):
+  """-> (out [b, h, S, dv], raw-logit row max [b, h, S])."""
+  return _flash_fwd(q, k, v, q_seg, k_seg, sinks, cfg)[0]
+
+
+def _flash_fwd(q, k, v, q_seg, k_seg, sinks, cfg):
+  o, lse, mx = kernel.forward(
+    q, k, v, q_seg, k_seg, sinks if cfg.has_sinks else None, **cfg.kernel_args()
+  )
+  return (o, mx), (q, k, v, q_seg, k_seg, sinks, o, lse)
+
+
+def _flash_bwd(cfg, res, cotangents):
+  q, k, v, q_seg, k_seg, sinks, o, lse = res
+  do, _ = cotangents  # max logits carry no gradient
+  delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [b, h, S]
+  dq, dk, dv = kernel.backward(q, k, v, q_seg, k_seg, do, lse, delta, **cfg.kernel_args())
+  dsinks = None
+  if cfg.has_sinks:  # d sink = -sum_q p_sink(q) * delta(q); padding rows have delta 0
+    p_sink = jnp.exp(sinks.astype(jnp.float32)[None, :, None] - lse)
+    dsinks = (-jnp.sum(p_sink * delta, axis=(0, 2))).astype(sinks.dtype)
+  return dq, dk, dv, None, None, dsinks
+
+
+_flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def default_implementation() -> str:
+  return "pallas" if jax.default_backend() in ("gpu", "tpu") else "reference"
+
+
+def flash_attention(
+  q, k, v, *, segment_ids, scale: float, window: int = 0, softcap: float = 0.0, sinks=None,
+  block_q: int = 128, block_k: int = 128, implementation=None, interpret: bool = False,
+):  # fmt: skip
+  """(out [b, s, h, dv], max_logits [h]); see the module docstring."""
+  implementation = implementation or ("pallas" if interpret else default_implementation())
+  if implementation not in IMPLEMENTATIONS:
+    raise ValueError(f"implementation={implementation!r} must be one of {IMPLEMENTATIONS}")
+  if implementation == "reference":
+    kw = dict(segment_ids=segment_ids, scale=scale, window=window, softcap=softcap, sinks=sinks)
+    return reference.attention(q, k, v, **kw)
+  b, s, h, _ = q.shape
+  if h % k.shape[2]:
+    raise ValueError(f"{h} query heads are not a multiple of {k.shape[2]} kv heads")
+  block = max(block_q, block_k)
+  pad = -s % block
+  seg = jnp.asarray(segment_ids, jnp.int32)
+  q_seg = jnp.pad(seg, ((0, 0), (0, pad)), constant_values=-2)  # padding sees nothing ...
+  k_seg = jnp.pad(seg, ((0, 0), (0, pad)), constant_values=-1)  # ... and is seen by nobody
+  padded = lambda x: _heads_first(jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))))
+  cfg = _Cfg(
+    float(scale), float(softcap), int(window), block_q, block_k, bool(interpret), sinks is not None
+  )
+  sinks = jnp.zeros((h,), jnp.float32) if sinks is None else sinks
+  out, mx = _flash(padded(q), padded(k), padded(v), q_seg, k_seg, sinks, cfg)
+  max_logits = jnp.max(jax.lax.stop_gradient(mx[:, :, :s]), axis=(0, 2))
+  return _heads_first(out)[:, :s], max_logits
