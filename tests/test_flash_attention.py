@@ -91,9 +91,12 @@ def test_loops_visit_exactly_the_blocks_with_a_visible_key(window, block_q, bloc
       assert (int(q_lo) <= i < int(q_hi)) == tile.any(), (i, j)
 
 
-@pytest.mark.parametrize("family", ["gpt_oss", "deepseek_v3"])
-def test_models_on_the_pallas_kernel_match_xla_logits_and_gradients(family, monkeypatch):
-  """gpt-oss: GQA with sinks and a 1:1 window pattern; DeepSeek-V3: MLA (dv != d)."""
+@pytest.mark.parametrize(
+  "family,absorbed", [("gpt_oss", False), ("deepseek_v3", False), ("deepseek_v3", True)]
+)
+def test_models_on_the_pallas_kernel_match_xla_logits_and_gradients(family, absorbed, monkeypatch):
+  """gpt-oss: GQA with sinks and a 1:1 window pattern; DeepSeek-V3: MLA (dv != d), and
+  MLA in latent space (shared K/V: the cache row serves as keys and values)."""
   from flax import nnx  # noqa: PLC0415
 
   from modeling.decoder import Decoder  # noqa: PLC0415
@@ -101,6 +104,7 @@ def test_models_on_the_pallas_kernel_match_xla_logits_and_gradients(family, monk
   from trainer import precision  # noqa: PLC0415
 
   config = small_train_config(family)
+  config.model.mla.absorbed = absorbed
   config.model.sliding_window = min(config.model.sliding_window, 24) or 24
   tokens = jax.random.randint(jax.random.key(0), (2, 72), 0, 256)
   segments = jnp.asarray(np.repeat([[1, 2]], 36, axis=1).reshape(1, 72).repeat(2, 0))

@@ -49,14 +49,9 @@ class Tokenizer:
   """`byte` or a local tokenizer.json: text -> int32 ids with EOS appended."""
 
   def __init__(self, spec: str, eos_token: str = ""):
-    self.spec = spec
+    self.spec, self._hf = spec, None
     if spec == "byte":
-      self.vocab_size, self.eos_id, self.fingerprint, self._hf = (
-        BYTE_VOCAB_SIZE,
-        EOS_ID,
-        "byte",
-        None,
-      )
+      self.vocab_size, self.eos_id, self.fingerprint = BYTE_VOCAB_SIZE, EOS_ID, "byte"
       return
     path = pathlib.Path(os.path.expanduser(spec))
     if not path.is_file():
@@ -68,17 +63,14 @@ class Tokenizer:
     self._hf = tokenizers.Tokenizer.from_file(str(path))
     self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
     self.fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    names = (
-      [eos_token] if eos_token else [t for t in _EOS_TOKENS if self._hf.token_to_id(t) is not None]
-    )
-    if not names or self._hf.token_to_id(names[0]) is None:
+    candidates = [eos_token] if eos_token else _EOS_TOKENS
+    found = [t for t in candidates if self._hf.token_to_id(t) is not None]
+    if not found:
+      wanted = f"data.eos_token={eos_token!r}" if eos_token else f"any of {', '.join(_EOS_TOKENS)}"
       raise ValueError(
-        f"data.eos_token={eos_token!r}: {spec} has no such token; set data.eos_token to its "
-        "end-of-text token"
-        if eos_token
-        else f"{spec} has none of {', '.join(_EOS_TOKENS)}; set data.eos_token to its end-of-text token"
+        f"{spec} has no {wanted}; set data.eos_token to the tokenizer's end-of-text token"
       )
-    self.eos_id = self._hf.token_to_id(names[0])
+    self.eos_id = self._hf.token_to_id(found[0])
 
   def encode(self, text: str, raw: bytes | None = None) -> np.ndarray:
     """Token ids of `text` (its UTF-8 bytes `raw`, if at hand) followed by EOS."""
@@ -118,6 +110,14 @@ class Skipped:
     with self._lock:
       self.counts[reason] += 1
       self.first.setdefault(reason, where)
+
+  def merge(self, counts: dict, first: dict):
+    """Adds another Skipped's counts (e.g. from a worker process)."""
+    with self._lock:
+      for reason, n in counts.items():
+        self.counts[reason] += n
+      for reason, where in first.items():
+        self.first.setdefault(reason, where)
 
   def total(self) -> int:
     return sum(self.counts.values())

@@ -74,9 +74,7 @@ def prepare(data_cfg, out, *, num_shards: int = 8, workers: int = 0, progress: b
         for doc in file_docs:
           writers[docs % n].write(doc.astype(dtype).tobytes())
           docs, tokens = docs + 1, tokens + len(doc)
-        for reason, k in file_counts.items():
-          for _ in range(k):
-            skipped.add(reason, first[reason])
+        skipped.merge(file_counts, first)
         bar.update(size)
       for w in writers:
         w.close()

@@ -23,6 +23,7 @@ from modeling.config import MlaConfig
 from modeling.layers import params, rope
 from modeling.layers.fp8 import project
 from modeling.layers.norms import RMSNorm
+from pallas_kernels.mla import ops as mla_ops
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
@@ -118,6 +119,13 @@ class MLA(nnx.Module):
     w_uk, w_uv = jnp.split(self.kv_b_proj[...].astype(f32), [cfg.qk_nope_head_dim], axis=-1)
     q_lat = jnp.einsum("bshn,chn->bshc", q_nope.astype(f32), w_uk)  # [b, s, h, c]
     q = jnp.concatenate([q_lat, q_pe.astype(f32)], axis=-1)  # [b, s, h, c + r]
+    if cfg.kernel != "xla":  # the cache row [c_kv, k_pe] read once as keys and values
+      o_lat, max_logits = mla_ops.mla_attention(
+        q_lat, q_pe.astype(f32), c_kv.astype(f32), k_pe.astype(f32), segment_ids=segment_ids,
+        scale=cfg.scale, window=cfg.window, implementation="pallas",
+        interpret=cfg.kernel == "pallas_interpret",
+      )  # fmt: skip
+      return jnp.einsum("bshc,chv->bshv", o_lat, w_uv), max_logits
     k = jnp.concatenate([c_kv, k_pe], axis=-1).astype(f32)[:, :, None, :]  # [b, t, 1, c + r]
     o_lat, max_logits = dot_product_attention(
       q,

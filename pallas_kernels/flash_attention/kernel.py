@@ -7,6 +7,10 @@ block: GQA never repeats K/V. Each program owns one query block (forward, dq)
 or one key block (dk/dv) and loops only over the blocks the causal and window
 masks leave partly visible; fully masked blocks are never loaded.
 
+Shared K/V (MLA's latent space, `v is None`): the values are the leading
+`value_dim` columns of the keys, so each key tile is read once for both, and
+the value gradient is added into those columns of dk.
+
 Masked logits are a large finite negative (not -inf), so a row that sees
 nothing (only padding rows do) gives finite garbage that ops.py slices off.
 """
@@ -51,15 +55,29 @@ def _logits(q, k, q_idx, k_idx, q_seg, k_seg, scale, softcap, window):
   return s, jnp.where(keep, capped, NEG), t, keep
 
 
-def _key_tile(k_ref, v_ref, kseg_ref, j, block_k: int):
+def _key_tile(k_ref, v_ref, kseg_ref, j, block_k: int, value_dim: int):
   """Key block j: (k [bk, d], v [bk, dv], key positions [bk], key segments [bk])."""
   rows = pl.ds(j * block_k, block_k)
-  return k_ref[rows, :], v_ref[rows, :], j * block_k + jnp.arange(block_k), kseg_ref[rows]
+  k = k_ref[rows, :]
+  v = k[:, :value_dim] if v_ref is None else v_ref[rows, :]
+  return k, v, j * block_k + jnp.arange(block_k), kseg_ref[rows]
+
+
+def _shared_kv(kernel, outputs_with_v: bool = False):
+  """`kernel` called without a v input (and dv output): those refs are None."""
+
+  def run(q_ref, k_ref, *rest):
+    if outputs_with_v:
+      *rest, dk_ref = rest
+      return kernel(q_ref, k_ref, None, *rest, dk_ref, None)
+    return kernel(q_ref, k_ref, None, *rest)
+
+  return run
 
 
 def _fwd_kernel(
   q_ref, k_ref, v_ref, qseg_ref, kseg_ref, sink_ref, o_ref, lse_ref, mx_ref,
-  *, scale, softcap, window, block_q, block_k, num_k, has_sinks,
+  *, scale, softcap, window, block_q, block_k, num_k, has_sinks, value_dim,
 ):  # fmt: skip
   qi = pl.program_id(2)
   q = q_ref[...]  # [bq, d]
@@ -68,7 +86,7 @@ def _fwd_kernel(
 
   def body(j, carry):
     m, l, acc, mx = carry
-    k, v, k_idx, k_seg = _key_tile(k_ref, v_ref, kseg_ref, j, block_k)
+    k, v, k_idx, k_seg = _key_tile(k_ref, v_ref, kseg_ref, j, block_k, value_dim)
     raw, s, _, keep = _logits(q, k, q_idx, k_idx, q_seg, k_seg, scale, softcap, window)
     mx = jnp.maximum(mx, jnp.max(jnp.where(keep, raw, NEG), axis=1))
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
@@ -82,7 +100,7 @@ def _fwd_kernel(
   init = (
     jnp.full((block_q,), NEG, jnp.float32),
     jnp.zeros((block_q,), jnp.float32),
-    jnp.zeros((block_q, v_ref.shape[-1]), jnp.float32),
+    jnp.zeros((block_q, value_dim), jnp.float32),
     jnp.full((block_q,), NEG, jnp.float32),
   )
   m, l, acc, mx = jax.lax.fori_loop(lo, hi, body, init)
@@ -100,7 +118,7 @@ def _fwd_kernel(
 
 def _dq_kernel(
   q_ref, k_ref, v_ref, qseg_ref, kseg_ref, do_ref, lse_ref, delta_ref, dq_ref,
-  *, scale, softcap, window, block_q, block_k, num_k,
+  *, scale, softcap, window, block_q, block_k, num_k, value_dim,
 ):  # fmt: skip
   qi = pl.program_id(2)
   q, do = q_ref[...], do_ref[...]
@@ -109,7 +127,7 @@ def _dq_kernel(
   q_seg = qseg_ref[...]
 
   def body(j, dq):
-    k, v, k_idx, k_seg = _key_tile(k_ref, v_ref, kseg_ref, j, block_k)
+    k, v, k_idx, k_seg = _key_tile(k_ref, v_ref, kseg_ref, j, block_k, value_dim)
     _, s, t, _ = _logits(q, k, q_idx, k_idx, q_seg, k_seg, scale, softcap, window)
     p = jnp.exp(s - lse[:, None])
     dp = jax.lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
@@ -125,10 +143,11 @@ def _dq_kernel(
 
 def _dkv_kernel(
   q_ref, k_ref, v_ref, qseg_ref, kseg_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref,
-  *, scale, softcap, window, block_q, block_k, num_q, group,
+  *, scale, softcap, window, block_q, block_k, num_q, group, value_dim,
 ):  # fmt: skip
   kj = pl.program_id(2)
-  k, v = k_ref[...], v_ref[...]  # [bk, d], [bk, dv]
+  k = k_ref[...]  # [bk, d]
+  v = k[:, :value_dim] if v_ref is None else v_ref[...]  # [bk, dv]
   k_idx = kj * block_k + jnp.arange(block_k)
   k_seg = kseg_ref[...]
 
@@ -158,30 +177,41 @@ def _dkv_kernel(
   for n in range(group):  # the query heads that share this kv head
     carry = jax.lax.fori_loop(lo, hi, functools.partial(body, n=n), carry)
   dk, dv = carry
-  dk_ref[...] = (dk * scale).astype(dk_ref.dtype)
-  dv_ref[...] = dv.astype(dv_ref.dtype)
+  dk = dk * scale
+  if dv_ref is None:  # the values are dk's leading columns: their gradient joins it
+    dk = dk + jnp.pad(dv, ((0, 0), (0, k.shape[-1] - value_dim)))
+  else:
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+  dk_ref[...] = dk.astype(dk_ref.dtype)
 
 
-def forward(q, k, v, q_seg, k_seg, sinks, *, scale, softcap, window, block_q, block_k, interpret):
-  """q [b, h, S, d], k/v [b, kh, S, d|dv], segs [b, S], sinks [h] -> (out [b, h, S, dv],
+def forward(
+  q, k, v, q_seg, k_seg, sinks, *, scale, softcap, window, block_q, block_k, interpret,
+  value_dim=0,
+):  # fmt: skip
+  """q [b, h, S, d], k [b, kh, S, d], v [b, kh, S, dv] or None (values = the first
+  `value_dim` columns of k), segs [b, S], sinks [h] or None -> (out [b, h, S, dv],
   lse [b, h, S], row max of the raw logits [b, h, S])."""
   b, h, seq, d = q.shape
-  kh, dv = k.shape[1], v.shape[-1]
+  kh = k.shape[1]
+  dv = value_dim if v is None else v.shape[-1]
   g = h // kh
   num_q, num_k = seq // block_q, seq // block_k
   kernel = functools.partial(
     _fwd_kernel, scale=scale, softcap=softcap, window=window, block_q=block_q,
-    block_k=block_k, num_k=num_k, has_sinks=sinks is not None,
+    block_k=block_k, num_k=num_k, has_sinks=sinks is not None, value_dim=dv,
   )  # fmt: skip
   sinks = jnp.zeros((h,), jnp.float32) if sinks is None else sinks
   rows = pl.BlockSpec((None, None, block_q), lambda bi, n, i: (bi, n, i))
+  kv_specs = [pl.BlockSpec((None, None, seq, d), lambda bi, n, i: (bi, n // g, 0, 0))]
+  if v is not None:
+    kv_specs.append(pl.BlockSpec((None, None, seq, dv), lambda bi, n, i: (bi, n // g, 0, 0)))
   return pl.pallas_call(
-    kernel,
+    kernel if v is not None else _shared_kv(kernel),
     grid=(b, h, num_q),
     in_specs=[
       pl.BlockSpec((None, None, block_q, d), lambda bi, n, i: (bi, n, i, 0)),
-      pl.BlockSpec((None, None, seq, d), lambda bi, n, i: (bi, n // g, 0, 0)),
-      pl.BlockSpec((None, None, seq, dv), lambda bi, n, i: (bi, n // g, 0, 0)),
+      *kv_specs,
       pl.BlockSpec((None, block_q), lambda bi, n, i: (bi, i)),
       pl.BlockSpec((None, seq), lambda bi, n, i: (bi, 0)),
       pl.BlockSpec((1,), lambda bi, n, i: (n,)),
@@ -198,28 +228,36 @@ def forward(q, k, v, q_seg, k_seg, sinks, *, scale, softcap, window, block_q, bl
     ],
     interpret=interpret,
     name="flash_attention_fwd",
-  )(q, k, v, q_seg, k_seg, sinks)
+  )(q, k, *([] if v is None else [v]), q_seg, k_seg, sinks)
 
 
 def backward(
-  q, k, v, q_seg, k_seg, do, lse, delta, *, scale, softcap, window, block_q, block_k, interpret
-):
-  """-> dq [b, h, S, d], dk [b, kh, S, d], dv [b, kh, S, dv] (f32 accumulation)."""
+  q, k, v, q_seg, k_seg, do, lse, delta, *, scale, softcap, window, block_q, block_k, interpret,
+  value_dim=0,
+):  # fmt: skip
+  """-> dq [b, h, S, d], dk [b, kh, S, d], dv [b, kh, S, dv] (None when v is None: its
+  gradient is inside dk), f32 accumulation."""
   b, h, seq, d = q.shape
-  kh, dv_dim = k.shape[1], v.shape[-1]
+  kh = k.shape[1]
+  dv_dim = value_dim if v is None else v.shape[-1]
   g = h // kh
   num_q, num_k = seq // block_q, seq // block_k
-  common = dict(scale=scale, softcap=softcap, window=window, block_q=block_q, block_k=block_k)
-  full_k = pl.BlockSpec((None, None, seq, d), lambda bi, n, i: (bi, n // g, 0, 0))
-  full_v = pl.BlockSpec((None, None, seq, dv_dim), lambda bi, n, i: (bi, n // g, 0, 0))
+  common = dict(
+    scale=scale, softcap=softcap, window=window, block_q=block_q, block_k=block_k,
+    value_dim=dv_dim,
+  )  # fmt: skip
+  kv_specs = [pl.BlockSpec((None, None, seq, d), lambda bi, n, i: (bi, n // g, 0, 0))]
+  if v is not None:
+    kv_specs.append(pl.BlockSpec((None, None, seq, dv_dim), lambda bi, n, i: (bi, n // g, 0, 0)))
+  kv = [k] if v is None else [k, v]
   q_rows = pl.BlockSpec((None, None, block_q), lambda bi, n, i: (bi, n, i))
+  dq_kernel = functools.partial(_dq_kernel, num_k=num_k, **common)
   dq = pl.pallas_call(
-    functools.partial(_dq_kernel, num_k=num_k, **common),
+    dq_kernel if v is not None else _shared_kv(dq_kernel),
     grid=(b, h, num_q),
     in_specs=[
       pl.BlockSpec((None, None, block_q, d), lambda bi, n, i: (bi, n, i, 0)),
-      full_k,
-      full_v,
+      *kv_specs,
       pl.BlockSpec((None, block_q), lambda bi, n, i: (bi, i)),
       pl.BlockSpec((None, seq), lambda bi, n, i: (bi, 0)),
       pl.BlockSpec((None, None, block_q, dv_dim), lambda bi, n, i: (bi, n, i, 0)),
@@ -230,34 +268,36 @@ def backward(
     out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
     interpret=interpret,
     name="flash_attention_dq",
-  )(q, k, v, q_seg, k_seg, do, lse, delta)
+  )(q, *kv, q_seg, k_seg, do, lse, delta)
   # dk/dv: one program per (batch, kv head, key block) loops over its g query heads.
   grouped = lambda x: x.reshape(b, kh, g, *x.shape[2:])
   group_spec = lambda *tail: pl.BlockSpec(
     (None, None, g, seq, *tail), lambda bi, n, j: (bi, n, 0, 0, *(0,) * len(tail))
   )
-  dk, dv = pl.pallas_call(
-    functools.partial(_dkv_kernel, num_q=num_q, group=g, **common),
+  key_block = lambda width: pl.BlockSpec(
+    (None, None, block_k, width), lambda bi, n, j: (bi, n, j, 0)
+  )
+  dkv_kernel = functools.partial(_dkv_kernel, num_q=num_q, group=g, **common)
+  out_specs = [key_block(d)] + ([] if v is None else [key_block(dv_dim)])
+  out_shape = [jax.ShapeDtypeStruct(k.shape, k.dtype)]
+  out_shape += [] if v is None else [jax.ShapeDtypeStruct(v.shape, v.dtype)]
+  grads = pl.pallas_call(
+    dkv_kernel if v is not None else _shared_kv(dkv_kernel, outputs_with_v=True),
     grid=(b, kh, num_k),
     in_specs=[
       group_spec(d),
-      pl.BlockSpec((None, None, block_k, d), lambda bi, n, j: (bi, n, j, 0)),
-      pl.BlockSpec((None, None, block_k, dv_dim), lambda bi, n, j: (bi, n, j, 0)),
+      key_block(d),
+      *([] if v is None else [key_block(dv_dim)]),
       pl.BlockSpec((None, seq), lambda bi, n, j: (bi, 0)),
       pl.BlockSpec((None, block_k), lambda bi, n, j: (bi, j)),
       group_spec(dv_dim),
       group_spec(),
       group_spec(),
     ],
-    out_specs=[
-      pl.BlockSpec((None, None, block_k, d), lambda bi, n, j: (bi, n, j, 0)),
-      pl.BlockSpec((None, None, block_k, dv_dim), lambda bi, n, j: (bi, n, j, 0)),
-    ],
-    out_shape=[
-      jax.ShapeDtypeStruct(k.shape, k.dtype),
-      jax.ShapeDtypeStruct(v.shape, v.dtype),
-    ],
+    out_specs=out_specs,
+    out_shape=out_shape,
     interpret=interpret,
     name="flash_attention_dkv",
-  )(grouped(q), k, v, q_seg, k_seg, grouped(do), grouped(lse), grouped(delta))
+  )(grouped(q), *kv, q_seg, k_seg, grouped(do), grouped(lse), grouped(delta))
+  dk, dv = (grads[0], None) if v is None else grads
   return dq, dk, dv

@@ -19,7 +19,7 @@ IMPLEMENTATIONS = ("pallas", "reference")
 
 
 @dataclasses.dataclass(frozen=True)
-class _Cfg:
+class KernelConfig:
   scale: float
   softcap: float
   window: int
@@ -27,11 +27,12 @@ class _Cfg:
   block_k: int
   interpret: bool
   has_sinks: bool
+  value_dim: int = 0  # > 0: no v; the values are the keys' first value_dim columns
 
   def kernel_args(self):
     return dict(
       scale=self.scale, softcap=self.softcap, window=self.window, block_q=self.block_q,
-      block_k=self.block_k, interpret=self.interpret,
+      block_k=self.block_k, interpret=self.interpret, value_dim=self.value_dim,
     )  # fmt: skip
 
 
@@ -40,7 +41,7 @@ def _heads_first(x):  # [b, s, n, d] -> [b, n, s, d]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
-def _flash(q, k, v, q_seg, k_seg, sinks, cfg: _Cfg):
+def _flash(q, k, v, q_seg, k_seg, sinks, cfg: KernelConfig):
   """-> (out [b, h, S, dv], raw-logit row max [b, h, S])."""
   return _flash_fwd(q, k, v, q_seg, k_seg, sinks, cfg)[0]
 
@@ -61,10 +62,25 @@ def _flash_bwd(cfg, res, cotangents):
   if cfg.has_sinks:  # d sink = -sum_q p_sink(q) * delta(q); padding rows have delta 0
     p_sink = jnp.exp(sinks.astype(jnp.float32)[None, :, None] - lse)
     dsinks = (-jnp.sum(p_sink * delta, axis=(0, 2))).astype(sinks.dtype)
-  return dq, dk, dv, None, None, dsinks
+  return dq, dk, dv, None, None, dsinks  # dv is None when v is (shared K/V)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
+
+
+def pad_and_run(q, k, v, segment_ids, sinks, cfg: KernelConfig):
+  """Model layouts ([b, s, n, d]) padded to the blocks -> _flash -> (out, max_logits)."""
+  s = q.shape[1]
+  pad = -s % max(cfg.block_q, cfg.block_k)
+  seg = jnp.asarray(segment_ids, jnp.int32)
+  q_seg = jnp.pad(seg, ((0, 0), (0, pad)), constant_values=-2)  # padding sees nothing ...
+  k_seg = jnp.pad(seg, ((0, 0), (0, pad)), constant_values=-1)  # ... and is seen by nobody
+  padded = lambda x: _heads_first(jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))))
+  sinks = jnp.zeros((q.shape[2],), jnp.float32) if sinks is None else sinks
+  v = None if v is None else padded(v)
+  out, mx = _flash(padded(q), padded(k), v, q_seg, k_seg, sinks, cfg)
+  max_logits = jnp.max(jax.lax.stop_gradient(mx[:, :, :s]), axis=(0, 2))
+  return _heads_first(out)[:, :s], max_logits
 
 
 def default_implementation() -> str:
@@ -82,19 +98,10 @@ def flash_attention(
   if implementation == "reference":
     kw = dict(segment_ids=segment_ids, scale=scale, window=window, softcap=softcap, sinks=sinks)
     return reference.attention(q, k, v, **kw)
-  b, s, h, _ = q.shape
+  h = q.shape[2]
   if h % k.shape[2]:
     raise ValueError(f"{h} query heads are not a multiple of {k.shape[2]} kv heads")
-  block = max(block_q, block_k)
-  pad = -s % block
-  seg = jnp.asarray(segment_ids, jnp.int32)
-  q_seg = jnp.pad(seg, ((0, 0), (0, pad)), constant_values=-2)  # padding sees nothing ...
-  k_seg = jnp.pad(seg, ((0, 0), (0, pad)), constant_values=-1)  # ... and is seen by nobody
-  padded = lambda x: _heads_first(jnp.pad(x, ((0, 0), (0, pad), (0, 0), (0, 0))))
-  cfg = _Cfg(
+  cfg = KernelConfig(
     float(scale), float(softcap), int(window), block_q, block_k, bool(interpret), sinks is not None
   )
-  sinks = jnp.zeros((h,), jnp.float32) if sinks is None else sinks
-  out, mx = _flash(padded(q), padded(k), padded(v), q_seg, k_seg, sinks, cfg)
-  max_logits = jnp.max(jax.lax.stop_gradient(mx[:, :, :s]), axis=(0, 2))
-  return _heads_first(out)[:, :s], max_logits
+  return pad_and_run(q, k, v, segment_ids, sinks, cfg)

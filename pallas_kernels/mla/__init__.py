@@ -1,0 +1,1 @@
+"""MLA attention in latent space: `ops.mla_attention`."""

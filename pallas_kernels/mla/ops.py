@@ -1,0 +1,36 @@
+"""`mla_attention`: MLA in latent space on the flash-attention kernels.
+
+Latent-space MLA is multi-query attention whose one key head is the cache row
+[c_kv, k_pe] (width c + r) and whose values are that row's first c columns. The
+flash kernels' shared-K/V mode (flash_attention/kernel.py) runs exactly that:
+each key tile is loaded once and serves as keys and values, and the value
+gradient is added into dk's first c columns; so there is no separate kernel.py
+here. Contract: `reference.attention`.
+"""
+
+import jax.numpy as jnp
+
+from pallas_kernels.flash_attention import ops as flash_ops
+from pallas_kernels.mla import reference
+
+
+def mla_attention(
+  q_lat, q_pe, c_kv, k_pe, *, segment_ids, scale: float, window: int = 0,
+  block_q: int = 128, block_k: int = 128, implementation=None, interpret: bool = False,
+):  # fmt: skip
+  """(out [b, s, h, c], max_logits [h]); see reference.attention."""
+  implementation = implementation or ("pallas" if interpret else flash_ops.default_implementation())
+  if implementation not in flash_ops.IMPLEMENTATIONS:
+    raise ValueError(
+      f"implementation={implementation!r} must be one of {flash_ops.IMPLEMENTATIONS}"
+    )
+  if implementation == "reference":
+    kw = dict(segment_ids=segment_ids, scale=scale, window=window)
+    return reference.attention(q_lat, q_pe, c_kv, k_pe, **kw)
+  q = jnp.concatenate([q_lat, q_pe.astype(q_lat.dtype)], axis=-1)  # [b, s, h, c + r]
+  k = jnp.concatenate([c_kv, k_pe.astype(c_kv.dtype)], axis=-1)[:, :, None]  # [b, s, 1, c + r]
+  cfg = flash_ops.KernelConfig(
+    float(scale), 0.0, int(window), block_q, block_k, bool(interpret), False,
+    value_dim=c_kv.shape[-1],
+  )  # fmt: skip
+  return flash_ops.pad_and_run(q, k, None, segment_ids, None, cfg)
