@@ -164,11 +164,15 @@ def test_training_reads_a_prepared_directory_and_reports_skipped_input(tmp_path)
     config.data.path = path
     config.data.eval_fraction = 0.3
     workdir = tmp_path / ("raw" if "*" in path else "prepared")
-    Trainer(config, str(workdir)).run()
+    trainer = Trainer(config, str(workdir))
+    trainer.run()
     records = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if "loss" in r]
     assert [r["step"] for r in train] == [2, 4] and np.isfinite(train[-1]["loss"])
-    if "*" in path:
-      assert train[-1]["skipped_invalid_utf8"] >= 1 and train[-1]["skipped_bad_json"] >= 0
+    reported = {k[len("skipped_") :]: v for k, v in train[-1].items() if k.startswith("skipped_")}
+    assert reported == {r: n for r, n in trainer.skipped.counts.items() if n}
+    if "*" in path:  # what the run read of the mixed input: some, never more than there is
+      everything = {"empty": 2, "invalid_utf8": 2, "bad_json": 1, "missing_field": 2}
+      assert reported and all(n <= everything[r] for r, n in reported.items())
     else:
       assert not any(k.startswith("skipped_") for k in train[-1])

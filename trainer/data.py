@@ -98,16 +98,21 @@ def data_tokenizer(data_cfg) -> Tokenizer:
 
 
 class Skipped:
-  """Counts of skipped input by reason, with the first place each was seen.
+  """Counts of skipped input by reason, with the first place each was seen. Each
+  place (file, or file:line) counts once, however many epochs re-read it.
   Thread-safe: grain reads files on several threads."""
 
   def __init__(self):
     self._lock = threading.Lock()
+    self._seen = set()
     self.counts = dict.fromkeys(SKIP_REASONS, 0)
     self.first = {}
 
   def add(self, reason: str, where: str):
     with self._lock:
+      if where in self._seen:
+        return
+      self._seen.add(where)
       self.counts[reason] += 1
       self.first.setdefault(reason, where)
 
