@@ -65,6 +65,14 @@ def test_jsonl_and_text_documents_are_read_and_bad_input_is_counted(tmp_path):
   assert "2 missing_field (first: " in skipped.summary()
 
 
+def test_skipped_keeps_the_earliest_place_whatever_order_threads_report_it():
+  skipped = data.Skipped()
+  for path, line in [("d.txt", 0), ("a.jsonl", 10), ("a.jsonl", 8), ("a.jsonl", 8)]:
+    skipped.add("invalid_utf8", path, line)
+  assert skipped.counts["invalid_utf8"] == 3
+  assert skipped.first["invalid_utf8"] == "a.jsonl:8"
+
+
 def test_the_jsonl_field_is_configurable_and_format_can_be_forced(tmp_path):
   (tmp_path / "x.data").write_text(json.dumps({"content": "hello"}) + "\n")
   docs = _documents(_eval(_cfg(tmp_path / "x.data", format="jsonl", field="content")))

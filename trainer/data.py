@@ -98,31 +98,40 @@ def data_tokenizer(data_cfg) -> Tokenizer:
 
 
 class Skipped:
-  """Counts of skipped input by reason, with the first place each was seen. Each
-  place (file, or file:line) counts once, however many epochs re-read it.
-  Thread-safe: grain reads files on several threads."""
+  """Counts of skipped input by reason, with the first place (in input order)
+  each was seen. Each place (file, or file:line) counts once, however many
+  epochs re-read it. Thread-safe: grain reads files on several threads, so
+  `first` keeps the earliest (path, line), not the first reported."""
 
   def __init__(self):
     self._lock = threading.Lock()
     self._seen = set()
+    self._first_at = {}  # reason -> (path, line) of the earliest place
     self.counts = dict.fromkeys(SKIP_REASONS, 0)
     self.first = {}
 
-  def add(self, reason: str, where: str):
+  def add(self, reason: str, path: str, line: int = 0):
+    """One skipped file (line 0) or JSONL line (1-based)."""
+    where = f"{path}:{line}" if line else path
     with self._lock:
       if where in self._seen:
         return
       self._seen.add(where)
       self.counts[reason] += 1
-      self.first.setdefault(reason, where)
+      if reason not in self._first_at or (path, line) < self._first_at[reason]:
+        self._first_at[reason] = (path, line)
+        self.first[reason] = where
 
   def merge(self, counts: dict, first: dict):
-    """Adds another Skipped's counts (e.g. from a worker process)."""
+    """Adds another Skipped's counts (e.g. from a worker process); callers merge
+    in input order, so an already-known first place is kept."""
     with self._lock:
       for reason, n in counts.items():
         self.counts[reason] += n
       for reason, where in first.items():
-        self.first.setdefault(reason, where)
+        if reason not in self.first:
+          self.first[reason] = where
+          self._first_at[reason] = ("", 0)  # earlier than any later add
 
   def total(self) -> int:
     return sum(self.counts.values())
@@ -134,11 +143,11 @@ class Skipped:
     )
 
 
-def _decode(raw: bytes, where: str, skipped: Skipped) -> str | None:
+def _decode(raw: bytes, skipped: Skipped, path: str, line: int = 0) -> str | None:
   try:
     return raw.decode("utf-8")
   except UnicodeDecodeError:
-    skipped.add("invalid_utf8", where)
+    skipped.add("invalid_utf8", path, line)
     return None
 
 
@@ -146,20 +155,19 @@ def _jsonl_documents(raw: bytes, path: str, field: str, tok: Tokenizer, skipped:
   for number, line in enumerate(raw.splitlines(), 1):
     if not line.strip():
       continue  # blank lines hold no record
-    where = f"{path}:{number}"
-    text = _decode(line, where, skipped)
+    text = _decode(line, skipped, path, number)
     if text is None:
       continue
     try:
       record = json.loads(text)
     except json.JSONDecodeError:
-      skipped.add("bad_json", where)
+      skipped.add("bad_json", path, number)
       continue
     value = record.get(field) if isinstance(record, dict) else None
     if not isinstance(value, str):
-      skipped.add("missing_field", where)
+      skipped.add("missing_field", path, number)
     elif not value:
-      skipped.add("empty", where)
+      skipped.add("empty", path, number)
     else:
       yield tok.encode(value)
 
@@ -174,7 +182,7 @@ def read_documents(path, fmt: str, field: str, tok: Tokenizer, skipped: Skipped)
   if not raw:
     skipped.add("empty", path)
     return []
-  text = _decode(raw, path, skipped)
+  text = _decode(raw, skipped, path)
   return [] if text is None else [tok.encode(text, raw)]
 
 
