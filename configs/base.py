@@ -82,6 +82,16 @@ def get_config() -> ml_collections.ConfigDict:
   )
   m.mla.absorbed = False  # latent-space (MQA) form: same weights, decode-time layout.
   m.mla.mscale_all_dim = 0.0  # YaRN: softmax scale *= (0.1*mscale_all_dim*ln(s)+1)^2 if > 0.
+  # DeepSeek Sparse Attention (V3.2): a lightning indexer picks each query's top-k keys.
+  m.mla.indexer = ml_collections.ConfigDict()
+  m.mla.indexer.num_heads = 0  # indexer heads (V3.2: 64); 0 = dense MLA, no indexer.
+  m.mla.indexer.head_dim = 128
+  m.mla.indexer.topk = 2048  # keys per query.
+  # warmup: attention stays dense, only the indexer trains (KL to the attention);
+  # sparse: attention over the top-k, everything trains (the indexer on its KL only).
+  m.mla.indexer.stage = "sparse"
+  m.mla.indexer.fp8 = False  # Hadamard + E4M3 (one scale per head_dim vector) on q/k.
+  m.mla.indexer.loss_weight = 1.0  # weight of the indexer KL (summed over layers).
   # FFN kind per layer: layer i uses ffn_pattern[i % len] after the first
   # `first_dense_layers` layers, which are always dense.
   m.ffn_pattern = ("dense",)  # entries: dense | moe.
@@ -173,6 +183,9 @@ def get_config() -> ml_collections.ConfigDict:
   o.eps = 1e-8
   o.weight_decay = 0.1  # decoupled; matrices only (not norms, biases, sinks).
   o.grad_clip = 1.0  # global-norm clip; 0 = off.
+  # Regex over param paths ("stack/blocks/0/attn/indexer/wk"); only matches train,
+  # the rest stay frozen. "" = all train (a DSA warm-up stage trains "(^|/)indexer/").
+  o.trainable = ""
 
   # ----------------------------------------------------------------- data
   d = c.data = ml_collections.ConfigDict()
@@ -200,6 +213,11 @@ def get_config() -> ml_collections.ConfigDict:
   k.keep_every = 0  # also keep every step that is a multiple of this; 0 = none.
   # Saves are asynchronous and commit atomically; SIGTERM saves the current step
   # and exits cleanly; the same command with the same --workdir resumes.
+  # Workdir of another run whose latest weights (params, router biases) start a
+  # new run here: fresh optimizer, step 0. For the next training stage (DSA
+  # warm-up -> sparse) or adding parts (indexers onto a dense MLA model: params the
+  # source lacks keep their init and are listed). "" = from scratch.
+  k.init_from = ""
 
   # ------------------------------------------------------------ precision
   p = c.precision = ml_collections.ConfigDict()

@@ -76,6 +76,20 @@ class AttentionConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class IndexerConfig:
+  """DeepSeek Sparse Attention's lightning indexer (modeling/attention/sparse.py)."""
+
+  num_heads: int  # indexer heads H (V3.2: 64).
+  head_dim: int  # D (V3.2: 128).
+  topk: int  # keys each query keeps (V3.2: 2048).
+  rope: RopeConfig  # half-split RoPE on the leading qk_rope_head_dim dims.
+  stage: str = "sparse"  # warmup (dense attention, indexer learns) | sparse (top-k).
+  fp8: bool = False  # Hadamard-rotate q/k, then E4M3 with one scale per D-vector.
+  loss_weight: float = 1.0  # weight of the indexer's KL in the loss.
+  init_std: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
 class MlaConfig:
   """Multi-head latent attention (low-rank q, jointly compressed kv, decoupled rope key)."""
 
@@ -94,6 +108,7 @@ class MlaConfig:
   kernel: str = "xla"  # attention core: xla | pallas | pallas_interpret.
   init_std: float = 0.02
   fp8: Fp8 | None = None  # FP8-style projections (not the absorbed attention core).
+  indexer: IndexerConfig | None = None  # DeepSeek Sparse Attention; None = dense.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +180,7 @@ class DecoderConfig:
   router_z_weight: float = 0.0
   bias_update_rate: float = 0.0  # aux-loss-free bias step (0 = no update).
   mtp_depth: int = 0  # multi-token prediction modules after the trunk.
+  indexer_loss_weight: float = 0.0  # DSA: weight of the indexers' KL (summed over layers).
 
   @property
   def num_layers(self) -> int:
@@ -334,6 +350,7 @@ def decoder_config(
     router_z_weight=m.moe.router_z_weight if moe else 0.0,
     bias_update_rate=m.moe.bias_update_rate if moe and m.moe.aux_free_bias else 0.0,
     mtp_depth=m.mtp.depth,
+    indexer_loss_weight=m.mla.indexer.loss_weight if mla and mla.indexer else 0.0,
   )
 
 
@@ -383,6 +400,7 @@ def _mla_config(m, rope: RopeConfig, norm: NormConfig, fp8: Fp8 | None) -> MlaCo
 
   factor = rope.factor if rope.scaling != "none" else 1.0
   scale = mla_softmax_scale(a.qk_nope_head_dim + a.qk_rope_head_dim, factor, a.mscale_all_dim)
+  rope = dataclasses.replace(rope, rotary_dim=a.qk_rope_head_dim)
   return MlaConfig(
     embed_dim=m.embed_dim,
     num_heads=m.num_heads,
@@ -393,10 +411,48 @@ def _mla_config(m, rope: RopeConfig, norm: NormConfig, fp8: Fp8 | None) -> MlaCo
     v_head_dim=a.v_head_dim,
     scale=scale,
     # DeepSeek checkpoints rotate interleaved pairs; the model-level rope_interleave is GQA's.
-    rope=dataclasses.replace(rope, rotary_dim=a.qk_rope_head_dim, interleave=a.rope_interleave),
+    rope=dataclasses.replace(rope, interleave=a.rope_interleave),
     norm=NormConfig(norm.kind, 1e-6),  # the latent norms' eps is fixed in the reference models
     absorbed=a.absorbed,
     kernel=m.attention_kernel,
     init_std=m.init_std,
     fp8=fp8,
+    indexer=_indexer_config(m, rope),
+  )
+
+
+INDEXER_STAGES = ("warmup", "sparse")
+
+
+def _indexer_config(m, rope: RopeConfig) -> IndexerConfig | None:
+  i = m.mla.indexer
+  if i.num_heads == 0:
+    return None
+  for name in ("num_heads", "head_dim", "topk"):
+    _check(i[name] > 0, f"model.mla.indexer.{name}={i[name]} must be positive (num_heads 0 = off)")
+  _choice("mla.indexer.stage", i.stage, INDEXER_STAGES)
+  _check(
+    m.mla.q_lora_rank > 0,
+    "model.mla.indexer needs model.mla.q_lora_rank > 0: its queries read the query latent",
+  )
+  _check(
+    i.head_dim >= rope.rotary_dim,
+    f"model.mla.indexer.head_dim={i.head_dim} must be >= model.mla.qk_rope_head_dim="
+    f"{rope.rotary_dim} (its leading dims take RoPE)",
+  )
+  _check(
+    not i.fp8 or i.head_dim & (i.head_dim - 1) == 0,
+    f"model.mla.indexer.fp8 needs a power-of-two head_dim for the Hadamard transform; "
+    f"got {i.head_dim}",
+  )
+  # The indexer rotates half-split pairs whatever MLA does (DeepSeek's corrected reference).
+  return IndexerConfig(
+    num_heads=i.num_heads,
+    head_dim=i.head_dim,
+    topk=i.topk,
+    rope=dataclasses.replace(rope, interleave=False),
+    stage=i.stage,
+    fp8=i.fp8,
+    loss_weight=i.loss_weight,
+    init_std=m.init_std,
   )

@@ -66,7 +66,7 @@ class Block(nnx.Module):
   def __call__(self, x, *, positions, segment_ids):  # x: [b, s, e] -> (x, stats)
     pre = self.placement in ("pre", "sandwich")
     post = self.placement in ("post", "sandwich")
-    h, max_logits = self.attn(
+    h, attn_stats = self.attn(
       self.attn_norm(x) if pre else x, positions=positions, segment_ids=segment_ids
     )
     h = checkpoint_name(h, "attention_out")
@@ -74,7 +74,7 @@ class Block(nnx.Module):
     h = self.mlp(self.mlp_norm(x) if pre else x)
     h, stats = h if self.is_moe else (h, {})  # MoE also returns its load and balance stats
     x = x + (self.mlp_post_norm(h) if post else h)
-    return rules.constrain(x, ACTIVATION_AXES), dict(stats, max_logits=max_logits)
+    return rules.constrain(x, ACTIVATION_AXES), stats | attn_stats
 
 
 class Period(nnx.Module):
@@ -139,7 +139,8 @@ class Decoder(nnx.Module):
     `max_logits` [layers, heads] (largest pre-softmax logit per head); with
     MoE layers, `expert_load` [moe_layers, experts] token counts, `router_z`
     and `dropped_frac` (means over MoE layers); with MTP, `mtp_logits` (one
-    [b, s, vocab] per depth).
+    [b, s, vocab] per depth); with DSA indexers, `indexer_kl` [dsa_layers] and
+    `indexer_loss` (their weighted sum).
     """
     cfg = self.cfg
     b, s = tokens.shape
@@ -197,22 +198,25 @@ class Decoder(nnx.Module):
   def _aux(self, layers: list[dict]) -> dict:
     cfg = self.cfg
     # [layers, heads]: prefix, scanned periods, tail, MTP (when run), as `attention_layers`.
-    max_logits = jnp.stack([st["max_logits"] for st in layers])
+    aux = {"max_logits": jnp.stack([st["max_logits"] for st in layers])}
+    kls = [st["indexer_kl"] for st in layers if "indexer_kl" in st]  # DSA layers
+    if kls:
+      aux["indexer_kl"] = jnp.stack(kls)  # [dsa_layers]
+      aux["indexer_loss"] = cfg.indexer_loss_weight * aux["indexer_kl"].sum()
     stats = [st for st in layers if "load" in st]  # MoE layers
     if not stats:
-      return {"aux_loss": jnp.zeros((), jnp.float32), "max_logits": max_logits}
+      return aux | {"aux_loss": jnp.zeros((), jnp.float32)}
     total = lambda key: sum(st[key] for st in stats)
     aux_loss = (
       cfg.seq_aux_weight * total("seq_aux")
       + cfg.switch_aux_weight * total("switch_aux")
       + cfg.router_z_weight * total("router_z")
     )
-    return {
+    return aux | {
       "aux_loss": aux_loss,
       "expert_load": jnp.stack([st["load"] for st in stats]),
       "dropped_frac": total("dropped_frac") / len(stats),
       "router_z": total("router_z") / len(stats),
-      "max_logits": max_logits,
     }
 
   def _scan(self, x, positions, segment_ids):

@@ -33,6 +33,9 @@ RULES: dict[str, tuple[str, ...]] = {
   # DeepSeek-V3) need an fsdp axis when heads are not tensor-sharded.
   "q_lora": ("fsdp",),
   "kv_lora": ("fsdp",),
+  # DSA indexer heads: small (64 x 128 per layer in V3.2), replicated.
+  "index_heads": (),
+  "index_head_dim": (),
   "experts": ("expert",),
   "expert_mlp": ("tensor",),
   "layers": (),  # scanned layers stay whole: each scan step reads one slice.

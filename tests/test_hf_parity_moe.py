@@ -25,6 +25,22 @@ from tests.hf_common import SEQ, TOL
 from tests.hf_common import tokens as _tokens
 
 
+# DeepSeek MLA and MoE sizes shared by the V3 and V3.2 cases.
+_DEEPSEEK = dict(
+  num_key_value_heads=4,
+  q_lora_rank=32,
+  kv_lora_rank=16,
+  qk_nope_head_dim=16,
+  qk_rope_head_dim=8,
+  v_head_dim=16,
+  first_k_dense_replace=1,
+  n_routed_experts=16,
+  num_experts_per_tok=4,
+  moe_intermediate_size=32,
+  n_group=4,
+  topk_group=2,
+)
+
 # name -> (HF model class, HF config class, config kwargs).
 CASES = {
   # MLA (q LoRA, interleaved rope), YaRN with mscale != mscale_all_dim, 1 dense
@@ -34,21 +50,10 @@ CASES = {
     transformers.DeepseekV3ForCausalLM,
     transformers.DeepseekV3Config,
     dict(
+      _DEEPSEEK,
       num_hidden_layers=4,
-      num_key_value_heads=4,
       head_dim=8,  # HF's rope width; DeepseekV3Config sets it to qk_rope_head_dim.
       max_position_embeddings=64,
-      q_lora_rank=32,
-      kv_lora_rank=16,
-      qk_nope_head_dim=16,
-      qk_rope_head_dim=8,
-      v_head_dim=16,
-      first_k_dense_replace=1,
-      n_routed_experts=16,
-      num_experts_per_tok=4,
-      moe_intermediate_size=32,
-      n_group=4,
-      topk_group=2,
       n_shared_experts=2,
       routed_scaling_factor=2.5,
       rope_parameters=dict(
@@ -59,6 +64,23 @@ CASES = {
         mscale=1.0,
         mscale_all_dim=0.5,
       ),
+    ),
+  ),
+  # V3 plus DeepSeek Sparse Attention: each query keeps its top-8 of up to 32 keys
+  # by a 16-head indexer (half-split RoPE on its first 8 of 16 dims, LayerNorm key).
+  # 16 heads, not 4: a key whose ReLU scores are 0 in every head ties at exactly 0,
+  # and torch's top-k breaks ties unlike XLA's (lower position first); with 16
+  # heads that has odds ~2^-16 per pair.
+  "deepseek_v32": (
+    transformers.DeepseekV32ForCausalLM,
+    transformers.DeepseekV32Config,
+    dict(
+      _DEEPSEEK,
+      num_hidden_layers=3,
+      n_shared_experts=1,
+      index_n_heads=16,
+      index_head_dim=16,
+      index_topk=8,
     ),
   ),
   # MoE on every 2nd layer (pattern dense, moe), softmax top-2 of 8, not renormalised.
@@ -301,6 +323,15 @@ def test_config_captures_family_features(pair):
       "moe.num_shared_experts": 2,
       "moe.routed_scaling": 2.5,
       "rope_scaling.type": "yarn",
+    },
+    "deepseek_v32": {
+      "attention": "mla",
+      "mla.rope_interleave": True,
+      "mla.indexer.num_heads": 16,
+      "mla.indexer.head_dim": 16,
+      "mla.indexer.topk": 8,
+      "first_dense_layers": 1,
+      "ffn_pattern": ("moe",),
     },
     "qwen3_moe": {
       "qk_norm": "head",

@@ -51,3 +51,16 @@ def test_moe_preset_param_counts_match_published(family, preset, total, active, 
   assert _close(count, total), f"{family}:{preset} has {count / 1e9:.2f}B total"
   count = active_param_count(cfg) - _left_out(cfg, left_out)
   assert _close(count, active), f"{family}:{preset} has {count / 1e9:.2f}B active"
+
+
+def test_deepseek_v32_is_v3_plus_one_lightning_indexer_per_layer():
+  """V3.2-Exp's card gives V3's size (685B with the MTP module) and no separate active
+  count; what it adds is exact: per layer, wq_b (q_lora 1536 -> 64 heads x 128), wk
+  (7168 -> 128), the key LayerNorm (128 + 128) and weights_proj (7168 -> 64): 13.96M
+  a layer, 0.85B in all, every one active (each token runs its layer's indexer)."""
+  v3, v32 = (
+    decoder_config(family_config(f, "full").model) for f in ("deepseek_v3", "deepseek_v32")
+  )
+  per_layer = 1536 * 64 * 128 + 7168 * 128 + 2 * 128 + 7168 * 64
+  assert param_count(v32) - param_count(v3) == 61 * per_layer
+  assert active_param_count(v32) - active_param_count(v3) == 61 * per_layer

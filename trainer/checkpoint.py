@@ -93,3 +93,51 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def restore_weights(workdir: str, abstract: dict) -> tuple[dict, list[str]]:
+  """Another run's latest committed `params` and `model_state` (`checkpoint.init_from`).
+
+  abstract: {"params": ..., "model_state": ...} of ShapeDtypeStructs with target
+  shardings. Returns (the restored subset of it, the "/"-joined paths it asks for
+  that the checkpoint lacks, which the caller keeps as initialised). Optimizer
+  state, step and data position are not read.
+  """
+  directory = pathlib.Path(workdir).absolute() / "checkpoints"
+  handlers = {  # all three items registered, though only `state` is read
+    "state": ocp.PyTreeCheckpointHandler(),
+    "data": grain.checkpoint.CheckpointHandler(),
+    "config": ocp.JsonCheckpointHandler(),
+  }
+  manager = ocp.CheckpointManager(directory, item_handlers=handlers)
+  try:
+    step = manager.latest_step() if directory.is_dir() else None
+    if step is None:
+      raise ValueError(f"checkpoint.init_from={workdir!r} holds no committed checkpoint")
+    name = lambda path: "/".join(str(k) for k in path)
+    saved = {
+      name(k): v
+      for k, v in traverse_util.flatten_dict(manager.item_metadata(step)["state"].tree).items()
+    }
+    wanted = traverse_util.flatten_dict(abstract)  # paths may hold int keys (layer lists)
+    missing = sorted(name(k) for k in wanted if name(k) not in saved)
+    wrong = [
+      f"{name(k)}: {tuple(saved[name(k)].shape)} saved, {tuple(v.shape)} here"
+      for k, v in wanted.items()
+      if name(k) in saved and tuple(saved[name(k)].shape) != tuple(v.shape)
+    ]
+    if wrong:
+      raise ValueError(
+        f"checkpoint.init_from={workdir!r} does not fit this model: " + "; ".join(wrong)
+      )
+    subset = traverse_util.unflatten_dict({k: v for k, v in wanted.items() if name(k) in saved})
+    restore_args = ocp.checkpoint_utils.construct_restore_args(subset)
+    restored = manager.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(subset, restore_args=restore_args, partial_restore=True)
+      ),
+    ).state
+  finally:
+    manager.close()
+  return restored, missing

@@ -13,6 +13,7 @@ AdamW takes the embedding, output head, router, norms, biases and sinks.
 """
 
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +28,7 @@ DECAY_SHAPES = ("linear", "cosine", "sqrt")
 STACK_AXES = ("layers", "experts")
 # Params that stay on AdamW under Muon, by name: vocab-sized tables and the router,
 # and anything that is not a weight matrix (norm scales, biases, attention sinks).
-ADAM_NAMES = ("embed", "lm_head", "router")
+ADAM_NAMES = ("embed", "lm_head", "router", "weights_proj")  # weights_proj: DSA indexer gates
 ADAM_SUFFIXES = ("bias", "scale", "sinks")
 
 
@@ -51,6 +52,10 @@ def validate(o, steps: int):
       f"optim.decay_fraction={o.decay_fraction} must be in (0, 1 - warmup_steps / steps]: "
       "the decay starts after the warmup ends"
     )
+  try:
+    re.compile(o.trainable)
+  except re.error as e:
+    raise ValueError(f"optim.trainable={o.trainable!r} is not a valid regex: {e}") from None
   if o.qk_clip_tau < 0:
     raise ValueError(f"optim.qk_clip_tau={o.qk_clip_tau} must be >= 0 (0 = off; Kimi K2: 100)")
   if not 0 <= o.muon_beta < 1 or o.muon_ns_steps < 1:
@@ -191,14 +196,36 @@ def _adamw(o, lr, mask, state_dtype) -> optax.GradientTransformation:
   )
 
 
+def frozen_mask(axes: dict, trainable: str) -> dict:
+  """True for params whose "/"-joined path (e.g. `stack/blocks/0/attn/indexer/wk`)
+  does not match the regex `trainable`; all False when it is empty."""
+  pattern = re.compile(trainable) if trainable else None
+
+  def frozen(path, _):
+    return pattern is not None and not pattern.search(
+      "/".join(str(getattr(k, "key", k)) for k in path)
+    )
+
+  mask = jax.tree_util.tree_map_with_path(frozen, axes, is_leaf=_is_axes)
+  if pattern is not None and all(jax.tree.leaves(mask)):
+    raise ValueError(f"optim.trainable={trainable!r} matches no parameter path")
+  return mask
+
+
 def make(
-  o, steps: int, axes: dict, state_dtype=jnp.float32
+  o, steps: int, axes: dict, state_dtype=jnp.float32, trainable: str = ""
 ) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """The optimizer chain and its lr schedule; first moments kept in `state_dtype`."""
+  """The optimizer chain and its lr schedule; first moments kept in `state_dtype`.
+
+  trainable: regex over param paths; the others are frozen (zero gradients, so
+  they neither count in the clip norm nor move, weight decay included).
+  """
   lr = schedule(o, steps)
-  chain = [optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else []
+  frozen = frozen_mask(axes, trainable)
+  freeze = [optax.masked(optax.set_to_zero(), frozen)] if any(jax.tree.leaves(frozen)) else []
+  chain = freeze + ([optax.clip_by_global_norm(o.grad_clip)] if o.grad_clip > 0 else [])
   if o.name == "muon":
     chain.append(_muon(o, lr, axes, state_dtype))
   else:
     chain.append(_adamw(o, lr, decay_mask(axes), state_dtype))
-  return optax.chain(*chain), lr
+  return optax.chain(*chain, *freeze), lr

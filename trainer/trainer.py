@@ -27,6 +27,7 @@ from parallelism import rules
 from parallelism.mesh import check_batch_fits, check_model_fits, make_mesh, mesh_sizes
 from trainer import data, metrics, optim, precision, qk_clip
 from trainer import state as state_lib
+from trainer import checkpoint
 from trainer.checkpoint import Checkpointer
 
 
@@ -81,6 +82,19 @@ def check_same_model(saved: dict, current: dict):
     )
 
 
+INDEXER_PARAMS = "(^|/)indexer/"
+
+
+def trainable_params(o, model_cfg) -> str:
+  """optim.trainable, or during a DSA warm-up stage (dense attention) only the
+  indexers: that stage trains them alone against the frozen model."""
+  warmup = any(
+    getattr(b.attention, "indexer", None) and b.attention.indexer.stage == "warmup"
+    for b in model_cfg.blocks
+  )
+  return o.trainable or (INDEXER_PARAMS if warmup else "")
+
+
 def mtp_weight_schedule(mtp_cfg, steps: int):
   """lambda(step): loss_weight, then late_loss_weight from late_start * steps on.
 
@@ -113,7 +127,7 @@ def make_steps(
         batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"], mtp=mtp
       )
     loss, ce = cross_entropy(logits, batch["targets"], batch["weights"], model_cfg.z_loss)
-    loss = loss + aux["aux_loss"]
+    loss = loss + aux["aux_loss"] + aux.get("indexer_loss", 0.0)
     if "mtp_logits" in aux:
       aux["mtp_loss"] = mtp_losses(
         aux.pop("mtp_logits"), batch["targets"], batch["weights"], batch["segment_ids"]
@@ -142,6 +156,8 @@ def make_steps(
     metrics.update(moe_metrics(aux))
     if "mtp_loss" in aux:
       metrics["mtp_loss"] = aux["mtp_loss"]
+    if "indexer_kl" in aux:
+      metrics["indexer_kl"] = aux["indexer_kl"]  # [dsa_layers]
     new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state}
     return new_state | {"opt": opt}, metrics
 
@@ -165,6 +181,14 @@ def update_router_biases(graphdef, params, model_state, loads, rate: float):
   model = nnx.merge(graphdef, params, model_state)
   balance.update_router_biases(model, loads, rate)
   return nnx.to_pure_dict(nnx.state(model, nnx.Not(nnx.Param)))
+
+
+def _merge(base: dict, update: dict) -> dict:
+  """Nested dict `base` with the leaves `update` holds replaced."""
+  out = dict(base)
+  for key, value in update.items():
+    out[key] = _merge(base[key], value) if isinstance(value, dict) else value
+  return out
 
 
 def local_rows(sharding, shape) -> slice:
@@ -217,6 +241,8 @@ def progress_fields(record: dict) -> dict:
     fields["dropped"] = f"{record['dropped_frac']:.1%}"
   if "mtp_loss" in record:
     fields["mtp"] = "/".join(f"{v:.2f}" for v in record["mtp_loss"])
+  if "indexer_kl" in record:
+    fields["kl"] = f"{np.mean(record['indexer_kl']):.3f}"
   return fields
 
 
@@ -241,6 +267,7 @@ class Trainer:
       t.steps,
       state_lib.logical_axes(self.model_cfg),
       precision.policy(config.precision).opt_state_dtype,
+      trainable=trainable_params(config.optim, self.model_cfg),
     )
     self.state = {
       "step": jnp.zeros((), jnp.int32),
@@ -271,12 +298,24 @@ class Trainer:
       skipped=self.skipped,
     )
     self.data_iter = iter(self.dataset)
+    abstract = lambda tree: jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree
+    )
     if self.checkpointer.latest_step() is not None:
-      abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.state
-      )
-      self.state = self.checkpointer.restore(abstract, self.data_iter)
+      self.state = self.checkpointer.restore(abstract(self.state), self.data_iter)
+    elif config.checkpoint.init_from:
+      self._init_from(config.checkpoint.init_from, abstract)
     self._stop_requested = False
+
+  def _init_from(self, workdir: str, abstract):
+    """Starts from another run's latest weights; the optimizer state stays fresh."""
+    weights = {k: self.state[k] for k in ("params", "model_state")}
+    restored, missing = checkpoint.restore_weights(workdir, abstract(weights))
+    for key, tree in restored.items():
+      self.state[key] = _merge(self.state[key], tree)
+    if missing and jax.process_index() == 0:
+      print(f"init_from {workdir}: {len(missing)} arrays not in its checkpoint keep their "
+            f"init: {', '.join(missing)}")  # fmt: skip
 
   def put(self, rows):
     """This process's rows (`self.rows`) of a batch -> global sharded arrays."""

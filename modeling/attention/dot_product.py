@@ -129,7 +129,8 @@ class Attention(nnx.Module):
     return (q.astype(jnp.float32) * t[:, :, None, None]).astype(q.dtype)
 
   def __call__(self, x, *, positions, segment_ids):
-    """x: [b, s, e] -> (out [b, s, e], max pre-softmax logit per head [h])."""
+    """x: [b, s, e] -> (out [b, s, e], stats): `max_logits` [h], the largest
+    pre-softmax logit per head."""
     cfg, dt = self.cfg, x.dtype
     q = project(x, self.q_proj[...], cfg.fp8)  # [b, s, h, d]
     k = project(x, self.k_proj[...], cfg.fp8)  # [b, s, kv, d]
@@ -160,4 +161,4 @@ class Attention(nnx.Module):
     out = project(out, self.o_proj[...], cfg.fp8, n_in=2)  # [b, s, e]
     if cfg.out_bias:
       out = out + self.o_bias[...].astype(dt)
-    return out, max_logits
+    return out, {"max_logits": max_logits}

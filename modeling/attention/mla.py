@@ -18,12 +18,19 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
+from modeling.attention import sparse
 from modeling.attention.dot_product import dot_product_attention
 from modeling.config import MlaConfig
 from modeling.layers import params, rope
 from modeling.layers.fp8 import project
 from modeling.layers.norms import RMSNorm
 from pallas_kernels.mla import ops as mla_ops
+from pallas_kernels.sparse_attention import ops as sparse_ops
+from pallas_kernels.sparse_attention import reference as sparse_reference
+
+# Queries per step of the XLA sparse path: bounds its gathered keys to
+# SPARSE_CHUNK * topk rows per batch row.
+SPARSE_CHUNK = 512
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
@@ -73,19 +80,22 @@ class MLA(nnx.Module):
     self.kv_a_norm = RMSNorm(c, cfg.norm, param_dtype=param_dtype, axis_name="kv_lora")
     self.kv_b_proj = normal((c, h, n + v), ("kv_lora", "heads", "head_dim"))
     self.o_proj = normal((h, v, e), ("heads", "head_dim", "embed"))
+    if cfg.indexer is not None:
+      self.indexer = sparse.Indexer(cfg.indexer, e, l, rngs=rngs, param_dtype=param_dtype)
 
   def _rope(self, x, positions):  # x: [b, s, heads, r]
     return rope.apply(x, positions, self.cfg.rope)
 
-  def _query(self, x, positions):  # x: [b, s, e] -> q_nope [b, s, h, n], q_pe [b, s, h, r]
-    fp8 = self.cfg.fp8
+  def _query(self, x, positions):
+    """x: [b, s, e] -> (c_q [b, s, l] or None, q_nope [b, s, h, n], q_pe [b, s, h, r])."""
+    fp8, c_q = self.cfg.fp8, None
     if self.cfg.q_lora_rank > 0:
       c_q = self.q_a_norm(project(x, self.q_a_proj[...], fp8))  # [b, s, l]
       q = project(c_q, self.q_b_proj[...], fp8)  # [b, s, h, d]
     else:
       q = project(x, self.q_proj[...], fp8)
     q_nope, q_pe = jnp.split(q, [self.cfg.qk_nope_head_dim], axis=-1)
-    return q_nope, self._rope(q_pe, positions)
+    return c_q, q_nope, self._rope(q_pe, positions)
 
   def _latent(self, x, positions):  # x: [b, s, e] -> c_kv [b, s, c], k_pe [b, s, r]
     kv = project(x, self.kv_a_proj[...], self.cfg.fp8)  # [b, s, c + r]
@@ -94,46 +104,73 @@ class MLA(nnx.Module):
     return self.kv_a_norm(c_kv), k_pe
 
   def __call__(self, x, *, positions, segment_ids):
-    """x: [b, s, e] -> (out [b, s, e], max pre-softmax logit per head [h])."""
-    q_nope, q_pe = self._query(x, positions)
+    """x: [b, s, e] -> (out [b, s, e], stats): `max_logits` [h], the largest
+    pre-softmax logit per head; with an indexer, `indexer_kl` (its loss)."""
+    c_q, q_nope, q_pe = self._query(x, positions)
     c_kv, k_pe = self._latent(x, positions)
-    attend = self._absorbed if self.cfg.absorbed else self._naive
-    out, max_logits = attend(q_nope, q_pe, c_kv, k_pe, segment_ids)  # [b, s, h, v], [h]
+    q, k, v = (self._absorbed_qkv if self.cfg.absorbed else self._naive_qkv)(
+      q_nope, q_pe, c_kv, k_pe
+    )
+    stats = {}
+    if self.cfg.indexer is None:
+      out, stats["max_logits"] = self._dense(q, k, v, segment_ids)
+    else:
+      out, stats["max_logits"], stats["indexer_kl"] = self._indexed(
+        x, c_q, positions, segment_ids, q, k, v
+      )
+    if self.cfg.absorbed:  # latent outputs [b, s, h, c] -> values through W_UV
+      w_uv = self.kv_b_proj[...].astype(jnp.float32)[..., self.cfg.qk_nope_head_dim :]
+      out = jnp.einsum("bshc,chv->bshv", out, w_uv)
     out = project(out.astype(x.dtype), self.o_proj[...], self.cfg.fp8, n_in=2)  # [b, s, e]
-    return out, max_logits
+    return out, stats
 
-  def _naive(self, q_nope, q_pe, c_kv, k_pe, segment_ids):
-    cfg = self.cfg
-    kv = project(c_kv, self.kv_b_proj[...], cfg.fp8)  # [b, s, h, n + v]
-    k_nope, v = jnp.split(kv, [cfg.qk_nope_head_dim], axis=-1)  # [b, s, h, n], [b, s, h, v]
+  def _naive_qkv(self, q_nope, q_pe, c_kv, k_pe):
+    """Per-head q, k [b, s, h, n + r] and v [b, s, h, v] (d_qk != d_v)."""
+    kv = project(c_kv, self.kv_b_proj[...], self.cfg.fp8)  # [b, s, h, n + v]
+    k_nope, v = jnp.split(kv, [self.cfg.qk_nope_head_dim], axis=-1)
     k_pe = jnp.broadcast_to(k_pe[:, :, None, :], q_pe.shape)  # [b, s, h, r]
-    q = jnp.concatenate([q_nope, q_pe], axis=-1)  # [b, s, h, d]
-    k = jnp.concatenate([k_nope, k_pe], axis=-1)
+    q = jnp.concatenate([q_nope, q_pe], axis=-1)
+    return q, jnp.concatenate([k_nope, k_pe], axis=-1), v
+
+  def _absorbed_qkv(self, q_nope, q_pe, c_kv, k_pe):
+    """MQA over the latent, fp32: q = [q_nope W_UK, q_pe] [b, s, h, c + r], one key
+    head [c_kv, k_pe] [b, s, 1, c + r] whose values are c_kv itself [b, s, 1, c]."""
+    f32 = jnp.float32
+    w_uk = self.kv_b_proj[...].astype(f32)[..., : self.cfg.qk_nope_head_dim]  # [c, h, n]
+    q_lat = jnp.einsum("bshn,chn->bshc", q_nope.astype(f32), w_uk)
+    q = jnp.concatenate([q_lat, q_pe.astype(f32)], axis=-1)
+    k = jnp.concatenate([c_kv, k_pe], axis=-1).astype(f32)[:, :, None, :]
+    return q, k, c_kv.astype(f32)[:, :, None, :]
+
+  def _dense(self, q, k, v, segment_ids):
+    """Causal attention over every key -> (out [b, s, h, v or c], max_logits [h])."""
+    cfg = self.cfg
+    if cfg.absorbed and cfg.kernel != "xla":  # the cache row [c_kv, k_pe] read once as K and V
+      c = cfg.kv_lora_rank
+      return mla_ops.mla_attention(
+        q[..., :c], q[..., c:], k[:, :, 0, :c], k[:, :, 0, c:], segment_ids=segment_ids,
+        scale=cfg.scale, window=cfg.window, implementation="pallas",
+        interpret=cfg.kernel == "pallas_interpret",
+      )  # fmt: skip
     return dot_product_attention(
       q, k, v, segment_ids=segment_ids, scale=cfg.scale, window=cfg.window, kernel=cfg.kernel
     )
 
-  def _absorbed(self, q_nope, q_pe, c_kv, k_pe, segment_ids):
-    """MQA over the latent: logits = (q_nope W_UK) c_kv + q_pe k_pe, o = (p c_kv) W_UV; fp32."""
-    cfg, f32 = self.cfg, jnp.float32
-    w_uk, w_uv = jnp.split(self.kv_b_proj[...].astype(f32), [cfg.qk_nope_head_dim], axis=-1)
-    q_lat = jnp.einsum("bshn,chn->bshc", q_nope.astype(f32), w_uk)  # [b, s, h, c]
-    q = jnp.concatenate([q_lat, q_pe.astype(f32)], axis=-1)  # [b, s, h, c + r]
-    if cfg.kernel != "xla":  # the cache row [c_kv, k_pe] read once as keys and values
-      o_lat, max_logits = mla_ops.mla_attention(
-        q_lat, q_pe.astype(f32), c_kv.astype(f32), k_pe.astype(f32), segment_ids=segment_ids,
-        scale=cfg.scale, window=cfg.window, implementation="pallas",
-        interpret=cfg.kernel == "pallas_interpret",
-      )  # fmt: skip
-      return jnp.einsum("bshc,chv->bshv", o_lat, w_uv), max_logits
-    k = jnp.concatenate([c_kv, k_pe], axis=-1).astype(f32)[:, :, None, :]  # [b, t, 1, c + r]
-    o_lat, max_logits = dot_product_attention(
-      q,
-      k,
-      c_kv.astype(f32)[:, :, None, :],  # values are the latent itself: [b, t, 1, c]
-      segment_ids=segment_ids,
-      scale=cfg.scale,  # the qk head dim's scale, not (c + r)**-0.5
-      window=cfg.window,
-      kernel=cfg.kernel,
-    )
-    return jnp.einsum("bshc,chv->bshv", o_lat, w_uv), max_logits  # [b, s, h, v], [h]
+  def _indexed(self, x, c_q, positions, segment_ids, q, k, v):
+    """DeepSeek Sparse Attention -> (out, max_logits [h], indexer KL)."""
+    cfg, icfg = self.cfg, self.cfg.indexer
+    valid = sparse.valid_keys(segment_ids, cfg.window)
+    scores = self.indexer(x, c_q, positions, valid)  # [b, s, t]
+    if icfg.stage == "warmup" or icfg.topk >= x.shape[1]:  # every key is selected: dense
+      out, max_logits = self._dense(q, k, v, segment_ids)
+      target = sparse.dense_probs(q, k, valid=valid, scale=cfg.scale)
+      return out, max_logits, sparse.kl_loss(target, scores, segment_ids)
+    indices = sparse.select(scores, icfg.topk)  # [b, s, topk]
+    kernel = "reference" if cfg.kernel == "xla" else "pallas"
+    out, max_logits = sparse_ops.sparse_attention(
+      q, k, v, indices, scale=cfg.scale, chunk=SPARSE_CHUNK, implementation=kernel,
+      interpret=cfg.kernel == "pallas_interpret",
+    )  # fmt: skip
+    target = sparse_reference.slot_probs(q, k, indices, scale=cfg.scale, chunk=SPARSE_CHUNK)
+    kl = sparse.kl_loss(target, sparse.slot_scores(scores, indices), segment_ids)
+    return out, max_logits, kl

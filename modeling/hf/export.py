@@ -54,6 +54,10 @@ _TRAINING_ONLY = (
   "fp8",
   "param_dtype",
   "compute_dtype",
+  # DSA: HF models attend sparsely; a warm-up checkpoint exports as the same weights.
+  "stage",
+  "loss_weight",
+  "indexer_loss_weight",
 )
 # Our projections keep heads as their own axes ([e, heads, head_dim]); HF Linear
 # weights are 2-D [out, in]. Input axes lead ours: one, or two for o_proj.

@@ -61,6 +61,12 @@ DEEPSEEK_MOE_FIELDS = {
   "moe.num_shared_experts": "n_shared_experts",
 }
 DEEPSEEK_MOE_MODEL = {"moe.router": "sigmoid", "moe.aux_free_bias": True}
+# DeepSeek Sparse Attention's lightning indexer (V3.2, GLM-5).
+INDEXER_FIELDS = {
+  "mla.indexer.num_heads": "index_n_heads",
+  "mla.indexer.head_dim": "index_head_dim",
+  "mla.indexer.topk": "index_topk",
+}
 
 # HF `hidden_act` -> config.model.activation.
 ACTIVATIONS = {
@@ -173,6 +179,12 @@ def _mistral_layer_types(hf):  # HF Mistral windows every layer and ignores laye
 def _first_k_dense_layers(hf):  # DeepSeek / GLM: the first `first_k_dense_replace` are dense.
   k = hf["first_k_dense_replace"]
   return [DENSE if i < k else MOE for i in range(hf["num_hidden_layers"])]
+
+
+def _mlp_layer_types(hf):  # DeepSeek-V3.2: `mlp_layer_types` when saved, else first-k-dense.
+  if hf.get("mlp_layer_types"):
+    return [DENSE if t == "dense" else MOE for t in hf["mlp_layer_types"]]
+  return _first_k_dense_layers(hf)
 
 
 def _qwen3_moe_ffn_layers(hf):  # MoE every `decoder_sparse_step`, minus `mlp_only_layers`.
@@ -293,6 +305,30 @@ _DEEPSEEK_V3 = dict(
   ),
 )
 
+# V3.2 is V3 with an indexer in every layer (HF's `indexed_attention` layer type,
+# which is all we read: `layer_types` is left to the default) and MLA's
+# interleaved RoPE hard-coded rather than a `rope_interleave` key.
+_DEEPSEEK_V32 = dict(
+  _DEEPSEEK_V3,
+  fields={
+    **COMMON_FIELDS,
+    **{f: k for f, k in MLA_FIELDS.items() if f != "mla.rope_interleave"},
+    **DEEPSEEK_MOE_FIELDS,
+    **INDEXER_FIELDS,
+  },
+  defaults=dict(
+    _DEEPSEEK_V3["defaults"],
+    index_n_heads=64,
+    index_head_dim=128,
+    index_topk=2048,
+    max_position_embeddings=163_840,
+  ),
+  model={**_DEEPSEEK_V3["model"], "mla.rope_interleave": True},
+  ffn_layers=_mlp_layer_types,
+  architecture="DeepseekV32ForCausalLM",
+  required=dict(attention_bias=False, hidden_act="silu"),
+)
+
 FAMILIES = {
   "llama": Family(
     name="llama3",
@@ -396,6 +432,7 @@ FAMILIES = {
   "deepseek_v3": Family(name="deepseek_v3", **_DEEPSEEK_V3),
   # Kimi K2 ships DeepSeek-V3 code under its own model_type.
   "kimi_k2": Family(name="kimi_k2", **_DEEPSEEK_V3),
+  "deepseek_v32": Family(name="deepseek_v32", **_DEEPSEEK_V32),
   "qwen3_moe": Family(
     name="qwen3_moe",
     architecture="Qwen3MoeForCausalLM",

@@ -40,6 +40,12 @@ MLA_WEIGHTS = {
   "attn.kv_a_proj": ("self_attn.kv_a_proj_with_mqa.weight", TRANSPOSE),
   "attn.kv_a_norm.scale": ("self_attn.kv_a_layernorm.weight", AS_IS),
   "attn.kv_b_proj": ("self_attn.kv_b_proj.weight", TRANSPOSE),
+  # DeepSeek Sparse Attention's lightning indexer.
+  "attn.indexer.wq_b": ("self_attn.indexer.wq_b.weight", TRANSPOSE),
+  "attn.indexer.wk": ("self_attn.indexer.wk.weight", TRANSPOSE),
+  "attn.indexer.k_norm.scale": ("self_attn.indexer.k_norm.weight", AS_IS),
+  "attn.indexer.k_norm.bias": ("self_attn.indexer.k_norm.bias", AS_IS),
+  "attn.indexer.weights_proj": ("self_attn.indexer.weights_proj.weight", TRANSPOSE),
 }
 # Hub MoE layout (DeepSeek, Qwen-MoE, GLM-MoE): `{x}` is the routed expert,
 # one tensor each, stacked on a leading experts axis.

@@ -1,5 +1,6 @@
-"""RMSNorm in its two parametrisations; statistics in float32."""
+"""RMSNorm in its two parametrisations, and LayerNorm; statistics in float32."""
 
+import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -30,3 +31,20 @@ class RMSNorm(nnx.Module):
     if self.cfg.kind == "rms_one_plus":
       return (normed * (1.0 + w)).astype(dtype)
     return normed.astype(dtype) * w.astype(dtype)
+
+
+class LayerNorm(nnx.Module):
+  """(x - mean) / std * scale + bias over the last axis, in float32 (torch.nn.LayerNorm)."""
+
+  def __init__(self, dim: int, eps: float, *, param_dtype=jnp.float32, axis_name="norm"):
+    self.eps = eps
+    self.scale = params.constant(1.0, (dim,), (axis_name,), param_dtype)
+    self.bias = params.constant(0.0, (dim,), (axis_name,), param_dtype)
+
+  def __call__(self, x):
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    normed = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    out = normed * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+    return out.astype(x.dtype)
