@@ -2,11 +2,18 @@
 
   python scripts/bench.py moe [--config configs/deepseek_v3.py:tiny] [--steps 10]
   python scripts/bench.py optim [--config configs/qwen3.py:tiny] [--steps 10]
+  python scripts/bench.py attention [--lengths 1024,2048,4096,8192] [--topk 256]
 
 `moe`: tokens/s of the full train step with dropless (sort + ragged_dot)
 versus capacity-factor dispatch, same model, same batch, same process.
 `optim`: step time of Muon (+ AdamW for embeddings, norms, ...) over AdamW
 alone, same model, same batch, same process.
+`attention`: one MLA layer's attention in latent space (MQA over [c_kv, k_pe]),
+dense versus DeepSeek Sparse Attention (indexer scores + top-k + attention over
+the selected keys) at each length: XLA's compiled FLOPs (cost analysis) and
+the forward's time on this machine, with the sparse core and the indexer
+apart, so their growth with length shows: the core's is linear at fixed
+top-k, the indexer's quadratic with a small constant.
 """
 
 import argparse
@@ -101,6 +108,80 @@ def bench_optim(args):
   print(f"  step time muon / adamw: {results['adamw'] / results['muon']:.2f}x")
 
 
+def _attention_parts(topk: int):
+  """An absorbed MLA layer with an indexer, sized so the cost split is visible:
+  16 heads over a 128 + 32 latent, a 4 x 64 indexer."""
+  from configs import deepseek_v32  # noqa: PLC0415
+  from modeling.attention import mla, sparse  # noqa: PLC0415
+  from modeling.config import decoder_config  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+
+  config = deepseek_v32.get_config("tiny")
+  with config.unlocked():
+    config.model.update(embed_dim=256, num_heads=16, num_kv_heads=16)
+    config.model.mla.update(q_lora_rank=128, kv_lora_rank=128, qk_nope_head_dim=64,
+                            qk_rope_head_dim=32, v_head_dim=64, absorbed=True)  # fmt: skip
+    config.model.mla.indexer.update(num_heads=4, head_dim=64, topk=topk)
+  cfg = decoder_config(config.model).blocks[0].attention
+  layer = mla.MLA(cfg, rngs=nnx.Rngs(0))
+  mla.SPARSE_CHUNK = 1 << 30  # no query loop: XLA's cost analysis counts a loop body once
+
+  def qkv(x, positions):
+    c_q, q_nope, q_pe = layer._query(x, positions)
+    return (c_q, *layer._absorbed_qkv(q_nope, q_pe, *layer._latent(x, positions)))
+
+  def dense(x, positions, segment_ids):
+    _, q, k, v = qkv(x, positions)
+    return layer._dense(q, k, v, segment_ids)[0]
+
+  def indexer(x, positions, segment_ids):
+    c_q = layer._query(x, positions)[0]
+    scores = layer.indexer(x, c_q, positions, sparse.valid_keys(segment_ids))
+    return sparse.select(scores, topk)
+
+  def dsa(x, positions, segment_ids):
+    c_q, q, k, v = qkv(x, positions)
+    indices = sparse.select(layer.indexer(x, c_q, positions, sparse.valid_keys(segment_ids)), topk)
+    return mla.sparse_ops.sparse_attention(
+      q, k, v, indices, scale=cfg.scale, implementation="reference"
+    )[0]
+
+  return {"dense": dense, "dsa": dsa, "indexer": indexer}, cfg.embed_dim
+
+
+def bench_attention(args):
+  lengths = [int(n) for n in args.lengths.split(",")]
+  parts, embed = _attention_parts(args.topk)
+  print(f"MLA layer, absorbed (16 heads, latent 128 + rope 32), DSA top-{args.topk}, "
+        f"indexer 4 x 64; batch 1; {jax.devices()[0].device_kind}")  # fmt: skip
+  print(f"  {'tokens':>6} {'GFLOP dense':>12} {'GFLOP dsa':>10} {'(indexer)':>10} "
+        f"{'ms dense':>9} {'ms dsa':>8} {'dense/dsa time':>15}")  # fmt: skip
+  previous = None
+  for n in lengths:
+    x = jax.random.normal(jax.random.key(0), (1, n, embed))
+    positions = jax.numpy.arange(n)[None]
+    segment_ids = jax.numpy.ones((1, n), jax.numpy.int32)
+    row = {}
+    for name, fn in parts.items():
+      compiled = jax.jit(fn).lower(x, positions, segment_ids).compile()
+      cost = compiled.cost_analysis()
+      cost = cost[0] if isinstance(cost, list) else cost
+      jax.block_until_ready(compiled(x, positions, segment_ids))
+      times = []
+      for _ in range(args.repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(x, positions, segment_ids))
+        times.append(time.perf_counter() - start)
+      row[name] = (cost["flops"] / 1e9, 1e3 * float(np.median(times)))
+    (fd, td), (fs, ts), (fi, _) = row["dense"], row["dsa"], row["indexer"]
+    print(f"  {n:6d} {fd:12.2f} {fs:10.2f} {fi:10.2f} {td:9.1f} {ts:8.1f} {td / ts:14.2f}x")
+    if previous:
+      (pd, ps, pi), grow = previous, lambda a, b: a / b
+      print(f"  {'':6s} x{grow(fd, pd):11.2f} x{grow(fs, ps):9.2f} x{grow(fi, pi):9.2f}   "
+            f"(growth from {n // 2}; dsa without its indexer x{grow(fs - fi, ps - pi):.2f})")  # fmt: skip
+    previous = (fd, fs, fi)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="bench", required=True)
@@ -110,8 +191,12 @@ def main():
   opt = sub.add_parser("optim", help="Muon vs AdamW step time")
   opt.add_argument("--config", default="configs/qwen3.py:tiny")
   opt.add_argument("--steps", type=int, default=10)
+  att = sub.add_parser("attention", help="dense MLA vs DeepSeek Sparse Attention, by length")
+  att.add_argument("--lengths", default="1024,2048,4096,8192")
+  att.add_argument("--topk", type=int, default=256)
+  att.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
-  {"moe": bench_moe, "optim": bench_optim}[args.bench](args)
+  {"moe": bench_moe, "optim": bench_optim, "attention": bench_attention}[args.bench](args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """The same train steps on 1 device and on 8 (fake CPU) devices give the same
 losses and the same params, for a dense and an MoE (MLA + MTP + aux-free bias)
-tiny model, over the meshes (data, fsdp, tensor, expert) of the spec."""
+tiny model, over the meshes (data, fsdp, tensor, expert) of the spec, and for
+DeepSeek Sparse Attention on one mixed mesh."""
 
 import json
 import os
@@ -68,5 +69,15 @@ def test_sharded_steps_match_single_device(tmp_path, single, mesh):
   assert len(losses) == 3
   np.testing.assert_allclose(sharded_losses, losses, rtol=1e-5)
   assert sharded_params.keys() == params.keys()
+  for name, value in params.items():
+    np.testing.assert_allclose(sharded_params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_dsa_sharded_steps_match_single_device(tmp_path):
+  """DeepSeek Sparse Attention (indexer top-k inside each MLA layer, sharded top_k)
+  on the mixed 8-device mesh equals one device."""
+  losses, params = _run(tmp_path, "deepseek_v32", SINGLE, devices=1)
+  sharded_losses, sharded_params = _run(tmp_path, "deepseek_v32", MESHES[2], devices=8)
+  np.testing.assert_allclose(sharded_losses, losses, rtol=1e-5)
   for name, value in params.items():
     np.testing.assert_allclose(sharded_params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)

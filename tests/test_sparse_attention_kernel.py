@@ -1,9 +1,8 @@
 """Specs for pallas_kernels/sparse_attention: the Pallas kernels (interpret mode on
 CPU) equal the pure-jnp reference, outputs and gradients, over randomised shapes:
 slot counts and lengths not a multiple of the block, GQA ratios 1/4/8, empty
-slots, and the slot sets of windows and packed segments (which reach the kernel
-as indices). Sinks and soft-capping are not sparse-kernel features (DSA uses
-neither)."""
+slots, sinks, and the slot sets of windows and packed segments (which reach the
+kernel as indices). Soft-capping is not a sparse-kernel feature."""
 
 import jax
 import jax.numpy as jnp
@@ -33,47 +32,54 @@ def _inputs(seed, b, s, h, kh, d, dv, dtype, topk, window, segments):
   return q, k, v, seg, sparse.select(scores, topk)
 
 
-CASES = [  # (b, s, h, kh, d, dv, topk, window, segments, block_k)
-  (2, 40, 4, 4, 32, 32, 12, 0, 1, 8),  # MHA; early queries have empty slots
-  (1, 37, 8, 2, 16, 24, 10, 0, 3, 4),  # GQA 4, packed, 10 slots = 2 blocks + 2, dv != d
-  (2, 33, 8, 1, 48, 32, 16, 9, 2, 16),  # MQA (8) as DSA runs it; window 9 < topk
-  (1, 50, 4, 1, 20, 16, 7, 20, 4, 64),  # block larger than the slots
+CASES = [  # (b, s, h, kh, d, dv, topk, window, segments, block_k, sinks)
+  (2, 40, 4, 4, 32, 32, 12, 0, 1, 8, False),  # MHA; early queries have empty slots
+  (1, 37, 8, 2, 16, 24, 10, 0, 3, 4, True),  # GQA 4, packed, 10 slots = 2 blocks + 2, dv != d
+  (2, 33, 8, 1, 48, 32, 16, 9, 2, 16, False),  # MQA (8) as DSA runs it; window 9 < topk
+  (1, 50, 4, 1, 20, 16, 7, 20, 4, 64, True),  # block larger than the slots
 ]
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"s{c[1]}h{c[2]}kh{c[3]}k{c[6]}w{c[7]}")
+@pytest.mark.parametrize(
+  "case", CASES, ids=lambda c: f"s{c[1]}h{c[2]}kh{c[3]}k{c[6]}w{c[7]}{'sinks' if c[10] else ''}"
+)
 def test_kernel_matches_reference_outputs_and_gradients(case, dtype):
-  b, s, h, kh, d, dv, topk, window, segments, block_k = case
+  b, s, h, kh, d, dv, topk, window, segments, block_k, with_sinks = case
   q, k, v, _, indices = _inputs(s + h, b, s, h, kh, d, dv, dtype, topk, window, segments)
   assert bool((indices < 0).any()) and bool((indices >= 0).any())  # both kinds of slot
   cotangent = jax.random.normal(jax.random.key(9), (b, s, h, dv), jnp.float32)
+  sinks = jax.random.normal(jax.random.key(8), (h,), jnp.float32) if with_sinks else None
 
-  def loss(impl, q, k, v):
-    kw = dict(scale=d**-0.5, implementation=impl)
+  def loss(impl, q, k, v, sinks):
+    kw = dict(scale=d**-0.5, sinks=sinks, implementation=impl)
     if impl == "pallas":
       kw |= dict(block_k=block_k, interpret=True)
     out, mx = ops.sparse_attention(q, k, v, indices, **kw)
     return jnp.sum(out.astype(jnp.float32) * cotangent), (out, mx)
 
-  grad = lambda impl: jax.grad(loss, argnums=(1, 2, 3), has_aux=True)(impl, q, k, v)
+  argnums = (1, 2, 3, 4) if with_sinks else (1, 2, 3)
+  grad = lambda impl: jax.grad(loss, argnums=argnums, has_aux=True)(impl, q, k, v, sinks)
   (got_grads, (got, got_mx)), (want_grads, (want, want_mx)) = grad("pallas"), grad("reference")
   tol = TOL[dtype]
   f32 = lambda x: np.asarray(x, np.float32)
   scale = lambda x: float(np.max(np.abs(f32(x)))) + 1.0
   np.testing.assert_allclose(f32(got), f32(want), atol=tol * scale(want), rtol=0)
   np.testing.assert_allclose(f32(got_mx), f32(want_mx), atol=tol * scale(want_mx), rtol=0)
-  for name, g, w in zip("qkv", got_grads, want_grads, strict=True):
+  for name, g, w in zip(["q", "k", "v", "sinks"], got_grads, want_grads, strict=False):
     np.testing.assert_allclose(f32(g), f32(w), atol=tol * scale(w), rtol=0, err_msg=f"d{name}")
 
 
 def test_every_visible_key_as_a_slot_is_dense_attention():
   """The reference's contract, checked against the dense flash reference: with a
-  window and packed segments, slots = all visible keys gives dense attention."""
+  window, sinks and packed segments, slots = all visible keys gives dense attention."""
   b, s, h, kh, d = 2, 29, 4, 2, 16
   q, k, v, seg, indices = _inputs(3, b, s, h, kh, d, d, jnp.float32, s, 6, 3)
-  got, got_mx = reference.attention(q, k, v, indices, scale=0.3, chunk=8)
-  want, want_mx = dense_reference.attention(q, k, v, segment_ids=seg, scale=0.3, window=6)
+  sinks = jnp.linspace(-1.0, 2.0, h)
+  got, got_mx = reference.attention(q, k, v, indices, scale=0.3, sinks=sinks, chunk=8)
+  want, want_mx = dense_reference.attention(
+    q, k, v, segment_ids=seg, scale=0.3, window=6, sinks=sinks
+  )
   np.testing.assert_allclose(got, want, atol=1e-5)
   np.testing.assert_allclose(got_mx, want_mx, atol=1e-5)
 

@@ -9,6 +9,9 @@ and it walks the token's slots `block_k` at a time, gathering those key and
 value rows from the [t, d] tiles (`k_ref[idx]`) into an online softmax. Work
 per token is O(K), whatever t is.
 
+Attention sinks (one extra logit per head, no value) seed each row's online
+softmax; heads without one get NEG there, which never weighs anything.
+
 Backward recomputes each block's probabilities from the forward's log-sum-exp.
 dq is one program's own sum. dk and dv gather nothing to one place: Pallas has
 no portable atomic add, so each program writes its per-slot contributions
@@ -37,9 +40,10 @@ def _slots(idx_ref, k_ref, v_ref, j, block_k):
   return idx >= 0, k_ref[safe, :], v_ref[safe, :]
 
 
-def _fwd_kernel(idx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, mx_ref, *, scale, block_k):
+def _fwd_kernel(idx_ref, q_ref, k_ref, v_ref, sink_ref, o_ref, lse_ref, mx_ref, *, scale, block_k):
   q = q_ref[...]  # [g, d]
   g = q.shape[0]
+  sink = sink_ref[...]  # [g]: NEG when the heads have no sink
 
   def body(j, carry):
     m, l, acc, mx = carry
@@ -53,9 +57,10 @@ def _fwd_kernel(idx_ref, q_ref, k_ref, v_ref, o_ref, lse_ref, mx_ref, *, scale, 
     acc = acc * corr[:, None] + _dot(p.astype(vb.dtype), vb, (1, 0))
     return m_new, l * corr + jnp.sum(p, axis=1), acc, mx
 
-  init = (
-    jnp.full((g,), NEG, jnp.float32),
-    jnp.zeros((g,), jnp.float32),
+  has_sink = sink > NEG / 2
+  init = (  # the sink starts the softmax as a slot of weight 1 and no value
+    sink,
+    has_sink.astype(jnp.float32),
     jnp.zeros((g, v_ref.shape[-1]), jnp.float32),
     jnp.full((g,), -jnp.inf, jnp.float32),
   )
@@ -94,13 +99,15 @@ def _specs(b, kh, s, g, t, d, dv, slots):
     idx=pl.BlockSpec((None, None, slots), lambda bi, n, i: (bi, i, 0)),
     k=pl.BlockSpec((None, None, t, d), lambda bi, n, i: (bi, n, 0, 0)),
     v=pl.BlockSpec((None, None, t, dv), lambda bi, n, i: (bi, n, 0, 0)),
+    sink=pl.BlockSpec((None, g), lambda bi, n, i: (n, 0)),
     token=token,
   )
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "block_k", "interpret"))
-def forward(q, k, v, indices, *, scale: float, block_k: int, interpret: bool = False):
-  """-> (out [b, kh, s, g, dv], lse [b, kh, s, g] f32, row max of raw logits [b, kh, s, g])."""
+def forward(q, k, v, indices, sinks, *, scale: float, block_k: int, interpret: bool = False):
+  """sinks [kh, g] f32 (NEG: none) -> (out [b, kh, s, g, dv], lse [b, kh, s, g] f32,
+  row max of raw logits [b, kh, s, g])."""
   b, kh, s, g, d = q.shape
   t, dv, slots = k.shape[2], v.shape[-1], indices.shape[-1]
   sp = _specs(b, kh, s, g, t, d, dv, slots)
@@ -108,11 +115,11 @@ def forward(q, k, v, indices, *, scale: float, block_k: int, interpret: bool = F
   return pl.pallas_call(
     functools.partial(_fwd_kernel, scale=scale, block_k=block_k),
     grid=(b, kh, s),
-    in_specs=[sp["idx"], sp["token"](g, d), sp["k"], sp["v"]],
+    in_specs=[sp["idx"], sp["token"](g, d), sp["k"], sp["v"], sp["sink"]],
     out_specs=[sp["token"](g, dv), sp["token"](g), sp["token"](g)],
     out_shape=[jax.ShapeDtypeStruct((b, kh, s, g, dv), q.dtype), row, row],
     interpret=interpret,
-  )(indices, q, k, v)
+  )(indices, q, k, v, sinks)
 
 
 @functools.partial(jax.jit, static_argnames=("scale", "block_k", "interpret"))

@@ -3,8 +3,9 @@
 q [b, s, h, d]; k [b, t, kh, d]; v [b, t, kh, dv]; indices [b, s, K] int, the key
 positions each query may see (-1 = an empty slot). Every kv head of a query uses
 the same slots (DeepSeek Sparse Attention: one top-k set per token, MQA core).
-Query head n reads kv head n // (h / kh). A query whose slots are all empty
-gets a zero output. Returns (out [b, s, h, dv] in q's dtype, max_logits [h]: the
+Query head n reads kv head n // (h / kh). sinks [h] (optional): one extra
+logit per head that takes probability mass but has no value (gpt-oss). A
+query whose slots are all empty gets a zero output. Returns (out [b, s, h, dv] in q's dtype, max_logits [h]: the
 largest scaled logit per head over the filled slots, no gradient).
 
 Cost is O(s * K) whatever t is; `chunk` > 0 gathers keys for that many queries
@@ -31,14 +32,22 @@ def _logits(q, k, indices, scale):
   return jnp.where(valid, logits, -jnp.inf), valid
 
 
-def _block(q, k, v, indices, scale):
+def _block(q, k, v, indices, scale, sinks):
   """One chunk of queries -> (out [b, c, h, dv], max logit per head [h])."""
   b, c, h, _ = q.shape
+  kh = k.shape[2]
   logits, valid = _logits(q, k, indices, scale)
   max_logits = jnp.max(jax.lax.stop_gradient(logits), axis=(0, 1, 4)).reshape(h)
   m = jnp.max(logits, axis=-1, keepdims=True)
-  e = jnp.where(valid, jnp.exp(logits - jnp.where(jnp.isfinite(m), m, 0.0)), 0.0)
-  p = e / jnp.maximum(jnp.sum(e, axis=-1, keepdims=True), jnp.finfo(jnp.float32).tiny)
+  if sinks is not None:  # [kh, g] extra logits, no value
+    sink = sinks.astype(jnp.float32).reshape(1, 1, kh, h // kh, 1)
+    m = jnp.maximum(m, sink)
+  m = jnp.where(jnp.isfinite(m), m, 0.0)
+  e = jnp.where(valid, jnp.exp(logits - m), 0.0)
+  total = jnp.sum(e, axis=-1, keepdims=True)
+  if sinks is not None:
+    total = total + jnp.exp(sink - m)
+  p = e / jnp.maximum(total, jnp.finfo(jnp.float32).tiny)
   out = jnp.einsum("bckgj,bcjkv->bckgv", p.astype(v.dtype), gather(v, indices))
   return out.reshape(b, c, h, v.shape[-1]).astype(q.dtype), max_logits
 
@@ -63,9 +72,9 @@ def _over_chunks(fn, chunk: int, *xs):
   return out, jnp.max(second, axis=0)
 
 
-def attention(q, k, v, indices, *, scale: float, chunk: int = 0):
+def attention(q, k, v, indices, *, scale: float, sinks=None, chunk: int = 0):
   """(out [b, s, h, dv], max_logits [h]); see the module docstring."""
-  return _over_chunks(lambda q, i: _block(q, k, v, i, scale), chunk, q, indices)
+  return _over_chunks(lambda q, i: _block(q, k, v, i, scale, sinks), chunk, q, indices)
 
 
 def slot_probs(q, k, indices, *, scale: float, chunk: int = 0):
