@@ -1,0 +1,132 @@
+"""Linear attention with the gated delta rule: the recurrence of gated DeltaNet
+(Qwen3-Next) and of Kimi Delta Attention (per-channel decay), in two forms.
+
+Per head, a state S [dk, dv] is decayed, corrected toward the new value, and read:
+
+  S_t = diag(a_t) S_{t-1} (I - b_t k_t k_t^T)... written as the delta rule:
+  S <- exp(g_t) * S;   S <- S + b_t k_t (v_t - S^T k_t)^T;   o_t = S^T q_t
+
+with g_t <= 0 the log decay: one per head (gated DeltaNet, g [b, s, h]) or one
+per key channel (KDA, g [b, s, h, dk], scaling the rows of S), and b_t in (0, 1)
+the write strength. `recurrent` runs it step by step (the reference, and the
+decode path); `chunked` is the parallel training form: inside a chunk of C
+tokens the delta rule's coupling is a unit lower-triangular system solved at
+once (the WY form), and only the state crosses chunk boundaries.
+
+Packed documents (segment_ids): the state starts from zero at each document;
+no token reads or writes across a document boundary. All math in float32.
+
+Letters: b batch, s positions, h heads, k key dim, v value dim, c chunk
+positions (i, j inside a chunk).
+"""
+
+import jax
+import jax.numpy as jnp
+
+
+def _starts(segment_ids):
+  """[b, s] bool: a token that starts a new document (not the first token)."""
+  return jnp.pad(segment_ids[:, 1:] != segment_ids[:, :-1], ((0, 0), (1, 0)))
+
+
+def recurrent(q, k, v, g, beta, *, segment_ids=None, initial_state=None):
+  """q, k: [b, s, h, k]; v: [b, s, h, v]; g: [b, s, h] or [b, s, h, k] (log decay);
+  beta: [b, s, h]. Returns (o [b, s, h, v], final state [b, h, k, v]), float32."""
+  f32 = jnp.float32
+  b, s, h, dk = q.shape
+  dv = v.shape[-1]
+  state = jnp.zeros((b, h, dk, dv), f32) if initial_state is None else initial_state.astype(f32)
+  starts = jnp.zeros((b, s), bool) if segment_ids is None else _starts(segment_ids)
+  per_channel = g.ndim == 4
+
+  def step(state, xs):
+    q_t, k_t, v_t, g_t, b_t, start = xs  # [b, h, k], .., [b, h] or [b, h, k], [b, h], [b]
+    state = jnp.where(start[:, None, None, None], 0.0, state)
+    decay = jnp.exp(g_t)[..., None] if per_channel else jnp.exp(g_t)[..., None, None]
+    state = state * decay
+    error = v_t - jnp.einsum("bhk,bhkv->bhv", k_t, state)  # v - S^T k
+    state = state + jnp.einsum("bhk,bhv->bhkv", k_t, b_t[..., None] * error)
+    return state, jnp.einsum("bhk,bhkv->bhv", q_t, state)
+
+  time_major = lambda x: jnp.moveaxis(x.astype(f32), 1, 0)
+  xs = tuple(map(time_major, (q, k, v, g, beta))) + (jnp.moveaxis(starts, 1, 0),)
+  state, o = jax.lax.scan(step, state, xs)
+  return jnp.moveaxis(o, 0, 1), state
+
+
+def _chunk(carry, xs, per_channel: bool):
+  """One chunk for every (batch, head): carry (S [b, h, k, v], the state's segment [b]);
+  xs: q, k [b, h, c, k], v [b, h, c, v], G (cumulative log decay) [b, h, c(, k)],
+  beta [b, h, c], segment ids [b, c]."""
+  state, state_seg = carry
+  q, k, v, G, beta, seg = xs
+  c = q.shape[2]
+  same = seg[:, :, None] == seg[:, None, :]  # [b, i, j]
+  lower = jnp.tril(jnp.ones((c, c), bool))
+  visible = (same & lower)[:, None]  # j <= i, same document: [b, 1, i, j]
+  strict = visible & ~jnp.eye(c, dtype=bool)
+  if per_channel:  # relative decays per channel, masked before exp so nothing overflows
+    rel = jnp.where(visible[..., None], G[:, :, :, None, :] - G[:, :, None, :, :], -jnp.inf)
+    rel = jnp.exp(rel)  # [b, h, i, j, k]
+    kk = jnp.einsum("bhik,bhjk,bhijk->bhij", k, k, rel)
+    qk = jnp.einsum("bhik,bhjk,bhijk->bhij", q, k, rel)
+    decay_in, decay_out = jnp.exp(G), jnp.exp(G[:, :, -1:] - G)  # [b, h, c, k]
+    decay_all = jnp.exp(G[:, :, -1])[..., None]  # [b, h, k, 1]
+  else:
+    rel = jnp.exp(jnp.where(visible, G[..., :, None] - G[..., None, :], -jnp.inf))
+    kk = jnp.einsum("bhik,bhjk->bhij", k, k) * rel
+    qk = jnp.einsum("bhik,bhjk->bhij", q, k) * rel
+    decay_in, decay_out = jnp.exp(G)[..., None], jnp.exp(G[:, :, -1:] - G)[..., None]
+    decay_all = jnp.exp(G[:, :, -1])[..., None, None]  # [b, h, 1, 1]
+  # (I - A) with A_ij = -beta_i (k_i . k_j) decay_ij below the diagonal: unit lower triangular.
+  system = jnp.eye(c) + jnp.where(strict, beta[..., None] * kk, 0.0)
+  solve = lambda rhs: jax.lax.linalg.triangular_solve(
+    system, rhs, left_side=True, lower=True, unit_diagonal=True
+  )
+  u = solve(beta[..., None] * v)  # [b, h, c, v]
+  w = solve(beta[..., None] * k * decay_in)  # [b, h, c, k]
+  reads = (seg == state_seg[:, None])[:, None, :, None]  # tokens continuing the state's document
+  v_new = u - jnp.where(reads, jnp.einsum("bhck,bhkv->bhcv", w, state), 0.0)
+  o = jnp.where(reads, jnp.einsum("bhck,bhkv->bhcv", q * decay_in, state), 0.0)
+  o = o + jnp.einsum("bhij,bhjv->bhiv", jnp.where(visible, qk, 0.0), v_new)
+  writes = (seg == seg[:, -1:])[:, None, :, None]  # tokens of the document the chunk ends in
+  kept = (seg[:, -1] == state_seg)[:, None, None, None]
+  state = jnp.where(kept, decay_all * state, 0.0) + jnp.einsum(
+    "bhck,bhcv->bhkv", jnp.where(writes, k * decay_out, 0.0), v_new
+  )
+  return (state, seg[:, -1]), o
+
+
+def chunked(q, k, v, g, beta, *, chunk: int = 64, segment_ids=None, initial_state=None):
+  """Same contract as `recurrent`; lengths need not be a multiple of `chunk`."""
+  f32 = jnp.float32
+  b, s, h, dk = q.shape
+  dv = v.shape[-1]
+  per_channel = g.ndim == 4
+  seg = jnp.ones((b, s), jnp.int32) if segment_ids is None else segment_ids.astype(jnp.int32)
+  pad = -s % chunk
+  # Padding continues the last document and changes nothing: k = v = beta = g = 0.
+  pad_t = lambda x: jnp.pad(x.astype(f32), [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+  q, k, v, g, beta = map(pad_t, (q, k, v, g, beta))
+  seg = jnp.pad(seg, ((0, 0), (0, pad)), mode="edge")
+  n = (s + pad) // chunk
+
+  def chunks(x):  # [b, s, h, ...] -> [n, b, h, c, ...]
+    x = jnp.moveaxis(x, 2, 1).reshape(b, h, n, chunk, *x.shape[3:])
+    return jnp.moveaxis(x, 2, 0)
+
+  G = jnp.cumsum(chunks(g), axis=3)  # cumulative log decay inside each chunk
+  xs = (
+    chunks(q),
+    chunks(k),
+    chunks(v),
+    G,
+    chunks(beta),
+    jnp.moveaxis(seg.reshape(b, n, chunk), 1, 0),
+  )
+  state = jnp.zeros((b, h, dk, dv), f32) if initial_state is None else initial_state.astype(f32)
+  (state, _), o = jax.lax.scan(
+    lambda carry, x: _chunk(carry, x, per_channel), (state, seg[:, 0]), xs
+  )
+  o = jnp.moveaxis(o, 0, 2).reshape(b, h, n * chunk, dv)[:, :, :s]  # [b, h, s, v]
+  return jnp.moveaxis(o, 1, 2), state
