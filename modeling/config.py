@@ -112,6 +112,22 @@ class MlaConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeltaNetConfig:
+  """Gated DeltaNet (Qwen3-Next) / Kimi Delta Attention layer (modeling/attention/linear.py)."""
+
+  embed_dim: int
+  num_k_heads: int  # query/key heads; each serves num_v_heads / num_k_heads value heads.
+  num_v_heads: int
+  k_head_dim: int
+  v_head_dim: int
+  conv_kernel: int = 4  # causal depthwise conv over q, k, v.
+  decay: str = "head"  # head (gated DeltaNet: one log decay per head) | channel (KDA).
+  chunk: int = 64  # chunk length of the parallel form.
+  norm_eps: float = 1e-6
+  init_std: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True)
 class MoeConfig:
   """Routed experts (+ optional shared experts) replacing a dense MLP."""
 

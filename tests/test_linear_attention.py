@@ -93,3 +93,91 @@ def test_a_carried_state_continues_the_sequence():
   first, state = linear.chunked(*(x[:, :20] for x in (q, k, v, g, beta)), chunk=8)
   rest, _ = linear.recurrent(*(x[:, 20:] for x in (q, k, v, g, beta)), initial_state=state)
   np.testing.assert_allclose(jnp.concatenate([first, rest], axis=1), whole, atol=1e-5)
+
+
+def _hf_gated_delta_net():
+  """A tiny float32 HF Qwen3NextGatedDeltaNet, every weight random: 2 key heads
+  serving 4 value heads, conv kernel 4."""
+  import torch  # noqa: PLC0415
+  import transformers  # noqa: PLC0415
+  from transformers.models.qwen3_next import modeling_qwen3_next as hf_next  # noqa: PLC0415
+
+  config = transformers.Qwen3NextConfig(
+    hidden_size=64, linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16,
+    linear_value_head_dim=8, linear_conv_kernel_dim=4, num_hidden_layers=1,
+    layer_types=["linear_attention"],
+  )  # fmt: skip
+  torch.manual_seed(0)
+  layer = hf_next.Qwen3NextGatedDeltaNet(config, layer_idx=0).float().eval()
+  with torch.no_grad():
+    for p in layer.parameters():
+      p.copy_(torch.randn_like(p) * (p.shape[-1] ** -0.5 if p.ndim > 1 else 0.3))
+    layer.A_log.copy_(torch.log(torch.rand_like(layer.A_log) * 2 + 0.5))
+    layer.dt_bias.copy_(torch.randn_like(layer.dt_bias))
+  return layer
+
+
+def _load_hf(ours, layer):
+  """HF's fused, per-key-head-grouped tensors -> our per-part params."""
+  cfg = ours.cfg
+  hk, hv, dk, dv, r = cfg.num_k_heads, cfg.num_v_heads, cfg.k_head_dim, cfg.v_head_dim, 2
+  t = lambda p: p.detach().numpy()
+  qkvz = t(layer.in_proj_qkvz.weight).T.reshape(-1, hk, 2 * dk + 2 * r * dv)
+  ba = t(layer.in_proj_ba.weight).T.reshape(-1, hk, 2 * r)
+  conv = t(layer.conv1d.weight)[:, 0, :].T  # [kernel, channels]
+  n = hk * dk
+  values = {
+    "q_proj": qkvz[..., :dk],
+    "k_proj": qkvz[..., dk : 2 * dk],
+    "v_proj": qkvz[..., 2 * dk : 2 * dk + r * dv].reshape(-1, hv, dv),
+    "z_proj": qkvz[..., 2 * dk + r * dv :].reshape(-1, hv, dv),
+    "b_proj": ba[..., :r].reshape(-1, hv),
+    "a_proj": ba[..., r:].reshape(-1, hv),
+    "conv_q": conv[:, :n].reshape(-1, hk, dk),
+    "conv_k": conv[:, n : 2 * n].reshape(-1, hk, dk),
+    "conv_v": conv[:, 2 * n :].reshape(-1, hv, dv),
+    "A_log": t(layer.A_log),
+    "dt_bias": t(layer.dt_bias),
+    "out_proj": t(layer.out_proj.weight).T.reshape(hv, dv, -1),
+  }
+  for name, value in values.items():
+    getattr(ours, name).set_value(jnp.asarray(value))
+  ours.norm.scale.set_value(jnp.asarray(t(layer.norm.weight)))
+
+
+def test_gated_delta_net_layer_matches_hf_qwen3_next():
+  import torch  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+
+  from modeling.config import DeltaNetConfig  # noqa: PLC0415
+
+  layer = _hf_gated_delta_net()
+  cfg = DeltaNetConfig(embed_dim=64, num_k_heads=2, num_v_heads=4, k_head_dim=16, v_head_dim=8,
+                       chunk=16)  # fmt: skip
+  ours = linear.GatedDeltaNet(cfg, rngs=nnx.Rngs(0))
+  _load_hf(ours, layer)
+  x = np.random.default_rng(0).normal(size=(2, 37, 64)).astype(np.float32)
+  with torch.no_grad():
+    want = layer(torch.as_tensor(x)).numpy()
+  seg = jnp.ones((2, 37), jnp.int32)
+  got, _ = ours(jnp.asarray(x), positions=None, segment_ids=seg)
+  assert np.abs(want).max() > 0.1
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("decay", ["head", "channel"])
+def test_gated_delta_net_layer_packed_documents_equal_separate_runs(decay):
+  """The short conv and the state both restart at a document boundary."""
+  from flax import nnx  # noqa: PLC0415
+
+  from modeling.config import DeltaNetConfig  # noqa: PLC0415
+
+  cfg = DeltaNetConfig(embed_dim=32, num_k_heads=2, num_v_heads=4, k_head_dim=8, v_head_dim=8,
+                       decay=decay, chunk=8)  # fmt: skip
+  layer = linear.GatedDeltaNet(cfg, rngs=nnx.Rngs(0))
+  x = jax.random.normal(jax.random.key(1), (1, 30, 32))
+  seg = jnp.asarray([[1] * 11 + [2] * 19])
+  packed, _ = layer(x, positions=None, segment_ids=seg)
+  for lo, hi in ((0, 11), (11, 30)):
+    alone, _ = layer(x[:, lo:hi], positions=None, segment_ids=jnp.ones((1, hi - lo), jnp.int32))
+    np.testing.assert_allclose(packed[:, lo:hi], alone, atol=1e-5)
