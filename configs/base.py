@@ -65,6 +65,18 @@ def get_config() -> ml_collections.ConfigDict:
   m.rope_scaling.beta_slow = 1.0  # yarn.
   m.rope_scaling.attention_factor = 0.0  # yarn: 0 -> 0.1*ln(s)+1.
   m.rope_scaling.truncate = True  # yarn: round the correction range to whole dims (False: gpt-oss).
+  # Gated attention (Qwen3-Next): q_proj also emits a gate per head ([query | gate]),
+  # and each head's output is multiplied by sigmoid(gate) before o_proj.
+  m.attention_gate = False
+  # Gated DeltaNet layers (attention_pattern entry "linear"; Qwen3-Next): linear
+  # attention with the gated delta rule (modeling/attention/linear.py).
+  m.linear = ml_collections.ConfigDict()
+  m.linear.num_k_heads = 16  # query/key heads ...
+  m.linear.num_v_heads = 32  # ... each serving num_v_heads / num_k_heads value heads.
+  m.linear.k_head_dim = 128
+  m.linear.v_head_dim = 128
+  m.linear.conv_kernel = 4  # causal depthwise conv over q, k, v.
+  m.linear.chunk = 64  # chunk length of the parallel (training) form.
   # Attention kind: gqa (MHA/GQA/MQA by num_kv_heads) | mla (multi-head latent attention).
   m.attention = "gqa"
   # Attention core: xla | pallas (the flash-attention kernels, forward and backward:

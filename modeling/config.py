@@ -15,7 +15,7 @@ NORMS = ("rms", "rms_one_plus")
 PLACEMENTS = ("pre", "post", "sandwich")
 QK_NORMS = ("none", "head", "full", "l2_rope_layers")
 ACTIVATIONS = ("silu", "gelu_tanh")
-ATTENTION_KINDS = ("global", "local", "chunked")
+ATTENTION_KINDS = ("global", "local", "chunked", "linear")
 ROPE_KINDS = ("rope", "nope")
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -71,6 +71,7 @@ class AttentionConfig:
   sinks: bool = False
   softcap: float = 0.0
   kernel: str = "xla"  # attention core: xla | pallas | pallas_interpret (see ATTENTION_KERNELS).
+  gate: bool = False  # q_proj emits [query | gate] per head; output *= sigmoid(gate).
   init_std: float = 0.02
   fp8: Fp8 | None = None  # FP8-style q/k/v/o projections.
 
@@ -113,7 +114,7 @@ class MlaConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DeltaNetConfig:
-  """Gated DeltaNet (Qwen3-Next) / Kimi Delta Attention layer (modeling/attention/linear.py)."""
+  """Gated DeltaNet layer (Qwen3-Next; modeling/attention/linear.py)."""
 
   embed_dim: int
   num_k_heads: int  # query/key heads; each serves num_v_heads / num_k_heads value heads.
@@ -121,7 +122,6 @@ class DeltaNetConfig:
   k_head_dim: int
   v_head_dim: int
   conv_kernel: int = 4  # causal depthwise conv over q, k, v.
-  decay: str = "head"  # head (gated DeltaNet: one log decay per head) | channel (KDA).
   chunk: int = 64  # chunk length of the parallel form.
   norm_eps: float = 1e-6
   init_std: float = 0.02
@@ -168,7 +168,7 @@ class MlpConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BlockSpec:
-  attention: AttentionConfig | MlaConfig
+  attention: AttentionConfig | MlaConfig | DeltaNetConfig
   mlp: MlpConfig | MoeConfig
   norm: NormConfig
   placement: str = "pre"
@@ -320,6 +320,8 @@ def decoder_config(
     if qk_norm == "l2_rope_layers":
       qk_norm = "l2" if rope else "none"
     attention = mla and dataclasses.replace(mla, window=m.sliding_window if local else 0)
+    if kind == "linear":
+      attention = _delta_net_config(m)
     attention = attention or AttentionConfig(
       embed_dim=m.embed_dim,
       num_heads=m.num_heads,
@@ -338,6 +340,7 @@ def decoder_config(
       sinks=m.attention_sinks,
       softcap=m.attn_logit_softcap,
       kernel=m.attention_kernel,
+      gate=m.attention_gate,
       init_std=m.init_std,
       fp8=fp8,
     )
@@ -367,6 +370,28 @@ def decoder_config(
     bias_update_rate=m.moe.bias_update_rate if moe and m.moe.aux_free_bias else 0.0,
     mtp_depth=m.mtp.depth,
     indexer_loss_weight=m.mla.indexer.loss_weight if mla and mla.indexer else 0.0,
+  )
+
+
+def _delta_net_config(m) -> DeltaNetConfig:
+  n = m.linear
+  for name in ("num_k_heads", "num_v_heads", "k_head_dim", "v_head_dim", "conv_kernel", "chunk"):
+    _check(n[name] > 0, f"model.linear.{name}={n[name]} must be positive for 'linear' layers")
+  _check(
+    n.num_v_heads % n.num_k_heads == 0,
+    f"model.linear.num_k_heads={n.num_k_heads} must divide model.linear.num_v_heads="
+    f"{n.num_v_heads}",
+  )
+  return DeltaNetConfig(
+    embed_dim=m.embed_dim,
+    num_k_heads=n.num_k_heads,
+    num_v_heads=n.num_v_heads,
+    k_head_dim=n.k_head_dim,
+    v_head_dim=n.v_head_dim,
+    conv_kernel=n.conv_kernel,
+    chunk=n.chunk,
+    norm_eps=m.norm_eps,
+    init_std=m.init_std,
   )
 
 

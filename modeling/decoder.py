@@ -16,11 +16,13 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from modeling.attention.dot_product import Attention
+from modeling.attention.linear import GatedDeltaNet
 from modeling.attention.mla import MLA
 from modeling.config import (
   AttentionConfig,
   BlockSpec,
   DecoderConfig,
+  DeltaNetConfig,
   MlaConfig,
   MlpConfig,
   MoeConfig,
@@ -36,7 +38,7 @@ from parallelism import rules
 ACTIVATION_AXES = ("batch", None, None)
 
 # Which module a block builds for each config type.
-ATTENTION = {AttentionConfig: Attention, MlaConfig: MLA}
+ATTENTION = {AttentionConfig: Attention, MlaConfig: MLA, DeltaNetConfig: GatedDeltaNet}
 FFN = {MlpConfig: GatedMLP, MoeConfig: MoE}
 
 # Remat policies (config.model.remat): what the backward pass keeps from the
@@ -136,7 +138,7 @@ class Decoder(nnx.Module):
     weight of 0 for the whole run).
 
     aux: `aux_loss` (weighted MoE balance losses, summed over layers);
-    `max_logits` [layers, heads] (largest pre-softmax logit per head); with
+    `max_logits` [softmax layers, heads] (largest pre-softmax logit per head); with
     MoE layers, `expert_load` [moe_layers, experts] token counts, `router_z`
     and `dropped_frac` (means over MoE layers); with MTP, `mtp_logits` (one
     [b, s, vocab] per depth); with DSA indexers, `indexer_kl` [dsa_layers] and
@@ -189,6 +191,10 @@ class Decoder(nnx.Module):
     blocks += [(b, None) for b in self.tail]
     return blocks + [(m.block, None) for m in self.mtp]
 
+  def softmax_layers(self) -> list[tuple[Block, int | None]]:
+    """`layers()` with softmax attention: the rows of aux["max_logits"]."""
+    return [(b, p) for b, p in self.layers() if not isinstance(b.attn, GatedDeltaNet)]
+
   def _logits(self, x, head):
     logits = jnp.einsum("bse,ev->bsv", x, head, preferred_element_type=jnp.float32)
     if self.cfg.final_softcap > 0:
@@ -197,8 +203,9 @@ class Decoder(nnx.Module):
 
   def _aux(self, layers: list[dict]) -> dict:
     cfg = self.cfg
-    # [layers, heads]: prefix, scanned periods, tail, MTP (when run), as `attention_layers`.
-    aux = {"max_logits": jnp.stack([st["max_logits"] for st in layers])}
+    # [softmax layers, heads] in `softmax_layers()` order (DeltaNet layers have no logits).
+    rows = [st["max_logits"] for st in layers if "max_logits" in st]
+    aux = {"max_logits": jnp.stack(rows) if rows else jnp.zeros((1, 1), jnp.float32)}
     kls = [st["indexer_kl"] for st in layers if "indexer_kl" in st]  # DSA layers
     if kls:
       aux["indexer_kl"] = jnp.stack(kls)  # [dsa_layers]

@@ -75,10 +75,13 @@ def check_model_fits(model_cfg, sizes: dict):
   `tensor`, routed experts over `expert` (each device holds whole heads / experts)."""
   tensor, expert = sizes["tensor"], sizes["expert"]
   for block in model_cfg.blocks:
-    heads = block.attention.num_heads
+    # A gated DeltaNet layer splits by key head, each with its group of value heads.
+    name, heads = ("num_heads", getattr(block.attention, "num_heads", 0))
+    if not heads:
+      name, heads = ("linear.num_k_heads", block.attention.num_k_heads)
     if heads % tensor:
       raise ValueError(
-        f"model.num_heads={heads} is not divisible by mesh.tensor={tensor}; "
+        f"model.{name}={heads} is not divisible by mesh.tensor={tensor}; "
         "pick a tensor size that divides the heads"
       )
     experts = getattr(block.mlp, "num_experts", 0)

@@ -13,7 +13,8 @@ dense versus DeepSeek Sparse Attention (indexer scores + top-k + attention over
 the selected keys) at each length: XLA's compiled FLOPs (cost analysis) and
 the forward's time on this machine, with the sparse core and the indexer
 apart, so their growth with length shows: the core's is linear at fixed
-top-k, the indexer's quadratic with a small constant.
+top-k, the indexer's quadratic with a small constant. A gated DeltaNet layer
+of the same width runs beside them (linear in length).
 """
 
 import argparse
@@ -108,6 +109,25 @@ def bench_optim(args):
   print(f"  step time muon / adamw: {results['adamw'] / results['muon']:.2f}x")
 
 
+def _flops(fn, *args) -> float:
+  cost = jax.jit(fn).lower(*args).compile().cost_analysis()
+  return (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+
+def _chunk_flops(cfg) -> float:
+  """FLOPs of one chunk step of the DeltaNet scan, which XLA's cost analysis counts
+  once per loop: the bench adds it for the other chunks."""
+  from modeling.attention import linear  # noqa: PLC0415
+
+  jnp = jax.numpy
+  h, c, dk, dv = cfg.num_v_heads, cfg.chunk, cfg.k_head_dim, cfg.v_head_dim
+  z = lambda *shape: jnp.zeros(shape, jnp.float32)
+  carry = (z(1, h, dk, dv), jnp.zeros((1,), jnp.int32))
+  xs = (z(1, h, c, dk), z(1, h, c, dk), z(1, h, c, dv), z(1, h, c), z(1, h, c),
+        jnp.zeros((1, c), jnp.int32))  # fmt: skip
+  return _flops(lambda carry, xs: linear._chunk(carry, xs, False), carry, xs)
+
+
 def _attention_parts(topk: int):
   """An absorbed MLA layer with an indexer, sized so the cost split is visible:
   16 heads over a 128 + 32 latent, a 4 x 64 indexer."""
@@ -146,16 +166,29 @@ def _attention_parts(topk: int):
       q, k, v, indices, scale=cfg.scale, implementation="reference"
     )[0]
 
-  return {"dense": dense, "dsa": dsa, "indexer": indexer}, cfg.embed_dim
+  # Gated DeltaNet at the same width: 16 value heads of 64 over 8 key heads of 64.
+  from modeling.attention import linear  # noqa: PLC0415
+  from modeling.config import DeltaNetConfig  # noqa: PLC0415
+
+  delta_cfg = DeltaNetConfig(cfg.embed_dim, num_k_heads=8, num_v_heads=16, k_head_dim=64,
+                             v_head_dim=64, chunk=64)  # fmt: skip
+  delta_layer = linear.GatedDeltaNet(delta_cfg, rngs=nnx.Rngs(0))
+
+  def deltanet(x, positions, segment_ids):
+    return delta_layer(x, positions=positions, segment_ids=segment_ids)[0]
+
+  parts = {"dense": dense, "dsa": dsa, "indexer": indexer, "deltanet": deltanet}
+  return parts, cfg.embed_dim, _chunk_flops(delta_cfg), delta_cfg.chunk
 
 
 def bench_attention(args):
   lengths = [int(n) for n in args.lengths.split(",")]
-  parts, embed = _attention_parts(args.topk)
+  parts, embed, chunk_flops, chunk = _attention_parts(args.topk)
   print(f"MLA layer, absorbed (16 heads, latent 128 + rope 32), DSA top-{args.topk}, "
         f"indexer 4 x 64; batch 1; {jax.devices()[0].device_kind}")  # fmt: skip
-  print(f"  {'tokens':>6} {'GFLOP dense':>12} {'GFLOP dsa':>10} {'(indexer)':>10} "
-        f"{'ms dense':>9} {'ms dsa':>8} {'dense/dsa time':>15}")  # fmt: skip
+  print("  deltanet: a gated DeltaNet layer of the same width (16 x 64 value heads), chunk 64")
+  print(f"  {'tokens':>6} {'GFLOP dense':>12} {'GFLOP dsa':>10} {'(indexer)':>10} {'deltanet':>9} "
+        f"{'ms dense':>9} {'ms dsa':>8} {'ms delta':>9} {'dense/dsa time':>15}")  # fmt: skip
   previous = None
   for n in lengths:
     x = jax.random.normal(jax.random.key(0), (1, n, embed))
@@ -172,14 +205,21 @@ def bench_attention(args):
         start = time.perf_counter()
         jax.block_until_ready(compiled(x, positions, segment_ids))
         times.append(time.perf_counter() - start)
-      row[name] = (cost["flops"] / 1e9, 1e3 * float(np.median(times)))
-    (fd, td), (fs, ts), (fi, _) = row["dense"], row["dsa"], row["indexer"]
-    print(f"  {n:6d} {fd:12.2f} {fs:10.2f} {fi:10.2f} {td:9.1f} {ts:8.1f} {td / ts:14.2f}x")
+      flops = cost["flops"]
+      if name == "deltanet":  # the chunk loop's body is in `flops` once
+        flops += (-(-n // chunk) - 1) * chunk_flops
+      row[name] = (flops / 1e9, 1e3 * float(np.median(times)))
+    (fd, td), (fs, ts), (fi, _), (fl, tl) = (
+      row[k] for k in ("dense", "dsa", "indexer", "deltanet")
+    )
+    print(f"  {n:6d} {fd:12.2f} {fs:10.2f} {fi:10.2f} {fl:9.2f} {td:9.1f} {ts:8.1f} {tl:9.1f} "
+          f"{td / ts:14.2f}x")  # fmt: skip
     if previous:
-      (pd, ps, pi), grow = previous, lambda a, b: a / b
-      print(f"  {'':6s} x{grow(fd, pd):11.2f} x{grow(fs, ps):9.2f} x{grow(fi, pi):9.2f}   "
-            f"(growth from {n // 2}; dsa without its indexer x{grow(fs - fi, ps - pi):.2f})")  # fmt: skip
-    previous = (fd, fs, fi)
+      (pd, ps, pi, pl_), grow = previous, lambda a, b: a / b
+      print(f"  {'':6s} x{grow(fd, pd):11.2f} x{grow(fs, ps):9.2f} x{grow(fi, pi):9.2f} "
+            f"x{grow(fl, pl_):8.2f}   (FLOP growth from {n // 2}; dsa without its indexer "
+            f"x{grow(fs - fi, ps - pi):.2f})")  # fmt: skip
+    previous = (fd, fs, fi, fl)
 
 
 def main():

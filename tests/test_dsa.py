@@ -129,11 +129,14 @@ def _flat(params) -> dict:
 
 
 def test_warmup_trains_only_the_indexers_then_the_sparse_stage_starts_from_it(tmp_path):
-  before, after, train = _train(_trainer(tmp_path / "warmup", stage="warmup", topk=16))
+  warmup = _trainer(tmp_path / "warmup", stage="warmup", topk=16)
+  before, after, train = _train(warmup)
   before, after = _flat(before), _flat(after)
   indexer = [k for k in before if "indexer" in k]
   assert indexer and all(not np.array_equal(before[k], after[k]) for k in indexer)
   assert all(np.array_equal(before[k], after[k]) for k in before if "indexer" not in k)
+  biases = _flat(jax.device_get(warmup.state["model_state"]))
+  assert biases and all(np.all(b == 0) for b in biases.values())  # frozen routers: no bias steps
   kl = [float(np.mean(r["indexer_kl"])) for r in train]
   assert kl[-1] < 0.8 * kl[0], kl
 

@@ -83,6 +83,25 @@ CASES = {
       index_topk=8,
     ),
   ),
+  # Gated DeltaNet x3 then gated softmax attention (1 + w norms, QK-norm, 1/4
+  # rotary); layer 0 dense (mlp_only_layers), then softmax top-2 of 8 experts plus a
+  # sigmoid-gated shared expert. Key heads 2 serve 4 value heads.
+  "qwen3_next": (
+    transformers.Qwen3NextForCausalLM,
+    transformers.Qwen3NextConfig,
+    dict(
+      num_hidden_layers=4,
+      linear_num_key_heads=2,
+      linear_num_value_heads=4,
+      linear_key_head_dim=16,
+      linear_value_head_dim=8,
+      num_experts=8,
+      num_experts_per_tok=2,
+      moe_intermediate_size=32,
+      shared_expert_intermediate_size=48,
+      mlp_only_layers=[0],
+    ),
+  ),
   # MoE on every 2nd layer (pattern dense, moe), softmax top-2 of 8, not renormalised.
   "qwen3_moe": (
     transformers.Qwen3MoeForCausalLM,
@@ -332,6 +351,16 @@ def test_config_captures_family_features(pair):
       "mla.indexer.topk": 8,
       "first_dense_layers": 1,
       "ffn_pattern": ("moe",),
+    },
+    "qwen3_next": {
+      "attention_pattern": ("linear", "linear", "linear", "global"),
+      "attention_gate": True,
+      "norm": "rms_one_plus",
+      "partial_rotary_factor": 0.25,
+      "linear.num_v_heads": 4,
+      "first_dense_layers": 1,
+      "moe.shared_gate": True,
+      "moe.shared_mlp_dim": 48,
     },
     "qwen3_moe": {
       "qk_norm": "head",

@@ -71,6 +71,8 @@ MOE_FAMILIES = (
   "deepseek_v3",
   "kimi_k2",
   "qwen3_moe",
+  "qwen3_next",
+  "deepseek_v32",
   "glm4_moe",
   "gpt_oss",
   "llama4",

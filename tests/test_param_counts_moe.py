@@ -64,3 +64,10 @@ def test_deepseek_v32_is_v3_plus_one_lightning_indexer_per_layer():
   per_layer = 1536 * 64 * 128 + 7168 * 128 + 2 * 128 + 7168 * 64
   assert param_count(v32) - param_count(v3) == 61 * per_layer
   assert active_param_count(v32) - active_param_count(v3) == 61 * per_layer
+
+
+def test_qwen3_next_total_matches_published():
+  """Qwen3-Next-80B-A3B card: 80B total (its "3B activated" is rounded: 3.25B without
+  embedding and head here, so only the total is held to 2%)."""
+  cfg = decoder_config(family_config("qwen3_next", "80b_a3b").model)
+  assert _close(param_count(cfg), 80e9), param_count(cfg)

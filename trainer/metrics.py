@@ -7,7 +7,7 @@ import pathlib
 import jax
 import tensorboardX
 
-from modeling.config import DecoderConfig, MlaConfig, MoeConfig
+from modeling.config import DecoderConfig, DeltaNetConfig, MlaConfig, MoeConfig
 
 # Dense bf16 peak FLOP/s per device, from vendor spec sheets (no sparsity).
 PEAK_FLOPS = {
@@ -44,12 +44,22 @@ def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
   layers count the router, the top-k routed experts and the shared experts.
   Attention counts 6 * heads * (qk_dim + v_dim) * keys-seen per layer (PaLM
   appendix B's 12*h*d*T when qk_dim = v_dim; keys-seen is seq_len, or the
-  window of sliding-window layers, or the chunk of chunked layers).
+  window of sliding-window layers, or the chunk of chunked layers). A gated
+  DeltaNet layer's core is linear in length: per value head and token, the
+  chunk's scores and values (chunk * (dk + dv)) and the state's read, write and
+  output (3 * dk * dv), each a multiply-add, times 3 for the backward.
   """
   flops = 6 * cfg.embed_dim * cfg.vocab_size
   for block in cfg.blocks:
-    attn_params, head_dims, heads = _attention_shape(block.attention)
-    span = block.attention.window or getattr(block.attention, "chunk", 0)  # MLA has no chunk
+    a = block.attention
+    attn_params, head_dims, heads = _attention_shape(a)
+    if isinstance(a, DeltaNetConfig):
+      core = a.num_v_heads * (
+        a.chunk * (a.k_head_dim + a.v_head_dim) + 3 * a.k_head_dim * a.v_head_dim
+      )
+      flops += 6 * (attn_params + _ffn_params(block.mlp) + core)
+      continue
+    span = a.window or getattr(a, "chunk", 0)  # MLA has no chunk
     keys = min(seq_len, span) if span else seq_len
     flops += 6 * (attn_params + _ffn_params(block.mlp)) + 6 * heads * head_dims * keys
   # Each MTP depth: eh_proj, one more block like the last, and the shared head.
@@ -62,6 +72,11 @@ def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
 
 def _attention_shape(a) -> tuple[int, int, int]:
   """(matmul params, qk_dim + v_dim per head, heads)."""
+  if isinstance(a, DeltaNetConfig):
+    group = a.num_v_heads // a.num_k_heads
+    qkvz = a.num_k_heads * (2 * a.k_head_dim + 2 * group * a.v_head_dim)
+    params = a.embed_dim * (qkvz + 2 * a.num_v_heads) + a.num_v_heads * a.v_head_dim * a.embed_dim
+    return params, a.k_head_dim + a.v_head_dim, a.num_v_heads
   if isinstance(a, MlaConfig):
     qk = a.qk_nope_head_dim + a.qk_rope_head_dim
     if a.q_lora_rank:

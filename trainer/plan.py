@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import optax
 from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
 
-from modeling.config import DecoderConfig, MlaConfig, MoeConfig
+from modeling.config import DecoderConfig, DeltaNetConfig, MlaConfig, MoeConfig
 from parallelism import rules
 from trainer import metrics, optim, precision
 from trainer import state as state_lib
@@ -51,13 +51,16 @@ def _abstract_params(cfg: DecoderConfig, dtype) -> dict:
 
 def kv_bytes_per_token(cfg: DecoderConfig) -> list[int]:
   """Per layer, the KV-cache bytes one token adds at decode (compute dtype): K and V
-  per kv head for GQA; the compressed latent plus the shared RoPE key for MLA."""
+  per kv head for GQA; the compressed latent plus the shared RoPE key for MLA;
+  nothing for gated DeltaNet, whose fixed-size state does not grow with length."""
   itemsize = jnp.dtype(cfg.compute_dtype).itemsize
   out = []
   for block in cfg.blocks:
     a = block.attention
     if isinstance(a, MlaConfig):
       out.append((a.kv_lora_rank + a.qk_rope_head_dim) * itemsize)
+    elif isinstance(a, DeltaNetConfig):
+      out.append(0)
     else:
       out.append(2 * a.num_kv_heads * a.head_dim * itemsize)
   return out

@@ -73,11 +73,11 @@ def apply(decoder, max_logits, tau: float):
   """In place on a merged Decoder: QK-clip every attention layer.
 
   max_logits: [layers, heads] from `aux["max_logits"]`, rows in
-  `decoder.layers()` order (without the MTP rows when the step skipped MTP;
+  `decoder.softmax_layers()` order (without the MTP rows when the step skipped MTP;
   those layers stay as they are). Scanned layers are clipped per period.
   """
   rows = {}  # id(attention module) -> (module, [(period or None, row)])
-  for (block, period), row in zip(decoder.layers(), max_logits, strict=False):
+  for (block, period), row in zip(decoder.softmax_layers(), max_logits, strict=False):
     rows.setdefault(id(block.attn), (block.attn, []))[1].append((period, row))
   for attn, entries in rows.values():
     entries.sort(key=lambda e: e[0] or 0)

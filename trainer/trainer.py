@@ -6,8 +6,10 @@ checkpoints live in the loop around it.
 """
 
 import contextlib
+import dataclasses
 import json
 import pathlib
+import re
 import signal
 import threading
 import time
@@ -46,6 +48,11 @@ def validate(config):
       f"model.qk_norm={config.model.qk_norm!r} undoes; QK-norm already bounds the logits, "
       "so set optim.qk_clip_tau=0"
     )
+  if config.optim.qk_clip_tau > 0 and config.model.attention_gate:
+    raise ValueError(
+      f"optim.qk_clip_tau={config.optim.qk_clip_tau} with model.attention_gate=True is not "
+      "supported: the gate shares q_proj, and QK-clip would rescale it; set one of them off"
+    )
   data.resolve_files(config.data)
   vocab = data.data_tokenizer(config.data).vocab_size
   if config.model.vocab_size < vocab:
@@ -83,6 +90,7 @@ def check_same_model(saved: dict, current: dict):
 
 
 INDEXER_PARAMS = "(^|/)indexer/"
+ROUTER_BIAS_PATH = "mlp/router/aux_free_bias"  # what optim.trainable must match to move it
 
 
 def trainable_params(o, model_cfg) -> str:
@@ -262,12 +270,13 @@ class Trainer:
     self.rules = rules.with_overrides(config.mesh.rules)
     graphdef, params, model_state = state_lib.init(self.model_cfg, self.mesh, t.seed, self.rules)
     self.graphdef = graphdef  # nnx.merge(graphdef, params, model_state) is the model.
+    trainable = trainable_params(config.optim, self.model_cfg)
     tx, self.lr = optim.make(
       config.optim,
       t.steps,
       state_lib.logical_axes(self.model_cfg),
       precision.policy(config.precision).opt_state_dtype,
-      trainable=trainable_params(config.optim, self.model_cfg),
+      trainable=trainable,
     )
     self.state = {
       "step": jnp.zeros((), jnp.int32),
@@ -276,8 +285,11 @@ class Trainer:
       "opt": jax.jit(tx.init)(params),
     }
     mtp_weight = mtp_weight_schedule(config.model.mtp, t.steps)
+    step_cfg = self.model_cfg
+    if trainable and not re.search(trainable, ROUTER_BIAS_PATH):  # frozen routers keep their bias
+      step_cfg = dataclasses.replace(step_cfg, bias_update_rate=0.0)
     train_step, eval_step = make_steps(
-      graphdef, tx, self.lr, self.model_cfg, mtp_weight, self.mesh, self.rules,
+      graphdef, tx, self.lr, step_cfg, mtp_weight, self.mesh, self.rules,
       config.optim.qk_clip_tau,
     )  # fmt: skip
     self._train_step = jax.jit(train_step, donate_argnums=0)

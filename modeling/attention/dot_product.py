@@ -88,7 +88,11 @@ class Attention(nnx.Module):
   def __init__(self, cfg: AttentionConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
     self.cfg = cfg
     e, h, k, d, std = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.init_std
-    self.q_proj = params.normal(rngs, (e, h, d), ("embed", "heads", "head_dim"), std, param_dtype)
+    # With a gate, each head's q_proj columns are [query | gate] (Qwen3-Next's layout).
+    q_width = 2 * d if cfg.gate else d
+    self.q_proj = params.normal(
+      rngs, (e, h, q_width), ("embed", "heads", "head_dim"), std, param_dtype
+    )
     self.k_proj = params.normal(
       rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), std, param_dtype
     )
@@ -132,7 +136,9 @@ class Attention(nnx.Module):
     """x: [b, s, e] -> (out [b, s, e], stats): `max_logits` [h], the largest
     pre-softmax logit per head."""
     cfg, dt = self.cfg, x.dtype
-    q = project(x, self.q_proj[...], cfg.fp8)  # [b, s, h, d]
+    q = project(x, self.q_proj[...], cfg.fp8)  # [b, s, h, d] (or [b, s, h, 2d]: query | gate)
+    if cfg.gate:
+      q, gate = jnp.split(q, 2, axis=-1)
     k = project(x, self.k_proj[...], cfg.fp8)  # [b, s, kv, d]
     v = project(x, self.v_proj[...], cfg.fp8)
     if cfg.qkv_bias:
@@ -158,6 +164,8 @@ class Attention(nnx.Module):
       sinks=self.sinks[...] if cfg.sinks else None,
       kernel=cfg.kernel,
     )
+    if cfg.gate:
+      out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
     out = project(out, self.o_proj[...], cfg.fp8, n_in=2)  # [b, s, e]
     if cfg.out_bias:
       out = out + self.o_bias[...].astype(dt)

@@ -102,8 +102,11 @@ def _chunk(carry, xs, per_channel: bool):
   return (state, seg[:, -1]), o
 
 
-def chunked(q, k, v, g, beta, *, chunk: int = 64, segment_ids=None, initial_state=None):
-  """Same contract as `recurrent`; lengths need not be a multiple of `chunk`."""
+def chunked(
+  q, k, v, g, beta, *, chunk: int = 64, segment_ids=None, initial_state=None, unroll=False
+):
+  """Same contract as `recurrent`; lengths need not be a multiple of `chunk`.
+  unroll: unroll the loop over chunks (XLA's cost analysis counts a loop body once)."""
   f32 = jnp.float32
   b, s, h, dk = q.shape
   dv = v.shape[-1]
@@ -131,7 +134,10 @@ def chunked(q, k, v, g, beta, *, chunk: int = 64, segment_ids=None, initial_stat
   )
   state = jnp.zeros((b, h, dk, dv), f32) if initial_state is None else initial_state.astype(f32)
   (state, _), o = jax.lax.scan(
-    lambda carry, x: _chunk(carry, x, per_channel), (state, seg[:, 0]), xs
+    lambda carry, x: _chunk(carry, x, per_channel),
+    (state, seg[:, 0]),
+    xs,
+    unroll=n if unroll else 1,
   )
   o = jnp.moveaxis(o, 0, 2).reshape(b, h, n * chunk, dv)[:, :, :s]  # [b, h, s, v]
   return jnp.moveaxis(o, 1, 2), state
@@ -155,35 +161,35 @@ def l2_normalize(x, eps: float = 1e-6):
 
 
 class GatedDeltaNet(nnx.Module):
-  """Gated DeltaNet layer: projections, short causal conv + SiLU on q/k/v,
-  L2-normalised q/k (q also / sqrt(dk)), write strength beta = sigmoid(x W_b),
-  log decay g = -exp(A_log) softplus(x W_a + dt_bias) (per channel for KDA), the
-  delta rule, then a per-head RMSNorm gated by SiLU(x W_z) and the output projection.
-  Value heads n use key head n // (num_v_heads / num_k_heads)."""
+  """Gated DeltaNet layer (Qwen3-Next): projections, short causal conv + SiLU on
+  q/k/v, L2-normalised q/k (q also / sqrt(dk)), write strength beta = sigmoid(b),
+  log decay g = -exp(A_log) softplus(a + dt_bias) per head, the delta rule, then
+  a per-head RMSNorm gated by SiLU(z) and the output projection.
+
+  Params keep the checkpoint's fused layout: `in_proj_qkvz` [e, hk, (q, k, v, z)]
+  and `in_proj_ba` [e, hk, (b, a)] grouped per key head, whose r = hv / hk value
+  heads follow it (value head n reads key head n // r); `conv` [kernel, channels]
+  over the concatenated [q, k, v] channels.
+  """
 
   def __init__(self, cfg: DeltaNetConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
     self.cfg = cfg
-    e, hk, hv, dk, dv, std = (
-      cfg.embed_dim, cfg.num_k_heads, cfg.num_v_heads, cfg.k_head_dim, cfg.v_head_dim, cfg.init_std
-    )  # fmt: skip
-    normal = lambda shape, axes: params.normal(rngs, shape, axes, std, param_dtype)
-    self.q_proj = normal((e, hk, dk), ("embed", "kv_heads", "head_dim"))
-    self.k_proj = normal((e, hk, dk), ("embed", "kv_heads", "head_dim"))
-    self.v_proj = normal((e, hv, dv), ("embed", "heads", "head_dim"))
-    self.z_proj = normal((e, hv, dv), ("embed", "heads", "head_dim"))
-    self.b_proj = normal((e, hv), ("embed", "heads"))
-    decay_shape, decay_axes = (
-      ((hv, dk), ("heads", "head_dim")) if cfg.decay == "channel" else ((hv,), ("heads",))
+    e, hk, hv, dk, dv = (
+      cfg.embed_dim,
+      cfg.num_k_heads,
+      cfg.num_v_heads,
+      cfg.k_head_dim,
+      cfg.v_head_dim,
     )
-    self.a_proj = normal((e, *decay_shape), ("embed", *decay_axes))
-    k = cfg.conv_kernel
-    self.conv_q = normal((k, hk, dk), (None, "kv_heads", "head_dim"))
-    self.conv_k = normal((k, hk, dk), (None, "kv_heads", "head_dim"))
-    self.conv_v = normal((k, hv, dv), (None, "heads", "head_dim"))
+    r, std = hv // hk, cfg.init_std
+    normal = lambda shape, axes: params.normal(rngs, shape, axes, std, param_dtype)
+    self.in_proj_qkvz = normal((e, hk, 2 * dk + 2 * r * dv), ("embed", "kv_heads", None))
+    self.in_proj_ba = normal((e, hk, 2 * r), ("embed", "kv_heads", None))
+    self.conv = normal((cfg.conv_kernel, 2 * hk * dk + hv * dv), (None, None))
     # A = exp(A_log) ~ U(1, 16) and dt_bias = 1 at init (Qwen3-Next).
-    a_init = jnp.log(jax.random.uniform(rngs.params(), decay_shape, jnp.float32, 1.0, 16.0))
-    self.A_log = nnx.Param(a_init.astype(param_dtype), axes=decay_axes)
-    self.dt_bias = params.constant(1.0, decay_shape, decay_axes, param_dtype)
+    a_init = jnp.log(jax.random.uniform(rngs.params(), (hv,), jnp.float32, 1.0, 16.0))
+    self.A_log = nnx.Param(a_init.astype(param_dtype), axes=("heads",))
+    self.dt_bias = params.constant(1.0, (hv,), ("heads",), param_dtype)
     self.norm = RMSNorm(
       dv, NormConfig("rms", cfg.norm_eps), param_dtype=param_dtype, axis_name="head_dim"
     )
@@ -193,17 +199,22 @@ class GatedDeltaNet(nnx.Module):
     """x: [b, s, e] -> (out [b, s, e], stats {}): no softmax, so no max logits."""
     del positions  # the recurrence orders tokens itself
     cfg, f32 = self.cfg, jnp.float32
-    proj = lambda w: jnp.einsum("bse,e...->bs...", x, w[...].astype(x.dtype)).astype(f32)
-    conv = lambda y, w: jax.nn.silu(causal_conv(y, w[...], segment_ids))
-    q = l2_normalize(conv(proj(self.q_proj), self.conv_q)) * cfg.k_head_dim**-0.5
-    k = l2_normalize(conv(proj(self.k_proj), self.conv_k))
-    v = conv(proj(self.v_proj), self.conv_v)
-    group = cfg.num_v_heads // cfg.num_k_heads
-    q, k = jnp.repeat(q, group, axis=2), jnp.repeat(k, group, axis=2)  # [b, s, hv, dk]
-    beta = jax.nn.sigmoid(proj(self.b_proj))
-    a = proj(self.a_proj) + self.dt_bias[...].astype(f32)
+    b, s, _ = x.shape
+    hk, hv, dk, dv = cfg.num_k_heads, cfg.num_v_heads, cfg.k_head_dim, cfg.v_head_dim
+    r = hv // hk
+    proj = lambda w: jnp.einsum("bse,ehx->bshx", x, w[...].astype(x.dtype)).astype(f32)
+    q, k, v, z = jnp.split(proj(self.in_proj_qkvz), [dk, 2 * dk, 2 * dk + r * dv], axis=-1)
+    beta, a = jnp.split(proj(self.in_proj_ba), [r], axis=-1)  # [b, s, hk, r] each
+    mixed = jnp.concatenate([q.reshape(b, s, -1), k.reshape(b, s, -1), v.reshape(b, s, -1)], -1)
+    mixed = jax.nn.silu(causal_conv(mixed, self.conv[...], segment_ids))
+    q, k, v = jnp.split(mixed, [hk * dk, 2 * hk * dk], axis=-1)
+    q = l2_normalize(q.reshape(b, s, hk, dk)) * dk**-0.5
+    k = l2_normalize(k.reshape(b, s, hk, dk))
+    q, k = jnp.repeat(q, r, axis=2), jnp.repeat(k, r, axis=2)  # [b, s, hv, dk]
+    beta = jax.nn.sigmoid(beta.reshape(b, s, hv))
+    a = a.reshape(b, s, hv) + self.dt_bias[...].astype(f32)
     g = -jnp.exp(self.A_log[...].astype(f32)) * jax.nn.softplus(a)
-    o, _ = chunked(q, k, v, g, beta, chunk=cfg.chunk, segment_ids=segment_ids)
-    o = self.norm(o) * jax.nn.silu(proj(self.z_proj))  # [b, s, hv, dv]
+    o, _ = chunked(q, k, v.reshape(b, s, hv, dv), g, beta, chunk=cfg.chunk, segment_ids=segment_ids)
+    o = self.norm(o) * jax.nn.silu(z.reshape(b, s, hv, dv))  # [b, s, hv, dv]
     out = jnp.einsum("bshv,hve->bse", o.astype(x.dtype), self.out_proj[...].astype(x.dtype))
     return out, {}

@@ -28,7 +28,7 @@ from safetensors.numpy import save_file
 from modeling.config import decoder_config
 from modeling.decoder import Decoder
 from modeling.hf import families, loader, tensors
-from modeling.hf.families import CHUNKED, DENSE, FULL, SLIDING
+from modeling.hf.families import CHUNKED, DENSE, FULL, LINEAR, SLIDING
 
 # Our family -> the model_type transformers loads it as (Kimi K2's checkpoints are
 # DeepSeek-V3 code under their own model_type, which transformers does not register).
@@ -61,11 +61,13 @@ _TRAINING_ONLY = (
 )
 # Our projections keep heads as their own axes ([e, heads, head_dim]); HF Linear
 # weights are 2-D [out, in]. Input axes lead ours: one, or two for o_proj.
-_INPUT_AXES = {"o_proj": 2}
+_INPUT_AXES = {"o_proj": 2, "out_proj": 2}  # out_proj: gated DeltaNet [hv, dv, e]
 
 
 def _untransform(path, transform, a):
-  """Our per-layer array -> the HF tensor (AS_IS / TRANSPOSE)."""
+  """Our per-layer array -> the HF tensor (AS_IS / TRANSPOSE / CONV)."""
+  if transform == tensors.CONV:
+    return a.T[:, None, :]
   if transform == tensors.TRANSPOSE:
     k = _INPUT_AXES.get(path[-1], 1)
     return a.reshape(math.prod(a.shape[:k]), -1).T
@@ -104,7 +106,7 @@ def _resolved(m: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def layers(m) -> families.Layers:
   """Per-layer attention kind, RoPE use and FFN kind of config.model `m`."""
-  kinds = {"global": FULL, "local": SLIDING, "chunked": CHUNKED}
+  kinds = {"global": FULL, "local": SLIDING, "chunked": CHUNKED, "linear": LINEAR}
   n = m.num_layers
   at = lambda pattern, i: pattern[i % len(pattern)]
   return families.Layers(

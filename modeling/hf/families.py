@@ -19,10 +19,12 @@ from modeling.hf.tensors import (
   MIXTRAL_WEIGHTS,
   POST_NORMS,
   PRE_NORMS,
+  QWEN_SHARED_EXPERT_WEIGHTS,
   SANDWICH_NORMS,
 )
 
 FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
+LINEAR = "linear_attention"  # a gated DeltaNet layer
 DENSE, MOE = "dense", "moe"
 
 # config.model field <- config.json key, shared by every family. A dotted field
@@ -195,6 +197,13 @@ def _qwen3_moe_ffn_layers(hf):  # MoE every `decoder_sparse_step`, minus `mlp_on
   ]
 
 
+def _qwen3_next_layer_types(hf):  # every `full_attention_interval`-th layer is softmax attention
+  if hf.get("layer_types"):
+    return hf["layer_types"]
+  every = hf["full_attention_interval"]
+  return [FULL if (i + 1) % every == 0 else LINEAR for i in range(hf["num_hidden_layers"])]
+
+
 def _all_moe(hf):
   return [MOE] * hf["num_hidden_layers"]
 
@@ -230,6 +239,14 @@ def _qwen3_layout(m, lay):
 def _qwen3_moe_layout(m, lay):
   return {
     "use_sliding_window": SLIDING in lay.types,
+    "decoder_sparse_step": 1,
+    "mlp_only_layers": [i for i, f in enumerate(lay.ffns) if f == DENSE],
+  }
+
+
+def _qwen3_next_layout(m, lay):
+  return {
+    "layer_types": lay.types,
     "decoder_sparse_step": 1,
     "mlp_only_layers": [i for i, f in enumerate(lay.ffns) if f == DENSE],
   }
@@ -460,6 +477,58 @@ FAMILIES = {
     ffn_layers=_qwen3_moe_ffn_layers,
     required=dict(hidden_act="silu"),  # routed experts are SwiGLU.
     aliases={"num_local_experts": "num_experts"},
+  ),
+  # Qwen3-Next: gated DeltaNet layers with gated softmax attention every 4th layer,
+  # (1 + w) RMSNorms, partial RoPE, softmax-routed experts plus a gated shared expert.
+  "qwen3_next": Family(
+    name="qwen3_next",
+    architecture="Qwen3NextForCausalLM",
+    layout=_qwen3_next_layout,
+    fields={
+      **COMMON_FIELDS,
+      "moe.num_experts": "num_experts",
+      "moe.top_k": "num_experts_per_tok",
+      "moe.expert_mlp_dim": "moe_intermediate_size",
+      "moe.norm_topk": "norm_topk_prob",
+      "moe.shared_mlp_dim": "shared_expert_intermediate_size",
+      "linear.num_k_heads": "linear_num_key_heads",
+      "linear.num_v_heads": "linear_num_value_heads",
+      "linear.k_head_dim": "linear_key_head_dim",
+      "linear.v_head_dim": "linear_value_head_dim",
+      "linear.conv_kernel": "linear_conv_kernel_dim",
+    },
+    defaults=dict(
+      _LLAMA_DEFAULTS,
+      head_dim=256,
+      max_position_embeddings=32768,
+      decoder_sparse_step=1,
+      mlp_only_layers=None,
+      norm_topk_prob=True,
+      full_attention_interval=4,
+      linear_conv_kernel_dim=4,
+      linear_key_head_dim=128,
+      linear_value_head_dim=128,
+      linear_num_key_heads=16,
+      linear_num_value_heads=32,
+      moe_intermediate_size=512,
+      shared_expert_intermediate_size=512,
+      num_experts_per_tok=10,
+      num_experts=512,
+    ),
+    model={
+      "norm": "rms_one_plus",
+      "qk_norm": "head",
+      "attention_gate": True,
+      "moe.router": "softmax",
+      "moe.num_shared_experts": 1,
+      "moe.shared_gate": True,
+    },
+    norms=PRE_NORMS,
+    layer_types=_qwen3_next_layer_types,
+    ffn_layers=_qwen3_moe_ffn_layers,
+    weights=QWEN_SHARED_EXPERT_WEIGHTS,
+    partial_rotary=True,
+    required=dict(hidden_act="silu", attention_bias=False),
   ),
   "glm4_moe": Family(
     name="glm4_moe",

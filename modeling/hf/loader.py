@@ -21,7 +21,7 @@ from configs import base
 from modeling.config import decoder_config
 from modeling.decoder import Decoder
 from modeling.hf import families, tensors
-from modeling.hf.families import CHUNKED, FULL, SLIDING
+from modeling.hf.families import CHUNKED, FULL, LINEAR, SLIDING
 from modeling.moe.router import RouterBias
 
 # Tensors a checkpoint may carry that hold nothing we need.
@@ -129,10 +129,11 @@ def _layer_patterns(m, hf, fam) -> list:
   for name, seq in (("layer_types", types), ("no_rope_layers", ropes)):
     if len(seq) != m.num_layers:
       raise ValueError(f"config.json {name} has {len(seq)} entries for {m.num_layers} layers")
-  unknown = sorted(set(types) - {FULL, SLIDING, CHUNKED})
+  unknown = sorted(set(types) - {FULL, SLIDING, CHUNKED, LINEAR})
   if unknown:
     raise ValueError(
-      f"config.json layer_types {unknown} are not supported; use {FULL}, {SLIDING}, {CHUNKED}"
+      f"config.json layer_types {unknown} are not supported; use {FULL}, {SLIDING}, "
+      f"{CHUNKED}, {LINEAR}"
     )
   if SLIDING in types:
     if not hf.get("sliding_window"):
@@ -140,7 +141,11 @@ def _layer_patterns(m, hf, fam) -> list:
     m.sliding_window = int(hf["sliding_window"])
   if CHUNKED in types and hf.get("attention_chunk_size"):  # no chunk size: HF attends fully.
     m.attention_chunk = int(hf["attention_chunk_size"])
-  kinds = {SLIDING: "local", CHUNKED: "chunked" if m.attention_chunk else "global"}
+  kinds = {
+    SLIDING: "local",
+    CHUNKED: "chunked" if m.attention_chunk else "global",
+    LINEAR: "linear",
+  }
   m.attention_pattern = _period([kinds.get(t, "global") for t in types])
   m.rope_pattern = _period(["rope" if r else "nope" for r in ropes])
   return types
@@ -296,6 +301,7 @@ _TRANSFORMS = {
   tensors.ODD: lambda a: a[..., 1::2],
   tensors.FIRST: lambda a: a[..., : a.shape[-1] // 2],
   tensors.SECOND: lambda a: a[..., a.shape[-1] // 2 :],
+  tensors.CONV: lambda a: a[:, 0, :].T,
 }
 
 

@@ -10,6 +10,7 @@ Shared by every family; a family overrides entries through `Family.weights`
 # the first / second half of the columns of a gate-up concatenated one (Llama 4).
 AS_IS, TRANSPOSE, EVEN, ODD = "as_is", "transpose", "even", "odd"
 FIRST, SECOND = "first_half", "second_half"
+CONV = "conv"  # torch depthwise Conv1d weight [channels, 1, kernel] -> ours [kernel, channels]
 
 # Our block param path -> (HF name under `model.layers.{i}.`, transform). Paths
 # our model lacks (biases, QK-norms when off, MLA when GQA) are never asked for.
@@ -59,7 +60,24 @@ MOE_WEIGHTS = {
   "mlp.shared.up_proj": ("mlp.shared_experts.up_proj.weight", TRANSPOSE),
   "mlp.shared.down_proj": ("mlp.shared_experts.down_proj.weight", TRANSPOSE),
 }
-LAYER_WEIGHTS = {**ATTENTION_MLP_WEIGHTS, **MLA_WEIGHTS, **MOE_WEIGHTS}
+# Gated DeltaNet layers (Qwen3-Next's `linear_attn`); fused tensors keep HF's layout.
+DELTANET_WEIGHTS = {
+  "attn.in_proj_qkvz": ("linear_attn.in_proj_qkvz.weight", TRANSPOSE),
+  "attn.in_proj_ba": ("linear_attn.in_proj_ba.weight", TRANSPOSE),
+  "attn.conv": ("linear_attn.conv1d.weight", CONV),
+  "attn.A_log": ("linear_attn.A_log", AS_IS),
+  "attn.dt_bias": ("linear_attn.dt_bias", AS_IS),
+  "attn.norm.scale": ("linear_attn.norm.weight", AS_IS),
+  "attn.out_proj": ("linear_attn.out_proj.weight", TRANSPOSE),
+}
+LAYER_WEIGHTS = {**ATTENTION_MLP_WEIGHTS, **MLA_WEIGHTS, **MOE_WEIGHTS, **DELTANET_WEIGHTS}
+# Qwen-MoE's gated shared expert (`shared_expert` + `shared_expert_gate`).
+QWEN_SHARED_EXPERT_WEIGHTS = {
+  "mlp.shared.gate_proj": ("mlp.shared_expert.gate_proj.weight", TRANSPOSE),
+  "mlp.shared.up_proj": ("mlp.shared_expert.up_proj.weight", TRANSPOSE),
+  "mlp.shared.down_proj": ("mlp.shared_expert.down_proj.weight", TRANSPOSE),
+  "mlp.shared_gate": ("mlp.shared_expert_gate.weight", TRANSPOSE),
+}
 # gpt-oss stores all experts in one tensor per projection, already [in, out].
 GPT_OSS_WEIGHTS = {
   "mlp.router.kernel": ("mlp.router.weight", TRANSPOSE),
