@@ -10,12 +10,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 from flax import nnx, traverse_util
 
 from modeling import hf
 from modeling.attention import sparse
 from modeling.attention.mla import MLA
 from modeling.config import decoder_config
+from modeling.decoder import Decoder
 from tests import hf_common, test_hf_parity_moe
 from tests.conftest import family_config, small_train_config
 from trainer.trainer import Trainer
@@ -175,11 +177,8 @@ def test_absorbed_form_on_the_sparse_kernel_matches_hf(tmp_path):
   config.unlock()
   config.model.mla.absorbed = True
   config.model.attention_kernel = "pallas_interpret"
-  model = nnx.eval_shape(lambda: __import__("modeling.decoder").decoder.Decoder(
-    decoder_config(config.model), rngs=nnx.Rngs(0)))  # fmt: skip
+  model = nnx.eval_shape(lambda: Decoder(decoder_config(config.model), rngs=nnx.Rngs(0)))
   hf.load_params(model, tmp_path)
-  import torch
-
   tokens = hf_common.tokens(2, hf_common.SEQ)
   with torch.no_grad():
     want = hf_model(input_ids=torch.as_tensor(tokens)).logits.numpy()

@@ -85,7 +85,10 @@ CASES = {
   ),
   # Gated DeltaNet x3 then gated softmax attention (1 + w norms, QK-norm, 1/4
   # rotary); layer 0 dense (mlp_only_layers), then softmax top-2 of 8 experts plus a
-  # sigmoid-gated shared expert. Key heads 2 serve 4 value heads.
+  # sigmoid-gated shared expert. Key heads 2 serve 4 value heads. rms_norm_eps 1e-5:
+  # strongly decayed heads read outputs near 1e-4, which the gated norm scales by up
+  # to 1/sqrt(eps); at 1e-6 that turns float32 rounding into 2e-4 logit noise that
+  # shifts with XLA's fusion choices (HF float32 itself is 6e-5 off float64 there).
   "qwen3_next": (
     transformers.Qwen3NextForCausalLM,
     transformers.Qwen3NextConfig,
@@ -100,6 +103,7 @@ CASES = {
       moe_intermediate_size=32,
       shared_expert_intermediate_size=48,
       mlp_only_layers=[0],
+      rms_norm_eps=1e-5,
     ),
   ),
   # MoE on every 2nd layer (pattern dense, moe), softmax top-2 of 8, not renormalised.
@@ -520,6 +524,18 @@ def test_multi_token_prediction_layers_are_ignored(tmp_path):
   _with_extra_layer_tensor(tmp_path, 0)
   _, model = hf.load(tmp_path)
   assert np.asarray(model.prefix[0].attn.kv_b_proj[...]).any()
+
+
+def test_qwen3_next_mtp_block_is_ignored(tmp_path):
+  """Hub Qwen3-Next files hold an `mtp.` block (a layer, fc and norms) that we do not load."""
+  _build("qwen3_next", tmp_path)
+  tensors = {
+    "mtp.fc.weight": np.ones((2, 2), np.float32),
+    "mtp.norm.weight": np.ones(2, np.float32),
+  }
+  safetensors.numpy.save_file(tensors, tmp_path / "mtp.safetensors")
+  _, model = hf.load(tmp_path)
+  assert model.cfg.num_layers == 4
 
 
 def test_layers_past_the_mtp_modules_are_unexpected(tmp_path):

@@ -71,6 +71,16 @@ def test_chunked_equals_recurrent_outputs_state_and_gradients(per_channel, packe
     np.testing.assert_allclose(got, want, atol=1e-5, err_msg=f"d{name}")
 
 
+@pytest.mark.parametrize("size", [1, 3, 16, 45])
+def test_unit_lower_inverse_is_the_inverse(size):
+  """The chunk's block-merging inverse, sizes that are and are not powers of two."""
+  a = np.tril(np.random.default_rng(size).normal(size=(2, size, size)) * 0.3, -1)
+  expected = np.linalg.inv(np.eye(size) - a)
+  np.testing.assert_allclose(
+    linear._unit_lower_inverse(jnp.asarray(a, jnp.float32)), expected, atol=1e-5
+  )
+
+
 @pytest.mark.parametrize("per_channel", [False, True], ids=["head_decay", "channel_decay"])
 def test_packed_documents_equal_separate_runs(per_channel):
   q, k, v, g, beta = _inputs(per_channel)

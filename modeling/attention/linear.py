@@ -10,8 +10,8 @@ with g_t <= 0 the log decay: one per head (gated DeltaNet, g [b, s, h]) or one
 per key channel (KDA, g [b, s, h, dk], scaling the rows of S), and b_t in (0, 1)
 the write strength. `recurrent` runs it step by step (the reference, and the
 decode path); `chunked` is the parallel training form: inside a chunk of C
-tokens the delta rule's coupling is a unit lower-triangular system solved at
-once (the WY form), and only the state crosses chunk boundaries.
+tokens the delta rule's coupling is a unit lower-triangular system, inverted
+once by merging diagonal blocks (the WY form); only the state crosses chunks.
 
 Packed documents (segment_ids): the state starts from zero at each document;
 no token reads or writes across a document boundary. All math in float32.
@@ -59,6 +59,33 @@ def recurrent(q, k, v, g, beta, *, segment_ids=None, initial_state=None):
   return jnp.moveaxis(o, 0, 1), state
 
 
+def _unit_lower_inverse(a):
+  """(I - a)^-1 for strictly lower-triangular a [..., c, c], built from the diagonal
+  blocks up: [[A, 0], [-a21, B]]^-1 = [[A^-1, 0], [B^-1 a21 A^-1, B^-1]], log2(c)
+  rounds of batched matmuls. (XLA's CPU triangular solve hung inside the chunk scan.)"""
+  c = a.shape[-1]
+  size = 1 << (c - 1).bit_length()  # pad to a power of two: zero rows decouple
+  a = jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, size - c)] * 2)
+  inverse, half = jnp.ones(a.shape[:-2] + (size, 1, 1), a.dtype), 1
+  while half < size:
+    n = size // (2 * half)
+    blocks = a.reshape(a.shape[:-2] + (n, 2, half, n, 2, half))
+    a21 = jnp.moveaxis(jnp.diagonal(blocks, axis1=-6, axis2=-3), -1, -5)[..., 1, :, 0, :]
+    pairs = inverse.reshape(inverse.shape[:-3] + (n, 2, half, half))
+    top_left, bottom_right = pairs[..., 0, :, :], pairs[..., 1, :, :]
+    bottom_left = bottom_right @ a21 @ top_left
+    zeros = jnp.zeros_like(top_left)
+    inverse = jnp.concatenate(
+      [
+        jnp.concatenate([top_left, zeros], axis=-1),
+        jnp.concatenate([bottom_left, bottom_right], axis=-1),
+      ],
+      axis=-2,
+    )
+    half *= 2
+  return inverse[..., 0, :c, :c]
+
+
 def _chunk(carry, xs, per_channel: bool):
   """One chunk for every (batch, head): carry (S [b, h, k, v], the state's segment [b]);
   xs: q, k [b, h, c, k], v [b, h, c, v], G (cumulative log decay) [b, h, c(, k)],
@@ -83,11 +110,9 @@ def _chunk(carry, xs, per_channel: bool):
     qk = jnp.einsum("bhik,bhjk->bhij", q, k) * rel
     decay_in, decay_out = jnp.exp(G)[..., None], jnp.exp(G[:, :, -1:] - G)[..., None]
     decay_all = jnp.exp(G[:, :, -1])[..., None, None]  # [b, h, 1, 1]
-  # (I - A) with A_ij = -beta_i (k_i . k_j) decay_ij below the diagonal: unit lower triangular.
-  system = jnp.eye(c) + jnp.where(strict, beta[..., None] * kk, 0.0)
-  solve = lambda rhs: jax.lax.linalg.triangular_solve(
-    system, rhs, left_side=True, lower=True, unit_diagonal=True
-  )
+  # (I - A)^-1 with A_ij = -beta_i (k_i . k_j) decay_ij below the diagonal (nilpotent).
+  inverse = _unit_lower_inverse(-jnp.where(strict, beta[..., None] * kk, 0.0))
+  solve = lambda rhs: jnp.einsum("bhij,bhjx->bhix", inverse, rhs)
   u = solve(beta[..., None] * v)  # [b, h, c, v]
   w = solve(beta[..., None] * k * decay_in)  # [b, h, c, k]
   reads = (seg == state_seg[:, None])[:, None, :, None]  # tokens continuing the state's document

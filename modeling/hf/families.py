@@ -117,6 +117,8 @@ class Family:
   #   `fields` reads (HF's `attribute_map`: hub files and save_pretrained differ).
   extra_layers_key: str = ""  # config.json key counting the layers stored after the
   #   last one (multi-token-prediction modules), which we do not load.
+  ignored_prefixes: tuple = ()  # tensor-name prefixes of modules we do not load
+  #   (Qwen3-Next's `mtp.` multi-token-prediction block).
   derived: Callable = lambda hf: {}  # hf dict -> config.model fields computed from
   #   several keys.
   architecture: str = ""  # the HF model class written into an export's config.json.
@@ -529,6 +531,7 @@ FAMILIES = {
     weights=QWEN_SHARED_EXPERT_WEIGHTS,
     partial_rotary=True,
     required=dict(hidden_act="silu", attention_bias=False),
+    ignored_prefixes=("mtp.",),
   ),
   "glm4_moe": Family(
     name="glm4_moe",

@@ -344,14 +344,17 @@ def _convert(arrays, transform, per_expert, shape, dtype, name):
   return jnp.asarray(array.reshape(shape), dtype)
 
 
-def _ignored(name: str, model: Decoder, extra_layers: int, prefix: str) -> bool:
+def _ignored(name: str, model: Decoder, fam, extra_layers: int, prefix: str) -> bool:
   """Tensors a checkpoint may hold that we do not load: rotary buffers, a tied head,
-  the `extra_layers` layers after the last one (multi-token-prediction modules), and
-  anything outside the text model's `prefix` (a vision tower)."""
+  the `extra_layers` layers after the last one and the family's ignored prefixes
+  (multi-token-prediction modules), and anything outside the text model's `prefix`
+  (a vision tower)."""
   if not name.startswith(prefix):
     return True
   name = name[len(prefix) :]
   if name.endswith(_IGNORED_SUFFIXES) or (name == "lm_head.weight" and model.cfg.tie_embeddings):
+    return True
+  if fam.ignored_prefixes and name.startswith(fam.ignored_prefixes):
     return True
   parts, n = name.split("."), model.cfg.num_layers
   return (
@@ -365,7 +368,9 @@ def _check_names(ckpt, wanted: dict, model: Decoder, fam, hf_config, prefix, dir
   needed = {n for names, _, _ in wanted.values() for layer in names for n in layer}
   extra = (hf_config.get(fam.extra_layers_key) or 0) if fam.extra_layers_key else 0
   missing = sorted(needed - ckpt.names())
-  unexpected = sorted(n for n in ckpt.names() - needed if not _ignored(n, model, extra, prefix))
+  unexpected = sorted(
+    n for n in ckpt.names() - needed if not _ignored(n, model, fam, extra, prefix)
+  )
   if missing or unexpected:
     raise ValueError(
       f"checkpoint {directory} does not match the {fam.name} model: "
