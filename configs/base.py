@@ -44,8 +44,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Layer patterns: layer i uses pattern[i % len(pattern)]. The decoder scans
   # over the least common period of all patterns.
   m.attention_pattern = ("global",)  # entries: global | local (sliding window)
-  #   | chunked (Llama 4: attend only within the same attention_chunk block).
-  m.rope_pattern = ("rope",)  # entries: rope | nope (no positional encoding).
+  #   | chunked (Llama 4: attend only within the same attention_chunk block)
+  #   | linear (linear attention, model.linear.*).
+  m.rope_pattern = ("rope",)  # entries: rope | nope (no positional encoding; for MLA
+  #   the rope dims stay unrotated, as Kimi Linear).
   m.sliding_window = 0  # window of `local` layers: query i sees keys j with i-j < window.
   m.attention_chunk = 0  # `chunked` layers: query i sees keys j with i//chunk == j//chunk.
   # Llama 4 temperature tuning on `nope` layers: q *= 1 + scale*ln(1 + floor((pos+1)/floor)).
@@ -68,9 +70,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Gated attention (Qwen3-Next): q_proj also emits a gate per head ([query | gate]),
   # and each head's output is multiplied by sigmoid(gate) before o_proj.
   m.attention_gate = False
-  # Gated DeltaNet layers (attention_pattern entry "linear"; Qwen3-Next): linear
-  # attention with the gated delta rule (modeling/attention/linear.py).
+  # Linear-attention layers (attention_pattern entry "linear"): the gated delta
+  # rule (modeling/attention/linear.py).
   m.linear = ml_collections.ConfigDict()
+  # gated_deltanet (Qwen3-Next: one decay per head, fused qkvz projection) | kda
+  # (Kimi Delta Attention, Kimi Linear: one decay per key channel, num_k_heads ==
+  # num_v_heads, k_head_dim == v_head_dim).
+  m.linear.kind = "gated_deltanet"
   m.linear.num_k_heads = 16  # query/key heads ...
   m.linear.num_v_heads = 32  # ... each serving num_v_heads / num_k_heads value heads.
   m.linear.k_head_dim = 128

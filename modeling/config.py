@@ -16,6 +16,7 @@ PLACEMENTS = ("pre", "post", "sandwich")
 QK_NORMS = ("none", "head", "full", "l2_rope_layers")
 ACTIVATIONS = ("silu", "gelu_tanh")
 ATTENTION_KINDS = ("global", "local", "chunked", "linear")
+LINEAR_KINDS = ("gated_deltanet", "kda")  # model.linear.kind
 ROPE_KINDS = ("rope", "nope")
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -102,7 +103,7 @@ class MlaConfig:
   qk_rope_head_dim: int
   v_head_dim: int
   scale: float  # softmax scale, (nope+rope)**-0.5 times YaRN's mscale**2 when on.
-  rope: RopeConfig  # rotary_dim = qk_rope_head_dim.
+  rope: RopeConfig | None  # rotary_dim = qk_rope_head_dim; None = NoPE (Kimi Linear).
   norm: NormConfig = NormConfig()
   absorbed: bool = False  # latent-space (decode) form: W_UK folded into q, W_UV after.
   window: int = 0
@@ -114,7 +115,9 @@ class MlaConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DeltaNetConfig:
-  """Gated DeltaNet layer (Qwen3-Next; modeling/attention/linear.py)."""
+  """Linear-attention layer with the gated delta rule (modeling/attention/linear.py):
+  gated DeltaNet (Qwen3-Next, a decay per head) or Kimi Delta Attention (Kimi
+  Linear, a decay per key channel; q, k and v heads and dims are equal)."""
 
   embed_dim: int
   num_k_heads: int  # query/key heads; each serves num_v_heads / num_k_heads value heads.
@@ -125,6 +128,7 @@ class DeltaNetConfig:
   chunk: int = 64  # chunk length of the parallel form.
   norm_eps: float = 1e-6
   init_std: float = 0.02
+  kind: str = "gated_deltanet"  # gated_deltanet | kda
 
 
 @dataclasses.dataclass(frozen=True)
@@ -319,7 +323,9 @@ def decoder_config(
     qk_norm = m.qk_norm
     if qk_norm == "l2_rope_layers":
       qk_norm = "l2" if rope else "none"
-    attention = mla and dataclasses.replace(mla, window=m.sliding_window if local else 0)
+    attention = mla and dataclasses.replace(
+      mla, window=m.sliding_window if local else 0, rope=mla.rope if rope else None
+    )
     if kind == "linear":
       attention = _delta_net_config(m)
     attention = attention or AttentionConfig(
@@ -377,10 +383,16 @@ def _delta_net_config(m) -> DeltaNetConfig:
   n = m.linear
   for name in ("num_k_heads", "num_v_heads", "k_head_dim", "v_head_dim", "conv_kernel", "chunk"):
     _check(n[name] > 0, f"model.linear.{name}={n[name]} must be positive for 'linear' layers")
+  _check(n.kind in LINEAR_KINDS, f"model.linear.kind={n.kind!r} must be one of {LINEAR_KINDS}")
   _check(
     n.num_v_heads % n.num_k_heads == 0,
     f"model.linear.num_k_heads={n.num_k_heads} must divide model.linear.num_v_heads="
     f"{n.num_v_heads}",
+  )
+  _check(
+    n.kind != "kda" or (n.num_k_heads, n.k_head_dim) == (n.num_v_heads, n.v_head_dim),
+    f"model.linear.kind='kda' needs num_k_heads == num_v_heads and k_head_dim == v_head_dim "
+    f"(got {n.num_k_heads}/{n.num_v_heads} heads, dims {n.k_head_dim}/{n.v_head_dim})",
   )
   return DeltaNetConfig(
     embed_dim=m.embed_dim,
@@ -392,6 +404,7 @@ def _delta_net_config(m) -> DeltaNetConfig:
     chunk=n.chunk,
     norm_eps=m.norm_eps,
     init_std=m.init_std,
+    kind=n.kind,
   )
 
 

@@ -16,7 +16,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from modeling.attention.dot_product import Attention
-from modeling.attention.linear import GatedDeltaNet
+from modeling.attention.linear import linear_attention
 from modeling.attention.mla import MLA
 from modeling.config import (
   AttentionConfig,
@@ -38,7 +38,7 @@ from parallelism import rules
 ACTIVATION_AXES = ("batch", None, None)
 
 # Which module a block builds for each config type.
-ATTENTION = {AttentionConfig: Attention, MlaConfig: MLA, DeltaNetConfig: GatedDeltaNet}
+ATTENTION = {AttentionConfig: Attention, MlaConfig: MLA, DeltaNetConfig: linear_attention}
 FFN = {MlpConfig: GatedMLP, MoeConfig: MoE}
 
 # Remat policies (config.model.remat): what the backward pass keeps from the
@@ -193,7 +193,7 @@ class Decoder(nnx.Module):
 
   def softmax_layers(self) -> list[tuple[Block, int | None]]:
     """`layers()` with softmax attention: the rows of aux["max_logits"]."""
-    return [(b, p) for b, p in self.layers() if not isinstance(b.attn, GatedDeltaNet)]
+    return [(b, p) for b, p in self.layers() if not isinstance(b.attn.cfg, DeltaNetConfig)]
 
   def _logits(self, x, head):
     logits = jnp.einsum("bse,ev->bsv", x, head, preferred_element_type=jnp.float32)

@@ -45,6 +45,10 @@ CASES = [  # (extra args, text the one error line must contain)
     ],
     "precision.fp8_grads='e4m4' is not valid; use one of e4m3, e5m2",
   ),  # fmt: skip
+  (
+    ["--config", "configs/kimi_linear.py:tiny", "--config.model.linear.num_v_heads=8"],
+    "model.linear.kind='kda' needs num_k_heads == num_v_heads",
+  ),
 ]
 
 
@@ -63,6 +67,7 @@ CASES = [  # (extra args, text the one error line must contain)
     "chunk",
     "mesh",
     "fp8",
+    "kda_heads",
   ],
 )
 def test_bad_input_fails_with_one_line_naming_the_field(args, needle, tmp_path):

@@ -106,6 +106,31 @@ CASES = {
       rms_norm_eps=1e-5,
     ),
   ),
+  # KDA x3 then MLA without RoPE (plain q_proj; 1/sqrt(qk dim) scale); layer 0 dense,
+  # then sigmoid top-2 of 8 experts in 2 groups (best 1 group) with a correction
+  # bias, one shared expert and routed scale 2.446. 4 KDA heads of 16.
+  "kimi_linear": (
+    transformers.KimiLinearForCausalLM,
+    transformers.KimiLinearConfig,
+    dict(
+      num_hidden_layers=4,
+      num_key_value_heads=4,  # MLA expands to every head; HF repeats kv by heads / this
+      q_lora_rank=None,
+      kv_lora_rank=16,
+      qk_nope_head_dim=16,
+      qk_rope_head_dim=8,
+      v_head_dim=16,
+      linear_num_heads=4,
+      linear_head_dim=16,
+      num_local_experts=8,
+      num_experts_per_tok=2,
+      moe_intermediate_size=32,
+      n_group=2,
+      topk_group=1,
+      layer_types=["linear_attention"] * 3 + ["full_attention"],
+      mlp_layer_types=["dense"] + ["sparse"] * 3,
+    ),
+  ),
   # MoE on every 2nd layer (pattern dense, moe), softmax top-2 of 8, not renormalised.
   "qwen3_moe": (
     transformers.Qwen3MoeForCausalLM,
@@ -365,6 +390,20 @@ def test_config_captures_family_features(pair):
       "first_dense_layers": 1,
       "moe.shared_gate": True,
       "moe.shared_mlp_dim": 48,
+    },
+    "kimi_linear": {
+      "attention": "mla",
+      "attention_pattern": ("linear", "linear", "linear", "global"),
+      "rope_pattern": ("nope",),
+      "linear.kind": "kda",
+      "linear.num_k_heads": 4,
+      "linear.v_head_dim": 16,
+      "mla.q_lora_rank": 0,
+      "first_dense_layers": 1,
+      "moe.router": "sigmoid",
+      "moe.aux_free_bias": True,
+      "moe.n_group": 2,
+      "moe.routed_scaling": 2.446,
     },
     "qwen3_moe": {
       "qk_norm": "head",

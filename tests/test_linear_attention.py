@@ -160,15 +160,72 @@ def test_gated_delta_net_layer_matches_hf_qwen3_next():
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0)
 
 
-def test_gated_delta_net_layer_packed_documents_equal_separate_runs():
+def _hf_kimi_delta_attention():
+  """A tiny float32 HF KimiLinearDeltaAttention, every weight random: 4 heads of 16."""
+  import torch  # noqa: PLC0415
+  import transformers  # noqa: PLC0415
+  from transformers.models.kimi_linear import modeling_kimi_linear as hf_kimi  # noqa: PLC0415
+
+  config = transformers.KimiLinearConfig(
+    hidden_size=64, linear_num_heads=4, linear_head_dim=16, linear_conv_kernel_dim=4,
+    num_hidden_layers=1, layer_types=["linear_attention"], mlp_layer_types=["dense"],
+  )  # fmt: skip
+  torch.manual_seed(0)
+  layer = hf_kimi.KimiLinearDeltaAttention(config, layer_idx=0).float().eval()
+  with torch.no_grad():
+    for p in layer.parameters():
+      p.copy_(torch.randn_like(p) * (p.shape[-1] ** -0.5 if p.ndim > 1 else 0.3))
+    gate = layer.forget_gate
+    gate.A_log.copy_(torch.log(torch.rand_like(gate.A_log) * 2 + 0.5))
+    gate.dt_bias.copy_(torch.randn_like(gate.dt_bias))
+  return layer
+
+
+def test_kimi_delta_attention_layer_matches_hf_kimi_linear():
+  import torch  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+
+  from modeling.config import DeltaNetConfig  # noqa: PLC0415
+
+  layer = _hf_kimi_delta_attention()
+  cfg = DeltaNetConfig(embed_dim=64, num_k_heads=4, num_v_heads=4, k_head_dim=16, v_head_dim=16,
+                       chunk=16, kind="kda", norm_eps=layer.o_norm.variance_epsilon)  # fmt: skip
+  ours = linear.linear_attention(cfg, rngs=nnx.Rngs(0))
+  assert isinstance(ours, linear.KimiDeltaAttention)
+  t = lambda p: jnp.asarray(p.detach().numpy())
+  heads = lambda w: t(w).T.reshape(64, 4, 16)  # torch [h * d, e] -> [e, h, d]
+  low_rank = lambda w: t(w).T.reshape(16, 4, 16)  # torch [h * d, r] -> [r, h, d]
+  gate = layer.forget_gate
+  for name, value in {
+    "q_proj": heads(layer.q_proj.weight), "k_proj": heads(layer.k_proj.weight),
+    "v_proj": heads(layer.v_proj.weight),
+    **dict(zip(["q_conv", "k_conv", "v_conv"], jnp.split(t(layer.conv1d.weight)[:, 0, :].T, 3, 1))),
+    "f_a_proj": t(gate.f_a_proj.weight).T, "f_b_proj": low_rank(gate.f_b_proj.weight),
+    "g_a_proj": t(layer.g_a_proj.weight).T, "g_b_proj": low_rank(layer.g_b_proj.weight),
+    "b_proj": t(layer.b_proj.weight).T, "A_log": t(gate.A_log).reshape(4),
+    "dt_bias": t(gate.dt_bias).reshape(4, 16), "o_proj": t(layer.o_proj.weight).T.reshape(4, 16, 64),
+  }.items():  # fmt: skip
+    getattr(ours, name).set_value(value)
+  ours.norm.scale.set_value(t(layer.o_norm.weight))
+  x = np.random.default_rng(0).normal(size=(2, 37, 64)).astype(np.float32)
+  with torch.no_grad():
+    want = layer(torch.as_tensor(x)).numpy()
+  got, _ = ours(jnp.asarray(x), positions=None, segment_ids=jnp.ones((2, 37), jnp.int32))
+  assert np.abs(want).max() > 0.1
+  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["gated_deltanet", "kda"])
+def test_linear_attention_layer_packed_documents_equal_separate_runs(kind):
   """The short conv and the state both restart at a document boundary."""
   from flax import nnx  # noqa: PLC0415
 
   from modeling.config import DeltaNetConfig  # noqa: PLC0415
 
-  cfg = DeltaNetConfig(embed_dim=32, num_k_heads=2, num_v_heads=4, k_head_dim=8, v_head_dim=8,
-                       chunk=8)  # fmt: skip
-  layer = linear.GatedDeltaNet(cfg, rngs=nnx.Rngs(0))
+  heads = 2 if kind == "kda" else 4
+  cfg = DeltaNetConfig(embed_dim=32, num_k_heads=2, num_v_heads=heads, k_head_dim=8,
+                       v_head_dim=8, chunk=8, kind=kind)  # fmt: skip
+  layer = linear.linear_attention(cfg, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(1), (1, 30, 32))
   seg = jnp.asarray([[1] * 11 + [2] * 19])
   packed, _ = layer(x, positions=None, segment_ids=seg)

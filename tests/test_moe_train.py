@@ -72,6 +72,7 @@ MOE_FAMILIES = (
   "kimi_k2",
   "qwen3_moe",
   "qwen3_next",
+  "kimi_linear",
   "deepseek_v32",
   "glm4_moe",
   "gpt_oss",

@@ -71,3 +71,20 @@ def test_qwen3_next_total_matches_published():
   embedding and head here, so only the total is held to 2%)."""
   cfg = decoder_config(family_config("qwen3_next", "80b_a3b").model)
   assert _close(param_count(cfg), 80e9), param_count(cfg)
+
+
+def test_kimi_linear_count_is_its_layers_summed_by_hand():
+  """Kimi-Linear-48B-A3B: 21 KDA and 6 NoPE-MLA layers, a dense layer 0, then 26 MoE
+  layers of 256 routed + 1 shared expert. The card's "48B total, 3B active" is
+  rounded: the routed experts alone hold 26 * 256 * 3 * 2304 * 1024 = 47.1B."""
+  cfg = decoder_config(family_config("kimi_linear", "48b_a3b").model)
+  e, hd, d, vocab = 2304, 32 * 128, 128, 163_840
+  kda = 4 * e * hd + 3 * 4 * hd + 2 * (e * d + d * hd) + e * 32 + 32 + hd + d
+  mla = e * 32 * 192 + e * (512 + 64) + 512 + 512 * 32 * 256 + 32 * 128 * e
+  expert = 3 * e * 1024
+  moe = 256 * e + 257 * expert  # router (its bias is not a param) + routed + shared
+  layers = 21 * kda + 6 * mla + 3 * e * 9216 + 26 * moe + 27 * 2 * e
+  assert param_count(cfg) == 2 * vocab * e + e + layers
+  active = 2 * vocab * e + e + layers - 26 * 248 * expert
+  assert active_param_count(cfg) == active
+  assert round(active / 1e9) == 3  # the card's 3B active (3.49B)

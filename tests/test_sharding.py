@@ -1,7 +1,7 @@
 """The same train steps on 1 device and on 8 (fake CPU) devices give the same
 losses and the same params, for a dense and an MoE (MLA + MTP + aux-free bias)
 tiny model, over the meshes (data, fsdp, tensor, expert) of the spec, and for
-DeepSeek Sparse Attention on one mixed mesh."""
+DeepSeek Sparse Attention and the linear-attention layers on one mixed mesh."""
 
 import json
 import os
@@ -73,11 +73,16 @@ def test_sharded_steps_match_single_device(tmp_path, single, mesh):
     np.testing.assert_allclose(sharded_params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_dsa_sharded_steps_match_single_device(tmp_path):
-  """DeepSeek Sparse Attention (indexer top-k inside each MLA layer, sharded top_k)
-  on the mixed 8-device mesh equals one device."""
-  losses, params = _run(tmp_path, "deepseek_v32", SINGLE, devices=1)
-  sharded_losses, sharded_params = _run(tmp_path, "deepseek_v32", MESHES[2], devices=8)
+@pytest.mark.parametrize("family", ["deepseek_v32", "qwen3_next", "kimi_linear"])
+def test_attention_variants_sharded_steps_match_single_device(tmp_path, family):
+  """On the mixed 8-device mesh, equal to one device: DeepSeek Sparse Attention
+  (indexer top-k inside each MLA layer, sharded top_k), and the linear-attention
+  layers of the hybrids (3 layers: all gated DeltaNet / all KDA, heads over `tensor`)."""
+  losses, params = _run(tmp_path, family, SINGLE, devices=1)
+  sharded_losses, sharded_params = _run(tmp_path, family, MESHES[2], devices=8)
   np.testing.assert_allclose(sharded_losses, losses, rtol=1e-5)
+  # Sums in another order: Adam normalises a few near-zero gradients (decay gates,
+  # rare embedding rows) and moves those params by up to ~2e-6 apart, against
+  # steps of ~1e-3; a wrong reduction would be off by a whole step.
   for name, value in params.items():
-    np.testing.assert_allclose(sharded_params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(sharded_params[name], value, rtol=1e-5, atol=5e-6, err_msg=name)

@@ -72,6 +72,12 @@ def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
 
 def _attention_shape(a) -> tuple[int, int, int]:
   """(matmul params, qk_dim + v_dim per head, heads)."""
+  if isinstance(a, DeltaNetConfig) and a.kind == "kda":  # q, k, v, o; low-rank gates; beta
+    hd = a.num_v_heads * a.v_head_dim
+    params = (
+      4 * a.embed_dim * hd + 2 * (a.embed_dim + hd) * a.v_head_dim + a.embed_dim * a.num_v_heads
+    )
+    return params, 2 * a.v_head_dim, a.num_v_heads
   if isinstance(a, DeltaNetConfig):
     group = a.num_v_heads // a.num_k_heads
     qkvz = a.num_k_heads * (2 * a.k_head_dim + 2 * group * a.v_head_dim)

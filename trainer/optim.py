@@ -9,7 +9,8 @@ scaled by 0.2 * sqrt(max(fan_in, fan_out)) so its RMS matches AdamW's (about
 multi-axis projections (q [embed, heads, head_dim]) are one matrix between
 embed and the rest. MLA's kv_a (latent and shared RoPE key) and kv_b (no-RoPE
 key and value) are each one Linear in the reference and one matrix here.
-AdamW takes the embedding, output head, router, norms, biases and sinks.
+AdamW takes the embedding, output head, router, norms, biases, sinks and the
+linear-attention conv taps.
 """
 
 import math
@@ -29,7 +30,10 @@ STACK_AXES = ("layers", "experts")
 # Params that stay on AdamW under Muon, by name: vocab-sized tables and the router,
 # and anything that is not a weight matrix (norm scales, biases, attention sinks).
 ADAM_NAMES = ("embed", "lm_head", "router", "weights_proj")  # weights_proj: DSA indexer gates
-ADAM_SUFFIXES = ("bias", "scale", "sinks")
+ADAM_SUFFIXES = ("bias", "scale", "sinks")  # also never weight-decayed (KDA's dt_bias is 2-D)
+# Linear attention's depthwise conv taps [kernel, channels] (`conv`, `q_conv`, ...):
+# per-channel filters rather than a matrix, so AdamW (weight-decayed).
+CONV_SUFFIX = "conv"
 
 
 def validate(o, steps: int):
@@ -103,11 +107,17 @@ def _is_axes(x) -> bool:
 
 
 def decay_mask(axes: dict) -> dict:
-  """True for matrices (>= 2 logical axes besides `layers`); norms, biases, sinks decay-free.
+  """True for matrices (>= 2 logical axes besides `layers`) not named as a bias, scale
+  or sinks; norms, biases, sinks decay-free.
 
   axes: nested dict of each param's logical axis names (trainer.state.logical_axes).
   """
-  return jax.tree.map(lambda a: len([n for n in a if n != "layers"]) >= 2, axes, is_leaf=_is_axes)
+
+  def decays(path, a):
+    name = str(getattr(path[-1], "key", path[-1]))
+    return len([n for n in a if n != "layers"]) >= 2 and not name.endswith(ADAM_SUFFIXES)
+
+  return jax.tree_util.tree_map_with_path(decays, axes, is_leaf=_is_axes)
 
 
 def muon_dims(path: tuple, axes: tuple) -> MuonDimensionNumbers | None:
@@ -118,7 +128,7 @@ def muon_dims(path: tuple, axes: tuple) -> MuonDimensionNumbers | None:
   otherwise the first axis is the input and the rest the output (q_proj).
   """
   names = [str(p) for p in path]
-  if set(names) & set(ADAM_NAMES) or names[-1].endswith(ADAM_SUFFIXES):
+  if set(names) & set(ADAM_NAMES) or names[-1].endswith((*ADAM_SUFFIXES, CONV_SUFFIX)):
     return None
   matrix = [i for i, a in enumerate(axes) if a not in STACK_AXES]
   if len(matrix) < 2:

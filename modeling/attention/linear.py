@@ -243,3 +243,70 @@ class GatedDeltaNet(nnx.Module):
     o = self.norm(o) * jax.nn.silu(z.reshape(b, s, hv, dv))  # [b, s, hv, dv]
     out = jnp.einsum("bshv,hve->bse", o.astype(x.dtype), self.out_proj[...].astype(x.dtype))
     return out, {}
+
+
+class KimiDeltaAttention(nnx.Module):
+  """Kimi Delta Attention layer (Kimi Linear): gated DeltaNet with a decay per key
+  channel. q/k/v projections (h heads of d), short causal conv + SiLU on each,
+  L2-normalised q/k (q also / sqrt(d)), write strength beta = sigmoid(x W_b), log
+  decay g = -exp(A_log[h]) softplus(x W_fa W_fb + dt_bias) per (head, channel), the
+  delta rule, then a per-head RMSNorm gated by sigmoid(x W_ga W_gb) and o_proj.
+  The decay and output gates are low rank (embed -> d -> h * d)."""
+
+  def __init__(self, cfg: DeltaNetConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    self.cfg = cfg
+    e, h, d, std = cfg.embed_dim, cfg.num_v_heads, cfg.v_head_dim, cfg.init_std
+    normal = lambda shape, axes: params.normal(rngs, shape, axes, std, param_dtype)
+    self.q_proj = normal((e, h, d), ("embed", "heads", "head_dim"))
+    self.k_proj = normal((e, h, d), ("embed", "heads", "head_dim"))
+    self.v_proj = normal((e, h, d), ("embed", "heads", "head_dim"))
+    # Short causal convs [kernel, h * d], one each for q, k and v (Kimi Linear's layout).
+    self.q_conv = normal((cfg.conv_kernel, h * d), (None, None))
+    self.k_conv = normal((cfg.conv_kernel, h * d), (None, None))
+    self.v_conv = normal((cfg.conv_kernel, h * d), (None, None))
+    self.f_a_proj = normal((e, d), ("embed", None))
+    self.f_b_proj = normal((d, h, d), (None, "heads", "head_dim"))
+    self.b_proj = normal((e, h), ("embed", "heads"))
+    self.g_a_proj = normal((e, d), ("embed", None))
+    self.g_b_proj = normal((d, h, d), (None, "heads", "head_dim"))
+    # Init as FLA / Kimi Linear: A = exp(A_log) ~ U(1, 16) per head; dt_bias the
+    # inverse softplus of dt ~ exp(U(ln 1e-3, ln 1e-1)) per channel.
+    a_key, dt_key = jax.random.split(rngs.params())
+    a_init = jnp.log(jax.random.uniform(a_key, (h,), jnp.float32, 1.0, 16.0))
+    dt = jnp.exp(jax.random.uniform(dt_key, (h, d), jnp.float32, jnp.log(1e-3), jnp.log(1e-1)))
+    self.A_log = nnx.Param(a_init.astype(param_dtype), axes=("heads",))
+    self.dt_bias = nnx.Param(
+      (dt + jnp.log(-jnp.expm1(-dt))).astype(param_dtype), axes=("heads", "head_dim")
+    )
+    self.norm = RMSNorm(
+      d, NormConfig("rms", cfg.norm_eps), param_dtype=param_dtype, axis_name="head_dim"
+    )
+    self.o_proj = normal((h, d, e), ("heads", "head_dim", "embed"))
+
+  def __call__(self, x, *, positions, segment_ids):
+    """x: [b, s, e] -> (out [b, s, e], stats {}): no softmax, so no max logits."""
+    del positions  # the recurrence orders tokens itself
+    cfg, f32, dt = self.cfg, jnp.float32, x.dtype
+    b, s, _ = x.shape
+    h, d = cfg.num_v_heads, cfg.v_head_dim
+    heads = lambda w: jnp.einsum("bse,ehd->bshd", x, w[...].astype(dt)).reshape(b, s, h * d)
+    low_rank = lambda a, w: jnp.einsum("bsr,rhd->bshd", x @ a[...].astype(dt), w[...].astype(dt))
+    mixed = jnp.concatenate([heads(self.q_proj), heads(self.k_proj), heads(self.v_proj)], -1)
+    conv = jnp.concatenate([self.q_conv[...], self.k_conv[...], self.v_conv[...]], axis=-1)
+    mixed = jax.nn.silu(causal_conv(mixed, conv, segment_ids))
+    q, k, v = (t.reshape(b, s, h, d) for t in jnp.split(mixed, 3, axis=-1))
+    q, k = l2_normalize(q) * d**-0.5, l2_normalize(k)
+    beta = jax.nn.sigmoid((x @ self.b_proj[...].astype(dt)).astype(f32))  # [b, s, h]
+    a = low_rank(self.f_a_proj, self.f_b_proj).astype(f32) + self.dt_bias[...].astype(f32)
+    g = -jnp.exp(self.A_log[...].astype(f32))[:, None] * jax.nn.softplus(a)  # [b, s, h, d]
+    o, _ = chunked(q, k, v, g, beta, chunk=cfg.chunk, segment_ids=segment_ids)
+    gate = jax.nn.sigmoid(low_rank(self.g_a_proj, self.g_b_proj).astype(f32))
+    o = self.norm(o) * gate  # [b, s, h, d]
+    out = jnp.einsum("bshd,hde->bse", o.astype(dt), self.o_proj[...].astype(dt))
+    return out, {}
+
+
+def linear_attention(cfg: DeltaNetConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+  """The layer `cfg.kind` names: GatedDeltaNet or KimiDeltaAttention."""
+  layer = KimiDeltaAttention if cfg.kind == "kda" else GatedDeltaNet
+  return layer(cfg, rngs=rngs, param_dtype=param_dtype)

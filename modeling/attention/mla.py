@@ -52,7 +52,7 @@ def mla_softmax_scale(qk_head_dim: int, rope_scaling_factor: float, mscale_all_d
 
 class MLA(nnx.Module):
   def __init__(self, cfg: MlaConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-    if cfg.rope.rotary_dim != cfg.qk_rope_head_dim:
+    if cfg.rope is not None and cfg.rope.rotary_dim != cfg.qk_rope_head_dim:
       raise ValueError(
         f"MlaConfig.rope.rotary_dim={cfg.rope.rotary_dim} must equal "
         f"qk_rope_head_dim={cfg.qk_rope_head_dim}: the whole rope part of a head rotates"
@@ -84,6 +84,8 @@ class MLA(nnx.Module):
       self.indexer = sparse.Indexer(cfg.indexer, e, l, rngs=rngs, param_dtype=param_dtype)
 
   def _rope(self, x, positions):  # x: [b, s, heads, r]
+    if self.cfg.rope is None:  # NoPE: the rope dims stay as projected
+      return x
     return rope.apply(x, positions, self.cfg.rope)
 
   def _query(self, x, positions):

@@ -68,6 +68,8 @@ def _untransform(path, transform, a):
   """Our per-layer array -> the HF tensor (AS_IS / TRANSPOSE / CONV)."""
   if transform == tensors.CONV:
     return a.T[:, None, :]
+  if transform == tensors.HEADS_4D:
+    return a.reshape(1, 1, -1, 1)
   if transform == tensors.TRANSPOSE:
     k = _INPUT_AXES.get(path[-1], 1)
     return a.reshape(math.prod(a.shape[:k]), -1).T

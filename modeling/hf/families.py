@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 from modeling.hf.tensors import (
   GPT_OSS_WEIGHTS,
+  KIMI_LINEAR_WEIGHTS,
   LLAMA4_WEIGHTS,
   MIXTRAL_WEIGHTS,
   POST_NORMS,
@@ -24,7 +25,7 @@ from modeling.hf.tensors import (
 )
 
 FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
-LINEAR = "linear_attention"  # a gated DeltaNet layer
+LINEAR = "linear_attention"  # a gated DeltaNet or KDA layer
 DENSE, MOE = "dense", "moe"
 
 # config.model field <- config.json key, shared by every family. A dotted field
@@ -119,6 +120,7 @@ class Family:
   #   last one (multi-token-prediction modules), which we do not load.
   ignored_prefixes: tuple = ()  # tensor-name prefixes of modules we do not load
   #   (Qwen3-Next's `mtp.` multi-token-prediction block).
+  renames: tuple = ()  # (old, new) substrings replaced in stored tensor names on load.
   derived: Callable = lambda hf: {}  # hf dict -> config.model fields computed from
   #   several keys.
   architecture: str = ""  # the HF model class written into an export's config.json.
@@ -348,6 +350,43 @@ _DEEPSEEK_V32 = dict(
   required=dict(attention_bias=False, hidden_act="silu"),
 )
 
+
+def _kimi_linear_layer_types(hf):
+  """`layer_types` when saved; else hub files' 1-based `linear_attn_config.full_attn_layers`;
+  else HF's default (softmax at every 4th layer from layer 4, 0-based)."""
+  if hf.get("layer_types"):
+    return hf["layer_types"]
+  n, full = hf["num_hidden_layers"], (hf.get("linear_attn_config") or {}).get("full_attn_layers")
+  if full is not None:
+    return [FULL if i + 1 in full else LINEAR for i in range(n)]
+  return [FULL if i and i % 4 == 0 else LINEAR for i in range(n)]
+
+
+def _kimi_linear_derived(hf):
+  """KDA sizes: flat keys as HF saves them, or hub files' `linear_attn_config`."""
+  nested = hf.get("linear_attn_config") or {}
+  heads = nested.get("num_heads", hf["linear_num_heads"])
+  dim = nested.get("head_dim", hf["linear_head_dim"])
+  return {
+    "linear.kind": "kda",
+    "linear.num_k_heads": heads,
+    "linear.num_v_heads": heads,
+    "linear.k_head_dim": dim,
+    "linear.v_head_dim": dim,
+    "linear.conv_kernel": nested.get("short_conv_kernel_size", hf["linear_conv_kernel_dim"]),
+  }
+
+
+def _kimi_linear_layout(m, lay):
+  return {
+    "layer_types": lay.types,
+    "mlp_layer_types": ["sparse" if f == MOE else "dense" for f in lay.ffns],
+    "linear_num_heads": m.linear.num_v_heads,
+    "linear_head_dim": m.linear.v_head_dim,
+    "linear_conv_kernel_dim": m.linear.conv_kernel,
+  }
+
+
 FAMILIES = {
   "llama": Family(
     name="llama3",
@@ -532,6 +571,65 @@ FAMILIES = {
     partial_rotary=True,
     required=dict(hidden_act="silu", attention_bias=False),
     ignored_prefixes=("mtp.",),
+  ),
+  # Kimi Linear: KDA layers with NoPE MLA every 4th layer, DeepSeek-V3 routing
+  # (sigmoid + correction bias) and a shared expert after a dense first layer.
+  "kimi_linear": Family(
+    name="kimi_linear",
+    architecture="KimiLinearForCausalLM",
+    layout=_kimi_linear_layout,
+    fields={
+      **COMMON_FIELDS,
+      **{f: k for f, k in MLA_FIELDS.items() if f != "mla.rope_interleave"},
+      "moe.num_experts": "num_experts",
+      "moe.top_k": "num_experts_per_token",
+      "moe.expert_mlp_dim": "moe_intermediate_size",
+      "moe.norm_topk": "moe_renormalize",
+      "moe.n_group": "num_expert_group",
+      "moe.topk_group": "topk_group",
+      "moe.routed_scaling": "routed_scaling_factor",
+      "moe.num_shared_experts": "num_shared_experts",
+    },
+    defaults=dict(
+      _LLAMA_DEFAULTS,
+      vocab_size=163_840,
+      rms_norm_eps=1e-5,
+      kv_lora_rank=512,
+      q_lora_rank=None,
+      qk_nope_head_dim=128,
+      qk_rope_head_dim=64,
+      v_head_dim=128,
+      num_experts=256,
+      num_experts_per_token=8,
+      moe_intermediate_size=1024,
+      moe_renormalize=True,
+      num_expert_group=1,
+      topk_group=1,
+      routed_scaling_factor=2.446,
+      num_shared_experts=1,
+      first_k_dense_replace=1,
+      linear_num_heads=32,
+      linear_head_dim=128,
+      linear_conv_kernel_dim=4,
+    ),
+    # HF's config class maps these names onto the ones `fields` reads.
+    aliases={
+      "num_local_experts": "num_experts",
+      "num_experts_per_tok": "num_experts_per_token",
+      "norm_topk_prob": "moe_renormalize",
+      "n_group": "num_expert_group",
+      "n_shared_experts": "num_shared_experts",
+    },
+    model=dict(DEEPSEEK_MOE_MODEL, attention="mla"),
+    derived=_kimi_linear_derived,
+    norms=PRE_NORMS,
+    layer_types=_kimi_linear_layer_types,
+    rope_layers=lambda hf: [False] * hf["num_hidden_layers"],  # MLA without RoPE
+    ffn_layers=_mlp_layer_types,
+    weights=KIMI_LINEAR_WEIGHTS,
+    # Hub files name MoE layers `block_sparse_moe.` and dense ones `mlp.`.
+    renames=((".block_sparse_moe.", ".mlp."),),
+    required=dict(attention_bias=False, hidden_act="silu"),
   ),
   "glm4_moe": Family(
     name="glm4_moe",

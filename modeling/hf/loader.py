@@ -266,9 +266,10 @@ def _scaling(p, hf) -> dict:
 
 
 class _Checkpoint:
-  """Tensor name -> numpy array over one or many (indexed) safetensors files."""
+  """Tensor name -> numpy array over one or many (indexed) safetensors files.
+  renames: (old, new) substrings applied to the stored names (`Family.renames`)."""
 
-  def __init__(self, directory: pathlib.Path, stack: contextlib.ExitStack):
+  def __init__(self, directory: pathlib.Path, stack: contextlib.ExitStack, renames=()):
     index = directory / "model.safetensors.index.json"
     if index.exists():
       weight_map = json.loads(index.read_text())["weight_map"]
@@ -278,16 +279,23 @@ class _Checkpoint:
     if not files:
       raise ValueError(f"no *.safetensors files in {directory}")
     self.handles = {f: stack.enter_context(safe_open(directory / f, framework="np")) for f in files}
-    self.file_of = {name: f for f, h in self.handles.items() for name in h.keys()}
+    self.stored = {}  # our name for a tensor -> (file, its stored name)
+    for f, h in self.handles.items():
+      for stored in h.keys():
+        name = stored
+        for old, new in renames:
+          name = name.replace(old, new)
+        self.stored[name] = (f, stored)
     self.directory = directory
 
   def names(self) -> set:
-    return set(self.file_of)
+    return set(self.stored)
 
   def read(self, name) -> np.ndarray:
-    handle = self.handles[self.file_of[name]]
+    file, name = self.stored[name]
+    handle = self.handles[file]
     if handle.get_slice(name).get_dtype() == "BF16":  # numpy has no bfloat16; jax does.
-      with safe_open(self.directory / self.file_of[name], framework="flax") as f:
+      with safe_open(self.directory / file, framework="flax") as f:
         return np.asarray(f.get_tensor(name))
     return handle.get_tensor(name)
 
@@ -302,6 +310,7 @@ _TRANSFORMS = {
   tensors.FIRST: lambda a: a[..., : a.shape[-1] // 2],
   tensors.SECOND: lambda a: a[..., a.shape[-1] // 2 :],
   tensors.CONV: lambda a: a[:, 0, :].T,
+  tensors.HEADS_4D: lambda a: a.reshape(-1),
 }
 
 
@@ -408,7 +417,7 @@ def load_params(model: Decoder, directory) -> Decoder:
     if isinstance(v, _CHECKPOINT_VARIABLES)
   }
   with contextlib.ExitStack() as stack:
-    ckpt = _Checkpoint(directory, stack)
+    ckpt = _Checkpoint(directory, stack, fam.renames)
     _check_names(ckpt, wanted, model, fam, hf_config, prefix, directory)
     new = [(p, v.replace(_value(ckpt, wanted.get(p), v, p))) for p, v in flat]
   nnx.update(model, nnx.from_flat_state(new))

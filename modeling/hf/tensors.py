@@ -11,6 +11,7 @@ Shared by every family; a family overrides entries through `Family.weights`
 AS_IS, TRANSPOSE, EVEN, ODD = "as_is", "transpose", "even", "odd"
 FIRST, SECOND = "first_half", "second_half"
 CONV = "conv"  # torch depthwise Conv1d weight [channels, 1, kernel] -> ours [kernel, channels]
+HEADS_4D = "heads_4d"  # a [1, 1, heads, 1] tensor (KDA's A_log) <-> ours [heads]
 
 # Our block param path -> (HF name under `model.layers.{i}.`, transform). Paths
 # our model lacks (biases, QK-norms when off, MLA when GQA) are never asked for.
@@ -71,6 +72,24 @@ DELTANET_WEIGHTS = {
   "attn.out_proj": ("linear_attn.out_proj.weight", TRANSPOSE),
 }
 LAYER_WEIGHTS = {**ATTENTION_MLP_WEIGHTS, **MLA_WEIGHTS, **MOE_WEIGHTS, **DELTANET_WEIGHTS}
+# Kimi Linear: KDA layers under `self_attn.` (q/k/v/o projections as above, one
+# conv per q, k, v); routed experts in Mixtral's w1 (gate), w3 (up), w2 (down).
+KIMI_LINEAR_WEIGHTS = {
+  "attn.q_conv": ("self_attn.q_conv1d.weight", CONV),
+  "attn.k_conv": ("self_attn.k_conv1d.weight", CONV),
+  "attn.v_conv": ("self_attn.v_conv1d.weight", CONV),
+  "attn.f_a_proj": ("self_attn.f_a_proj.weight", TRANSPOSE),
+  "attn.f_b_proj": ("self_attn.f_b_proj.weight", TRANSPOSE),
+  "attn.b_proj": ("self_attn.b_proj.weight", TRANSPOSE),
+  "attn.g_a_proj": ("self_attn.g_a_proj.weight", TRANSPOSE),
+  "attn.g_b_proj": ("self_attn.g_b_proj.weight", TRANSPOSE),
+  "attn.A_log": ("self_attn.A_log", HEADS_4D),
+  "attn.dt_bias": ("self_attn.dt_bias", AS_IS),
+  "attn.norm.scale": ("self_attn.o_norm.weight", AS_IS),
+  "mlp.experts.gate_proj": ("mlp.experts.{x}.w1.weight", TRANSPOSE),
+  "mlp.experts.up_proj": ("mlp.experts.{x}.w3.weight", TRANSPOSE),
+  "mlp.experts.down_proj": ("mlp.experts.{x}.w2.weight", TRANSPOSE),
+}
 # Qwen-MoE's gated shared expert (`shared_expert` + `shared_expert_gate`).
 QWEN_SHARED_EXPERT_WEIGHTS = {
   "mlp.shared.gate_proj": ("mlp.shared_expert.gate_proj.weight", TRANSPOSE),
