@@ -608,3 +608,15 @@ def test_llama4_multimodal_checkpoint_loads_its_language_model(tmp_path):
   with torch.no_grad():
     theirs = model.language_model(input_ids=torch.as_tensor(tokens)).logits.numpy()
   assert np.abs(_ours(ours, tokens)[0] - theirs).max() <= TOL
+
+
+def test_kimi_linear_hub_config_reads_as_the_saved_one():
+  """Hub Kimi Linear files nest the KDA sizes and 1-based MLA layers in
+  `linear_attn_config`; transformers' save_pretrained writes flat keys."""
+  saved = _config("kimi_linear")
+  flat = ("layer_types", "linear_num_heads", "linear_head_dim", "linear_conv_kernel_dim")
+  hub = {k: v for k, v in saved.items() if k not in flat}
+  hub["linear_attn_config"] = dict(
+    full_attn_layers=[4], kda_layers=[1, 2, 3], num_heads=4, head_dim=16, short_conv_kernel_size=4
+  )
+  assert hf.model_config_from_hf(hub).model == hf.model_config_from_hf(saved).model
