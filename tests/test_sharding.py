@@ -82,7 +82,7 @@ def test_attention_variants_sharded_steps_match_single_device(tmp_path, family):
   sharded_losses, sharded_params = _run(tmp_path, family, MESHES[2], devices=8)
   np.testing.assert_allclose(sharded_losses, losses, rtol=1e-5)
   # Sums in another order: Adam normalises a few near-zero gradients (decay gates,
-  # rare embedding rows) and moves those params by up to ~2e-6 apart, against
+  # rare embedding rows, dt_bias ~1) and moves those params up to ~2e-5 apart, against
   # steps of ~1e-3; a wrong reduction would be off by a whole step.
   for name, value in params.items():
-    np.testing.assert_allclose(sharded_params[name], value, rtol=1e-5, atol=5e-6, err_msg=name)
+    np.testing.assert_allclose(sharded_params[name], value, rtol=5e-5, atol=5e-6, err_msg=name)
