@@ -232,3 +232,25 @@ def test_linear_attention_layer_packed_documents_equal_separate_runs(kind):
   for lo, hi in ((0, 11), (11, 30)):
     alone, _ = layer(x[:, lo:hi], positions=None, segment_ids=jnp.ones((1, hi - lo), jnp.int32))
     np.testing.assert_allclose(packed[:, lo:hi], alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["gated_deltanet", "kda"])
+def test_flops_count_every_projection_of_the_layer(kind):
+  """trainer.metrics counts a linear-attention layer's matmul params: every weight
+  matrix the layer builds (not its conv taps, decay rates, biases or norm)."""
+  from flax import nnx  # noqa: PLC0415
+
+  from modeling.config import DeltaNetConfig  # noqa: PLC0415
+  from trainer import metrics  # noqa: PLC0415
+
+  heads = 2 if kind == "kda" else 4
+  cfg = DeltaNetConfig(embed_dim=32, num_k_heads=2, num_v_heads=heads, k_head_dim=8,
+                       v_head_dim=8, kind=kind)  # fmt: skip
+  layer = nnx.eval_shape(lambda: linear.linear_attention(cfg, rngs=nnx.Rngs(0)))
+  skip = ("conv", "bias", "scale", "A_log")
+  matrices = sum(
+    v.get_value().size
+    for path, v in nnx.to_flat_state(nnx.state(layer, nnx.Param))
+    if not str(path[-1]).endswith(skip)
+  )
+  assert metrics._attention_shape(cfg)[0] == matrices

@@ -71,7 +71,7 @@ def _labels(family):
   return {name(k): v for k, v in flat.items()}, {name(k): v for k, v in flat_dims.items()}
 
 
-@pytest.mark.parametrize("family", ["qwen3", "deepseek_v3", "gpt_oss"])
+@pytest.mark.parametrize("family", ["qwen3", "deepseek_v3", "gpt_oss", "qwen3_next", "kimi_linear"])
 def test_param_partition_follows_the_text(family):
   labels, dims = _labels(family)
   for path, label in labels.items():
@@ -79,7 +79,8 @@ def test_param_partition_follows_the_text(family):
     adam = (
       path in ("embed", "lm_head")
       or "/router/" in path
-      or leaf.endswith(("bias", "scale", "sinks"))
+      or leaf.endswith(("bias", "scale", "sinks", "conv"))  # conv: linear-attention taps
+      or leaf == "A_log"  # one decay rate per head
     )
     assert label == ("adam" if adam else "muon"), path
   muon = {p for p, label in labels.items() if label == "muon"}
@@ -90,6 +91,16 @@ def test_param_partition_follows_the_text(family):
     assert dims["stack/blocks/attn/q_b_proj"] == ((1,), (2, 3))  # [layers, q_lora, h, d]
     assert dims["stack/blocks/attn/o_proj"] == ((1, 2), (3,))  # [layers, h, d, e]
     assert labels["mtp/block/attn/kv_a_proj"] == "muon"
+
+
+def test_weight_decay_skips_biases_even_when_2d():
+  """KDA's dt_bias [heads, head_dim] is a bias: never decayed; its projections and
+  conv taps are."""
+  cfg = decoder_config(family_config("kimi_linear").model, "float32", "float32")
+  mask = traverse_util.flatten_dict(optim.decay_mask(state_lib.logical_axes(cfg)))
+  kda = {k[-1]: v for k, v in mask.items() if k[:3] == ("stack", "blocks", 0)}
+  assert kda["dt_bias"] is False and kda["A_log"] is False
+  assert kda["q_proj"] and kda["f_b_proj"] and kda["q_conv"]
 
 
 def test_muon_trains_sharded_params_under_jit(tmp_path):

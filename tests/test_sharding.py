@@ -73,11 +73,12 @@ def test_sharded_steps_match_single_device(tmp_path, single, mesh):
     np.testing.assert_allclose(sharded_params[name], value, rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-@pytest.mark.parametrize("family", ["deepseek_v32", "qwen3_next", "kimi_linear"])
+@pytest.mark.parametrize("family", ["deepseek_v32", "qwen3_next"])
 def test_attention_variants_sharded_steps_match_single_device(tmp_path, family):
   """On the mixed 8-device mesh, equal to one device: DeepSeek Sparse Attention
-  (indexer top-k inside each MLA layer, sharded top_k), and the linear-attention
-  layers of the hybrids (3 layers: all gated DeltaNet / all KDA, heads over `tensor`)."""
+  (indexer top-k inside each MLA layer, sharded top_k), and gated DeltaNet layers
+  (3 layers, key heads and their value-head groups over `tensor`). KDA runs the same
+  chunked core with plain `heads` axes, so it is left out to keep CI short."""
   losses, params = _run(tmp_path, family, SINGLE, devices=1)
   sharded_losses, sharded_params = _run(tmp_path, family, MESHES[2], devices=8)
   np.testing.assert_allclose(sharded_losses, losses, rtol=1e-5)

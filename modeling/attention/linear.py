@@ -306,7 +306,10 @@ class KimiDeltaAttention(nnx.Module):
     return out, {}
 
 
+# model.linear.kind -> the layer it builds.
+LAYERS = {"gated_deltanet": GatedDeltaNet, "kda": KimiDeltaAttention}
+
+
 def linear_attention(cfg: DeltaNetConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-  """The layer `cfg.kind` names: GatedDeltaNet or KimiDeltaAttention."""
-  layer = KimiDeltaAttention if cfg.kind == "kda" else GatedDeltaNet
-  return layer(cfg, rngs=rngs, param_dtype=param_dtype)
+  """The layer `cfg.kind` names."""
+  return LAYERS[cfg.kind](cfg, rngs=rngs, param_dtype=param_dtype)
