@@ -129,6 +129,7 @@ class DeltaNetConfig:
   norm_eps: float = 1e-6
   init_std: float = 0.02
   kind: str = "gated_deltanet"  # gated_deltanet | kda
+  kernel: str = "xla"  # state pass: xla | pallas | pallas_interpret (model.attention_kernel).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -405,6 +406,7 @@ def _delta_net_config(m) -> DeltaNetConfig:
     norm_eps=m.norm_eps,
     init_std=m.init_std,
     kind=n.kind,
+    kernel=m.attention_kernel,
   )
 
 

@@ -3,6 +3,7 @@
   python scripts/bench.py moe [--config configs/deepseek_v3.py:tiny] [--steps 10]
   python scripts/bench.py optim [--config configs/qwen3.py:tiny] [--steps 10]
   python scripts/bench.py attention [--lengths 1024,2048,4096,8192] [--topk 256]
+  python scripts/bench.py kernels [--tokens 4096] [--dtype bfloat16]   (on a GPU/TPU)
 
 `moe`: tokens/s of the full train step with dropless (sort + ragged_dot)
 versus capacity-factor dispatch, same model, same batch, same process.
@@ -15,6 +16,11 @@ the forward's time on this machine, with the sparse core and the indexer
 apart, so their growth with length shows: the core's is linear at fixed
 top-k, the indexer's quadratic with a small constant. A gated DeltaNet layer
 of the same width runs beside them (linear in length).
+`kernels`: each Pallas kernel against its XLA reference on this device, forward
+plus backward, same inputs, same process: median time of each, the ratio, and
+the largest difference of outputs and gradients relative to the reference's
+largest value (flash attention GQA causal, MLA in latent space, sparse
+attention over top-k slots, the chunked DeltaNet with its state-pass kernel).
 """
 
 import argparse
@@ -115,17 +121,15 @@ def _flops(fn, *args) -> float:
 
 
 def _chunk_flops(cfg) -> float:
-  """FLOPs of one chunk step of the DeltaNet scan, which XLA's cost analysis counts
-  once per loop: the bench adds it for the other chunks."""
-  from modeling.attention import linear  # noqa: PLC0415
+  """FLOPs of one chunk of the DeltaNet state pass, the loop XLA's cost analysis
+  counts once (the chunk-local terms are built outside it): the bench adds it for
+  the other chunks."""
+  from pallas_kernels.chunked_delta import reference  # noqa: PLC0415
 
-  jnp = jax.numpy
   h, c, dk, dv = cfg.num_v_heads, cfg.chunk, cfg.k_head_dim, cfg.v_head_dim
-  z = lambda *shape: jnp.zeros(shape, jnp.float32)
-  carry = (z(1, h, dk, dv), jnp.zeros((1,), jnp.int32))
-  xs = (z(1, h, c, dk), z(1, h, c, dk), z(1, h, c, dv), z(1, h, c), z(1, h, c),
-        jnp.zeros((1, c), jnp.int32))  # fmt: skip
-  return _flops(lambda carry, xs: linear._chunk(carry, xs, False), carry, xs)
+  z = lambda *shape: jax.numpy.zeros((1, h, *shape), jax.numpy.float32)
+  return _flops(reference.state_pass, z(1, c, dk), z(1, c, dk), z(1, c, dv), z(1, c, dk),
+                z(1, c, c), z(1, dk), z(dk, dv))  # fmt: skip
 
 
 def _attention_parts(topk: int):
@@ -222,6 +226,102 @@ def bench_attention(args):
     previous = (fd, fs, fi, fl)
 
 
+def _kernel_cases(tokens: int, dtype, interpret: bool):
+  """(name, inputs, fn(implementation, *inputs) -> output) of each kernel."""
+  from modeling.attention import linear  # noqa: PLC0415
+  from modeling.attention import sparse  # noqa: PLC0415
+  from pallas_kernels.flash_attention import ops as flash_ops  # noqa: PLC0415
+  from pallas_kernels.mla import ops as mla_ops  # noqa: PLC0415
+  from pallas_kernels.sparse_attention import ops as sparse_ops  # noqa: PLC0415
+
+  jnp = jax.numpy
+  keys = iter(jax.random.split(jax.random.key(0), 32))
+  normal = lambda *shape, dt=dtype: jax.random.normal(next(keys), shape, jnp.float32).astype(dt)
+  b, s = 1, tokens
+  seg = jnp.ones((b, s), jnp.int32)
+  unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+  cases = []
+  h, kh, d = 32, 8, 128  # GQA 4, Llama / Qwen3 sized heads
+  cases.append((
+    f"flash attention causal, {h} heads / {kh} kv, d {d}",
+    (normal(b, s, h, d), normal(b, s, kh, d), normal(b, s, kh, d)),
+    lambda impl, q, k, v: flash_ops.flash_attention(
+      q, k, v, segment_ids=seg, scale=d**-0.5, implementation=impl, interpret=interpret)[0],
+  ))  # fmt: skip
+  h, c, r = 16, 512, 64  # DeepSeek-V3's latent 512 + rope 64
+  cases.append((
+    f"MLA latent, {h} heads, c {c} + rope {r}",
+    (normal(b, s, h, c), normal(b, s, h, r), normal(b, s, c), normal(b, s, r)),
+    lambda impl, ql, qp, ckv, kp: mla_ops.mla_attention(
+      ql, qp, ckv, kp, segment_ids=seg, scale=(c + r) ** -0.5, implementation=impl,
+      interpret=interpret)[0],
+  ))  # fmt: skip
+  topk = min(512, s // 2)
+  scores = jnp.where(sparse.valid_keys(seg, 0), normal(b, s, s, dt=jnp.float32), sparse.NEG)
+  indices = sparse.select(scores, topk)
+  cases.append((
+    f"sparse attention top-{topk}, {h} heads MQA, d {c + r} / dv {c}",
+    (normal(b, s, h, c + r), normal(b, s, 1, c + r), normal(b, s, 1, c)),
+    lambda impl, q, k, v: sparse_ops.sparse_attention(
+      q, k, v, indices, scale=(c + r) ** -0.5, chunk=256, implementation=impl,
+      interpret=interpret)[0],
+  ))  # fmt: skip
+  h, dk = 32, 128  # Qwen3-Next's 32 value heads of 128 (key heads repeated)
+  g = -jax.nn.softplus(normal(b, s, h, dt=jnp.float32))
+  beta = jax.nn.sigmoid(normal(b, s, h, dt=jnp.float32))
+  kernel_of = {"pallas": "pallas_interpret" if interpret else "pallas", "reference": "xla"}
+  cases.append((
+    f"gated DeltaNet chunked (chunk 64), {h} heads, dk = dv = {dk}",
+    (unit(normal(b, s, h, dk, dt=jnp.float32)), unit(normal(b, s, h, dk, dt=jnp.float32)),
+     normal(b, s, h, dk, dt=jnp.float32)),
+    lambda impl, q, k, v: linear.chunked(q, k, v, g, beta, chunk=64, kernel=kernel_of[impl])[0],
+  ))  # fmt: skip
+  return cases
+
+
+def bench_kernels(args):
+  jnp = jax.numpy
+  dtype = jnp.dtype(args.dtype)
+  print(f"{jax.devices()[0].device_kind}; {args.tokens} tokens, batch 1, {args.dtype} inputs "
+        f"(DeltaNet float32); forward + backward, median of {args.repeats}")  # fmt: skip
+  print(f"  {'kernel':58s} {'ms xla':>8} {'ms pallas':>10} {'xla/pallas':>11} {'max rel diff':>13}")
+  for name, inputs, fn in _kernel_cases(args.tokens, dtype, args.interpret):
+    cot = jax.random.normal(
+      jax.random.key(1), jax.eval_shape(lambda *xs: fn("reference", *xs), *inputs).shape
+    )
+
+    def loss(impl, *xs):
+      out = fn(impl, *xs)
+      return jnp.sum(out.astype(jnp.float32) * cot), out
+
+    argnums = tuple(range(1, len(inputs) + 1))
+    results, times = {}, {}
+    step = jax.jit(jax.grad(loss, argnums=argnums, has_aux=True), static_argnums=0)
+    try:
+      for impl in ("reference", "pallas"):
+        results[impl] = jax.block_until_ready(step(impl, *inputs))
+    except Exception as error:  # noqa: BLE001 -- one kernel failing to lower is a result
+      print(f"  {name:58s} FAILED ({impl}): {str(error).splitlines()[0][:300]}")
+      continue
+    for impl in ("reference", "pallas"):
+      runs = []
+      for _ in range(args.repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(step(impl, *inputs))
+        runs.append(time.perf_counter() - start)
+      times[impl] = 1e3 * float(np.median(runs))
+    want = jax.tree.leaves(results["reference"])
+    got = jax.tree.leaves(results["pallas"])
+    rel = max(
+      float(jnp.max(jnp.abs(x.astype(jnp.float32) - y.astype(jnp.float32))))
+      / max(float(jnp.max(jnp.abs(y.astype(jnp.float32)))), 1e-30)
+      for x, y in zip(got, want, strict=True)
+    )
+    ratio = times["reference"] / times["pallas"]
+    print(f"  {name:58s} {times['reference']:8.2f} {times['pallas']:10.2f} {ratio:10.2f}x "
+          f"{rel:13.2e}")  # fmt: skip
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="bench", required=True)
@@ -235,8 +335,15 @@ def main():
   att.add_argument("--lengths", default="1024,2048,4096,8192")
   att.add_argument("--topk", type=int, default=256)
   att.add_argument("--repeats", type=int, default=3)
+  ker = sub.add_parser("kernels", help="each Pallas kernel vs its XLA reference, fwd + bwd")
+  ker.add_argument("--tokens", type=int, default=4096)
+  ker.add_argument("--dtype", default="bfloat16")
+  ker.add_argument("--repeats", type=int, default=10)
+  ker.add_argument("--interpret", action="store_true", help="Pallas interpret mode (CPU check)")
   args = parser.parse_args()
-  {"moe": bench_moe, "optim": bench_optim, "attention": bench_attention}[args.bench](args)
+  benches = {"moe": bench_moe, "optim": bench_optim, "attention": bench_attention,
+             "kernels": bench_kernels}  # fmt: skip
+  benches[args.bench](args)
 
 
 if __name__ == "__main__":

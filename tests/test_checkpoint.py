@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, family_config, small_train_config
+from tests.conftest import FAST_COMPILE, ROOT, family_config, small_train_config
 from trainer.trainer import Trainer
 
 SMALL = [
@@ -38,7 +38,9 @@ PRESETS = {
 
 
 def _train(workdir, preset="dense", extra=(), devices=1):
-  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(
+    os.environ, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count={devices}"
+  )
   cmd = [sys.executable, "scripts/train.py", "--config", PRESETS[preset], "--workdir", str(workdir)]
   return subprocess.Popen(
     cmd + SMALL + list(extra),
@@ -155,7 +157,9 @@ def reshard_child(workdir: str, devices: int):
 
 def test_checkpoint_from_8_devices_restores_onto_4(tmp_path):
   for devices in (8, 4):
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    env = dict(
+      os.environ, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count={devices}"
+    )
     code = f"from tests.test_checkpoint import reshard_child; reshard_child({str(tmp_path)!r}, {devices})"
     done = subprocess.run(
       [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True

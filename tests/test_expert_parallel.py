@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from modeling.config import decoder_config
-from tests.conftest import ROOT, family_config
+from tests.conftest import FAST_COMPILE, ROOT, family_config
 from trainer.plan import whole_expert_gathers
 
 _SCRIPT = r"""
@@ -122,7 +122,7 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def results():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  env = dict(os.environ, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count=8")
   proc = subprocess.run(
     [sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
   )

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from parallelism.mesh import detected_cluster, initialize_distributed
-from tests.conftest import ROOT
+from tests.conftest import FAST_COMPILE, ROOT
 
 _ARGS = [
   "--config.train.steps=3",
@@ -39,7 +39,7 @@ def _free_port() -> int:
 
 
 def _train(workdir, mesh: str, extra=(), process_id=None):
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count=1")
   cmd = [
     sys.executable,
     "scripts/train.py",

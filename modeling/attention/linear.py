@@ -27,6 +27,7 @@ from flax import nnx
 from modeling.config import DeltaNetConfig, NormConfig
 from modeling.layers import params
 from modeling.layers.norms import RMSNorm
+from pallas_kernels.chunked_delta import ops as delta_ops
 
 
 def _starts(segment_ids):
@@ -86,13 +87,13 @@ def _unit_lower_inverse(a):
   return inverse[..., 0, :c, :c]
 
 
-def _chunk(carry, xs, per_channel: bool):
-  """One chunk for every (batch, head): carry (S [b, h, k, v], the state's segment [b]);
-  xs: q, k [b, h, c, k], v [b, h, c, v], G (cumulative log decay) [b, h, c(, k)],
-  beta [b, h, c], segment ids [b, c]."""
-  state, state_seg = carry
-  q, k, v, G, beta, seg = xs
-  c = q.shape[2]
+def _chunk_terms(q, k, v, G, beta, seg, state_seg, per_channel: bool):
+  """The terms of one chunk for every (batch, head), independent of the state:
+  q, k [b, h, c, k], v [b, h, c, v], G (cumulative log decay) [b, h, c(, k)],
+  beta [b, h, c], segment ids [b, c], the segment of the state entering the chunk
+  [b]. Returns (qd, w, u, kd [b, h, c, .], P [b, h, c, c], a [b, h, k]) of
+  `pallas_kernels.chunked_delta.reference.state_pass`."""
+  c, dk = q.shape[2], q.shape[3]
   same = seg[:, :, None] == seg[:, None, :]  # [b, i, j]
   lower = jnp.tril(jnp.ones((c, c), bool))
   visible = (same & lower)[:, None]  # j <= i, same document: [b, 1, i, j]
@@ -103,35 +104,40 @@ def _chunk(carry, xs, per_channel: bool):
     kk = jnp.einsum("bhik,bhjk,bhijk->bhij", k, k, rel)
     qk = jnp.einsum("bhik,bhjk,bhijk->bhij", q, k, rel)
     decay_in, decay_out = jnp.exp(G), jnp.exp(G[:, :, -1:] - G)  # [b, h, c, k]
-    decay_all = jnp.exp(G[:, :, -1])[..., None]  # [b, h, k, 1]
+    decay_all = jnp.exp(G[:, :, -1])  # [b, h, k]
   else:
     rel = jnp.exp(jnp.where(visible, G[..., :, None] - G[..., None, :], -jnp.inf))
     kk = jnp.einsum("bhik,bhjk->bhij", k, k) * rel
     qk = jnp.einsum("bhik,bhjk->bhij", q, k) * rel
     decay_in, decay_out = jnp.exp(G)[..., None], jnp.exp(G[:, :, -1:] - G)[..., None]
-    decay_all = jnp.exp(G[:, :, -1])[..., None, None]  # [b, h, 1, 1]
+    decay_all = jnp.broadcast_to(jnp.exp(G[:, :, -1:]), G.shape[:2] + (dk,))
   # (I - A)^-1 with A_ij = -beta_i (k_i . k_j) decay_ij below the diagonal (nilpotent).
   inverse = _unit_lower_inverse(-jnp.where(strict, beta[..., None] * kk, 0.0))
   solve = lambda rhs: jnp.einsum("bhij,bhjx->bhix", inverse, rhs)
   u = solve(beta[..., None] * v)  # [b, h, c, v]
   w = solve(beta[..., None] * k * decay_in)  # [b, h, c, k]
   reads = (seg == state_seg[:, None])[:, None, :, None]  # tokens continuing the state's document
-  v_new = u - jnp.where(reads, jnp.einsum("bhck,bhkv->bhcv", w, state), 0.0)
-  o = jnp.where(reads, jnp.einsum("bhck,bhkv->bhcv", q * decay_in, state), 0.0)
-  o = o + jnp.einsum("bhij,bhjv->bhiv", jnp.where(visible, qk, 0.0), v_new)
   writes = (seg == seg[:, -1:])[:, None, :, None]  # tokens of the document the chunk ends in
-  kept = (seg[:, -1] == state_seg)[:, None, None, None]
-  state = jnp.where(kept, decay_all * state, 0.0) + jnp.einsum(
-    "bhck,bhcv->bhkv", jnp.where(writes, k * decay_out, 0.0), v_new
+  kept = (seg[:, -1] == state_seg)[:, None, None]  # the state survives the chunk
+  return (
+    jnp.where(reads, q * decay_in, 0.0),
+    jnp.where(reads, w, 0.0),
+    u,
+    jnp.where(writes, k * decay_out, 0.0),
+    jnp.where(visible, qk, 0.0),
+    jnp.where(kept, decay_all, 0.0),
   )
-  return (state, seg[:, -1]), o
 
 
 def chunked(
-  q, k, v, g, beta, *, chunk: int = 64, segment_ids=None, initial_state=None, unroll=False
-):
+  q, k, v, g, beta, *, chunk: int = 64, segment_ids=None, initial_state=None, unroll=False,
+  kernel: str = "xla",
+):  # fmt: skip
   """Same contract as `recurrent`; lengths need not be a multiple of `chunk`.
-  unroll: unroll the loop over chunks (XLA's cost analysis counts a loop body once)."""
+  The chunk-local terms are built for all chunks at once; only the state pass
+  runs in order: the XLA loop (kernel "xla") or the Pallas kernels ("pallas",
+  "pallas_interpret" on CPU). unroll: unroll the XLA loop over chunks (XLA's
+  cost analysis counts a loop body once)."""
   f32 = jnp.float32
   b, s, h, dk = q.shape
   dv = v.shape[-1]
@@ -148,23 +154,19 @@ def chunked(
     x = jnp.moveaxis(x, 2, 1).reshape(b, h, n, chunk, *x.shape[3:])
     return jnp.moveaxis(x, 2, 0)
 
+  seg_chunks = jnp.moveaxis(seg.reshape(b, n, chunk), 1, 0)  # [n, b, c]
+  state_segs = jnp.concatenate([seg[None, :, 0], seg_chunks[:-1, :, -1]])  # [n, b]
   G = jnp.cumsum(chunks(g), axis=3)  # cumulative log decay inside each chunk
-  xs = (
-    chunks(q),
-    chunks(k),
-    chunks(v),
-    G,
-    chunks(beta),
-    jnp.moveaxis(seg.reshape(b, n, chunk), 1, 0),
+  terms = jax.vmap(lambda *xs: _chunk_terms(*xs, per_channel=per_channel))(
+    chunks(q), chunks(k), chunks(v), G, chunks(beta), seg_chunks, state_segs
   )
+  terms = [jnp.moveaxis(t, 0, 2) for t in terms]  # [b, h, n, ...]
   state = jnp.zeros((b, h, dk, dv), f32) if initial_state is None else initial_state.astype(f32)
-  (state, _), o = jax.lax.scan(
-    lambda carry, x: _chunk(carry, x, per_channel),
-    (state, seg[:, 0]),
-    xs,
-    unroll=n if unroll else 1,
-  )
-  o = jnp.moveaxis(o, 0, 2).reshape(b, h, n * chunk, dv)[:, :, :s]  # [b, h, s, v]
+  o, state = delta_ops.state_pass(
+    *terms, state, implementation="reference" if kernel == "xla" else "pallas",
+    interpret=kernel == "pallas_interpret", unroll=unroll,
+  )  # fmt: skip
+  o = o.reshape(b, h, n * chunk, dv)[:, :, :s]  # [b, h, s, v]
   return jnp.moveaxis(o, 1, 2), state
 
 
@@ -239,7 +241,10 @@ class GatedDeltaNet(nnx.Module):
     beta = jax.nn.sigmoid(beta.reshape(b, s, hv))
     a = a.reshape(b, s, hv) + self.dt_bias[...].astype(f32)
     g = -jnp.exp(self.A_log[...].astype(f32)) * jax.nn.softplus(a)
-    o, _ = chunked(q, k, v.reshape(b, s, hv, dv), g, beta, chunk=cfg.chunk, segment_ids=segment_ids)
+    o, _ = chunked(
+      q, k, v.reshape(b, s, hv, dv), g, beta, chunk=cfg.chunk, segment_ids=segment_ids,
+      kernel=cfg.kernel,
+    )  # fmt: skip
     o = self.norm(o) * jax.nn.silu(z.reshape(b, s, hv, dv))  # [b, s, hv, dv]
     out = jnp.einsum("bshv,hve->bse", o.astype(x.dtype), self.out_proj[...].astype(x.dtype))
     return out, {}
@@ -299,7 +304,7 @@ class KimiDeltaAttention(nnx.Module):
     beta = jax.nn.sigmoid((x @ self.b_proj[...].astype(dt)).astype(f32))  # [b, s, h]
     a = low_rank(self.f_a_proj, self.f_b_proj).astype(f32) + self.dt_bias[...].astype(f32)
     g = -jnp.exp(self.A_log[...].astype(f32))[:, None] * jax.nn.softplus(a)  # [b, s, h, d]
-    o, _ = chunked(q, k, v, g, beta, chunk=cfg.chunk, segment_ids=segment_ids)
+    o, _ = chunked(q, k, v, g, beta, chunk=cfg.chunk, segment_ids=segment_ids, kernel=cfg.kernel)
     gate = jax.nn.sigmoid(low_rank(self.g_a_proj, self.g_b_proj).astype(f32))
     o = self.norm(o) * gate  # [b, s, h, d]
     out = jnp.einsum("bshd,hde->bse", o.astype(dt), self.o_proj[...].astype(dt))

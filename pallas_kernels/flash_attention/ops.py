@@ -89,7 +89,7 @@ def default_implementation() -> str:
 
 def flash_attention(
   q, k, v, *, segment_ids, scale: float, window: int = 0, softcap: float = 0.0, sinks=None,
-  block_q: int = 128, block_k: int = 128, implementation=None, interpret: bool = False,
+  block_q: int = 64, block_k: int = 64, implementation=None, interpret: bool = False,
 ):  # fmt: skip
   """(out [b, s, h, dv], max_logits [h]); see the module docstring."""
   implementation = implementation or ("pallas" if interpret else default_implementation())

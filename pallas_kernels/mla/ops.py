@@ -16,7 +16,7 @@ from pallas_kernels.mla import reference
 
 def mla_attention(
   q_lat, q_pe, c_kv, k_pe, *, segment_ids, scale: float, window: int = 0,
-  block_q: int = 128, block_k: int = 128, implementation=None, interpret: bool = False,
+  block_q: int = 64, block_k: int = 64, implementation=None, interpret: bool = False,
 ):  # fmt: skip
   """(out [b, s, h, c], max_logits [h]); see reference.attention."""
   implementation = implementation or ("pallas" if interpret else flash_ops.default_implementation())
