@@ -20,7 +20,9 @@ of the same width runs beside them (linear in length).
 plus backward, same inputs, same process: median time of each, the ratio, and
 the largest difference of outputs and gradients relative to the reference's
 largest value (flash attention GQA causal, MLA in latent space, sparse
-attention over top-k slots, the chunked DeltaNet with its state-pass kernel).
+attention over top-k slots, the chunked DeltaNet with its state-pass kernel);
+for flash attention also its TFLOP/s (causal FLOPs: half the square) and the
+time of jax.nn.dot_product_attention(implementation="cudnn") on the same inputs.
 """
 
 import argparse
@@ -227,7 +229,8 @@ def bench_attention(args):
 
 
 def _kernel_cases(tokens: int, dtype, interpret: bool):
-  """(name, inputs, fn(implementation, *inputs) -> output) of each kernel."""
+  """(name, inputs, fn(implementation, *inputs) -> output, fwd + bwd FLOPs or None) of each
+  kernel; flash attention also takes implementation "cudnn" (jax.nn.dot_product_attention)."""
   from modeling.attention import linear  # noqa: PLC0415
   from modeling.attention import sparse  # noqa: PLC0415
   from pallas_kernels.flash_attention import ops as flash_ops  # noqa: PLC0415
@@ -245,8 +248,11 @@ def _kernel_cases(tokens: int, dtype, interpret: bool):
   cases.append((
     f"flash attention causal, {h} heads / {kh} kv, d {d}",
     (normal(b, s, h, d), normal(b, s, kh, d), normal(b, s, kh, d)),
-    lambda impl, q, k, v: flash_ops.flash_attention(
+    lambda impl, q, k, v: jax.nn.dot_product_attention(
+      q, k, v, scale=d**-0.5, is_causal=True, implementation="cudnn") if impl == "cudnn"
+    else flash_ops.flash_attention(
       q, k, v, segment_ids=seg, scale=d**-0.5, implementation=impl, interpret=interpret)[0],
+    14 * b * h * s * s * d / 2,  # fwd QK, PV + bwd QK, dV, dP, dQ, dK: 7 matmuls, half causal
   ))  # fmt: skip
   h, c, r = 16, 512, 64  # DeepSeek-V3's latent 512 + rope 64
   cases.append((
@@ -255,6 +261,7 @@ def _kernel_cases(tokens: int, dtype, interpret: bool):
     lambda impl, ql, qp, ckv, kp: mla_ops.mla_attention(
       ql, qp, ckv, kp, segment_ids=seg, scale=(c + r) ** -0.5, implementation=impl,
       interpret=interpret)[0],
+    None,
   ))  # fmt: skip
   topk = min(512, s // 2)
   scores = jnp.where(sparse.valid_keys(seg, 0), normal(b, s, s, dt=jnp.float32), sparse.NEG)
@@ -265,6 +272,7 @@ def _kernel_cases(tokens: int, dtype, interpret: bool):
     lambda impl, q, k, v: sparse_ops.sparse_attention(
       q, k, v, indices, scale=(c + r) ** -0.5, chunk=256, implementation=impl,
       interpret=interpret)[0],
+    None,
   ))  # fmt: skip
   h, dk = 32, 128  # Qwen3-Next's 32 value heads of 128 (key heads repeated)
   g = -jax.nn.softplus(normal(b, s, h, dt=jnp.float32))
@@ -275,6 +283,7 @@ def _kernel_cases(tokens: int, dtype, interpret: bool):
     (unit(normal(b, s, h, dk, dt=jnp.float32)), unit(normal(b, s, h, dk, dt=jnp.float32)),
      normal(b, s, h, dk, dt=jnp.float32)),
     lambda impl, q, k, v: linear.chunked(q, k, v, g, beta, chunk=64, kernel=kernel_of[impl])[0],
+    None,
   ))  # fmt: skip
   return cases
 
@@ -284,8 +293,9 @@ def bench_kernels(args):
   dtype = jnp.dtype(args.dtype)
   print(f"{jax.devices()[0].device_kind}; {args.tokens} tokens, batch 1, {args.dtype} inputs "
         f"(DeltaNet float32); forward + backward, median of {args.repeats}")  # fmt: skip
-  print(f"  {'kernel':58s} {'ms xla':>8} {'ms pallas':>10} {'xla/pallas':>11} {'max rel diff':>13}")
-  for name, inputs, fn in _kernel_cases(args.tokens, dtype, args.interpret):
+  print(f"  {'kernel':58s} {'ms xla':>8} {'ms pallas':>10} {'xla/pallas':>11} {'max rel diff':>13} "
+        f"{'TFLOP/s':>8} {'ms cudnn':>9} {'cudnn/pallas':>13}")  # fmt: skip
+  for name, inputs, fn, flops in _kernel_cases(args.tokens, dtype, args.interpret):
     cot = jax.random.normal(
       jax.random.key(1), jax.eval_shape(lambda *xs: fn("reference", *xs), *inputs).shape
     )
@@ -295,6 +305,7 @@ def bench_kernels(args):
       return jnp.sum(out.astype(jnp.float32) * cot), out
 
     argnums = tuple(range(1, len(inputs) + 1))
+    impls = ("reference", "pallas") + (("cudnn",) if flops and not args.interpret else ())
     results, times = {}, {}
     step = jax.jit(jax.grad(loss, argnums=argnums, has_aux=True), static_argnums=0)
     try:
@@ -303,7 +314,12 @@ def bench_kernels(args):
     except Exception as error:  # noqa: BLE001 -- one kernel failing to lower is a result
       print(f"  {name:58s} FAILED ({impl}): {str(error).splitlines()[0][:300]}")
       continue
-    for impl in ("reference", "pallas"):
+    for impl in impls:
+      try:
+        jax.block_until_ready(step(impl, *inputs))
+      except Exception as error:  # noqa: BLE001 -- cuDNN missing or refusing the shape
+        print(f"  ({impl}: {str(error).splitlines()[0][:200]})")
+        continue
       runs = []
       for _ in range(args.repeats):
         start = time.perf_counter()
@@ -318,8 +334,11 @@ def bench_kernels(args):
       for x, y in zip(got, want, strict=True)
     )
     ratio = times["reference"] / times["pallas"]
+    tflops = f"{flops / times['pallas'] / 1e9:8.1f}" if flops else f"{'-':>8}"
+    cudnn = (f"{times['cudnn']:9.2f} {times['cudnn'] / times['pallas']:12.2f}x" if "cudnn" in times
+             else f"{'-':>9} {'-':>13}")  # fmt: skip
     print(f"  {name:58s} {times['reference']:8.2f} {times['pallas']:10.2f} {ratio:10.2f}x "
-          f"{rel:13.2e}")  # fmt: skip
+          f"{rel:13.2e} {tflops} {cudnn}")  # fmt: skip
 
 
 def main():

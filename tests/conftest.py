@@ -15,10 +15,11 @@ except ImportError:
   pass
 
 # XLA CPU compiles for the suite: the tiny models compile for far longer than they
-# run, and LLVM's optimisation passes are most of each compile (the interpret-mode
-# kernel tests ran 2.7x faster without them, the MoE trainer tests 1.5x). Subprocess
-# tests pass FAST_COMPILE on with their own flags.
-FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# run, and LLVM's optimisation passes are much of each compile. Level 1 ran the
+# interpret-mode kernel tests 1.4x faster than the default; level 0 (2.7x) moved one
+# HF parity case (qwen3_next, packed) from under 1e-4 to 1.25e-4, so not that far.
+# Subprocess tests pass FAST_COMPILE on with their own flags.
+FAST_COMPILE = "--xla_backend_optimization_level=1"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
