@@ -129,6 +129,11 @@ def _chunk_terms(q, k, v, G, beta, seg, state_seg, per_channel: bool):
   )
 
 
+# kernel -> (state_pass implementation, interpret): the XLA loop or the Pallas kernels.
+STATE_PASS = {"xla": ("reference", False), "pallas": ("pallas", False),
+              "pallas_interpret": ("pallas", True)}  # fmt: skip
+
+
 def chunked(
   q, k, v, g, beta, *, chunk: int = 64, segment_ids=None, initial_state=None, unroll=False,
   kernel: str = "xla",
@@ -162,10 +167,10 @@ def chunked(
   )
   terms = [jnp.moveaxis(t, 0, 2) for t in terms]  # [b, h, n, ...]
   state = jnp.zeros((b, h, dk, dv), f32) if initial_state is None else initial_state.astype(f32)
+  implementation, interpret = STATE_PASS[kernel]
   o, state = delta_ops.state_pass(
-    *terms, state, implementation="reference" if kernel == "xla" else "pallas",
-    interpret=kernel == "pallas_interpret", unroll=unroll,
-  )  # fmt: skip
+    *terms, state, implementation=implementation, interpret=interpret, unroll=unroll
+  )
   o = o.reshape(b, h, n * chunk, dv)[:, :, :s]  # [b, h, s, v]
   return jnp.moveaxis(o, 1, 2), state
 

@@ -32,6 +32,11 @@ from jax.experimental.pallas import triton as pltriton
 COMPILER = dict(num_warps=4, num_stages=1)
 
 
+def _compiler_params():
+  """The Triton settings on a GPU; other backends (interpret, TPU) take their defaults."""
+  return pltriton.CompilerParams(**COMPILER) if jax.default_backend() == "gpu" else None
+
+
 def _dot(x, y, contract):  # 2-D matmul over (x axis, y axis), float32 accumulation
   return jax.lax.dot_general(x, y, (((contract[0],), (contract[1],)), ((), ())),
                              preferred_element_type=jnp.float32)  # fmt: skip
@@ -78,7 +83,7 @@ def _bwd_kernel(
   ds0_ref[...] = jax.lax.fori_loop(0, n, body, dsn_ref[...].astype(jnp.float32))
 
 
-def _specs(b, h, rows, dk, state_rows, c, block_v):
+def _specs(rows, dk, state_rows, c, block_v):
   whole = lambda width: pl.BlockSpec((None, None, rows, width), lambda bi, hi, j: (bi, hi, 0, 0))
   values = lambda r: pl.BlockSpec((None, None, r, block_v), lambda bi, hi, j: (bi, hi, 0, j))
   share = lambda r, width: pl.BlockSpec(  # this value block's share of a sum over v
@@ -100,7 +105,7 @@ def forward(qd, w, u, kd, P, a, state, *, chunk: int, block_v: int, interpret: b
   """-> (o [b, h, n*c, v], states entering each chunk [b, h, n*k, v], final state [b, h, k, v])."""
   b, h, rows, dk = qd.shape
   dv, state_rows = u.shape[-1], a.shape[2]
-  sp = _specs(b, h, rows, dk, state_rows, chunk, block_v)
+  sp = _specs(rows, dk, state_rows, chunk, block_v)
   f32 = jnp.float32
   return pl.pallas_call(
     functools.partial(_fwd_kernel, chunk=chunk),
@@ -113,7 +118,7 @@ def forward(qd, w, u, kd, P, a, state, *, chunk: int, block_v: int, interpret: b
       jax.ShapeDtypeStruct((b, h, dk, dv), f32),
     ],
     interpret=interpret,
-    compiler_params=pltriton.CompilerParams(**COMPILER),
+    compiler_params=_compiler_params(),
   )(qd, w, u, kd, P, a, state)
 
 
@@ -125,7 +130,7 @@ def backward(qd, w, u, kd, P, a, states, do, dstate, *, chunk: int, block_v: int
   b, h, rows, dk = qd.shape
   dv, state_rows = u.shape[-1], a.shape[2]
   nv = dv // block_v
-  sp = _specs(b, h, rows, dk, state_rows, chunk, block_v)
+  sp = _specs(rows, dk, state_rows, chunk, block_v)
   f32 = jnp.float32
   shares = lambda r, width: jax.ShapeDtypeStruct((b, h, nv, r, width), f32)
   return pl.pallas_call(
@@ -161,5 +166,5 @@ def backward(qd, w, u, kd, P, a, states, do, dstate, *, chunk: int, block_v: int
       jax.ShapeDtypeStruct((b, h, dk, dv), f32),
     ],  # fmt: skip
     interpret=interpret,
-    compiler_params=pltriton.CompilerParams(**COMPILER),
+    compiler_params=_compiler_params(),
   )(qd, w, u, kd, P, a, states, do, dstate)
