@@ -21,8 +21,9 @@ plus backward, same inputs, same process: median time of each, the ratio, and
 the largest difference of outputs and gradients relative to the reference's
 largest value (flash attention GQA causal, MLA in latent space, sparse
 attention over top-k slots, the chunked DeltaNet with its state-pass kernel);
-for flash attention also its TFLOP/s (causal FLOPs: half the square) and the
-time of jax.nn.dot_product_attention(implementation="cudnn") on the same inputs.
+each kernel's TFLOP/s (the math's matmul FLOPs over the visible pairs), and for
+flash attention the time of jax.nn.dot_product_attention(implementation=
+"cudnn") on the same inputs.
 """
 
 import argparse
@@ -229,8 +230,10 @@ def bench_attention(args):
 
 
 def _kernel_cases(tokens: int, dtype, interpret: bool):
-  """(name, inputs, fn(implementation, *inputs) -> output, fwd + bwd FLOPs or None) of each
-  kernel; flash attention also takes implementation "cudnn" (jax.nn.dot_product_attention)."""
+  """(name, inputs, fn(implementation, *inputs) -> output, fwd + bwd FLOPs, cudnn) of each
+  kernel; where `cudnn`, fn also takes implementation "cudnn" (jax.nn.dot_product_attention).
+  FLOPs count the matmuls of the math (2 per multiply-add) over the visible pairs, not
+  what a kernel recomputes: attention 7 matmuls (fwd QK, PV; bwd QK, dP, dV, dQ, dK)."""
   from modeling.attention import linear  # noqa: PLC0415
   from modeling.attention import sparse  # noqa: PLC0415
   from pallas_kernels.flash_attention import ops as flash_ops  # noqa: PLC0415
@@ -243,47 +246,61 @@ def _kernel_cases(tokens: int, dtype, interpret: bool):
   b, s = 1, tokens
   seg = jnp.ones((b, s), jnp.int32)
   unit = lambda x: x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+  causal_pairs = s * (s + 1) / 2
   cases = []
-  h, kh, d = 32, 8, 128  # GQA 4, Llama / Qwen3 sized heads
-  cases.append((
-    f"flash attention causal, {h} heads / {kh} kv, d {d}",
-    (normal(b, s, h, d), normal(b, s, kh, d), normal(b, s, kh, d)),
-    lambda impl, q, k, v: jax.nn.dot_product_attention(
-      q, k, v, scale=d**-0.5, is_causal=True, implementation="cudnn") if impl == "cudnn"
-    else flash_ops.flash_attention(
-      q, k, v, segment_ids=seg, scale=d**-0.5, implementation=impl, interpret=interpret)[0],
-    14 * b * h * s * s * d / 2,  # fwd QK, PV + bwd QK, dV, dP, dQ, dK: 7 matmuls, half causal
-  ))  # fmt: skip
+  for h, kh, d, window in ((32, 8, 128, 0), (16, 8, 128, 1024)):  # Llama/Qwen3; Gemma 3 local
+    pairs = window * s - window * (window - 1) / 2 if 0 < window < s else causal_pairs
+    label = "causal" if not window else f"window {window}"
+    cudnn_window = None if not window else (window - 1, 0)
+    cases.append((
+      f"flash attention {label}, {h} heads / {kh} kv, d {d}",
+      (normal(b, s, h, d), normal(b, s, kh, d), normal(b, s, kh, d)),
+      lambda impl, q, k, v, d=d, window=window, cw=cudnn_window: jax.nn.dot_product_attention(
+        q, k, v, scale=d**-0.5, is_causal=True, local_window_size=cw, implementation="cudnn")
+      if impl == "cudnn" else flash_ops.flash_attention(
+        q, k, v, segment_ids=seg, scale=d**-0.5, window=window, implementation=impl,
+        interpret=interpret)[0],
+      7 * 2 * b * h * pairs * d,
+      True,
+    ))  # fmt: skip
   h, c, r = 16, 512, 64  # DeepSeek-V3's latent 512 + rope 64
+  qk, pv = c + r, c  # widths of the QK-type matmuls (QK, dQ, dK) and PV-type (PV, dP, dV)
   cases.append((
     f"MLA latent, {h} heads, c {c} + rope {r}",
     (normal(b, s, h, c), normal(b, s, h, r), normal(b, s, c), normal(b, s, r)),
     lambda impl, ql, qp, ckv, kp: mla_ops.mla_attention(
       ql, qp, ckv, kp, segment_ids=seg, scale=(c + r) ** -0.5, implementation=impl,
       interpret=interpret)[0],
-    None,
+    2 * b * h * causal_pairs * (4 * qk + 3 * pv),
+    False,
   ))  # fmt: skip
   topk = min(512, s // 2)
   scores = jnp.where(sparse.valid_keys(seg, 0), normal(b, s, s, dt=jnp.float32), sparse.NEG)
   indices = sparse.select(scores, topk)
+  slots = float(jnp.sum(indices >= 0))  # filled slots: the pairs attended
   cases.append((
     f"sparse attention top-{topk}, {h} heads MQA, d {c + r} / dv {c}",
     (normal(b, s, h, c + r), normal(b, s, 1, c + r), normal(b, s, 1, c)),
     lambda impl, q, k, v: sparse_ops.sparse_attention(
       q, k, v, indices, scale=(c + r) ** -0.5, chunk=256, implementation=impl,
       interpret=interpret)[0],
-    None,
+    2 * h * slots * (4 * qk + 3 * pv),
+    False,
   ))  # fmt: skip
-  h, dk = 32, 128  # Qwen3-Next's 32 value heads of 128 (key heads repeated)
+  h, dk, chunk = 32, 128, 64  # Qwen3-Next's 32 value heads of 128 (key heads repeated)
   g = -jax.nn.softplus(normal(b, s, h, dt=jnp.float32))
   beta = jax.nn.sigmoid(normal(b, s, h, dt=jnp.float32))
   kernel_of = {"pallas": "pallas_interpret" if interpret else "pallas", "reference": "xla"}
+  # per head and chunk, forward: k k^T, u = T v, w = T k, P = q k^T, P v_new (5 of c x c x d),
+  # w S, q S, k^T v_new (3 of c x d x d); backward about twice the forward
+  delta_flops = 3 * b * h * (s // chunk) * 2 * (5 * chunk * chunk * dk + 3 * chunk * dk * dk)
   cases.append((
-    f"gated DeltaNet chunked (chunk 64), {h} heads, dk = dv = {dk}",
+    f"gated DeltaNet chunked (chunk {chunk}), {h} heads, dk = dv = {dk}",
     (unit(normal(b, s, h, dk, dt=jnp.float32)), unit(normal(b, s, h, dk, dt=jnp.float32)),
      normal(b, s, h, dk, dt=jnp.float32)),
-    lambda impl, q, k, v: linear.chunked(q, k, v, g, beta, chunk=64, kernel=kernel_of[impl])[0],
-    None,
+    lambda impl, q, k, v: linear.chunked(q, k, v, g, beta, chunk=chunk, kernel=kernel_of[impl])[0],
+    delta_flops,
+    False,
   ))  # fmt: skip
   return cases
 
@@ -295,7 +312,7 @@ def bench_kernels(args):
         f"(DeltaNet float32); forward + backward, median of {args.repeats}")  # fmt: skip
   print(f"  {'kernel':58s} {'ms xla':>8} {'ms pallas':>10} {'xla/pallas':>11} {'max rel diff':>13} "
         f"{'TFLOP/s':>8} {'ms cudnn':>9} {'cudnn/pallas':>13}")  # fmt: skip
-  for name, inputs, fn, flops in _kernel_cases(args.tokens, dtype, args.interpret):
+  for name, inputs, fn, flops, has_cudnn in _kernel_cases(args.tokens, dtype, args.interpret):
     cot = jax.random.normal(
       jax.random.key(1), jax.eval_shape(lambda *xs: fn("reference", *xs), *inputs).shape
     )
@@ -305,7 +322,7 @@ def bench_kernels(args):
       return jnp.sum(out.astype(jnp.float32) * cot), out
 
     argnums = tuple(range(1, len(inputs) + 1))
-    impls = ("reference", "pallas") + (("cudnn",) if flops and not args.interpret else ())
+    impls = ("reference", "pallas") + (("cudnn",) if has_cudnn and not args.interpret else ())
     results, times = {}, {}
     step = jax.jit(jax.grad(loss, argnums=argnums, has_aux=True), static_argnums=0)
     try:

@@ -24,19 +24,20 @@ def _inputs(seed, b, s, h, kh, d, dv, dtype, segments):
   return q, k, v, sinks, jnp.asarray(seg, jnp.int32)
 
 
-CASES = [  # (b, s, h, kh, d, dv, window, softcap, sinks, segments, block)
-  (2, 100, 4, 4, 32, 32, 0, 0.0, False, 1, 32),  # MHA, 100 = 3 blocks + 4
-  (1, 77, 8, 2, 16, 24, 0, 0.0, True, 3, 16),  # GQA 4, sinks, packed, dv != d
-  (2, 64, 8, 1, 16, 16, 20, 0.0, False, 2, 16),  # MQA (8), window 20 skips blocks
-  (1, 130, 4, 1, 32, 32, 48, 30.0, True, 4, 32),  # everything at once
-  (1, 96, 2, 2, 64, 64, 0, 5.0, False, 1, 64),  # soft-capping, one 64 block + pad
+CASES = [  # (b, s, h, kh, d, dv, window, softcap, sinks, segments, block, dkv_heads)
+  (2, 100, 4, 4, 32, 32, 0, 0.0, False, 1, 32, 0),  # MHA, 100 = 3 blocks + 4
+  (1, 77, 8, 2, 16, 24, 0, 0.0, True, 3, 16, 2),  # GQA 4 (dk/dv 2 heads a program), sinks, packed
+  (2, 64, 8, 1, 16, 16, 20, 0.0, False, 2, 16, 0),  # MQA (8), window 20 skips blocks
+  (1, 130, 4, 1, 32, 32, 48, 30.0, True, 4, 32, 1),  # everything at once
+  (1, 96, 2, 2, 64, 64, 0, 5.0, False, 1, 64, 0),  # soft-capping, one 64 block + pad
+  (1, 70, 4, 2, 48, 32, 0, 0.0, True, 2, 32, 0),  # q.k in column parts 32 + 16 (MLA's 128 + 64)
 ]
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("case", CASES, ids=lambda c: f"s{c[1]}h{c[2]}kh{c[3]}w{c[6]}")
 def test_kernel_matches_reference_outputs_and_gradients(case, dtype):
-  b, s, h, kh, d, dv, window, softcap, with_sinks, segments, block = case
+  b, s, h, kh, d, dv, window, softcap, with_sinks, segments, block, dkv_heads = case
   q, k, v, sinks, seg = _inputs(s + h, b, s, h, kh, d, dv, dtype, segments)
   sinks = sinks if with_sinks else None
   kw = dict(segment_ids=seg, scale=d**-0.5, window=window, softcap=softcap)
@@ -45,7 +46,15 @@ def test_kernel_matches_reference_outputs_and_gradients(case, dtype):
   def loss(impl, q, k, v, sinks):
     if impl == "pallas":
       out, mx = ops.flash_attention(
-        q, k, v, sinks=sinks, block_q=block, block_k=block, interpret=True, **kw
+        q,
+        k,
+        v,
+        sinks=sinks,
+        block_q=block,
+        block_k=block,
+        dkv_heads=dkv_heads,
+        interpret=True,
+        **kw,
       )
     else:
       out, mx = reference.attention(q, k, v, sinks=sinks, **kw)

@@ -32,11 +32,13 @@ def _inputs(seed, b, s, h, kh, d, dv, dtype, topk, window, segments):
   return q, k, v, seg, sparse.select(scores, topk)
 
 
-CASES = [  # (b, s, h, kh, d, dv, topk, window, segments, block_k, sinks)
-  (2, 40, 4, 4, 32, 32, 12, 0, 1, 8, False),  # MHA; early queries have empty slots
-  (1, 37, 8, 2, 16, 24, 10, 0, 3, 4, True),  # GQA 4, packed, 10 slots = 2 blocks + 2, dv != d
-  (2, 33, 8, 1, 48, 32, 16, 9, 2, 16, False),  # MQA (8) as DSA runs it; window 9 < topk
-  (1, 50, 4, 1, 20, 16, 7, 20, 4, 64, True),  # block larger than the slots
+CASES = [  # (b, s, h, kh, d, dv, topk, window, segments, block_k, sinks, block_h)
+  (2, 40, 4, 4, 32, 32, 12, 0, 1, 8, False, 16),  # MHA; early queries have empty slots
+  (1, 37, 8, 2, 16, 24, 10, 0, 3, 4, True, 16),  # GQA 4, packed, 10 slots = 2 blocks + 2, dv != d
+  (2, 33, 8, 1, 48, 32, 16, 9, 2, 16, False, 16),  # MQA (8) as DSA runs it; window 9 < topk
+  (1, 50, 4, 1, 20, 16, 7, 20, 4, 64, True, 16),  # block larger than the slots
+  # 6 heads in 2 blocks of 4 (2 padding heads); q.k in column parts 32 + 16 (as 512 + 64)
+  (1, 29, 6, 1, 48, 32, 9, 0, 2, 8, True, 4),
 ]
 
 
@@ -45,7 +47,7 @@ CASES = [  # (b, s, h, kh, d, dv, topk, window, segments, block_k, sinks)
   "case", CASES, ids=lambda c: f"s{c[1]}h{c[2]}kh{c[3]}k{c[6]}w{c[7]}{'sinks' if c[10] else ''}"
 )
 def test_kernel_matches_reference_outputs_and_gradients(case, dtype):
-  b, s, h, kh, d, dv, topk, window, segments, block_k, with_sinks = case
+  b, s, h, kh, d, dv, topk, window, segments, block_k, with_sinks, block_h = case
   q, k, v, _, indices = _inputs(s + h, b, s, h, kh, d, dv, dtype, topk, window, segments)
   assert bool((indices < 0).any()) and bool((indices >= 0).any())  # both kinds of slot
   cotangent = jax.random.normal(jax.random.key(9), (b, s, h, dv), jnp.float32)
@@ -54,7 +56,7 @@ def test_kernel_matches_reference_outputs_and_gradients(case, dtype):
   def loss(impl, q, k, v, sinks):
     kw = dict(scale=d**-0.5, sinks=sinks, implementation=impl)
     if impl == "pallas":
-      kw |= dict(block_k=block_k, interpret=True)
+      kw |= dict(block_k=block_k, block_h=block_h, interpret=True)
     out, mx = ops.sparse_attention(q, k, v, indices, **kw)
     return jnp.sum(out.astype(jnp.float32) * cotangent), (out, mx)
 

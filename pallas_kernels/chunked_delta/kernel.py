@@ -24,17 +24,13 @@ import functools
 import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
-from jax.experimental.pallas import triton as pltriton
+
+from pallas_kernels import triton_params
 
 # Triton launch settings. On an H100 (jax 0.11.2, k = v = 128, chunk 64) block_v 64
 # at 4 warps ran the pass 1.8x slower than block_v 32, and the default pipelining
 # asked for more shared memory than the chip has (benchmarks/results/kernels_h100.txt).
 COMPILER = dict(num_warps=4, num_stages=1)
-
-
-def _compiler_params():
-  """The Triton settings on a GPU; other backends (interpret, TPU) take their defaults."""
-  return pltriton.CompilerParams(**COMPILER) if jax.default_backend() == "gpu" else None
 
 
 def _dot(x, y, contract):  # 2-D matmul over (x axis, y axis), float32 accumulation
@@ -118,7 +114,7 @@ def forward(qd, w, u, kd, P, a, state, *, chunk: int, block_v: int, interpret: b
       jax.ShapeDtypeStruct((b, h, dk, dv), f32),
     ],
     interpret=interpret,
-    compiler_params=_compiler_params(),
+    compiler_params=triton_params(**COMPILER),
   )(qd, w, u, kd, P, a, state)
 
 
@@ -166,5 +162,5 @@ def backward(qd, w, u, kd, P, a, states, do, dstate, *, chunk: int, block_v: int
       jax.ShapeDtypeStruct((b, h, dk, dv), f32),
     ],  # fmt: skip
     interpret=interpret,
-    compiler_params=_compiler_params(),
+    compiler_params=triton_params(**COMPILER),
   )(qd, w, u, kd, P, a, states, do, dstate)

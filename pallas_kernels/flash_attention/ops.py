@@ -13,6 +13,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from pallas_kernels import triton_params
 from pallas_kernels.flash_attention import kernel, reference
 
 IMPLEMENTATIONS = ("pallas", "reference")
@@ -28,11 +29,15 @@ class KernelConfig:
   interpret: bool
   has_sinks: bool
   value_dim: int = 0  # > 0: no v; the values are the keys' first value_dim columns
+  num_warps: int | None = None  # Triton launch settings (GPU only; None: 4 warps, 3 stages)
+  num_stages: int | None = None
+  dkv_heads: int = 0  # query heads per dk/dv program (0: all of a kv head's)
 
   def kernel_args(self):
     return dict(
       scale=self.scale, softcap=self.softcap, window=self.window, block_q=self.block_q,
       block_k=self.block_k, interpret=self.interpret, value_dim=self.value_dim,
+      compiler_params=triton_params(num_warps=self.num_warps, num_stages=self.num_stages),
     )  # fmt: skip
 
 
@@ -57,7 +62,9 @@ def _flash_bwd(cfg, res, cotangents):
   q, k, v, q_seg, k_seg, sinks, o, lse = res
   do, _ = cotangents  # max logits carry no gradient
   delta = jnp.sum(do.astype(jnp.float32) * o.astype(jnp.float32), axis=-1)  # [b, h, S]
-  dq, dk, dv = kernel.backward(q, k, v, q_seg, k_seg, do, lse, delta, **cfg.kernel_args())
+  dq, dk, dv = kernel.backward(
+    q, k, v, q_seg, k_seg, do, lse, delta, dkv_heads=cfg.dkv_heads, **cfg.kernel_args()
+  )
   dsinks = None
   if cfg.has_sinks:  # d sink = -sum_q p_sink(q) * delta(q); padding rows have delta 0
     p_sink = jnp.exp(sinks.astype(jnp.float32)[None, :, None] - lse)
@@ -89,9 +96,11 @@ def default_implementation() -> str:
 
 def flash_attention(
   q, k, v, *, segment_ids, scale: float, window: int = 0, softcap: float = 0.0, sinks=None,
-  block_q: int = 64, block_k: int = 64, implementation=None, interpret: bool = False,
+  block_q: int = 64, block_k: int = 64, dkv_heads: int = 0, implementation=None,
+  interpret: bool = False,
 ):  # fmt: skip
-  """(out [b, s, h, dv], max_logits [h]); see the module docstring."""
+  """(out [b, s, h, dv], max_logits [h]); see the module docstring. `dkv_heads`: query
+  heads per dk/dv program (0: all that share a kv head)."""
   implementation = implementation or ("pallas" if interpret else default_implementation())
   if implementation not in IMPLEMENTATIONS:
     raise ValueError(f"implementation={implementation!r} must be one of {IMPLEMENTATIONS}")
@@ -102,6 +111,7 @@ def flash_attention(
   if h % k.shape[2]:
     raise ValueError(f"{h} query heads are not a multiple of {k.shape[2]} kv heads")
   cfg = KernelConfig(
-    float(scale), float(softcap), int(window), block_q, block_k, bool(interpret), sinks is not None
-  )
+    float(scale), float(softcap), int(window), block_q, block_k, bool(interpret),
+    sinks is not None, dkv_heads=int(dkv_heads),
+  )  # fmt: skip
   return pad_and_run(q, k, v, segment_ids, sinks, cfg)
