@@ -194,6 +194,8 @@ def _dkv_kernel(
   k_idx = kj * block_k + jnp.arange(block_k)
   k_seg = kseg_ref[...]
 
+  shared = v_ref is None  # the values are dk's first column part: one accumulator for both
+
   def body(i, carry, n):
     dk, dv = carry
     start = i * block_q
@@ -207,25 +209,27 @@ def _dkv_kernel(
     )
     p = jnp.exp(s - lse[:, None])  # [bq, bk]
     tr = (((0,), (0,)), ((), ()))  # contract the query axis: p^T @ do
-    dv = dv + jax.lax.dot_general(p.astype(do.dtype), do, tr, preferred_element_type=jnp.float32)
+    pv = jax.lax.dot_general(p.astype(do.dtype), do, tr, preferred_element_type=jnp.float32)
     dp = jax.lax.dot_general(do, v, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    ds = p * (dp - delta[:, None])
+    ds = p * (dp - delta[:, None]) * scale
     if t is not None:
       ds = ds * (1 - t * t)
     ds = ds.astype(qs[0].dtype)
-    dk = tuple(a + jax.lax.dot_general(ds, q, tr, preferred_element_type=jnp.float32)
-               for a, q in zip(dk, qs))  # fmt: skip
-    return dk, dv
+    dk = [a + jax.lax.dot_general(ds, q, tr, preferred_element_type=jnp.float32)
+          for a, q in zip(dk, qs)]  # fmt: skip
+    if shared:
+      dk[0] = dk[0] + pv
+    else:
+      dv = dv + pv
+    return tuple(dk), dv
 
   lo, hi = _q_blocks(kj, block_q, block_k, window, num_q)
-  carry = (tuple(jnp.zeros(k.shape, jnp.float32) for k in ks), jnp.zeros(v.shape, jnp.float32))
+  dv = None if shared else jnp.zeros(v.shape, jnp.float32)
+  carry = (tuple(jnp.zeros(k.shape, jnp.float32) for k in ks), dv)
   for n in range(group):  # the query heads that share this kv head
     carry = jax.lax.fori_loop(lo, hi, functools.partial(body, n=n), carry)
   dk, dv = carry
-  dk = [x * scale for x in dk]
-  if dv_ref is None:  # the values are dk's first column part: their gradient joins it
-    dk[0] = dk[0] + dv
-  else:
+  if not shared:
     dv_ref[...] = dv.astype(dv_ref.dtype)
   store_columns(dk_ref, (slice(None),), dk, parts)
 
