@@ -90,6 +90,22 @@ CASES = {
     transformers.SmolLM3Config,
     dict(num_hidden_layers=4, no_rope_layer_interval=2),
   ),
+  # Bias on q/k/v but not o, YaRN (factor 4 over a 16-token context), a window of 8
+  # on the layers past max_window_layers (pattern global, local, local).
+  "qwen2": (
+    transformers.Qwen2ForCausalLM,
+    transformers.Qwen2Config,
+    dict(
+      num_hidden_layers=3,
+      use_sliding_window=True,
+      sliding_window=8,
+      max_window_layers=1,
+      max_position_embeddings=64,
+      rope_parameters=dict(
+        rope_type="yarn", rope_theta=1_000_000.0, factor=4.0, original_max_position_embeddings=16
+      ),
+    ),
+  ),
   # Sliding window on every layer.
   "mistral": (
     transformers.MistralForCausalLM,
@@ -147,7 +163,7 @@ def test_packed_documents_match_hf_run_separately(pair):
   assert np.abs(ours - theirs).max() <= TOL
 
 
-@pytest.mark.parametrize("pair", ["gemma3", "mistral"], indirect=True)
+@pytest.mark.parametrize("pair", ["gemma3", "mistral", "qwen2"], indirect=True)
 def test_sliding_window_matches_hf_past_the_window(pair):
   _, hf_model, (config, model) = pair
   assert config.model.sliding_window == 8  # SEQ = 32 tokens span four windows.
@@ -180,6 +196,14 @@ def test_config_captures_family_features(pair):
     "olmo2": dict(family="olmo2", norm_placement="post", qk_norm="full", rope_theta=500_000.0),
     "smollm3": dict(family="smollm3", rope_pattern=("rope", "nope"), tie_embeddings=True),
     "mistral": dict(family="mistral", attention_pattern=("local",), sliding_window=8),
+    "qwen2": dict(
+      family="qwen2",
+      qkv_bias=True,
+      out_bias=False,
+      qk_norm="none",
+      attention_pattern=("global", "local", "local"),
+      sliding_window=8,
+    ),
   }[name]
   assert {k: m[k] for k in expected} == expected
 

@@ -144,6 +144,18 @@ CASES = {
       norm_topk_prob=False,
     ),
   ),
+  # Every FFN softmax top-2 of 8 renormalised (experts of the FFN width), a window of 8.
+  "mixtral": (
+    transformers.MixtralForCausalLM,
+    transformers.MixtralConfig,
+    dict(
+      num_hidden_layers=2,
+      intermediate_size=32,
+      num_local_experts=8,
+      num_experts_per_tok=2,
+      sliding_window=8,
+    ),
+  ),
   # Half-rotary heads, q/k/v bias, QK-norm, 1 dense layer, sigmoid routing
   # over 2 groups of which 1 is used, a shared expert.
   "glm4_moe": (
@@ -404,6 +416,17 @@ def test_config_captures_family_features(pair):
       "moe.aux_free_bias": True,
       "moe.n_group": 2,
       "moe.routed_scaling": 2.446,
+    },
+    "mixtral": {
+      "qk_norm": "none",
+      "attention_pattern": ("local",),
+      "sliding_window": 8,
+      "ffn_pattern": ("moe",),
+      "moe.router": "softmax",
+      "moe.norm_topk": True,
+      "moe.aux_free_bias": False,
+      "moe.num_shared_experts": 0,
+      "moe.expert_mlp_dim": 32,
     },
     "qwen3_moe": {
       "qk_norm": "head",

@@ -15,6 +15,8 @@ PUBLISHED = [  # (family, preset, published total params)
   ("olmo2", "7b", 7.30e9),  # OLMo-2-1124-7B
   ("smollm3", "3b", 3.08e9),  # SmolLM3-3B
   ("mistral", "small_24b", 23.6e9),  # Mistral-Small-24B-Base-2501
+  ("qwen2", "7b", 7.61e9),  # Qwen2.5-7B model card
+  ("qwen2", "72b", 72.7e9),  # Qwen2.5-72B model card
 ]
 
 

@@ -64,6 +64,13 @@ DEEPSEEK_MOE_FIELDS = {
   "moe.num_shared_experts": "n_shared_experts",
 }
 DEEPSEEK_MOE_MODEL = {"moe.router": "sigmoid", "moe.aux_free_bias": True}
+# Mixtral-style experts (MiniMax-M2 too): num_local_experts of intermediate_size each.
+MIXTRAL_MOE_FIELDS = {
+  **COMMON_FIELDS,
+  "moe.num_experts": "num_local_experts",
+  "moe.top_k": "num_experts_per_tok",
+  "moe.expert_mlp_dim": "intermediate_size",
+}
 # DeepSeek Sparse Attention's lightning indexer (V3.2, GLM-5).
 INDEXER_FIELDS = {
   "mla.indexer.num_heads": "index_n_heads",
@@ -413,6 +420,24 @@ FAMILIES = {
     norms=PRE_NORMS,
     layer_types=_qwen3_layer_types,
   ),
+  # Qwen2.5: bias on q/k/v only (HF hard-codes it), Qwen3's window layout, no QK-norm.
+  "qwen2": Family(
+    name="qwen2",
+    architecture="Qwen2ForCausalLM",
+    layout=_qwen3_layout,
+    fields=COMMON_FIELDS,
+    defaults=dict(
+      _LLAMA_DEFAULTS,
+      rms_norm_eps=1e-6,
+      use_sliding_window=False,
+      sliding_window=4096,
+      max_window_layers=28,
+      max_position_embeddings=32768,
+    ),
+    model=dict(qkv_bias=True, out_bias=False),
+    norms=PRE_NORMS,
+    layer_types=_qwen3_layer_types,
+  ),
   "gemma3_text": Family(
     name="gemma3",
     architecture="Gemma3ForCausalLM",
@@ -486,6 +511,29 @@ FAMILIES = {
     model={},
     norms=PRE_NORMS,
     layer_types=_mistral_layer_types,
+  ),
+  # Mixtral: Mistral's attention (a window on every layer if set), every FFN 8 SwiGLU
+  # experts under a softmax router whose top-k weights are renormalised.
+  "mixtral": Family(
+    name="mixtral",
+    architecture="MixtralForCausalLM",
+    fields=MIXTRAL_MOE_FIELDS,
+    defaults=dict(
+      _LLAMA_DEFAULTS,
+      rms_norm_eps=1e-5,
+      sliding_window=None,
+      num_local_experts=8,
+      num_experts_per_tok=2,
+      rope_theta=1_000_000.0,
+      max_position_embeddings=131_072,
+    ),
+    model={"moe.router": "softmax", "moe.norm_topk": True},
+    norms=PRE_NORMS,
+    layer_types=_mistral_layer_types,
+    ffn_layers=_all_moe,
+    weights=MIXTRAL_WEIGHTS,
+    required=dict(hidden_act="silu"),  # the experts are SwiGLU.
+    aliases={"num_experts": "num_local_experts"},
   ),
   "deepseek_v3": Family(name="deepseek_v3", **_DEEPSEEK_V3),
   # Kimi K2 ships DeepSeek-V3 code under its own model_type.
@@ -767,12 +815,7 @@ FAMILIES = {
   "minimax_m2": Family(
     name="minimax_m2",
     architecture="MiniMaxM2ForCausalLM",
-    fields={
-      **COMMON_FIELDS,
-      "moe.num_experts": "num_local_experts",
-      "moe.top_k": "num_experts_per_tok",
-      "moe.expert_mlp_dim": "intermediate_size",
-    },
+    fields=MIXTRAL_MOE_FIELDS,
     defaults=dict(
       _LLAMA_DEFAULTS,
       head_dim=128,
