@@ -144,6 +144,24 @@ CASES = {
       norm_topk_prob=False,
     ),
   ),
+  # q/k/v bias; layer 0 dense (mlp_only_layers), then softmax top-2 of 8 not renormalised
+  # plus a sigmoid-gated shared expert; a window of 8 on the even layers below 2.
+  "qwen2_moe": (
+    transformers.Qwen2MoeForCausalLM,
+    transformers.Qwen2MoeConfig,
+    dict(
+      num_hidden_layers=3,
+      mlp_only_layers=[0],
+      num_experts=8,
+      num_experts_per_tok=2,
+      moe_intermediate_size=32,
+      shared_expert_intermediate_size=48,
+      norm_topk_prob=False,
+      use_sliding_window=True,
+      sliding_window=8,
+      max_window_layers=2,
+    ),
+  ),
   # Every FFN softmax top-2 of 8 renormalised (experts of the FFN width), a window of 8.
   "mixtral": (
     transformers.MixtralForCausalLM,
@@ -416,6 +434,17 @@ def test_config_captures_family_features(pair):
       "moe.aux_free_bias": True,
       "moe.n_group": 2,
       "moe.routed_scaling": 2.446,
+    },
+    "qwen2_moe": {
+      "qkv_bias": True,
+      "out_bias": False,
+      "first_dense_layers": 1,
+      "ffn_pattern": ("moe",),
+      "moe.router": "softmax",
+      "moe.norm_topk": False,
+      "moe.num_shared_experts": 1,
+      "moe.shared_mlp_dim": 48,
+      "moe.shared_gate": True,
     },
     "mixtral": {
       "qk_norm": "none",

@@ -13,7 +13,7 @@ from tests.conftest import small_train_config
 from tests.test_sharding import MESHES, SINGLE, _run
 from trainer.trainer import Trainer
 
-FAMILIES = ("qwen2", "mixtral")
+FAMILIES = ("qwen2", "qwen2_moe", "mixtral")
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -30,7 +30,8 @@ def test_tiny_preset_trains(tmp_path, family):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_tiny_preset_shards(tmp_path, family):
   """(data 1, fsdp 2, tensor 2, expert 2): Qwen2's q/k/v biases split over `tensor`
-  with their heads, Mixtral's experts over `expert`."""
+  with their heads, the MoE families' experts over `expert`, Qwen2-MoE's shared
+  expert and its gate like a dense FFN."""
   losses, params = _run(tmp_path, family, SINGLE, devices=1)
   sharded_losses, sharded_params = _run(tmp_path, family, MESHES[2], devices=8)
   np.testing.assert_allclose(sharded_losses, losses, rtol=1e-5)

@@ -160,6 +160,18 @@ def _qwen3_moe_layer_types(hf):  # HF Qwen3-MoE windows every layer (no max_wind
   return [SLIDING if window else FULL] * hf["num_hidden_layers"]
 
 
+def _qwen2_moe_layer_types(
+  hf,
+):  # HF's default: a window on the even layers below max_window_layers.
+  if hf.get("layer_types"):
+    return hf["layer_types"]
+  window = hf["use_sliding_window"] and hf["sliding_window"]
+  return [
+    SLIDING if window and i % 2 == 0 and i < hf["max_window_layers"] else FULL
+    for i in range(hf["num_hidden_layers"])
+  ]
+
+
 def _gemma3_layer_types(hf):
   period = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
   return hf.get("layer_types") or [
@@ -245,6 +257,10 @@ def _layer_types_layout(m, lay):
 
 def _qwen3_layout(m, lay):
   return {"use_sliding_window": SLIDING in lay.types, "layer_types": lay.types}
+
+
+def _qwen2_moe_layout(m, lay):
+  return {**_qwen3_moe_layout(m, lay), "layer_types": lay.types}
 
 
 def _qwen3_moe_layout(m, lay):
@@ -566,6 +582,48 @@ FAMILIES = {
     ffn_layers=_qwen3_moe_ffn_layers,
     required=dict(hidden_act="silu"),  # routed experts are SwiGLU.
     aliases={"num_local_experts": "num_experts"},
+  ),
+  # Qwen2-MoE (Qwen1.5 / Qwen2 / Qwen2.5 MoE): q/k/v bias, softmax-routed fine-grained
+  # experts (top-k not renormalised by default) plus one shared expert behind a sigmoid gate.
+  "qwen2_moe": Family(
+    name="qwen2_moe",
+    architecture="Qwen2MoeForCausalLM",
+    layout=_qwen2_moe_layout,
+    fields={
+      **COMMON_FIELDS,
+      "qkv_bias": "qkv_bias",
+      "moe.num_experts": "num_experts",
+      "moe.top_k": "num_experts_per_tok",
+      "moe.expert_mlp_dim": "moe_intermediate_size",
+      "moe.norm_topk": "norm_topk_prob",
+      "moe.shared_mlp_dim": "shared_expert_intermediate_size",
+    },
+    defaults=dict(
+      _LLAMA_DEFAULTS,
+      qkv_bias=True,
+      use_sliding_window=False,
+      sliding_window=4096,
+      max_window_layers=28,
+      max_position_embeddings=32768,
+      decoder_sparse_step=1,
+      mlp_only_layers=None,
+      norm_topk_prob=False,
+      num_experts=60,
+      num_experts_per_tok=4,
+      moe_intermediate_size=1408,
+      shared_expert_intermediate_size=5632,
+    ),
+    model={
+      "out_bias": False,
+      "moe.router": "softmax",
+      "moe.num_shared_experts": 1,
+      "moe.shared_gate": True,
+    },
+    norms=PRE_NORMS,
+    layer_types=_qwen2_moe_layer_types,
+    ffn_layers=_qwen3_moe_ffn_layers,
+    weights=QWEN_SHARED_EXPERT_WEIGHTS,
+    required=dict(hidden_act="silu"),
   ),
   # Qwen3-Next: gated DeltaNet layers with gated softmax attention every 4th layer,
   # (1 + w) RMSNorms, partial RoPE, softmax-routed experts plus a gated shared expert.
