@@ -84,6 +84,23 @@ CASES = {
     transformers.Olmo2Config,
     dict(num_hidden_layers=2, rope_parameters=dict(rope_type="default", rope_theta=500_000.0)),
   ),
+  # Post-norm, QK-norm, windows of 8 on 3 of 4 layers, YaRN (factor 4 over a 16-token
+  # context) on the full-attention layer only.
+  "olmo3": (
+    transformers.Olmo3ForCausalLM,
+    transformers.Olmo3Config,
+    dict(
+      num_hidden_layers=4,
+      sliding_window=8,
+      max_position_embeddings=64,
+      rope_parameters={
+        "full_attention": dict(
+          rope_type="yarn", rope_theta=500_000.0, factor=4.0, original_max_position_embeddings=16
+        ),
+        "sliding_attention": dict(rope_type="default", rope_theta=500_000.0),
+      },
+    ),
+  ),
   # NoPE on every 2nd layer: pattern (rope, nope) scanned twice.
   "smollm3": (
     transformers.SmolLM3ForCausalLM,
@@ -163,7 +180,7 @@ def test_packed_documents_match_hf_run_separately(pair):
   assert np.abs(ours - theirs).max() <= TOL
 
 
-@pytest.mark.parametrize("pair", ["gemma3", "mistral", "qwen2"], indirect=True)
+@pytest.mark.parametrize("pair", ["gemma3", "mistral", "qwen2", "olmo3"], indirect=True)
 def test_sliding_window_matches_hf_past_the_window(pair):
   _, hf_model, (config, model) = pair
   assert config.model.sliding_window == 8  # SEQ = 32 tokens span four windows.
@@ -196,6 +213,15 @@ def test_config_captures_family_features(pair):
     "olmo2": dict(family="olmo2", norm_placement="post", qk_norm="full", rope_theta=500_000.0),
     "smollm3": dict(family="smollm3", rope_pattern=("rope", "nope"), tie_embeddings=True),
     "mistral": dict(family="mistral", attention_pattern=("local",), sliding_window=8),
+    "olmo3": dict(
+      family="olmo3",
+      norm_placement="post",
+      qk_norm="full",
+      attention_pattern=("local", "local", "local", "global"),
+      sliding_window=8,
+      rope_theta=500_000.0,
+      local_rope_theta=500_000.0,
+    ),
     "qwen2": dict(
       family="qwen2",
       qkv_bias=True,

@@ -13,7 +13,7 @@ from tests.conftest import small_train_config
 from tests.test_sharding import MESHES, SINGLE, _run
 from trainer.trainer import Trainer
 
-FAMILIES = ("qwen2", "qwen2_moe", "mixtral")
+FAMILIES = ("qwen2", "qwen2_moe", "olmo3", "mixtral")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -180,7 +180,7 @@ def _rope(m, fam, lay) -> dict:
   if SLIDING in lay.types and m.local_rope_theta:
     none = ml_collections.ConfigDict({"type": "none"})
     local = _rope_dict(m.local_rope_theta, none, m.partial_rotary_factor, 0.0)
-  if fam.local_theta_key:  # rope parameters nested per layer type (Gemma 3)
+  if fam.local_theta_key or fam.nested_rope:  # nested per layer type (Gemma 3, Olmo 3)
     out["rope_parameters"] = {FULL: glob, SLIDING: local or dict(glob)}
   elif local is not None:
     raise ValueError(

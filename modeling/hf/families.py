@@ -116,6 +116,8 @@ class Family:
   ffn_layers: Callable = _all_dense  # hf dict -> [DENSE | MOE] per layer.
   weights: dict = dataclasses.field(default_factory=dict)  # tensors.LAYER_WEIGHTS overrides.
   local_theta_key: str = ""  # pre-`rope_parameters` key of the sliding layers' theta.
+  nested_rope: bool = False  # `rope_parameters` nested per layer type even without a
+  #   local theta key (Olmo 3: YaRN on the full-attention layers only).
   partial_rotary: bool = False  # attention rotates only the leading dims of a head.
   rejected: dict = dataclasses.field(default_factory=dict)  # key -> value HF may hold
   #   that we cannot represent.
@@ -176,6 +178,12 @@ def _gemma3_layer_types(hf):
   period = hf.get("sliding_window_pattern") or hf.get("_sliding_window_pattern") or 6
   return hf.get("layer_types") or [
     SLIDING if (i + 1) % period else FULL for i in range(hf["num_hidden_layers"])
+  ]
+
+
+def _olmo3_layer_types(hf):  # HF default: 3 sliding layers, then a full one.
+  return hf.get("layer_types") or [
+    SLIDING if (i + 1) % 4 else FULL for i in range(hf["num_hidden_layers"])
   ]
 
 
@@ -498,6 +506,19 @@ FAMILIES = {
     defaults=dict(_LLAMA_DEFAULTS, rms_norm_eps=1e-5),
     model=dict(norm_placement="post", qk_norm="full"),
     norms=POST_NORMS,
+  ),
+  # Olmo 3: Olmo 2's post-norm and QK-norm, a window on 3 of every 4 layers, YaRN (when
+  # set) on the full-attention layers only.
+  "olmo3": Family(
+    name="olmo3",
+    architecture="Olmo3ForCausalLM",
+    layout=_layer_types_layout,
+    fields={**COMMON_FIELDS, **ATTENTION_BIAS},
+    defaults=dict(_LLAMA_DEFAULTS, rms_norm_eps=1e-5, sliding_window=4096, rope_theta=500_000.0),
+    model=dict(norm_placement="post", qk_norm="full"),
+    norms=POST_NORMS,
+    layer_types=_olmo3_layer_types,
+    nested_rope=True,
   ),
   "smollm3": Family(
     name="smollm3",
