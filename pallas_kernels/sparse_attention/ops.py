@@ -5,7 +5,8 @@ kernels; `interpret=True` runs them on CPU), "reference", or None: Pallas on
 GPU/TPU, the reference elsewhere. The slot count is padded to a multiple of
 `block_k` (a power of two) with empty slots, and the query heads of a kv head
 to a multiple of `block_h` (16 by default, the smallest Triton dot) with heads
-that have no output.
+that have no output; in interpret mode both blocks shrink to the next power of
+two of the slots and heads there are.
 """
 
 import dataclasses
@@ -92,8 +93,8 @@ def sparse_attention(
     raise ValueError(f"{h} query heads are not a multiple of {kh} kv heads")
   g = h // kh
   slots = indices.shape[-1]
-  block_k = min(block_k, pl_next_power_of_2(slots))
-  block_h = min(block_h, pl_next_power_of_2(g))
+  if interpret:  # no smallest Triton tile on CPU: small cases stay small
+    block_k, block_h = min(block_k, next_power_of_2(slots)), min(block_h, next_power_of_2(g))
   indices = jnp.pad(indices.astype(jnp.int32), ((0, 0), (0, 0), (0, -slots % block_k)),
                     constant_values=-1)  # fmt: skip
   heads = ((0, 0), (0, 0), (0, 0), (0, -g % block_h))  # padded heads: no sink, output dropped
@@ -111,5 +112,5 @@ def sparse_attention(
   return out, max_logits
 
 
-def pl_next_power_of_2(n: int) -> int:
+def next_power_of_2(n: int) -> int:
   return 1 << max(0, n - 1).bit_length()
