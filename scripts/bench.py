@@ -68,7 +68,7 @@ def step_tokens_per_s(config, batch, steps: int) -> tuple[float, float]:
     "step": np.int32(0),
     "params": params,
     "model_state": model_state,
-    "opt": tx.init(params),
+    "opt": state_lib.init_opt(tx, params, mesh),
   }
   start = time.perf_counter()
   step = jax.jit(train_step, donate_argnums=0).lower(state, batch).compile()

@@ -1,10 +1,14 @@
 """Shared tiny configs and helpers for the test suite."""
 
 import importlib
+import json
 import os
 import pathlib
+import subprocess
 import sys
+import tempfile
 
+import numpy as np
 import pytest
 
 try:  # transformers is the parity reference; with 2 intra-op threads beside JAX, torch's
@@ -21,6 +25,15 @@ except ImportError:
 # Subprocess tests pass FAST_COMPILE on with their own flags.
 FAST_COMPILE = "--xla_backend_optimization_level=1"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
+
+# JAX's persistent compilation cache, shared by the xdist workers and the subprocess
+# tests (they inherit the environment): many tests build the same tiny model on the
+# same mesh, and an executable read back from disk skips the whole XLA compile.
+os.environ.setdefault(
+  "JAX_COMPILATION_CACHE_DIR", str(pathlib.Path(tempfile.gettempdir()) / "jaxfrontier-test-cache")
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+os.environ.setdefault("JAX_COMPILATION_CACHE_MAX_SIZE", str(4 * 2**30))
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -54,3 +67,54 @@ def small_train_config(family: str = "llama3", **train):
 @pytest.fixture
 def root():
   return ROOT
+
+
+_RUN = """
+import json, sys
+import jax, numpy as np
+from flax import traverse_util
+from tests.conftest import small_train_config
+from trainer.trainer import Trainer
+family, mesh, workdir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+config = small_train_config(family, steps=3, log_every=1, batch_size=8)
+config.model.update(num_layers=3, num_heads=4, num_kv_heads=2 if family == "llama3" else 4)
+config.optim.warmup_steps = 1
+config.mesh.update(mesh)
+trainer = Trainer(config, workdir)
+initial = jax.tree.map(lambda x: x.sharding, trainer.state)
+trainer.run()
+# A state laid out as the step returns it: the step compiles once.
+same = lambda x, s: x.sharding.is_equivalent_to(s, x.ndim)
+assert all(jax.tree.leaves(jax.tree.map(same, trainer.state, initial)))
+flat = traverse_util.flatten_dict(jax.device_get(trainer.state["params"]))
+np.savez(workdir + "/params.npz", **{"/".join(map(str, k)): v for k, v in flat.items()})
+"""
+
+MESHES = [  # (data, fsdp, tensor, expert)
+  dict(data=8, fsdp=1, tensor=1, expert=1),
+  dict(data=1, fsdp=8, tensor=1, expert=1),
+  dict(data=1, fsdp=2, tensor=2, expert=2),
+  dict(data=2, fsdp=1, tensor=1, expert=4),
+]
+SINGLE = dict(data=1, fsdp=1, tensor=1, expert=1)
+
+
+def run_on_mesh(tmp_path, family: str, mesh: dict, devices: int) -> tuple[list[float], dict]:
+  """3 train steps of a 3-layer `family` preset on `mesh` in a subprocess with
+  `devices` fake CPU devices -> (losses, params by "/"-joined path)."""
+  env = dict(
+    os.environ, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count={devices}"
+  )
+  workdir = tmp_path / (family + "-" + "-".join(f"{k}{v}" for k, v in mesh.items()))
+  result = subprocess.run(
+    [sys.executable, "-c", _RUN, family, json.dumps(mesh), str(workdir)],
+    cwd=ROOT,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+  params = dict(np.load(workdir / "params.npz"))
+  return [r["loss"] for r in records if "loss" in r], params

@@ -9,8 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import small_train_config
-from tests.test_sharding import MESHES, SINGLE, _run
+from tests.conftest import MESHES, SINGLE, run_on_mesh, small_train_config
 from trainer.trainer import Trainer
 
 FAMILIES = ("qwen2", "qwen2_moe", "olmo3", "mixtral")
@@ -32,8 +31,8 @@ def test_tiny_preset_shards(tmp_path, family):
   """(data 1, fsdp 2, tensor 2, expert 2): Qwen2's q/k/v biases split over `tensor`
   with their heads, the MoE families' experts over `expert`, Qwen2-MoE's shared
   expert and its gate like a dense FFN."""
-  losses, params = _run(tmp_path, family, SINGLE, devices=1)
-  sharded_losses, sharded_params = _run(tmp_path, family, MESHES[2], devices=8)
+  losses, params = run_on_mesh(tmp_path, family, SINGLE, devices=1)
+  sharded_losses, sharded_params = run_on_mesh(tmp_path, family, MESHES[2], devices=8)
   np.testing.assert_allclose(sharded_losses, losses, rtol=1e-5)
   assert sharded_params.keys() == params.keys()
   # The key bias's gradient is zero up to rounding (a constant added to every key of

@@ -4,60 +4,10 @@ tiny model, over the meshes (data, fsdp, tensor, expert) of the spec (the MoE mo
 on those with an expert axis), and for DeepSeek Sparse Attention and the
 linear-attention layers on one mixed mesh."""
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
-from tests.conftest import FAST_COMPILE, ROOT
-
-_RUN = """
-import json, sys
-import jax, numpy as np
-from flax import traverse_util
-from tests.conftest import small_train_config
-from trainer.trainer import Trainer
-family, mesh, workdir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-config = small_train_config(family, steps=3, log_every=1, batch_size=8)
-config.model.update(num_layers=3, num_heads=4, num_kv_heads=2 if family == "llama3" else 4)
-config.optim.warmup_steps = 1
-config.mesh.update(mesh)
-trainer = Trainer(config, workdir)
-trainer.run()
-flat = traverse_util.flatten_dict(jax.device_get(trainer.state["params"]))
-np.savez(workdir + "/params.npz", **{"/".join(map(str, k)): v for k, v in flat.items()})
-"""
-
-MESHES = [  # (data, fsdp, tensor, expert)
-  dict(data=8, fsdp=1, tensor=1, expert=1),
-  dict(data=1, fsdp=8, tensor=1, expert=1),
-  dict(data=1, fsdp=2, tensor=2, expert=2),
-  dict(data=2, fsdp=1, tensor=1, expert=4),
-]
-SINGLE = dict(data=1, fsdp=1, tensor=1, expert=1)
-
-
-def _run(tmp_path, family: str, mesh: dict, devices: int) -> tuple[list[float], dict]:
-  env = dict(
-    os.environ, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count={devices}"
-  )
-  workdir = tmp_path / (family + "-" + "-".join(f"{k}{v}" for k, v in mesh.items()))
-  result = subprocess.run(
-    [sys.executable, "-c", _RUN, family, json.dumps(mesh), str(workdir)],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
-  assert result.returncode == 0, result.stderr[-3000:]
-  records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-  params = dict(np.load(workdir / "params.npz"))
-  return [r["loss"] for r in records if "loss" in r], params
-
+from tests.conftest import MESHES, SINGLE, run_on_mesh
 
 # Llama 3 over every mesh; the MoE model over the meshes with an expert axis (pure
 # data and pure fsdp shard it like the dense model, and cost CI minutes).
@@ -71,7 +21,7 @@ def single(tmp_path_factory):
 
   def get(family):
     if family not in runs:
-      runs[family] = _run(tmp_path_factory.mktemp(family), family, SINGLE, devices=1)
+      runs[family] = run_on_mesh(tmp_path_factory.mktemp(family), family, SINGLE, devices=1)
     return runs[family]
 
   return get
@@ -82,7 +32,7 @@ def single(tmp_path_factory):
 )
 def test_sharded_steps_match_single_device(tmp_path, single, family, mesh):
   losses, params = single(family)
-  sharded_losses, sharded_params = _run(tmp_path, family, mesh, devices=8)
+  sharded_losses, sharded_params = run_on_mesh(tmp_path, family, mesh, devices=8)
   assert len(losses) == 3
   np.testing.assert_allclose(sharded_losses, losses, rtol=1e-5)
   assert sharded_params.keys() == params.keys()
@@ -96,8 +46,8 @@ def test_attention_variants_sharded_steps_match_single_device(tmp_path, family):
   (indexer top-k inside each MLA layer, sharded top_k), and gated DeltaNet layers
   (3 layers, key heads and their value-head groups over `tensor`). KDA runs the same
   chunked core with plain `heads` axes, so it is left out to keep CI short."""
-  losses, params = _run(tmp_path, family, SINGLE, devices=1)
-  sharded_losses, sharded_params = _run(tmp_path, family, MESHES[2], devices=8)
+  losses, params = run_on_mesh(tmp_path, family, SINGLE, devices=1)
+  sharded_losses, sharded_params = run_on_mesh(tmp_path, family, MESHES[2], devices=8)
   np.testing.assert_allclose(sharded_losses, losses, rtol=1e-5)
   # Sums in another order: Adam normalises a few near-zero gradients (decay gates,
   # rare embedding rows, dt_bias ~1, the DeltaNet beta/alpha projection) and moves

@@ -39,11 +39,6 @@ def _param_fractions(cfg: DecoderConfig, mesh, table) -> dict:
   return state_lib.nested(params, lambda v: _shard_fraction(spec(v), mesh))
 
 
-def _masked(leaf) -> bool:
-  """optax.partition's stand-in for a param another branch owns (no state here)."""
-  return isinstance(leaf, optax.MaskedNode)
-
-
 def _abstract_params(cfg: DecoderConfig, dtype) -> dict:
   _, params, _ = state_lib.abstract(cfg)
   return state_lib.nested(params, lambda v: jax.ShapeDtypeStruct(v.shape, dtype))
@@ -79,11 +74,11 @@ def memory_plan(config, cfg: DecoderConfig, mesh_sizes: dict, table) -> dict:
   # Optimizer leaves shaped like a param are sharded like it; the rest (counts) replicate.
   opt_bytes = optax.tree_utils.tree_map_params(
     tx,
-    lambda leaf, f: 0 if _masked(leaf) else leaf.size * leaf.dtype.itemsize * f,
+    lambda leaf, f: 0 if state_lib.masked(leaf) else leaf.size * leaf.dtype.itemsize * f,
     opt_state,
     fractions,
     transform_non_params=lambda leaf: leaf.size * leaf.dtype.itemsize,
-    is_leaf=_masked,
+    is_leaf=state_lib.masked,
   )
   opt_bytes = sum(jax.tree.leaves(opt_bytes))
   return {
@@ -128,16 +123,10 @@ def _abstract_state(cfg: DecoderConfig, mesh, tx, table):
   )
   replicated = NamedSharding(mesh, P())
   opt = jax.eval_shape(tx.init, params)
-  opt_shardings = optax.tree_utils.tree_map_params(
-    tx,
-    lambda leaf, s: leaf if _masked(leaf) else s,
-    opt,
-    param_shardings,
-    transform_non_params=lambda _: replicated,
-    is_leaf=_masked,
-  )
   opt = jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), opt, opt_shardings
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+    opt,
+    state_lib.opt_shardings(tx, opt, param_shardings, mesh),
   )
   step = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
   return {"step": step, "params": params, "model_state": rest, "opt": opt}

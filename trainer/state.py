@@ -6,6 +6,7 @@ jit with those out_shardings, so the full model never sits on one device.
 """
 
 import jax
+import optax
 from flax import nnx, traverse_util
 
 from modeling.config import DecoderConfig, MoeConfig
@@ -47,6 +48,34 @@ def shardings(cfg: DecoderConfig, mesh, table=rules.RULES) -> tuple[dict, dict]:
     mesh, rules.partition_spec(variable_axes(v), v.shape, mesh, table)
   )
   return nested(params, one), nested(rest, one)
+
+
+def masked(leaf) -> bool:
+  """optax.partition's stand-in for a param another branch owns (no state here)."""
+  return isinstance(leaf, optax.MaskedNode)
+
+
+def opt_shardings(tx, opt, param_shardings, mesh):
+  """Shardings of the optimizer state `opt` (real or abstract): each tree in it
+  that mirrors the params is laid out like them, the rest (counts) replicated."""
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  return optax.tree_utils.tree_map_params(
+    tx,
+    lambda leaf, sharding: leaf if masked(leaf) else sharding,
+    opt,
+    param_shardings,
+    transform_non_params=lambda _: replicated,
+    is_leaf=masked,
+  )
+
+
+def init_opt(tx, params, mesh):
+  """tx.init(params) created in its shardings. Left to jit, the zeros land
+  uncommitted on one device, and the first train step compiles for that layout,
+  then again for the sharded one it returns."""
+  param_shardings = jax.tree.map(lambda p: p.sharding, params)
+  out = opt_shardings(tx, jax.eval_shape(tx.init, params), param_shardings, mesh)
+  return jax.jit(tx.init, out_shardings=out)(params)
 
 
 def param_count(cfg: DecoderConfig, include_mtp: bool = False) -> int:

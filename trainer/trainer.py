@@ -278,11 +278,12 @@ class Trainer:
       precision.policy(config.precision).opt_state_dtype,
       trainable=trainable,
     )
+    replicated = jax.sharding.NamedSharding(self.mesh, jax.sharding.PartitionSpec())
     self.state = {
-      "step": jnp.zeros((), jnp.int32),
+      "step": jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=replicated)(),
       "params": params,
       "model_state": model_state,
-      "opt": jax.jit(tx.init)(params),
+      "opt": state_lib.init_opt(tx, params, self.mesh),
     }
     mtp_weight = mtp_weight_schedule(config.model.mtp, t.steps)
     step_cfg = self.model_cfg
