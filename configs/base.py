@@ -108,6 +108,8 @@ def get_config() -> ml_collections.ConfigDict:
   # warmup: attention stays dense, only the indexer trains (KL to the attention);
   # sparse: attention over the top-k, everything trains (the indexer on its KL only).
   m.mla.indexer.stage = "sparse"
+  # RoPE on the indexer's leading dims: half-split pairs (V3.2) or interleaved (GLM-5).
+  m.mla.indexer.rope_interleave = False
   m.mla.indexer.fp8 = False  # Hadamard + E4M3 (one scale per head_dim vector) on q/k.
   m.mla.indexer.loss_weight = 1.0  # weight of the indexer KL (summed over layers).
   # FFN kind per layer: layer i uses ffn_pattern[i % len] after the first

@@ -15,7 +15,7 @@ _MLA = dict(
   v_head_dim=128,
   rope_interleave=True,
 )
-_MOE = dict(
+MOE = dict(
   num_experts=256,
   top_k=8,
   expert_mlp_dim=2048,
@@ -52,7 +52,7 @@ PRESETS = {
       mtp=dict(depth=1),
       # Short CPU runs need a faster bias step than V3's 0.001 to balance within 300 steps.
       moe=dict(
-        _MOE,
+        MOE,
         num_experts=16,
         top_k=4,
         expert_mlp_dim=64,
@@ -77,7 +77,7 @@ PRESETS = {
       ffn_pattern=("moe",),
       first_dense_layers=3,
       mtp=dict(depth=1),
-      moe=_MOE,
+      moe=MOE,
       rope_theta=10_000.0,
       rope_scaling=dict(
         type="yarn",

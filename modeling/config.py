@@ -84,7 +84,8 @@ class IndexerConfig:
   num_heads: int  # indexer heads H (V3.2: 64).
   head_dim: int  # D (V3.2: 128).
   topk: int  # keys each query keeps (V3.2: 2048).
-  rope: RopeConfig  # half-split RoPE on the leading qk_rope_head_dim dims.
+  rope: RopeConfig  # RoPE on the leading qk_rope_head_dim dims (half-split unless
+  #   rope.interleave: GLM-5 rotates interleaved pairs).
   stage: str = "sparse"  # warmup (dense attention, indexer learns) | sparse (top-k).
   fp8: bool = False  # Hadamard-rotate q/k, then E4M3 with one scale per D-vector.
   loss_weight: float = 1.0  # weight of the indexer's KL in the loss.
@@ -501,12 +502,13 @@ def _indexer_config(m, rope: RopeConfig) -> IndexerConfig | None:
     f"model.mla.indexer.fp8 needs a power-of-two head_dim for the Hadamard transform; "
     f"got {i.head_dim}",
   )
-  # The indexer rotates half-split pairs whatever MLA does (DeepSeek's corrected reference).
+  # The indexer's RoPE layout is its own, whatever MLA's: V3.2 rotates half-split
+  # pairs (DeepSeek's corrected reference), GLM-5 interleaved ones.
   return IndexerConfig(
     num_heads=i.num_heads,
     head_dim=i.head_dim,
     topk=i.topk,
-    rope=dataclasses.replace(rope, interleave=False),
+    rope=dataclasses.replace(rope, interleave=bool(i.rope_interleave)),
     stage=i.stage,
     fp8=i.fp8,
     loss_weight=i.loss_weight,

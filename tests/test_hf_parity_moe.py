@@ -83,6 +83,23 @@ CASES = {
       index_topk=8,
     ),
   ),
+  # GLM-5: V3.2's layers with values wider than the query/key heads and an
+  # indexer that rotates interleaved RoPE pairs; one expert group.
+  "glm5": (
+    transformers.GlmMoeDsaForCausalLM,
+    transformers.GlmMoeDsaConfig,
+    dict(
+      _DEEPSEEK,
+      num_hidden_layers=3,
+      v_head_dim=24,
+      n_group=1,
+      topk_group=1,
+      n_shared_experts=1,
+      index_n_heads=16,
+      index_head_dim=16,
+      index_topk=8,
+    ),
+  ),
   # Gated DeltaNet x3 then gated softmax attention (1 + w norms, QK-norm, 1/4
   # rotary); layer 0 dense (mlp_only_layers), then softmax top-2 of 8 experts plus a
   # sigmoid-gated shared expert. Key heads 2 serve 4 value heads. rms_norm_eps 1e-5:
@@ -411,6 +428,14 @@ def test_config_captures_family_features(pair):
       "first_dense_layers": 1,
       "ffn_pattern": ("moe",),
     },
+    "glm5": {
+      "attention": "mla",
+      "mla.v_head_dim": 24,
+      "mla.indexer.rope_interleave": True,
+      "mla.indexer.topk": 8,
+      "moe.n_group": 1,
+      "first_dense_layers": 1,
+    },
     "qwen3_next": {
       "attention_pattern": ("linear", "linear", "linear", "global"),
       "attention_gate": True,
@@ -588,11 +613,31 @@ def test_gpt_oss_default_yarn_is_untruncated():
     ("deepseek_v3", "attention_bias", True),
     ("deepseek_v3", "scoring_func", "softmax"),
     ("qwen3_moe", "hidden_act", "gelu_pytorch_tanh"),
+    ("glm5", "indexer_rope_interleave", False),
   ],
 )
 def test_unrepresentable_fields_are_named(name, key, value):
   with pytest.raises(ValueError, match=f"{key}={value!r} is not supported"):
     hf.model_config_from_hf(dict(_config(name), **{key: value}))
+
+
+def test_glm5_hub_config_reads_as_the_saved_one_and_shared_indexers_are_named():
+  """Hub files give the indexer schedule as `index_topk_freq` / `index_skip_topk_offset`
+  (GLM-5.2: every 4th layer from layer 3 runs its indexer, the rest reuse its top-k)
+  where save_pretrained writes `indexer_types`. Every-layer schedules load alike;
+  shared layers are named as unsupported before anything is built."""
+  saved = _config("glm5")
+  hub = {k: v for k, v in saved.items() if k != "indexer_types"}
+  assert saved["indexer_types"] == ["full"] * 3
+  for config in (hub, dict(hub, index_topk_freq=1), dict(hub, index_topk_pattern="FFF")):
+    assert hf.model_config_from_hf(config).model == hf.model_config_from_hf(saved).model
+  for config in (
+    dict(saved, indexer_types=["full", "shared", "full"]),
+    dict(hub, index_topk_freq=4, index_skip_topk_offset=1),
+    dict(hub, index_topk_pattern="FSF"),
+  ):
+    with pytest.raises(ValueError, match="indexer_types \\['full', 'shared'\\] is not supported"):
+      hf.model_config_from_hf(config)
 
 
 def test_quantized_checkpoints_are_rejected():

@@ -23,6 +23,8 @@ PUBLISHED = [
   # GLM-4.5 report: 106B / 12B (Air), 355B / 32B; active excludes embedding and head.
   ("glm4_moe", "air", 106e9, 12e9, "embed+head"),
   ("glm4_moe", "full", 355e9, 32e9, "embed+head"),
+  # GLM-5 report: 744B / 40B (the MTP layer is extra), active as for GLM-4.5.
+  ("glm5", "full", 744e9, 40e9, "embed+head"),
   # gpt-oss model card: 20.91B / 3.61B, 116.83B / 5.13B; active counts the unembedding only.
   ("gpt_oss", "20b", 20.91e9, 3.61e9, "embed"),
   ("gpt_oss", "120b", 116.83e9, 5.13e9, "embed"),

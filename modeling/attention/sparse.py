@@ -5,8 +5,8 @@ The indexer scores every (query t, key s) pair with its own small heads:
   I[t, s] = sum_j w[t, j] * relu(q_I[t, j] . k_I[s] / sqrt(D)),  w = x W_w / sqrt(H)
 
 q_I reads MLA's normed query latent c_q (H heads of D dims); k_I = LayerNorm(x W_k)
-is one key head shared by all of them; both take half-split RoPE on their
-leading rope dims. With `fp8`, q_I and k_I are Hadamard-rotated (dot products
+is one key head shared by all of them; both take RoPE on their leading rope
+dims (half-split pairs in V3.2, interleaved ones in GLM-5). With `fp8`, q_I and k_I are Hadamard-rotated (dot products
 are unchanged) and rounded to E4M3 with one scale per D-vector, as V3.2 caches
 them. Each query keeps its `topk` best causal keys; MLA then attends to those
 only (`pallas_kernels/sparse_attention`, MQA over the latent when absorbed).

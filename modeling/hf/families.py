@@ -71,6 +71,13 @@ MIXTRAL_MOE_FIELDS = {
   "moe.top_k": "num_experts_per_tok",
   "moe.expert_mlp_dim": "intermediate_size",
 }
+# Qwen MoE families (Qwen2-MoE, Qwen3-MoE, Qwen3-Next): fine-grained experts.
+QWEN_MOE_FIELDS = {
+  "moe.num_experts": "num_experts",
+  "moe.top_k": "num_experts_per_tok",
+  "moe.expert_mlp_dim": "moe_intermediate_size",
+  "moe.norm_topk": "norm_topk_prob",
+}
 # DeepSeek Sparse Attention's lightning indexer (V3.2, GLM-5).
 INDEXER_FIELDS = {
   "mla.indexer.num_heads": "index_n_heads",
@@ -382,6 +389,47 @@ _DEEPSEEK_V32 = dict(
 )
 
 
+def _glm_moe_dsa_derived(hf):
+  """GLM-5.2 marks layers that reuse the previous full layer's top-k (`indexer_types`,
+  else `index_topk_pattern`, else every `index_topk_freq`-th layer from
+  `index_skip_topk_offset` runs its own); here every layer runs its own indexer."""
+  n, types = hf["num_hidden_layers"], hf.get("indexer_types")
+  if types is None and hf.get("index_topk_pattern") is not None:
+    types = [{"F": "full", "S": "shared"}.get(c, c) for c in hf["index_topk_pattern"]]
+  if types is None:
+    freq, offset = max(hf.get("index_topk_freq", 1), 1), hf.get("index_skip_topk_offset", 2)
+    types = ["full" if max(i - offset + 1, 0) % freq == 0 else "shared" for i in range(n)]
+  if set(types) != {"full"}:
+    raise ValueError(
+      f"config.json indexer_types {sorted(set(types))} is not supported for glm_moe_dsa: "
+      "layers sharing another layer's top-k are not implemented; only 'full'"
+    )
+  return {}
+
+
+# GLM-5: V3.2's MLA, indexer and MoE at GLM's sizes; HF's indexer rotates
+# interleaved RoPE pairs (hard-coded; hub files say so in `indexer_rope_interleave`).
+_GLM_MOE_DSA = dict(
+  _DEEPSEEK_V32,
+  defaults=dict(
+    _DEEPSEEK_V32["defaults"],
+    vocab_size=154_880,
+    q_lora_rank=2048,
+    qk_nope_head_dim=192,
+    v_head_dim=256,
+    n_group=1,
+    topk_group=1,
+    index_n_heads=32,
+    rms_norm_eps=1e-5,
+    max_position_embeddings=202_752,
+  ),
+  model={**_DEEPSEEK_V32["model"], "mla.indexer.rope_interleave": True},
+  architecture="GlmMoeDsaForCausalLM",
+  required=dict(_DEEPSEEK_V32["required"], indexer_rope_interleave=True),
+  derived=_glm_moe_dsa_derived,
+)
+
+
 def _kimi_linear_layer_types(hf):
   """`layer_types` when saved; else hub files' 1-based `linear_attn_config.full_attn_layers`;
   else HF's default (softmax at every 4th layer from layer 4, 0-based)."""
@@ -576,6 +624,7 @@ FAMILIES = {
   # Kimi K2 ships DeepSeek-V3 code under its own model_type.
   "kimi_k2": Family(name="kimi_k2", **_DEEPSEEK_V3),
   "deepseek_v32": Family(name="deepseek_v32", **_DEEPSEEK_V32),
+  "glm_moe_dsa": Family(name="glm5", **_GLM_MOE_DSA),
   "qwen3_moe": Family(
     name="qwen3_moe",
     architecture="Qwen3MoeForCausalLM",
@@ -583,10 +632,7 @@ FAMILIES = {
     fields={
       **COMMON_FIELDS,
       **ATTENTION_BIAS,
-      "moe.num_experts": "num_experts",
-      "moe.top_k": "num_experts_per_tok",
-      "moe.expert_mlp_dim": "moe_intermediate_size",
-      "moe.norm_topk": "norm_topk_prob",
+      **QWEN_MOE_FIELDS,
     },
     defaults=dict(
       _LLAMA_DEFAULTS,
@@ -613,10 +659,7 @@ FAMILIES = {
     fields={
       **COMMON_FIELDS,
       "qkv_bias": "qkv_bias",
-      "moe.num_experts": "num_experts",
-      "moe.top_k": "num_experts_per_tok",
-      "moe.expert_mlp_dim": "moe_intermediate_size",
-      "moe.norm_topk": "norm_topk_prob",
+      **QWEN_MOE_FIELDS,
       "moe.shared_mlp_dim": "shared_expert_intermediate_size",
     },
     defaults=dict(
@@ -654,10 +697,7 @@ FAMILIES = {
     layout=_qwen3_next_layout,
     fields={
       **COMMON_FIELDS,
-      "moe.num_experts": "num_experts",
-      "moe.top_k": "num_experts_per_tok",
-      "moe.expert_mlp_dim": "moe_intermediate_size",
-      "moe.norm_topk": "norm_topk_prob",
+      **QWEN_MOE_FIELDS,
       "moe.shared_mlp_dim": "shared_expert_intermediate_size",
       "linear.num_k_heads": "linear_num_key_heads",
       "linear.num_v_heads": "linear_num_value_heads",
