@@ -37,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.attention_sinks = False  # learned per-head logit in the softmax denominator (gpt-oss).
   m.attn_logit_softcap = 0.0  # >0: logits = cap*tanh(logits/cap) before masking (Gemma 2).
   m.final_logit_softcap = 0.0  # >0: same on the output logits.
+  m.logit_scale = 1.0  # multiplies the output logits, before final_logit_softcap (Grok: 0.5).
   m.query_pre_attn_scalar = 0.0  # >0: attention scale = this**-0.5 instead of head_dim**-0.5.
   m.embed_scale = False  # multiply embeddings by sqrt(embed_dim) (Gemma).
   m.tie_embeddings = False  # output head reuses the embedding table.
@@ -121,6 +122,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.moe.top_k = 2  # experts per token.
   m.moe.expert_mlp_dim = 0  # each routed expert's gated-MLP width.
   m.moe.router = "softmax"  # softmax | sigmoid | softmax_topk (softmax over the top-k logits).
+  m.moe.router_softcap = 0.0  # >0: router logits = cap*tanh(logits/cap) before scoring (Grok: 30).
   m.moe.norm_topk = True  # renormalise the selected weights to sum to 1.
   m.moe.n_group = 1  # group-limited routing: E experts in n_group groups ...
   m.moe.topk_group = 1  # ... of which each token may use the best topk_group.
@@ -131,7 +133,10 @@ def get_config() -> ml_collections.ConfigDict:
   m.moe.num_shared_experts = 0  # always-on experts, fused into one MLP.
   m.moe.shared_mlp_dim = 0  # width of that MLP; 0 = num_shared_experts * expert_mlp_dim.
   m.moe.shared_gate = False  # sigmoid gate on the shared expert (Qwen2-MoE).
-  m.moe.activation = "silu"  # silu (SwiGLU) | clamped_swiglu (gpt-oss).
+  m.moe.output_scale = 1.0  # multiplies the layer output, routed + shared experts together
+  #   (Grok's residual MoE: (moe + mlp) / sqrt(2)).
+  m.moe.activation = "silu"  # silu (SwiGLU) | gelu_tanh (GeGLU, Grok) | clamped_swiglu
+  #   (gpt-oss); the shared expert uses it too (silu or gelu_tanh).
   m.moe.swiglu_limit = 7.0  # clamped_swiglu: gate <= limit, |up| <= limit.
   m.moe.scale_inputs = False  # routing weight scales the expert's input, FFN(w*x),
   #   instead of its output (Llama 4).

@@ -142,6 +142,7 @@ class MoeConfig:
   top_k: int
   expert_mlp_dim: int
   router: str = "softmax"  # softmax | sigmoid | softmax_topk (softmax over the top-k logits)
+  router_softcap: float = 0.0  # > 0: logits = cap*tanh(logits/cap) before scoring.
   norm_topk: bool = True  # renormalise the selected weights to sum to 1.
   n_group: int = 1  # group-limited routing: experts in n_group groups,
   topk_group: int = 1  #   tokens only pick from the topk_group best groups.
@@ -151,7 +152,8 @@ class MoeConfig:
   num_shared_experts: int = 0
   shared_mlp_dim: int = 0  # width of the (fused) shared expert MLP.
   shared_gate: bool = False  # sigmoid gate on the shared expert output.
-  activation: str = "silu"  # silu | clamped_swiglu
+  output_scale: float = 1.0  # y = output_scale * (routed + shared).
+  activation: str = "silu"  # silu | gelu_tanh | clamped_swiglu (routed and shared experts)
   swiglu_limit: float = 7.0  # clamped_swiglu's clamp.
   expert_bias: bool = False  # biases on the expert projections.
   scale_inputs: bool = False  # the routing weight scales the expert input, not output.
@@ -191,6 +193,7 @@ class DecoderConfig:
   tie_embeddings: bool = False
   embed_scale: bool = False
   final_softcap: float = 0.0
+  logit_scale: float = 1.0  # logits *= logit_scale, before final_softcap.
   init_std: float = 0.02
   z_loss: float = 0.0
   scan_layers: bool = True
@@ -286,6 +289,7 @@ def decoder_config(
     f"model.partial_rotary_factor={m.partial_rotary_factor} gives an odd or empty "
     f"rotary dim {rotary_dim} for head_dim {head_dim}",
   )
+  _check(m.logit_scale > 0, f"model.logit_scale={m.logit_scale} must be positive (1.0 = off)")
   _choice("precision.param_dtype", param_dtype, DTYPES)
   _choice("precision.compute_dtype", compute_dtype, DTYPES)
 
@@ -366,6 +370,7 @@ def decoder_config(
     tie_embeddings=m.tie_embeddings,
     embed_scale=m.embed_scale,
     final_softcap=m.final_logit_softcap,
+    logit_scale=m.logit_scale,
     init_std=m.init_std,
     z_loss=m.z_loss,
     scan_layers=m.scan_layers,
@@ -421,6 +426,7 @@ def _moe_config(m, fp8: Fp8 | None) -> MoeConfig:
     top_k=e.top_k,
     expert_mlp_dim=e.expert_mlp_dim,
     router=e.router,
+    router_softcap=e.router_softcap,
     norm_topk=e.norm_topk,
     n_group=e.n_group,
     topk_group=e.topk_group,
@@ -430,6 +436,7 @@ def _moe_config(m, fp8: Fp8 | None) -> MoeConfig:
     num_shared_experts=e.num_shared_experts,
     shared_mlp_dim=e.shared_mlp_dim or e.num_shared_experts * e.expert_mlp_dim,
     shared_gate=e.shared_gate,
+    output_scale=e.output_scale,
     activation=e.activation,
     swiglu_limit=e.swiglu_limit,
     expert_bias=e.expert_bias,

@@ -197,6 +197,8 @@ class Decoder(nnx.Module):
 
   def _logits(self, x, head):
     logits = jnp.einsum("bse,ev->bsv", x, head, preferred_element_type=jnp.float32)
+    if self.cfg.logit_scale != 1.0:
+      logits = logits * self.cfg.logit_scale
     if self.cfg.final_softcap > 0:
       logits = self.cfg.final_softcap * jnp.tanh(logits / self.cfg.final_softcap)
     return logits

@@ -29,13 +29,18 @@ def _silu_glu(gate, up, limit):
   return jax.nn.silu(gate) * up
 
 
+def _gelu_tanh_glu(gate, up, limit):
+  del limit
+  return jax.nn.gelu(gate, approximate=True) * up
+
+
 def _clamped_swiglu(gate, up, limit):
   gate = jnp.minimum(gate, limit)
   up = jnp.clip(up, -limit, limit)
   return (up + 1.0) * gate * jax.nn.sigmoid(1.702 * gate)
 
 
-ACTIVATIONS = {"silu": _silu_glu, "clamped_swiglu": _clamped_swiglu}
+ACTIVATIONS = {"silu": _silu_glu, "gelu_tanh": _gelu_tanh_glu, "clamped_swiglu": _clamped_swiglu}
 
 
 class Experts(nnx.Module):

@@ -1,6 +1,7 @@
 """Mixture-of-experts MLP: router + routed experts + optional (gated) shared expert.
 
-y = Σ_k w_k · FFN_{i_k}(x) + [σ(x · g)] · Shared(x). Letters: b batch,
+y = c · (Σ_k w_k · FFN_{i_k}(x) + [σ(x · g)] · Shared(x)), c = output_scale.
+The shared expert sees every token, whatever the router picks. Letters: b batch,
 s seq, e embed, x experts (E).
 """
 
@@ -24,7 +25,7 @@ class MoE(nnx.Module):
     self.experts = Experts(cfg, rngs=rngs, param_dtype=param_dtype)
     if cfg.shared_mlp_dim > 0:
       shared = MlpConfig(
-        e, cfg.shared_mlp_dim, activation="silu", init_std=cfg.init_std, fp8=cfg.fp8
+        e, cfg.shared_mlp_dim, activation=cfg.activation, init_std=cfg.init_std, fp8=cfg.fp8
       )
       self.shared = GatedMLP(shared, rngs=rngs, param_dtype=param_dtype)
     if cfg.shared_gate:
@@ -45,4 +46,6 @@ class MoE(nnx.Module):
       if self.cfg.shared_gate:
         shared = shared * jax.nn.sigmoid(tokens @ self.shared_gate[...].astype(x.dtype))
       y = y + shared
+    if self.cfg.output_scale != 1.0:
+      y = y * jnp.asarray(self.cfg.output_scale, y.dtype)
     return y.reshape(b, s, e), dict(stats, dropped_frac=dropped)

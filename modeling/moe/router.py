@@ -1,5 +1,7 @@
 """Top-k routers (softmax, sigmoid with group-limited selection, softmax over the top-k logits).
 
+Logits may be soft-capped (cap * tanh(logits / cap)) before any of them.
+
 Every kind selects on a score plus the optional aux-free bias (selection only)
 and weights the selected experts by the unbiased score. Logits, scores and
 weights are float32. Letters: t tokens, e embed, x experts (E), k slots.
@@ -14,7 +16,8 @@ from modeling.layers import params
 from parallelism import rules
 
 ROUTERS = ("softmax", "sigmoid", "softmax_topk")
-ACTIVATIONS = ("silu", "clamped_swiglu")
+ACTIVATIONS = ("silu", "gelu_tanh", "clamped_swiglu")
+SHARED_ACTIVATIONS = ("silu", "gelu_tanh")  # the shared expert is a plain GatedMLP
 DISPATCHES = ("dropless", "capacity")
 
 
@@ -63,6 +66,18 @@ def validate(cfg: MoeConfig):
     (cfg.num_shared_experts > 0) == (cfg.shared_mlp_dim > 0),
     f"model.moe.shared_mlp_dim={cfg.shared_mlp_dim} must be > 0 exactly when "
     f"model.moe.num_shared_experts={cfg.num_shared_experts} > 0",
+  )
+  _check(
+    cfg.shared_mlp_dim == 0 or cfg.activation in SHARED_ACTIVATIONS,
+    f"model.moe.activation={cfg.activation!r} has no shared-expert form; with "
+    f"model.moe.shared_mlp_dim > 0 use one of {', '.join(SHARED_ACTIVATIONS)}",
+  )
+  _check(
+    cfg.router_softcap >= 0,
+    f"model.moe.router_softcap={cfg.router_softcap} must be >= 0 (0 = off)",
+  )
+  _check(
+    cfg.output_scale > 0, f"model.moe.output_scale={cfg.output_scale} must be positive (1.0 = off)"
   )
   _check(
     not cfg.shared_gate or cfg.shared_mlp_dim > 0,
@@ -122,6 +137,8 @@ class Router(nnx.Module):
     logits = x.astype(jnp.float32) @ self.kernel[...].astype(jnp.float32)
     if self.cfg.router_bias:
       logits = logits + self.bias[...].astype(jnp.float32)
+    if self.cfg.router_softcap > 0:
+      logits = self.cfg.router_softcap * jnp.tanh(logits / self.cfg.router_softcap)
     return logits
 
   def _selection_bias(self):
