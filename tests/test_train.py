@@ -10,6 +10,7 @@ import time
 import jax
 import numpy as np
 import pytest
+from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import NamedSharding
 
 from modeling.config import decoder_config
@@ -117,13 +118,16 @@ def _compile_seconds(num_layers: int) -> float:
 
 
 def test_compile_time_does_not_grow_with_depth():
-  # Real compiles: the suite's persistent cache would serve the second 2-layer one.
+  # Real compiles: the suite's persistent cache would serve the second 2-layer one
+  # (JAX decides once whether to use it; reset_cache makes it decide again).
   jax.config.update("jax_enable_compilation_cache", False)
+  compilation_cache.reset_cache()
   try:
     _compile_seconds(2)  # warm up tracing caches shared by both
     shallow, deep = _compile_seconds(2), _compile_seconds(32)
   finally:
     jax.config.update("jax_enable_compilation_cache", True)
+    compilation_cache.reset_cache()
   assert deep < 2 * shallow, f"2 layers: {shallow:.2f}s, 32 layers: {deep:.2f}s"
 
 

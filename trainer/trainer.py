@@ -293,7 +293,13 @@ class Trainer:
       graphdef, tx, self.lr, step_cfg, mtp_weight, self.mesh, self.rules,
       config.optim.qk_clip_tau,
     )  # fmt: skip
-    self._train_step = jax.jit(train_step, donate_argnums=0)
+    # The step returns the state in the layout it takes (left to XLA, a replicated
+    # param can come back sharded, and the next step would compile again); the
+    # metrics, scalars and per-layer loads, come back replicated.
+    state_shardings = jax.tree.map(lambda x: x.sharding, self.state)
+    self._train_step = jax.jit(
+      train_step, donate_argnums=0, out_shardings=(state_shardings, replicated)
+    )
     self._eval_step = jax.jit(eval_step)
     self.batch_sharding = rules.batch_sharding(self.mesh, self.rules)
     # Multi-process: the rows of each global batch this process's devices hold.
