@@ -64,6 +64,24 @@ def small_train_config(family: str = "llama3", **train):
   return config
 
 
+def random_module(cls, cfg, seed: int = 0, std: float = 0.5):
+  """cls(cfg) with every Param ~ N(0, std) drawn by numpy (no per-shape RNG compiles)."""
+  import jax  # noqa: PLC0415 - jax is imported after the XLA and cache settings above.
+  import jax.numpy as jnp  # noqa: PLC0415
+  from flax import nnx  # noqa: PLC0415
+
+  module = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
+  rng = np.random.default_rng(seed)
+
+  def fill(v):
+    value = std * rng.standard_normal(v.shape) if isinstance(v, nnx.Param) else np.zeros(v.shape)
+    return v.replace(jnp.asarray(value, v.dtype))
+
+  state = jax.tree.map(fill, nnx.state(module), is_leaf=lambda v: isinstance(v, nnx.Variable))
+  nnx.update(module, state)
+  return module
+
+
 @pytest.fixture
 def root():
   return ROOT

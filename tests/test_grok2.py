@@ -14,7 +14,7 @@ from flax import nnx
 from modeling.config import decoder_config
 from modeling.decoder import Decoder
 from modeling.moe import MoE
-from tests.conftest import family_config
+from tests.conftest import family_config, random_module
 from trainer.state import active_param_count, param_count
 
 T = 24  # tokens
@@ -28,18 +28,8 @@ def _tiny_moe_config():
   return decoder_config(m).blocks[0].mlp
 
 
-def _moe(cfg, seed=0, std=0.5):
-  """MoE(cfg) with every Param ~ N(0, std) drawn by numpy."""
-  module = nnx.eval_shape(lambda: MoE(cfg, rngs=nnx.Rngs(0)))
-  rng = np.random.default_rng(seed)
-
-  def fill(v):
-    value = std * rng.standard_normal(v.shape) if isinstance(v, nnx.Param) else np.zeros(v.shape)
-    return v.replace(jnp.asarray(value, v.dtype))
-
-  state = jax.tree.map(fill, nnx.state(module), is_leaf=lambda v: isinstance(v, nnx.Variable))
-  nnx.update(module, state)
-  return module
+def _moe(cfg):
+  return random_module(MoE, cfg)
 
 
 def _x(seed=7):

@@ -21,6 +21,7 @@ from transformers.models.qwen3_moe import modeling_qwen3_moe as hf_qwen3
 
 from modeling.config import MoeConfig
 from modeling.moe import Experts, MoE, Router, RouterBias, validate
+from tests.conftest import random_module
 
 E_DIM, T = 16, 32
 BASE = MoeConfig(embed_dim=E_DIM, num_experts=8, top_k=2, expert_mlp_dim=12)
@@ -47,22 +48,8 @@ GPT_OSS = dataclasses.replace(
 )
 
 
-def _build(cls, cfg, seed: int = 0, std: float = 0.5):
-  """cls(cfg) with every Param ~ N(0, std) drawn by numpy (no per-shape RNG compiles)."""
-  module = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(0)))
-  rng = np.random.default_rng(seed)
-
-  def fill(v):
-    value = std * rng.standard_normal(v.shape) if isinstance(v, nnx.Param) else np.zeros(v.shape)
-    return v.replace(jnp.asarray(value, v.dtype))
-
-  state = jax.tree.map(fill, nnx.state(module), is_leaf=lambda v: isinstance(v, nnx.Variable))
-  nnx.update(module, state)
-  return module
-
-
 def _moe(cfg, seed=0):
-  return _build(MoE, cfg, seed)
+  return random_module(MoE, cfg, seed)
 
 
 @nnx.jit
@@ -142,7 +129,7 @@ def test_capacity_drops_pairs_past_capacity_in_token_order():
   # E=2, k=2, t=3, factor 0.5: C = ceil(0.5*3*2/2) = 2. Expert 0 receives pairs
   # (t0,s0), (t1,s1), (t2,s0); expert 1 (t0,s1), (t1,s0), (t2,s1): both drop token 2.
   cfg = dataclasses.replace(BASE, num_experts=2, dispatch="capacity", capacity_factor=0.5)
-  experts = _build(Experts, cfg)
+  experts = random_module(Experts, cfg)
   x, weights = _x((3, E_DIM)), jnp.array([[0.7, 0.3], [0.6, 0.4], [0.5, 0.5]])
   indices = jnp.array([[0, 1], [1, 0], [0, 1]], jnp.int32)
   assert experts.capacity(3) == 2
@@ -156,7 +143,7 @@ def test_capacity_drops_pairs_past_capacity_in_token_order():
 def test_capacity_drops_only_the_late_slot_of_a_token():
   # E=2, k=1, t=4, factor 0.5: C = 1. Expert 0 gets t0, t1, t3 (keeps t0); expert 1 gets t2.
   cfg = dataclasses.replace(BASE, num_experts=2, top_k=1, dispatch="capacity", capacity_factor=0.5)
-  experts = _build(Experts, cfg)
+  experts = random_module(Experts, cfg)
   x, weights = _x((4, E_DIM)), jnp.ones((4, 1))
   indices = jnp.array([[0], [0], [1], [0]], jnp.int32)
   y, dropped = _call(experts, x, weights, indices)
@@ -171,7 +158,7 @@ def test_capacity_drops_only_the_late_slot_of_a_token():
 
 def _router_parity(cfg, hf_router, ours_out, tol=1e-6):
   x = _x((T, E_DIM), seed=3)
-  router = _build(Router, cfg, std=1.0)
+  router = random_module(Router, cfg, std=1.0)
   hf_router.weight.data = _t(router.kernel[...].T)
   if cfg.router_bias:
     hf_router.bias.data = _t(router.bias[...])
@@ -328,7 +315,7 @@ def test_moe_matches_hf_gpt_oss_mlp(dispatch):
 
 def test_aux_free_bias_changes_selection_not_the_weights_source():
   cfg = dataclasses.replace(DSV3, n_group=1, topk_group=1, shared_mlp_dim=0, num_shared_experts=0)
-  router, x = _build(Router, cfg), _x((T, E_DIM))
+  router, x = random_module(Router, cfg), _x((T, E_DIM))
   _, before, _ = _call(router, x)
   router.aux_free_bias[...] = jnp.zeros(16).at[3].set(10.0)
   weights, indices, _ = _call(router, x)

@@ -20,18 +20,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from modeling.config import MoeConfig
-from modeling.layers import fp8, params
+from modeling.layers import fp8, mlp, params
 from parallelism import expert
 
 
-def _silu_glu(gate, up, limit):
-  del limit
-  return jax.nn.silu(gate) * up
-
-
-def _gelu_tanh_glu(gate, up, limit):
-  del limit
-  return jax.nn.gelu(gate, approximate=True) * up
+def _glu(act):  # the dense MLP's activations, gating the up projection
+  return lambda gate, up, limit: act(gate) * up
 
 
 def _clamped_swiglu(gate, up, limit):
@@ -40,7 +34,10 @@ def _clamped_swiglu(gate, up, limit):
   return (up + 1.0) * gate * jax.nn.sigmoid(1.702 * gate)
 
 
-ACTIVATIONS = {"silu": _silu_glu, "gelu_tanh": _gelu_tanh_glu, "clamped_swiglu": _clamped_swiglu}
+ACTIVATIONS = {
+  **{name: _glu(act) for name, act in mlp.ACTIVATIONS.items()},
+  "clamped_swiglu": _clamped_swiglu,
+}
 
 
 class Experts(nnx.Module):

@@ -12,12 +12,12 @@ import jax.numpy as jnp
 from flax import nnx
 
 from modeling.config import MoeConfig
-from modeling.layers import params
+from modeling.layers import mlp, params
 from parallelism import rules
 
 ROUTERS = ("softmax", "sigmoid", "softmax_topk")
-ACTIVATIONS = ("silu", "gelu_tanh", "clamped_swiglu")
-SHARED_ACTIVATIONS = ("silu", "gelu_tanh")  # the shared expert is a plain GatedMLP
+SHARED_ACTIVATIONS = tuple(mlp.ACTIVATIONS)  # the shared expert is a plain GatedMLP
+ACTIVATIONS = SHARED_ACTIVATIONS + ("clamped_swiglu",)  # routed experts: also gpt-oss's clamp
 DISPATCHES = ("dropless", "capacity")
 
 
