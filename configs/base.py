@@ -28,7 +28,17 @@ def get_config() -> ml_collections.ConfigDict:
   #   stored zero-centred (Gemma, Qwen3-Next).
   m.norm_eps = 1e-6
   m.norm_placement = "pre"  # pre (Llama) | post (OLMo 2: norm after each sublayer,
-  #   inside the residual) | sandwich (Gemma 3: both).
+  #   inside the residual) | sandwich (Gemma 3: both) | deepnorm (MiniMax-01: the
+  #   residual stream itself is normed, x = norm(x); x = alpha*x + beta*sublayer(x)).
+  # Residual scales: x <- alpha*x + beta*sublayer(...) around each sublayer (any
+  # placement; MiniMax-01 uses deepnorm with alpha = (2 * num_layers)**0.25, beta 1).
+  m.residual_scale = ml_collections.ConfigDict()
+  m.residual_scale.attn_alpha = 1.0  # softmax-attention layers
+  m.residual_scale.attn_beta = 1.0
+  m.residual_scale.linear_alpha = 1.0  # linear-attention layers
+  m.residual_scale.linear_beta = 1.0
+  m.residual_scale.mlp_alpha = 1.0  # the FFN (dense or MoE) of every layer
+  m.residual_scale.mlp_beta = 1.0
   m.qk_norm = "none"  # none | head (RMSNorm over head_dim, Qwen3/Gemma 3)
   #   | full (over all heads at once, OLMo 2) | l2_rope_layers (RMS over head_dim
   #   without a scale, on the RoPE layers only, Llama 4).
@@ -76,7 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
   m.linear = ml_collections.ConfigDict()
   # gated_deltanet (Qwen3-Next: one decay per head, fused qkvz projection) | kda
   # (Kimi Delta Attention, Kimi Linear: one decay per key channel, num_k_heads ==
-  # num_v_heads, k_head_dim == v_head_dim).
+  # num_v_heads, k_head_dim == v_head_dim) | lightning (MiniMax-01: no delta rule,
+  # a fixed ALiBi-slope decay per head shrinking with depth; heads and dims equal
+  # as for kda; no conv, conv_kernel unused).
   m.linear.kind = "gated_deltanet"
   m.linear.num_k_heads = 16  # query/key heads ...
   m.linear.num_v_heads = 32  # ... each serving num_v_heads / num_k_heads value heads.

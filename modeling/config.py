@@ -12,11 +12,11 @@ from typing import Any
 import jax.numpy as jnp
 
 NORMS = ("rms", "rms_one_plus")
-PLACEMENTS = ("pre", "post", "sandwich")
+PLACEMENTS = ("pre", "post", "sandwich", "deepnorm")
 QK_NORMS = ("none", "head", "full", "l2_rope_layers")
 ACTIVATIONS = ("silu", "gelu_tanh")
 ATTENTION_KINDS = ("global", "local", "chunked", "linear")
-LINEAR_KINDS = ("gated_deltanet", "kda")  # model.linear.kind
+LINEAR_KINDS = ("gated_deltanet", "kda", "lightning")  # model.linear.kind
 ROPE_KINDS = ("rope", "nope")
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -116,9 +116,11 @@ class MlaConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DeltaNetConfig:
-  """Linear-attention layer with the gated delta rule (modeling/attention/linear.py):
+  """Linear-attention layer: the gated delta rule (modeling/attention/linear.py),
   gated DeltaNet (Qwen3-Next, a decay per head) or Kimi Delta Attention (Kimi
-  Linear, a decay per key channel; q, k and v heads and dims are equal)."""
+  Linear, a decay per key channel; q, k and v heads and dims are equal); or
+  MiniMax-01's lightning attention (modeling/attention/lightning.py: a fixed decay
+  per head that shrinks with depth; heads and dims equal, no conv)."""
 
   embed_dim: int
   num_k_heads: int  # query/key heads; each serves num_v_heads / num_k_heads value heads.
@@ -129,8 +131,9 @@ class DeltaNetConfig:
   chunk: int = 64  # chunk length of the parallel form.
   norm_eps: float = 1e-6
   init_std: float = 0.02
-  kind: str = "gated_deltanet"  # gated_deltanet | kda
+  kind: str = "gated_deltanet"  # gated_deltanet | kda | lightning
   kernel: str = "xla"  # state pass: xla | pallas | pallas_interpret (model.attention_kernel).
+  num_layers: int = 1  # the model's depth: lightning's decay rates depend on layer / depth.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,6 +183,8 @@ class BlockSpec:
   mlp: MlpConfig | MoeConfig
   norm: NormConfig
   placement: str = "pre"
+  # x <- alpha * x + beta * sublayer(...): (attention alpha, beta, MLP alpha, beta).
+  residual: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -357,7 +362,10 @@ def decoder_config(
       fp8=fp8,
     )
     is_moe = i >= m.first_dense_layers and m.ffn_pattern[i % len(m.ffn_pattern)] == "moe"
-    blocks.append(BlockSpec(attention, moe if is_moe else mlp, norm, m.norm_placement))
+    r = m.residual_scale
+    residual = (r.linear_alpha, r.linear_beta) if kind == "linear" else (r.attn_alpha, r.attn_beta)
+    residual = tuple(float(v) for v in (*residual, r.mlp_alpha, r.mlp_beta))
+    blocks.append(BlockSpec(attention, moe if is_moe else mlp, norm, m.norm_placement, residual))
   prefix = min(m.first_dense_layers, m.num_layers)
   period = math.lcm(len(m.attention_pattern), len(m.rope_pattern), len(m.ffn_pattern))
   return DecoderConfig(
@@ -397,9 +405,9 @@ def _delta_net_config(m) -> DeltaNetConfig:
     f"{n.num_v_heads}",
   )
   _check(
-    n.kind != "kda" or (n.num_k_heads, n.k_head_dim) == (n.num_v_heads, n.v_head_dim),
-    f"model.linear.kind='kda' needs num_k_heads == num_v_heads and k_head_dim == v_head_dim "
-    f"(got {n.num_k_heads}/{n.num_v_heads} heads, dims {n.k_head_dim}/{n.v_head_dim})",
+    n.kind == "gated_deltanet" or (n.num_k_heads, n.k_head_dim) == (n.num_v_heads, n.v_head_dim),
+    f"model.linear.kind={n.kind!r} needs num_k_heads == num_v_heads and k_head_dim == "
+    f"v_head_dim (got {n.num_k_heads}/{n.num_v_heads} heads, dims {n.k_head_dim}/{n.v_head_dim})",
   )
   return DeltaNetConfig(
     embed_dim=m.embed_dim,
@@ -409,10 +417,12 @@ def _delta_net_config(m) -> DeltaNetConfig:
     v_head_dim=n.v_head_dim,
     conv_kernel=n.conv_kernel,
     chunk=n.chunk,
-    norm_eps=m.norm_eps,
+    # Lightning's output norm has a fixed eps in the reference (MiniMaxRMSNorm's 1e-6).
+    norm_eps=1e-6 if n.kind == "lightning" else m.norm_eps,
     init_std=m.init_std,
     kind=n.kind,
     kernel=m.attention_kernel,
+    num_layers=m.num_layers,
   )
 
 

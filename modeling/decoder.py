@@ -51,32 +51,52 @@ REMAT_POLICIES = {
 
 
 class Block(nnx.Module):
-  """Attention + MLP with pre, post (OLMo 2) or sandwich (Gemma 3) norms."""
+  """Attention + MLP with pre, post (OLMo 2), sandwich (Gemma 3) or deepnorm
+  (MiniMax-01) norms, and `spec.residual`'s scales on each residual sum."""
 
   def __init__(self, spec: BlockSpec, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
     self.placement = spec.placement
+    self.residual = spec.residual
     d = spec.attention.embed_dim
     norm = lambda: RMSNorm(d, spec.norm, param_dtype=param_dtype, axis_name="embed")
     self.attn = ATTENTION[type(spec.attention)](spec.attention, rngs=rngs, param_dtype=param_dtype)
     self.mlp = FFN[type(spec.mlp)](spec.mlp, rngs=rngs, param_dtype=param_dtype)
     self.is_moe = isinstance(spec.mlp, MoeConfig)
-    if spec.placement in ("pre", "sandwich"):
+    if spec.placement in ("pre", "sandwich", "deepnorm"):
       self.attn_norm, self.mlp_norm = norm(), norm()
     if spec.placement in ("post", "sandwich"):
       self.attn_post_norm, self.mlp_post_norm = norm(), norm()
 
-  def __call__(self, x, *, positions, segment_ids):  # x: [b, s, e] -> (x, stats)
+  def __call__(self, x, *, positions, segment_ids, layer=0):
+    """x: [b, s, e] -> (x, stats). `layer`: this block's index in the model (an int,
+    or traced inside the layer scan), for attention whose math depends on depth."""
     pre = self.placement in ("pre", "sandwich")
     post = self.placement in ("post", "sandwich")
+    deep = self.placement == "deepnorm"  # the residual carries the normed stream
+    attn_alpha, attn_beta, mlp_alpha, mlp_beta = self.residual
+    depth = {"layer": layer} if getattr(self.attn, "depth_dependent", False) else {}
+    if deep:
+      x = self.attn_norm(x)
     h, attn_stats = self.attn(
-      self.attn_norm(x) if pre else x, positions=positions, segment_ids=segment_ids
+      self.attn_norm(x) if pre else x, positions=positions, segment_ids=segment_ids, **depth
     )
     h = checkpoint_name(h, "attention_out")
-    x = x + (self.attn_post_norm(h) if post else h)
+    x = _residual(x, self.attn_post_norm(h) if post else h, attn_alpha, attn_beta)
+    if deep:
+      x = self.mlp_norm(x)
     h = self.mlp(self.mlp_norm(x) if pre else x)
     h, stats = h if self.is_moe else (h, {})  # MoE also returns its load and balance stats
-    x = x + (self.mlp_post_norm(h) if post else h)
+    x = _residual(x, self.mlp_post_norm(h) if post else h, mlp_alpha, mlp_beta)
     return rules.constrain(x, ACTIVATION_AXES), stats | attn_stats
+
+
+def _residual(x, h, alpha: float, beta: float):
+  """alpha * x + beta * h; the plain sum (no multiplies in the graph) at 1, 1."""
+  if alpha != 1.0:
+    x = x * jnp.asarray(alpha, x.dtype)
+  if beta != 1.0:
+    h = h * jnp.asarray(beta, h.dtype)
+  return x + h
 
 
 class Period(nnx.Module):
@@ -85,10 +105,12 @@ class Period(nnx.Module):
   def __init__(self, specs: tuple[BlockSpec, ...], *, rngs: nnx.Rngs, param_dtype=jnp.float32):
     self.blocks = nnx.List([Block(s, rngs=rngs, param_dtype=param_dtype) for s in specs])
 
-  def __call__(self, x, positions, segment_ids):
+  def __call__(self, x, positions, segment_ids, first_layer):
     stats = []
-    for block in self.blocks:
-      x, block_stats = block(x, positions=positions, segment_ids=segment_ids)
+    for j, block in enumerate(self.blocks):
+      x, block_stats = block(
+        x, positions=positions, segment_ids=segment_ids, layer=first_layer + j
+      )
       stats.append(block_stats)
     return x, stats
 
@@ -155,16 +177,19 @@ class Decoder(nnx.Module):
       x = x * jnp.asarray(cfg.embed_dim**0.5, cfg.compute_dtype)
     x = rules.constrain(x, ACTIVATION_AXES)
     stats = []  # per layer, in layer order
-    for block in self.prefix:
-      x, block_stats = block(x, positions=positions, segment_ids=segment_ids)
+    for i, block in enumerate(self.prefix):
+      x, block_stats = block(x, positions=positions, segment_ids=segment_ids, layer=i)
       stats.append(block_stats)
     if self.num_periods:
       x, stacked = self._scan(x, positions, segment_ids)
       # stacked[j][key]: [num_periods, ...] for block j of the period -> layer p * period + j.
       for p in range(self.num_periods):
         stats.extend(jax.tree.map(lambda a: a[p], stacked))
-    for block in self.tail:
-      x, block_stats = block(x, positions=positions, segment_ids=segment_ids)
+    first_tail = cfg.prefix + self.num_periods * cfg.period
+    for j, block in enumerate(self.tail):
+      x, block_stats = block(
+        x, positions=positions, segment_ids=segment_ids, layer=first_tail + j
+      )
       stats.append(block_stats)
     head = (self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]).astype(x.dtype)
     logits = self._logits(self.final_norm(x), head)
@@ -174,7 +199,9 @@ class Decoder(nnx.Module):
       emb = jnp.take(self.embed[...], jnp.roll(tokens, -k, axis=1), axis=0).astype(x.dtype)
       if cfg.embed_scale:
         emb = emb * jnp.asarray(cfg.embed_dim**0.5, cfg.compute_dtype)
-      x, normed, block_stats = module(x, emb, positions=positions, segment_ids=segment_ids)
+      x, normed, block_stats = module(
+        x, emb, positions=positions, segment_ids=segment_ids, layer=cfg.num_layers - 1
+      )
       mtp_logits.append(self._logits(normed, head))
       stats.append(block_stats)
     aux = self._aux(stats)
@@ -230,12 +257,16 @@ class Decoder(nnx.Module):
 
   def _scan(self, x, positions, segment_ids):
     """Runs the stacked periods with jax.lax.scan over their split state (the
-    forward mutates no variable), under jax.checkpoint when remat is on."""
+    forward mutates no variable), under jax.checkpoint when remat is on. Period p
+    starts at layer prefix + p * period (scanned too: depth-dependent attention)."""
+    cfg = self.cfg
     graphdef, state = nnx.split(self.stack)
+    first_layers = cfg.prefix + cfg.period * jnp.arange(self.num_periods)
 
-    def step(x, period_state):
-      return nnx.merge(graphdef, period_state)(x, positions, segment_ids)
+    def step(x, xs):
+      period_state, first_layer = xs
+      return nnx.merge(graphdef, period_state)(x, positions, segment_ids, first_layer)
 
-    if self.cfg.remat != "none":
-      step = jax.checkpoint(step, policy=REMAT_POLICIES[self.cfg.remat])
-    return jax.lax.scan(step, x, state)
+    if cfg.remat != "none":
+      step = jax.checkpoint(step, policy=REMAT_POLICIES[cfg.remat])
+    return jax.lax.scan(step, x, (state, first_layers))

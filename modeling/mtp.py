@@ -32,9 +32,10 @@ class MTPModule(nnx.Module):
     self.eh_proj = params.normal(rngs, (2 * e, e), (None, "embed"), init_std, param_dtype)
     self.block = block
 
-  def __call__(self, h, emb, *, positions, segment_ids):
-    """h, emb: [b, s, e] -> (h^k [b, s, e], normed h^k for the head, block stats)."""
+  def __call__(self, h, emb, *, positions, segment_ids, layer=0):
+    """h, emb: [b, s, e] -> (h^k [b, s, e], normed h^k for the head, block stats).
+    `layer`: the index the block runs as (the last layer's: it copies that block)."""
     x = jnp.concatenate([self.enorm(emb), self.hnorm(h)], axis=-1)
     x = x @ self.eh_proj[...].astype(x.dtype)
-    h, stats = self.block(x, positions=positions, segment_ids=segment_ids)
+    h, stats = self.block(x, positions=positions, segment_ids=segment_ids, layer=layer)
     return h, self.final_norm(h), stats

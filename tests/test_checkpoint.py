@@ -191,3 +191,17 @@ def test_changed_model_config_against_a_workdir_is_an_error(tmp_path):
     Trainer(config, str(tmp_path))
   config = small_train_config("llama3", steps=8)  # a longer run of the same model resumes
   assert Trainer(config, str(tmp_path)).run()["train"]["step"] == 8
+
+
+def test_model_fields_added_since_the_checkpoint_resume_at_their_defaults():
+  """A checkpoint written before a model field existed resumes while the field
+  holds its default; set to anything else, the field is named."""
+  from trainer.trainer import check_same_model  # noqa: PLC0415
+
+  now = json.loads(small_train_config("llama3").to_json())  # as the trainer compares them
+  saved = json.loads(json.dumps(now))
+  del saved["model"]["residual_scale"]  # as written before the field existed
+  check_same_model(saved, now)
+  now["model"]["residual_scale"]["mlp_alpha"] = 2.0
+  with pytest.raises(ValueError, match=r"residual_scale\.mlp_alpha: '\(absent\)' in the .*, 2\.0 now"):
+    check_same_model(saved, now)

@@ -25,7 +25,7 @@ from modeling.config import MoeConfig
 from modeling.moe import Experts
 from parallelism import expert, rules
 from parallelism.mesh import make_mesh
-from tests.test_moe import _build
+from tests.conftest import random_module as _build
 
 T, K = 64, 2
 BASE = MoeConfig(embed_dim=16, num_experts=8, top_k=K, expert_mlp_dim=12)

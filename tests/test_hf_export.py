@@ -68,11 +68,20 @@ def test_export_imports_back_identically_and_transformers_matches_ours(name, tmp
 NO_HF_MODEL = ("grok2",)
 
 
+# Presets their family's HF code cannot express -> what the export error names. The
+# MiniMax-01 release rotates half of each head; transformers' MiniMax the whole head.
+NO_HF_EXPORT = {("minimax01", "full"): "partial_rotary_factor=0.5 is not supported for minimax"}
+
+
 @pytest.mark.parametrize("family", [f for f in PRESETS if f not in NO_HF_MODEL])
 def test_every_preset_has_a_config_json_that_reads_back(family):
   module = PRESETS[family]
   for preset in module.PRESETS:
     model_cfg = module.get_config(preset).model
+    if (family, preset) in NO_HF_EXPORT:
+      with pytest.raises(ValueError, match=NO_HF_EXPORT[family, preset]):
+        export.hf_config(model_cfg)
+      continue
     written = export.hf_config(model_cfg)
     assert written["model_type"] == export.MODEL_TYPES[family]
     back = hf.model_config_from_hf(written).model

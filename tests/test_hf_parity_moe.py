@@ -262,6 +262,28 @@ CASES = {
       ),
     ),
   ),
+  # Lightning attention on layers 0 and 2 (depth-dependent decays, the second one
+  # from the scanned period index), softmax attention with a window of 8 on 1 and 3;
+  # DeepNorm residuals with every alpha and beta off 1; softmax top-2 of 8 renormalised.
+  "minimax01": (
+    transformers.MiniMaxForCausalLM,
+    transformers.MiniMaxConfig,
+    dict(
+      num_hidden_layers=4,
+      layer_types=["linear_attention", "full_attention"] * 2,
+      sliding_window=8,
+      block_size=16,
+      intermediate_size=32,
+      num_local_experts=8,
+      num_experts_per_tok=2,
+      full_attn_alpha_factor=1.7,
+      full_attn_beta_factor=0.9,
+      linear_attn_alpha_factor=1.3,
+      linear_attn_beta_factor=1.1,
+      mlp_alpha_factor=1.5,
+      mlp_beta_factor=0.8,
+    ),
+  ),
   # QK-norm over all heads, half-rotary heads, sigmoid top-2 of 8 with the
   # correction bias, renormalised; Mixtral's hub tensor names.
   "minimax_m2": (
@@ -529,6 +551,21 @@ def test_config_captures_family_features(pair):
       "moe.norm_topk": False,
       "moe.scale_inputs": True,
       "rope_scaling.type": "llama3",
+    },
+    "minimax01": {
+      "norm_placement": "deepnorm",
+      "attention_pattern": ("linear", "local"),
+      "sliding_window": 8,
+      "linear.kind": "lightning",
+      "linear.num_v_heads": 4,
+      "linear.v_head_dim": 16,
+      "linear.chunk": 16,
+      "residual_scale.attn_alpha": 1.7,
+      "residual_scale.linear_beta": 1.1,
+      "residual_scale.mlp_beta": 0.8,
+      "ffn_pattern": ("moe",),
+      "moe.router": "softmax",
+      "moe.norm_topk": True,
     },
     "minimax_m2": {
       "qk_norm": "full",

@@ -60,8 +60,8 @@ def test_layer_matches_transformers_minimax_lightning_attention(layer):
   with torch.no_grad():
     for p in theirs.parameters():
       p.normal_(0.0, p.shape[-1] ** -0.5) if p.ndim > 1 else p.add_(0.2 * torch.randn_like(p))
-  cfg = DeltaNetConfig(e, h, h, d, d, chunk=8, norm_eps=1e-6)
-  ours = lightning.LightningAttention(cfg, rngs=nnx.Rngs(0), layer=layer, num_layers=3)
+  cfg = DeltaNetConfig(e, h, h, d, d, chunk=8, norm_eps=1e-6, kind="lightning", num_layers=3)
+  ours = lightning.LightningAttention(cfg, rngs=nnx.Rngs(0))
   weight = lambda m: m.weight.detach().numpy().T  # [in, out]
   ours.qkv_proj[...] = jnp.asarray(weight(theirs.qkv_proj).reshape(e, h, 3 * d))
   ours.output_gate[...] = jnp.asarray(weight(theirs.output_gate).reshape(e, h, d))
@@ -71,5 +71,5 @@ def test_layer_matches_transformers_minimax_lightning_attention(layer):
   with torch.no_grad():
     want = theirs(torch.as_tensor(x), None, None)[0].numpy()
   seg = jnp.ones((2, s), jnp.int32)
-  got, _ = ours(jnp.asarray(x), positions=None, segment_ids=seg)
+  got, _ = ours(jnp.asarray(x), positions=None, segment_ids=seg, layer=layer)
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -215,14 +215,14 @@ def test_kimi_delta_attention_layer_matches_hf_kimi_linear():
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("kind", ["gated_deltanet", "kda"])
+@pytest.mark.parametrize("kind", ["gated_deltanet", "kda", "lightning"])
 def test_linear_attention_layer_packed_documents_equal_separate_runs(kind):
-  """The short conv and the state both restart at a document boundary."""
+  """The short conv (where there is one) and the state restart at a document boundary."""
   from flax import nnx  # noqa: PLC0415
 
   from modeling.config import DeltaNetConfig  # noqa: PLC0415
 
-  heads = 2 if kind == "kda" else 4
+  heads = 4 if kind == "gated_deltanet" else 2
   cfg = DeltaNetConfig(embed_dim=32, num_k_heads=2, num_v_heads=heads, k_head_dim=8,
                        v_head_dim=8, chunk=8, kind=kind)  # fmt: skip
   layer = linear.linear_attention(cfg, rngs=nnx.Rngs(0))
@@ -234,7 +234,7 @@ def test_linear_attention_layer_packed_documents_equal_separate_runs(kind):
     np.testing.assert_allclose(packed[:, lo:hi], alone, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["gated_deltanet", "kda"])
+@pytest.mark.parametrize("kind", ["gated_deltanet", "kda", "lightning"])
 def test_flops_count_every_projection_of_the_layer(kind):
   """trainer.metrics counts a linear-attention layer's matmul params: every weight
   matrix the layer builds (not its conv taps, decay rates, biases or norm)."""
@@ -243,7 +243,7 @@ def test_flops_count_every_projection_of_the_layer(kind):
   from modeling.config import DeltaNetConfig  # noqa: PLC0415
   from trainer import metrics  # noqa: PLC0415
 
-  heads = 2 if kind == "kda" else 4
+  heads = 4 if kind == "gated_deltanet" else 2
   cfg = DeltaNetConfig(embed_dim=32, num_k_heads=2, num_v_heads=heads, k_head_dim=8,
                        v_head_dim=8, kind=kind)  # fmt: skip
   layer = nnx.eval_shape(lambda: linear.linear_attention(cfg, rngs=nnx.Rngs(0)))

@@ -34,6 +34,8 @@ PUBLISHED = [
   # MiniMax-M2 model card: 230B total, 10B active (9.80B without embedding and head,
   # 11.03B with both; the card does not say, and 9.80B is the one within 2%).
   ("minimax_m2", "full", 230e9, 10e9, "embed+head"),
+  # MiniMax-01 report: 456B total, 45.9B activated per token (without embedding and head).
+  ("minimax01", "full", 456e9, 45.9e9, "embed+head"),
   # Qwen2 report / model card: Qwen2-57B-A14B, 57B total, 14B activated.
   ("qwen2_moe", "57b_a14b", 57e9, 14e9, ""),
   # Mistral AI: Mixtral 8x7B 46.7B / 12.9B active, 8x22B 141B / 39B active.

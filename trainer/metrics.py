@@ -47,15 +47,17 @@ def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
   window of sliding-window layers, or the chunk of chunked layers). A gated
   DeltaNet layer's core is linear in length: per value head and token, the
   chunk's scores and values (chunk * (dk + dv)) and the state's read, write and
-  output (3 * dk * dv), each a multiply-add, times 3 for the backward.
+  output (3 * dk * dv; lightning attention has no read for a correction, 2 * dk * dv),
+  each a multiply-add, times 3 for the backward.
   """
   flops = 6 * cfg.embed_dim * cfg.vocab_size
   for block in cfg.blocks:
     a = block.attention
     attn_params, head_dims, heads = _attention_shape(a)
     if isinstance(a, DeltaNetConfig):
+      state = 2 if a.kind == "lightning" else 3  # lightning: no delta-rule correction
       core = a.num_v_heads * (
-        a.chunk * (a.k_head_dim + a.v_head_dim) + 3 * a.k_head_dim * a.v_head_dim
+        a.chunk * (a.k_head_dim + a.v_head_dim) + state * a.k_head_dim * a.v_head_dim
       )
       flops += 6 * (attn_params + _ffn_params(block.mlp) + core)
       continue
@@ -78,6 +80,8 @@ def _attention_shape(a) -> tuple[int, int, int]:
       4 * a.embed_dim * hd + 2 * (a.embed_dim + hd) * a.v_head_dim + a.embed_dim * a.num_v_heads
     )
     return params, 2 * a.v_head_dim, a.num_v_heads
+  if isinstance(a, DeltaNetConfig) and a.kind == "lightning":  # fused qkv, gate, out
+    return 5 * a.embed_dim * a.num_v_heads * a.v_head_dim, 2 * a.v_head_dim, a.num_v_heads
   if isinstance(a, DeltaNetConfig):
     group = a.num_v_heads // a.num_k_heads
     qkvz = a.num_k_heads * (2 * a.k_head_dim + 2 * group * a.v_head_dim)

@@ -23,6 +23,7 @@ from flax import nnx
 from flax import traverse_util
 from jax.experimental import multihost_utils
 
+from configs import base
 from modeling.losses import cross_entropy, mtp_losses
 from modeling.moe import balance
 from parallelism import rules
@@ -73,12 +74,16 @@ def validate(config):
 
 
 def check_same_model(saved: dict, current: dict):
-  """Resuming a workdir with a different `model` config is an error naming the fields."""
+  """Resuming a workdir with a different `model` config is an error naming the fields.
+  A field the checkpoint lacks (added to configs/base.py after it was written) that
+  still holds its default is the same model: defaults keep the earlier behaviour."""
   before = traverse_util.flatten_dict(saved.get("model", {}), sep=".")
   now = traverse_util.flatten_dict(current["model"], sep=".")
+  defaults = traverse_util.flatten_dict(base.get_config().model.to_dict(), sep=".")
+  new_at_default = {k for k in set(now) - set(before) if k in defaults and now[k] == defaults[k]}
   changed = [
     f"model.{k}: {before.get(k, '(absent)')!r} in the checkpoint, {now.get(k, '(absent)')!r} now"
-    for k in sorted(set(before) | set(now))
+    for k in sorted((set(before) | set(now)) - new_at_default)
     if before.get(k) != now.get(k)
   ]
   if changed:

@@ -29,10 +29,6 @@ from modeling.layers import params
 from modeling.layers.norms import RMSNorm
 
 
-class Constant(nnx.Variable):
-  """A value fixed at init (a layer's decay rates): neither trained nor updated."""
-
-
 def decay_rates(num_heads: int, layer, num_layers: int):
   """[h] float32 rates r_h of `layer` (an int, or traced inside the layer scan)."""
   slopes = 2.0 ** (-8.0 * jnp.arange(1, num_heads + 1, dtype=jnp.float32) / num_heads)
@@ -98,12 +94,13 @@ class LightningAttention(nnx.Module):
   """Lightning attention layer (MiniMax-01): x -> SiLU(x W_qkv) split per head
   into q, k, v; the decayed linear attention above; RMSNorm over all heads at
   once; times sigmoid(x W_gate); W_out. `qkv_proj` keeps the checkpoint's fused
-  layout [e, h, (q, k, v)]. The rates are a `Constant` set from `layer` of
-  `num_layers` (an int, or traced when a layer scan builds the stack)."""
+  layout [e, h, (q, k, v)]. The decay rates are no params: the call gets the
+  layer's index (`depth_dependent`), an int or traced inside the layer scan, and
+  derives them from it and `cfg.num_layers`."""
 
-  def __init__(
-    self, cfg: DeltaNetConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32, layer=0, num_layers=1
-  ):
+  depth_dependent = True  # Block passes `layer=` to the call.
+
+  def __init__(self, cfg: DeltaNetConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
     self.cfg = cfg
     e, h, d, std = cfg.embed_dim, cfg.num_v_heads, cfg.v_head_dim, cfg.init_std
     normal = lambda shape, axes: params.normal(rngs, shape, axes, std, param_dtype)
@@ -113,9 +110,8 @@ class LightningAttention(nnx.Module):
       h * d, NormConfig("rms", cfg.norm_eps), param_dtype=param_dtype, axis_name="heads"
     )
     self.out_proj = normal((h, d, e), ("heads", "head_dim", "embed"))
-    self.rates = Constant(decay_rates(h, layer, num_layers), axes=("heads",))
 
-  def __call__(self, x, *, positions, segment_ids):
+  def __call__(self, x, *, positions, segment_ids, layer=0):
     """x: [b, s, e] -> (out [b, s, e], stats {}): no softmax, so no max logits."""
     del positions  # the decay orders tokens itself
     cfg, f32, dt = self.cfg, jnp.float32, x.dtype
@@ -123,7 +119,8 @@ class LightningAttention(nnx.Module):
     h, d = cfg.num_v_heads, cfg.v_head_dim
     qkv = jax.nn.silu(jnp.einsum("bse,ehx->bshx", x, self.qkv_proj[...].astype(dt)).astype(f32))
     q, k, v = jnp.split(qkv, 3, axis=-1)  # [b, s, h, d] each
-    o = chunked(q, k, v, self.rates[...], chunk=cfg.chunk, segment_ids=segment_ids)
+    rates = decay_rates(h, layer, cfg.num_layers)
+    o = chunked(q, k, v, rates, chunk=cfg.chunk, segment_ids=segment_ids)
     o = self.norm(o.reshape(b, s, h * d)).reshape(b, s, h, d)
     gate = jnp.einsum("bse,ehd->bshd", x, self.output_gate[...].astype(dt)).astype(f32)
     o = o * jax.nn.sigmoid(gate)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from modeling.attention.lightning import LightningAttention
 from modeling.config import DeltaNetConfig, NormConfig
 from modeling.layers import params
 from modeling.layers.norms import RMSNorm
@@ -317,7 +318,11 @@ class KimiDeltaAttention(nnx.Module):
 
 
 # model.linear.kind -> the layer it builds.
-LAYERS = {"gated_deltanet": GatedDeltaNet, "kda": KimiDeltaAttention}
+LAYERS = {
+  "gated_deltanet": GatedDeltaNet,
+  "kda": KimiDeltaAttention,
+  "lightning": LightningAttention,
+}
 
 
 def linear_attention(cfg: DeltaNetConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):

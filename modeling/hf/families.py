@@ -17,6 +17,7 @@ from modeling.hf.tensors import (
   GPT_OSS_WEIGHTS,
   KIMI_LINEAR_WEIGHTS,
   LLAMA4_WEIGHTS,
+  MINIMAX_WEIGHTS,
   MIXTRAL_WEIGHTS,
   POST_NORMS,
   PRE_NORMS,
@@ -25,7 +26,7 @@ from modeling.hf.tensors import (
 )
 
 FULL, SLIDING, CHUNKED = "full_attention", "sliding_attention", "chunked_attention"
-LINEAR = "linear_attention"  # a gated DeltaNet or KDA layer
+LINEAR = "linear_attention"  # a gated DeltaNet, KDA or lightning attention layer
 DENSE, MOE = "dense", "moe"
 
 # config.model field <- config.json key, shared by every family. A dotted field
@@ -136,6 +137,8 @@ class Family:
   #   last one (multi-token-prediction modules), which we do not load.
   ignored_prefixes: tuple = ()  # tensor-name prefixes of modules we do not load
   #   (Qwen3-Next's `mtp.` multi-token-prediction block).
+  ignored_suffixes: tuple = ()  # tensor-name endings of buffers we derive instead
+  #   (MiniMax's lightning decay tables).
   renames: tuple = ()  # (old, new) substrings replaced in stored tensor names on load.
   derived: Callable = lambda hf: {}  # hf dict -> config.model fields computed from
   #   several keys.
@@ -214,6 +217,32 @@ def _smollm3_layer_types(hf):  # HF windows only the NoPE layers.
 
 def _mistral_layer_types(hf):  # HF Mistral windows every layer and ignores layer_types.
   return [SLIDING if hf.get("sliding_window") else FULL] * hf["num_hidden_layers"]
+
+
+def _minimax_layer_types(hf):
+  """`layer_types` (HF default: softmax on even layers, lightning on odd ones); HF
+  windows every softmax layer when `sliding_window` is set."""
+  n, window = hf["num_hidden_layers"], hf.get("sliding_window")
+  types = hf.get("layer_types") or [FULL if i % 2 == 0 else LINEAR for i in range(n)]
+  return [SLIDING if t == FULL and window else t for t in types]
+
+
+def _minimax_derived(hf):
+  """Lightning layers take the softmax layers' head count and head width."""
+  heads = hf["num_attention_heads"]
+  dim = hf.get("head_dim") or hf["hidden_size"] // heads
+  return {
+    "linear.kind": "lightning",
+    "linear.num_k_heads": heads,
+    "linear.num_v_heads": heads,
+    "linear.k_head_dim": dim,
+    "linear.v_head_dim": dim,
+  }
+
+
+def _minimax_layout(m, lay):
+  """HF MiniMax names only full and linear layers (its window is model-wide)."""
+  return {"layer_types": [FULL if t == SLIDING else t for t in lay.types]}
 
 
 def _first_k_dense_layers(hf):  # DeepSeek / GLM: the first `first_k_dense_replace` are dense.
@@ -430,6 +459,19 @@ _GLM_MOE_DSA = dict(
 )
 
 
+# Mixtral's config defaults and routing (softmax, top-k renormalised); MiniMax-01's too.
+_MIXTRAL_DEFAULTS = dict(
+  _LLAMA_DEFAULTS,
+  rms_norm_eps=1e-5,
+  sliding_window=None,
+  num_local_experts=8,
+  num_experts_per_tok=2,
+  rope_theta=1_000_000.0,
+  max_position_embeddings=131_072,
+)
+_MIXTRAL_MODEL = {"moe.router": "softmax", "moe.norm_topk": True}
+
+
 def _kimi_linear_layer_types(hf):
   """`layer_types` when saved; else hub files' 1-based `linear_attn_config.full_attn_layers`;
   else HF's default (softmax at every 4th layer from layer 4, 0-based)."""
@@ -603,16 +645,8 @@ FAMILIES = {
     name="mixtral",
     architecture="MixtralForCausalLM",
     fields=MIXTRAL_MOE_FIELDS,
-    defaults=dict(
-      _LLAMA_DEFAULTS,
-      rms_norm_eps=1e-5,
-      sliding_window=None,
-      num_local_experts=8,
-      num_experts_per_tok=2,
-      rope_theta=1_000_000.0,
-      max_position_embeddings=131_072,
-    ),
-    model={"moe.router": "softmax", "moe.norm_topk": True},
+    defaults=_MIXTRAL_DEFAULTS,
+    model=_MIXTRAL_MODEL,
     norms=PRE_NORMS,
     layer_types=_mistral_layer_types,
     ffn_layers=_all_moe,
@@ -930,6 +964,43 @@ FAMILIES = {
     derived=_llama4_temperature,
     required=dict(hidden_act="silu"),
     aliases={"num_experts": "num_local_experts"},
+  ),
+  # MiniMax-01 / M1: lightning attention with softmax attention every 8th layer
+  # (HF default: every 2nd), every FFN Mixtral-style experts, and DeepNorm-style
+  # residuals: the stream is normed before each sublayer, x = a * x + b * f(x).
+  "minimax": Family(
+    name="minimax01",
+    architecture="MiniMaxForCausalLM",
+    layout=_minimax_layout,
+    fields={
+      **MIXTRAL_MOE_FIELDS,
+      "linear.chunk": "block_size",
+      "residual_scale.attn_alpha": "full_attn_alpha_factor",
+      "residual_scale.attn_beta": "full_attn_beta_factor",
+      "residual_scale.linear_alpha": "linear_attn_alpha_factor",
+      "residual_scale.linear_beta": "linear_attn_beta_factor",
+      "residual_scale.mlp_alpha": "mlp_alpha_factor",
+      "residual_scale.mlp_beta": "mlp_beta_factor",
+    },
+    defaults=dict(
+      _MIXTRAL_DEFAULTS,  # HF's MiniMaxConfig extends MixtralConfig
+      block_size=256,
+      full_attn_alpha_factor=1.0,
+      full_attn_beta_factor=1.0,
+      linear_attn_alpha_factor=1.0,
+      linear_attn_beta_factor=1.0,
+      mlp_alpha_factor=1.0,
+      mlp_beta_factor=1.0,
+    ),
+    model=dict(_MIXTRAL_MODEL, norm_placement="deepnorm"),
+    derived=_minimax_derived,
+    norms=PRE_NORMS,
+    layer_types=_minimax_layer_types,
+    ffn_layers=_all_moe,
+    weights=MINIMAX_WEIGHTS,
+    required=dict(hidden_act="silu", attention_bias=False),
+    aliases={"num_experts": "num_local_experts"},
+    ignored_suffixes=("slope_rate", "query_decay", "key_decay", "diagonal_decay"),
   ),
   "minimax_m2": Family(
     name="minimax_m2",

@@ -355,15 +355,17 @@ def _convert(arrays, transform, per_expert, shape, dtype, name):
 
 def _ignored(name: str, model: Decoder, fam, extra_layers: int, prefix: str) -> bool:
   """Tensors a checkpoint may hold that we do not load: rotary buffers, a tied head,
-  the `extra_layers` layers after the last one and the family's ignored prefixes
-  (multi-token-prediction modules), and anything outside the text model's `prefix`
-  (a vision tower)."""
+  the `extra_layers` layers after the last one, the family's ignored prefixes
+  (multi-token-prediction modules) and suffixes (buffers we derive), and anything
+  outside the text model's `prefix` (a vision tower)."""
   if not name.startswith(prefix):
     return True
   name = name[len(prefix) :]
   if name.endswith(_IGNORED_SUFFIXES) or (name == "lm_head.weight" and model.cfg.tie_embeddings):
     return True
   if fam.ignored_prefixes and name.startswith(fam.ignored_prefixes):
+    return True
+  if fam.ignored_suffixes and name.endswith(fam.ignored_suffixes):
     return True
   parts, n = name.split("."), model.cfg.num_layers
   return (

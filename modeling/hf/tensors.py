@@ -129,6 +129,15 @@ MIXTRAL_WEIGHTS = {
   "mlp.experts.up_proj": ("block_sparse_moe.experts.{x}.w3.weight", TRANSPOSE),
   "mlp.experts.down_proj": ("block_sparse_moe.experts.{x}.w2.weight", TRANSPOSE),
 }
+# MiniMax-01: lightning attention layers under `self_attn.` (q, k, v fused per head
+# [h, (q, k, v)]); Mixtral's hub MoE names.
+MINIMAX_WEIGHTS = {
+  **MIXTRAL_WEIGHTS,
+  "attn.qkv_proj": ("self_attn.qkv_proj.weight", TRANSPOSE),
+  "attn.output_gate": ("self_attn.output_gate.weight", TRANSPOSE),
+  "attn.out_proj": ("self_attn.out_proj.weight", TRANSPOSE),
+  "attn.norm.scale": ("self_attn.norm.weight", AS_IS),
+}
 # Top-level tensors: our path -> (HF name, transform).
 TOP_WEIGHTS = {
   "embed": ("model.embed_tokens.weight", AS_IS),
