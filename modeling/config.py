@@ -73,6 +73,7 @@ class AttentionConfig:
   softcap: float = 0.0
   kernel: str = "xla"  # attention core: xla | pallas | pallas_interpret (see ATTENTION_KERNELS).
   gate: bool = False  # q_proj emits [query | gate] per head; output *= sigmoid(gate).
+  v_norm: bool = False  # values RMS-normed over head_dim without a scale (Gemma 3n).
   init_std: float = 0.02
   fp8: Fp8 | None = None  # FP8-style q/k/v/o projections.
 
@@ -175,6 +176,28 @@ class MlpConfig:
   bias: bool = False
   init_std: float = 0.02
   fp8: Fp8 | None = None
+  # Gemma 3n: keep only the gate pre-activations above mean + std * Phi^-1(sparsity)
+  # of each token (a Gaussian estimate of its top (1 - sparsity)), shifted to 0.
+  activation_sparsity: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AltUpConfig:
+  """Gemma 3n's block (modeling/layers/altup.py): the residual stream is
+  `num_inputs` streams; each layer runs on the active one (AltUp's predict /
+  correct mixes the rest), beside a low-rank LAuReL residual, and adds a gated
+  projection of its per-layer embedding (PLE) to the inactive streams."""
+
+  embed_dim: int
+  norm: NormConfig
+  num_inputs: int = 4
+  active_idx: int = 0
+  coef_clip: float = 120.0  # |prediction / correction coefficients| <= this.
+  correct_scale: bool = True  # scale the active corrected stream before the PLE gate.
+  laurel_rank: int = 64
+  per_layer_dim: int = 256  # width of each layer's per-layer embedding.
+  activation: str = "gelu_tanh"  # the per-layer input gate's.
+  init_std: float = 0.02
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +208,7 @@ class BlockSpec:
   placement: str = "pre"
   # x <- alpha * x + beta * sublayer(...): (attention alpha, beta, MLP alpha, beta).
   residual: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)
+  altup: AltUpConfig | None = None  # Gemma 3n's AltUp block instead of the plain one.
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,7 +27,7 @@ from modeling.config import (
   MlpConfig,
   MoeConfig,
 )
-from modeling.layers import params
+from modeling.layers import altup, params
 from modeling.layers.mlp import GatedMLP
 from modeling.layers.norms import RMSNorm
 from modeling.moe.layer import MoE
@@ -97,6 +97,46 @@ def _residual(x, h, alpha: float, beta: float):
   if beta != 1.0:
     h = h * jnp.asarray(beta, h.dtype)
   return x + h
+
+
+class AltUpBlock(nnx.Module):
+  """Gemma 3n's layer on AltUp streams [n, b, s, e] (modeling/layers/altup.py):
+  predict the streams; on the active one, sandwich-normed attention beside a
+  LAuReL bypass (their sum / sqrt 2), then the sandwich-normed MLP; correct
+  every stream from the result; add the gated per-layer embedding to the
+  streams after the first."""
+
+  def __init__(self, spec: BlockSpec, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+    cfg = spec.altup
+    self.cfg = cfg
+    d = spec.attention.embed_dim
+    norm = lambda: RMSNorm(d, spec.norm, param_dtype=param_dtype, axis_name="embed")
+    self.attn = ATTENTION[type(spec.attention)](spec.attention, rngs=rngs, param_dtype=param_dtype)
+    self.mlp = FFN[type(spec.mlp)](spec.mlp, rngs=rngs, param_dtype=param_dtype)
+    self.attn_norm, self.attn_post_norm = norm(), norm()
+    self.mlp_norm, self.mlp_post_norm = norm(), norm()
+    self.altup = altup.AltUp(cfg, rngs=rngs, param_dtype=param_dtype)
+    self.laurel = altup.Laurel(cfg, rngs=rngs, param_dtype=param_dtype)
+    self.per_layer = altup.PerLayerGate(cfg, rngs=rngs, param_dtype=param_dtype)
+
+  def __call__(self, streams, *, positions, segment_ids, per_layer_input, layer=0):
+    """streams [n, b, s, e], per_layer_input [b, s, p] -> (streams, stats)."""
+    del layer
+    cfg = self.cfg
+    predictions = self.altup.predict(streams)
+    active = predictions[cfg.active_idx]
+    normed = self.attn_norm(active)
+    h, stats = self.attn(normed, positions=positions, segment_ids=segment_ids)
+    h = checkpoint_name(h, "attention_out")
+    x = (active + self.attn_post_norm(h) + self.laurel(normed)) * jnp.asarray(2**-0.5, h.dtype)
+    x = x + self.mlp_post_norm(self.mlp(self.mlp_norm(x)))
+    corrected = self.altup.correct(predictions, x)
+    first = corrected[cfg.active_idx]
+    if cfg.correct_scale:
+      first = self.altup.scale_output(first)
+    gated = self.per_layer(first, per_layer_input)
+    corrected = corrected.at[1:].add(gated[None])
+    return rules.constrain(corrected, (None,) + ACTIVATION_AXES), stats
 
 
 class Period(nnx.Module):

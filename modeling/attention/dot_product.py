@@ -147,6 +147,9 @@ class Attention(nnx.Module):
       v = v + self.v_bias[...].astype(dt)
     if cfg.qk_norm != "none":
       q, k = self._norm("q_norm", q), self._norm("k_norm", k)
+    if cfg.v_norm:  # RMS over head_dim without a scale (Gemma 3n)
+      v32 = v.astype(jnp.float32)
+      v = (v32 * jax.lax.rsqrt(jnp.mean(v32 * v32, -1, keepdims=True) + cfg.norm.eps)).astype(dt)
     if cfg.rope is not None:
       q, k = rope.apply(q, positions, cfg.rope), rope.apply(k, positions, cfg.rope)
     if cfg.temperature_scale > 0:

@@ -138,6 +138,20 @@ MINIMAX_WEIGHTS = {
   "attn.out_proj": ("self_attn.out_proj.weight", TRANSPOSE),
   "attn.norm.scale": ("self_attn.norm.weight", AS_IS),
 }
+# Gemma 3n: AltUp, LAuReL and the per-layer input gate beside Gemma's attention and MLP.
+GEMMA3N_WEIGHTS = {
+  "altup.router": ("altup.modality_router.weight", TRANSPOSE),
+  "altup.router_norm.scale": ("altup.router_norm.weight", AS_IS),
+  "altup.prediction_coefs": ("altup.prediction_coefs.weight", TRANSPOSE),
+  "altup.correction_coefs": ("altup.correction_coefs.weight", TRANSPOSE),
+  "altup.correct_output_scale": ("altup.correct_output_scale", AS_IS),
+  "laurel.left": ("laurel.linear_left.weight", TRANSPOSE),
+  "laurel.right": ("laurel.linear_right.weight", TRANSPOSE),
+  "laurel.norm.scale": ("laurel.post_laurel_norm.weight", AS_IS),
+  "per_layer.gate": ("per_layer_input_gate.weight", TRANSPOSE),
+  "per_layer.proj": ("per_layer_projection.weight", TRANSPOSE),
+  "per_layer.norm.scale": ("post_per_layer_input_norm.weight", AS_IS),
+}
 # Top-level tensors: our path -> (HF name, transform).
 TOP_WEIGHTS = {
   "embed": ("model.embed_tokens.weight", AS_IS),

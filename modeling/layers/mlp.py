@@ -1,7 +1,9 @@
-"""Gated MLP: down(act(x @ gate) * (x @ up)); SwiGLU (silu) or GeGLU (gelu_tanh)."""
+"""Gated MLP: down(act(x @ gate) * (x @ up)); SwiGLU (silu) or GeGLU (gelu_tanh),
+optionally with Gemma 3n's activation sparsity on the gate."""
 
 import jax
 import jax.numpy as jnp
+import jax.scipy.stats
 from flax import nnx
 
 from modeling.config import MlpConfig
@@ -29,7 +31,18 @@ class GatedMLP(nnx.Module):
     up = project(x, self.up_proj[...], fp8)
     if self.cfg.bias:
       gate, up = gate + self.gate_bias[...].astype(dt), up + self.up_bias[...].astype(dt)
+    if self.cfg.activation_sparsity > 0:
+      gate = gaussian_top_k(gate, self.cfg.activation_sparsity)
     out = project(ACTIVATIONS[self.cfg.activation](gate) * up, self.down_proj[...], fp8)
     if self.cfg.bias:
       out = out + self.down_bias[...].astype(dt)
     return out
+
+
+def gaussian_top_k(x, sparsity: float):
+  """relu(x - (mean + std * Phi^-1(sparsity))) over the last axis: if x were normal,
+  the top (1 - sparsity) of it, shifted down to 0 (Gemma 3n's sparse gate)."""
+  multiplier = jax.scipy.stats.norm.ppf(jnp.float32(sparsity)).astype(x.dtype)
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  std = jnp.std(x, axis=-1, keepdims=True)  # population std, as the reference
+  return jax.nn.relu(x - (mean + std * multiplier))

@@ -1,0 +1,119 @@
+"""Specs for Gemma 3n's block (modeling/layers/altup.py, decoder.AltUpBlock): with
+the weights of transformers' Gemma3nTextDecoderLayer, our block maps the same AltUp
+streams and per-layer input to the same streams, on a sliding-window layer with
+activation sparsity and on a global one; and the parts it is built from."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from transformers.models.gemma3n import modeling_gemma3n as hf_gemma3n
+
+from modeling.config import (
+  AltUpConfig,
+  AttentionConfig,
+  BlockSpec,
+  MlpConfig,
+  NormConfig,
+  RopeConfig,
+)
+from modeling.decoder import AltUpBlock
+from modeling.hf import loader, tensors
+from modeling.layers.mlp import gaussian_top_k
+from tests import hf_common
+
+E, H, KV, D, F, N, R, P, S, WINDOW = 64, 4, 2, 16, 96, 4, 8, 8, 24, 8
+THETAS = {"sliding_attention": 10_000.0, "full_attention": 1_000_000.0}
+
+
+def _hf_config(**overrides):
+  return transformers.Gemma3nTextConfig(
+    **{
+      **dict(
+        vocab_size=128, hidden_size=E, intermediate_size=F, num_hidden_layers=2,
+        num_attention_heads=H, num_key_value_heads=KV, head_dim=D, altup_num_inputs=N,
+        laurel_rank=R, hidden_size_per_layer_input=P, vocab_size_per_layer_input=128,
+        num_kv_shared_layers=0, sliding_window=WINDOW, activation_sparsity_pattern=[0.95, 0.0],
+        layer_types=["sliding_attention", "full_attention"],
+        rope_parameters={t: {"rope_type": "default", "rope_theta": v} for t, v in THETAS.items()},
+      ),
+      **overrides,
+    },
+    attn_implementation="eager",
+  )  # fmt: skip
+
+
+def _spec(layer_type: str, sparsity: float) -> BlockSpec:
+  norm = NormConfig("rms", 1e-6)
+  window = WINDOW if layer_type == "sliding_attention" else 0
+  attention = AttentionConfig(
+    E, H, KV, D, scale=1.0, window=window, rope=RopeConfig(theta=THETAS[layer_type], rotary_dim=D),
+    qk_norm="head", v_norm=True, norm=norm,
+  )  # fmt: skip
+  mlp = MlpConfig(E, F, "gelu_tanh", activation_sparsity=sparsity)
+  altup = AltUpConfig(E, norm, num_inputs=N, laurel_rank=R, per_layer_dim=P)
+  return BlockSpec(attention, mlp, norm, altup=altup)
+
+
+def _load_block(spec, hf_layer):
+  """Our block with the HF layer's weights, through the loader's name table."""
+  ours = AltUpBlock(spec, rngs=nnx.Rngs(0))
+  norms = {k: (v, tensors.AS_IS) for k, v in tensors.SANDWICH_NORMS.items()}
+  table = {**tensors.LAYER_WEIGHTS, **tensors.GEMMA3N_WEIGHTS, **norms}
+  theirs = dict(hf_layer.state_dict())
+  for path, variable in nnx.to_flat_state(nnx.state(ours, nnx.Param)):
+    name, transform = table[".".join(map(str, path))]
+    array = loader._TRANSFORMS[transform](theirs.pop(name).numpy())
+    variable.set_value(jnp.asarray(array.reshape(variable.get_value().shape)))
+  assert not theirs, f"HF tensors left unloaded: {sorted(theirs)}"
+  return ours
+
+
+@pytest.mark.parametrize("layer", [0, 1])
+def test_block_matches_transformers_gemma3n_decoder_layer(layer):
+  """Layer 0: window 8, 95% activation sparsity; layer 1: global. Packed rows:
+  row 1 holds two documents, HF sees the same block-diagonal causal mask."""
+  config = _hf_config()
+  torch.manual_seed(layer)
+  hf_layer = hf_gemma3n.Gemma3nTextDecoderLayer(config, layer).eval().float()
+  hf_common.randomise(hf_layer)
+  layer_type = config.layer_types[layer]
+  ours = _load_block(_spec(layer_type, config.activation_sparsity_pattern[layer]), hf_layer)
+
+  rng = np.random.default_rng(layer)
+  streams = rng.standard_normal((N, 2, S, E)).astype(np.float32)
+  per_layer = rng.standard_normal((2, S, P)).astype(np.float32)
+  segment_ids = np.array([[1] * S, [1] * 10 + [2] * (S - 10)])
+  positions = np.array([np.arange(S), np.r_[np.arange(10), np.arange(S - 10)]])
+  q, k = np.arange(S)[:, None], np.arange(S)[None, :]
+  visible = (k <= q) & (segment_ids[:, :, None] == segment_ids[:, None, :])
+  if layer_type == "sliding_attention":
+    visible &= q - k < WINDOW
+  mask = torch.as_tensor(np.where(visible, 0.0, np.finfo(np.float32).min)[:, None].astype(np.float32))
+  rotary = hf_gemma3n.Gemma3nRotaryEmbedding(config)
+  position_ids = torch.as_tensor(positions)
+  with torch.no_grad():
+    cos_sin = rotary(torch.as_tensor(streams), position_ids, layer_type)
+    want = hf_layer(
+      torch.as_tensor(streams), cos_sin, torch.as_tensor(per_layer),
+      shared_kv_states=hf_gemma3n.KVSharingDict(), attention_mask=mask, position_ids=position_ids,
+    ).numpy()  # fmt: skip
+  got, stats = ours(
+    jnp.asarray(streams), positions=jnp.asarray(positions), segment_ids=jnp.asarray(segment_ids),
+    per_layer_input=jnp.asarray(per_layer),
+  )  # fmt: skip
+  assert stats["max_logits"].shape == (H,)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+
+
+def test_gaussian_top_k_keeps_the_tail_above_the_normal_quantile():
+  """For normal inputs, 95% sparsity zeroes about 95% of each row, and what is left
+  is shifted by the same cutoff."""
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((4, 20_000)), jnp.float32)
+  y = np.asarray(gaussian_top_k(x, 0.95))
+  np.testing.assert_allclose((y > 0).mean(axis=-1), 0.05, atol=0.005)
+  kept = y > 0
+  shift = np.asarray(x)[kept] - y[kept]
+  np.testing.assert_allclose(shift, np.median(shift), atol=0.05)
