@@ -78,6 +78,33 @@ def get_config() -> ml_collections.ConfigDict:
   m.rope_scaling.beta_slow = 1.0  # yarn.
   m.rope_scaling.attention_factor = 0.0  # yarn: 0 -> 0.1*ln(s)+1.
   m.rope_scaling.truncate = True  # yarn: round the correction range to whole dims (False: gpt-oss).
+  m.v_norm = False  # values RMS-normed over head_dim without a scale (Gemma 3n).
+  # KV sharing (Gemma 3n): the last N layers compute no K/V and attend to the K/V of
+  # the last earlier layer of their attention_pattern kind.
+  m.kv_shared_layers = 0
+  m.mlp_dims = ()  # per-layer FFN widths (one per layer; () = mlp_dim everywhere).
+  # Gate sparsity of the dense FFN of layer i (entry i; layers past the tuple: 0):
+  # only gate values above mean + std * Phi^-1(s) of the token stay (Gemma 3n: 0.95
+  # on the first 10 layers).
+  m.activation_sparsity = ()
+  # AltUp (Gemma 3n): the residual is num_inputs streams; each layer runs on the
+  # active one and AltUp's predict / correct mixes the others; a rank-laurel_rank
+  # LAuReL bypass beside attention; per-layer embeddings (model.per_layer_input)
+  # gated into the streams after each layer. 0 = off.
+  m.altup = ml_collections.ConfigDict()
+  m.altup.num_inputs = 0
+  m.altup.active_idx = 0
+  m.altup.coef_clip = 120.0  # |prediction / correction coefficients| <= this.
+  m.altup.correct_scale = True  # learned scale on the corrected active stream.
+  m.altup.laurel_rank = 64
+  # Per-layer embeddings (PLE, Gemma 3n; with model.altup): a [vocab_size,
+  # num_layers * dim] table plus a projection of the token embedding, one dim-wide
+  # slice per layer.
+  m.per_layer_input = ml_collections.ConfigDict()
+  m.per_layer_input.dim = 256
+  m.per_layer_input.vocab_size = 0  # 0 = model.vocab_size; ids past it read row 0.
+  m.per_layer_input.host_memory = False  # keep the table (and its optimizer state) in
+  #   host memory; each step reads the rows it needs.
   # Gated attention (Qwen3-Next): q_proj also emits a gate per head ([query | gate]),
   # and each head's output is multiplied by sigmoid(gate) before o_proj.
   m.attention_gate = False
@@ -196,6 +223,11 @@ def get_config() -> ml_collections.ConfigDict:
   t.eval_batches = 8  # held-out batches per eval.
   t.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = from the device table
   #   (trainer/metrics.py), which has a nominal CPU entry.
+  # MatFormer (Gemma 3n): per-layer FFN widths of a nested sub-model trained jointly
+  # with the full one (modeling/matformer.py): loss = full + matformer_weight * sub,
+  # both on every batch. () = off.
+  t.matformer_dims = ()
+  t.matformer_weight = 1.0
 
   # ---------------------------------------------------------------- optim
   o = c.optim = ml_collections.ConfigDict()

@@ -74,6 +74,9 @@ class AttentionConfig:
   kernel: str = "xla"  # attention core: xla | pallas | pallas_interpret (see ATTENTION_KERNELS).
   gate: bool = False  # q_proj emits [query | gate] per head; output *= sigmoid(gate).
   v_norm: bool = False  # values RMS-normed over head_dim without a scale (Gemma 3n).
+  # Gemma 3n's KV sharing: "store" keeps this layer's K/V for later layers of its
+  # kind (window, chunk); "reuse" has no K/V projections and attends to those.
+  kv_share: str = ""
   init_std: float = 0.02
   fp8: Fp8 | None = None  # FP8-style q/k/v/o projections.
 
@@ -235,6 +238,15 @@ class DecoderConfig:
   bias_update_rate: float = 0.0  # aux-loss-free bias step (0 = no update).
   mtp_depth: int = 0  # multi-token prediction modules after the trunk.
   indexer_loss_weight: float = 0.0  # DSA: weight of the indexers' KL (summed over layers).
+  num_periods: int = 0  # whole periods from `prefix` on run under the layer scan.
+  # Gemma 3n: the residual is `altup_inputs` AltUp streams (0 = one plain stream),
+  # and every layer gets its slice of the per-layer embeddings (PLE): a
+  # [per_layer_vocab, num_layers * per_layer_dim] table plus a projection of the
+  # token embedding. per_layer_on_host keeps the table in host memory.
+  altup_inputs: int = 0
+  per_layer_vocab: int = 0
+  per_layer_dim: int = 0
+  per_layer_on_host: bool = False
 
   @property
   def num_layers(self) -> int:
@@ -347,6 +359,11 @@ def decoder_config(
   mlp = MlpConfig(m.embed_dim, m.mlp_dim, m.activation, m.mlp_bias, m.init_std, fp8)
   moe = _moe_config(m, fp8) if "moe" in m.ffn_pattern else None
   mla = _mla_config(m, global_rope, norm, fp8) if m.attention == "mla" else None
+  altup = _altup_config(m, norm)
+  kinds = [m.attention_pattern[i % len(m.attention_pattern)] for i in range(m.num_layers)]
+  kv_share = _kv_share(m, kinds)
+  _check_per_layer(m, "mlp_dims", lambda v: v > 0, "positive widths")
+  _check_per_layer(m, "activation_sparsity", lambda v: 0 <= v < 1, "values in [0, 1)")
 
   blocks = []
   for i in range(m.num_layers):
@@ -364,6 +381,8 @@ def decoder_config(
     if kind == "linear":
       attention = _delta_net_config(m)
     attention = attention or AttentionConfig(
+      kv_share=kv_share[i],
+      v_norm=m.v_norm,
       embed_dim=m.embed_dim,
       num_heads=m.num_heads,
       num_kv_heads=m.num_kv_heads,
@@ -389,15 +408,23 @@ def decoder_config(
     r = m.residual_scale
     residual = (r.linear_alpha, r.linear_beta) if kind == "linear" else (r.attn_alpha, r.attn_beta)
     residual = tuple(float(v) for v in (*residual, r.mlp_alpha, r.mlp_beta))
-    blocks.append(BlockSpec(attention, moe if is_moe else mlp, norm, m.norm_placement, residual))
-  prefix = min(m.first_dense_layers, m.num_layers)
+    ffn = moe if is_moe else _layer_mlp(m, mlp, i)
+    blocks.append(BlockSpec(attention, ffn, norm, m.norm_placement, residual, altup))
+  first = min(m.first_dense_layers, m.num_layers)
   period = math.lcm(len(m.attention_pattern), len(m.rope_pattern), len(m.ffn_pattern))
+  period = max(min(period, m.num_layers - first), 1)
+  prefix, num_periods = scanned_run(blocks, period, first)
   return DecoderConfig(
     vocab_size=m.vocab_size,
     embed_dim=m.embed_dim,
     blocks=tuple(blocks),
-    period=max(min(period, m.num_layers - prefix), 1),
+    period=period,
     prefix=prefix,
+    num_periods=num_periods if m.scan_layers else 0,
+    altup_inputs=m.altup.num_inputs,
+    per_layer_vocab=(m.per_layer_input.vocab_size or m.vocab_size) if altup else 0,
+    per_layer_dim=m.per_layer_input.dim if altup else 0,
+    per_layer_on_host=bool(altup and m.per_layer_input.host_memory),
     norm=norm,
     tie_embeddings=m.tie_embeddings,
     embed_scale=m.embed_scale,
@@ -416,6 +443,101 @@ def decoder_config(
     mtp_depth=m.mtp.depth,
     indexer_loss_weight=m.mla.indexer.loss_weight if mla and mla.indexer else 0.0,
   )
+
+
+def scanned_run(blocks, period: int, first: int) -> tuple[int, int]:
+  """(prefix, periods): the longest run of identical whole periods starting at or
+  after `first` (the earliest such start on ties). Layers before it run unrolled,
+  and so do those after it (Gemma 3n's sparse first layers and KV-sharing last ones)."""
+  best = (first, 0)
+  for start in range(first, len(blocks)):
+    unit = blocks[start : start + period]
+    count = 0
+    while start + (count + 1) * period <= len(blocks) and (
+      blocks[start + count * period : start + (count + 1) * period] == unit
+    ):
+      count += 1
+    if count > best[1]:
+      best = (start, count)
+  return best
+
+
+def _check_per_layer(m, name: str, valid, what: str):
+  values = tuple(m[name])
+  _check(
+    name != "mlp_dims" or not values or len(values) == m.num_layers,
+    f"model.{name} has {len(values)} entries for {m.num_layers} layers; give one per layer "
+    "or none",
+  )
+  _check(all(valid(v) for v in values), f"model.{name}={values} must hold {what}")
+
+
+def _layer_mlp(m, mlp: MlpConfig, i: int) -> MlpConfig:
+  """Layer i's dense FFN: its own width (`mlp_dims`, MatFormer) and gate sparsity."""
+  dims, sparsity = tuple(m.mlp_dims), tuple(m.activation_sparsity)
+  return dataclasses.replace(
+    mlp,
+    mlp_dim=dims[i] if dims else mlp.mlp_dim,
+    activation_sparsity=float(sparsity[i]) if i < len(sparsity) else 0.0,
+  )
+
+
+def _altup_config(m, norm: NormConfig) -> AltUpConfig | None:
+  a = m.altup
+  if a.num_inputs == 0:
+    return None
+  _check(a.num_inputs >= 2, f"model.altup.num_inputs={a.num_inputs} must be 0 (off) or >= 2")
+  _check(
+    0 <= a.active_idx < a.num_inputs,
+    f"model.altup.active_idx={a.active_idx} must be in [0, model.altup.num_inputs)",
+  )
+  _check(a.laurel_rank > 0, f"model.altup.laurel_rank={a.laurel_rank} must be positive")
+  _check(
+    m.per_layer_input.dim > 0,
+    f"model.per_layer_input.dim={m.per_layer_input.dim} must be positive with model.altup",
+  )
+  _check(
+    m.attention == "gqa"
+    and set(m.ffn_pattern) == {"dense"}
+    and "linear" not in m.attention_pattern,
+    "model.altup (Gemma 3n's block) needs model.attention='gqa', dense FFNs and no linear layers",
+  )
+  _check(m.mtp.depth == 0, "model.altup does not support model.mtp.depth > 0; set it to 0")
+  return AltUpConfig(
+    embed_dim=m.embed_dim,
+    norm=norm,
+    num_inputs=a.num_inputs,
+    active_idx=a.active_idx,
+    coef_clip=a.coef_clip,
+    correct_scale=a.correct_scale,
+    laurel_rank=a.laurel_rank,
+    per_layer_dim=m.per_layer_input.dim,
+    activation=m.activation,
+    init_std=m.init_std,
+  )
+
+
+def _kv_share(m, kinds: list) -> list[str]:
+  """Per layer "" | "store" | "reuse": the last `kv_shared_layers` layers reuse the
+  K/V of the last earlier layer of their kind, which stores them (Gemma 3n)."""
+  n, shared = m.num_layers, m.kv_shared_layers
+  _check(
+    0 <= shared < n, f"model.kv_shared_layers={shared} must be in [0, model.num_layers={n})"
+  )
+  out = [""] * n
+  if not shared:
+    return out
+  _check(m.attention == "gqa", "model.kv_shared_layers needs model.attention='gqa'")
+  first = n - shared
+  for i in range(first, n):
+    producers = [j for j in range(first) if kinds[j] == kinds[i]]
+    _check(
+      bool(producers),
+      f"model.kv_shared_layers={shared}: layer {i} ({kinds[i]}) has no earlier "
+      f"{kinds[i]} layer to take K/V from",
+    )
+    out[producers[-1]], out[i] = "store", "reuse"
+  return out
 
 
 def _delta_net_config(m) -> DeltaNetConfig:

@@ -67,27 +67,48 @@ class Block(nnx.Module):
     if spec.placement in ("post", "sandwich"):
       self.attn_post_norm, self.mlp_post_norm = norm(), norm()
 
-  def __call__(self, x, *, positions, segment_ids, layer=0):
+  def __call__(
+    self, x, *, positions, segment_ids, layer=0, per_layer_input=None, shared_kv=None,
+    mlp_width=None,
+  ):  # fmt: skip
     """x: [b, s, e] -> (x, stats). `layer`: this block's index in the model (an int,
-    or traced inside the layer scan), for attention whose math depends on depth."""
+    or traced inside the layer scan), for attention whose math depends on depth;
+    `shared_kv`: K/V stored by earlier layers (KV sharing); `mlp_width`: a dense
+    FFN's MatFormer width. No per-layer input."""
+    del per_layer_input
     pre = self.placement in ("pre", "sandwich")
     post = self.placement in ("post", "sandwich")
     deep = self.placement == "deepnorm"  # the residual carries the normed stream
     attn_alpha, attn_beta, mlp_alpha, mlp_beta = self.residual
-    depth = {"layer": layer} if getattr(self.attn, "depth_dependent", False) else {}
     if deep:
       x = self.attn_norm(x)
-    h, attn_stats = self.attn(
-      self.attn_norm(x) if pre else x, positions=positions, segment_ids=segment_ids, **depth
+    h, attn_stats = _attend(
+      self.attn, self.attn_norm(x) if pre else x, positions, segment_ids, layer, shared_kv
     )
     h = checkpoint_name(h, "attention_out")
     x = _residual(x, self.attn_post_norm(h) if post else h, attn_alpha, attn_beta)
     if deep:
       x = self.mlp_norm(x)
-    h = self.mlp(self.mlp_norm(x) if pre else x)
+    h = _ffn(self.mlp, self.mlp_norm(x) if pre else x, mlp_width)
     h, stats = h if self.is_moe else (h, {})  # MoE also returns its load and balance stats
     x = _residual(x, self.mlp_post_norm(h) if post else h, mlp_alpha, mlp_beta)
     return rules.constrain(x, ACTIVATION_AXES), stats | attn_stats
+
+
+def _ffn(mlp, x, width):
+  """The FFN, as its MatFormer sub-MLP of `width` units when given (dense FFNs)."""
+  return mlp(x) if width is None else mlp(x, width=width)
+
+
+def _attend(attn, x, positions, segment_ids, layer, shared_kv):
+  """attn(x) with the extras its kind takes: the layer index (lightning attention's
+  depth-dependent decay) or the shared K/V (a KV-reusing layer)."""
+  extra = {}
+  if getattr(attn, "depth_dependent", False):
+    extra["layer"] = layer
+  if getattr(attn.cfg, "kv_share", "") == "reuse":
+    extra["shared_kv"] = shared_kv
+  return attn(x, positions=positions, segment_ids=segment_ids, **extra)
 
 
 def _residual(x, h, alpha: float, beta: float):
@@ -119,17 +140,19 @@ class AltUpBlock(nnx.Module):
     self.laurel = altup.Laurel(cfg, rngs=rngs, param_dtype=param_dtype)
     self.per_layer = altup.PerLayerGate(cfg, rngs=rngs, param_dtype=param_dtype)
 
-  def __call__(self, streams, *, positions, segment_ids, per_layer_input, layer=0):
+  def __call__(
+    self, streams, *, positions, segment_ids, per_layer_input, layer=0, shared_kv=None,
+    mlp_width=None,
+  ):  # fmt: skip
     """streams [n, b, s, e], per_layer_input [b, s, p] -> (streams, stats)."""
-    del layer
     cfg = self.cfg
     predictions = self.altup.predict(streams)
     active = predictions[cfg.active_idx]
     normed = self.attn_norm(active)
-    h, stats = self.attn(normed, positions=positions, segment_ids=segment_ids)
+    h, stats = _attend(self.attn, normed, positions, segment_ids, layer, shared_kv)
     h = checkpoint_name(h, "attention_out")
     x = (active + self.attn_post_norm(h) + self.laurel(normed)) * jnp.asarray(2**-0.5, h.dtype)
-    x = x + self.mlp_post_norm(self.mlp(self.mlp_norm(x)))
+    x = x + self.mlp_post_norm(_ffn(self.mlp, self.mlp_norm(x), mlp_width))
     corrected = self.altup.correct(predictions, x)
     first = corrected[cfg.active_idx]
     if cfg.correct_scale:
@@ -139,18 +162,28 @@ class AltUpBlock(nnx.Module):
     return rules.constrain(corrected, (None,) + ACTIVATION_AXES), stats
 
 
+def make_block(spec: BlockSpec, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
+  """Gemma 3n's AltUp block where the spec has one, else the plain block."""
+  return (AltUpBlock if spec.altup else Block)(spec, rngs=rngs, param_dtype=param_dtype)
+
+
 class Period(nnx.Module):
   """One repetition of the layer pattern: `period` consecutive blocks."""
 
   def __init__(self, specs: tuple[BlockSpec, ...], *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-    self.blocks = nnx.List([Block(s, rngs=rngs, param_dtype=param_dtype) for s in specs])
+    self.blocks = nnx.List([make_block(s, rngs=rngs, param_dtype=param_dtype) for s in specs])
 
-  def __call__(self, x, positions, segment_ids, first_layer):
+  def __call__(self, x, positions, segment_ids, first_layer, per_layer, shared_kv):
+    """per_layer: (per-layer inputs [b, s, period, p] or None, MatFormer FFN
+    widths [period] or None)."""
+    inputs, widths = per_layer
     stats = []
     for j, block in enumerate(self.blocks):
       x, block_stats = block(
-        x, positions=positions, segment_ids=segment_ids, layer=first_layer + j
-      )
+        x, positions=positions, segment_ids=segment_ids, layer=first_layer + j,
+        per_layer_input=None if inputs is None else inputs[:, :, j], shared_kv=shared_kv,
+        mlp_width=None if widths is None else widths[j],
+      )  # fmt: skip
       stats.append(block_stats)
     return x, stats
 
@@ -166,10 +199,21 @@ class Decoder(nnx.Module):
     self.cfg = cfg
     dt, std, v, e = cfg.param_dtype, cfg.init_std, cfg.vocab_size, cfg.embed_dim
     self.embed = params.normal(rngs, (v, e), ("vocab", "embed"), std, dt)
-    self.prefix = nnx.List([Block(s, rngs=rngs, param_dtype=dt) for s in cfg.blocks[: cfg.prefix]])
+    if cfg.altup_inputs:
+      n, L, p = cfg.altup_inputs, cfg.num_layers, cfg.per_layer_dim
+      table = (cfg.per_layer_vocab, L * p)
+      self.per_layer_embed = params.normal(rngs, table, ("vocab", None), std, dt)
+      if cfg.per_layer_on_host:  # the trainer lays it (and its optimizer state) out in host memory
+        self.per_layer_embed.set_metadata("memory_kind", "pinned_host")
+      self.per_layer_proj = params.normal(rngs, (e, L * p), ("embed", None), std, dt)
+      self.per_layer_norm = RMSNorm(p, cfg.norm, param_dtype=dt, axis_name="norm")
+      # Streams 1..n-1 in from the embedding, and back out before the final norm.
+      self.altup_in = params.normal(rngs, (n - 1, e, e), ("streams", "embed", None), std, dt)
+      self.altup_out = params.normal(rngs, (n - 1, e, e), ("streams", "embed", None), std, dt)
+    block = lambda s: make_block(s, rngs=rngs, param_dtype=dt)
+    self.prefix = nnx.List([block(s) for s in cfg.blocks[: cfg.prefix]])
     period_specs = cfg.blocks[cfg.prefix : cfg.prefix + cfg.period]
-    repeating = cfg.num_layers - cfg.prefix
-    self.num_periods = repeating // cfg.period if cfg.scan_layers else 0
+    self.num_periods = cfg.num_periods
     if self.num_periods:
 
       @nnx.split_rngs(splits=self.num_periods)
@@ -180,12 +224,12 @@ class Decoder(nnx.Module):
       self.stack = make_stack(rngs)
       _add_layers_axis(self.stack)
     tail = cfg.blocks[cfg.prefix + self.num_periods * cfg.period :]
-    self.tail = nnx.List([Block(s, rngs=rngs, param_dtype=dt) for s in tail])
+    self.tail = nnx.List([block(s) for s in tail])
     self.final_norm = RMSNorm(e, cfg.norm, param_dtype=dt, axis_name="embed")
     if not cfg.tie_embeddings:
       self.lm_head = params.normal(rngs, (e, v), ("embed", "vocab"), std, dt)
     # Created last so the main model's init does not depend on the MTP depth.
-    mtp_block = lambda: Block(cfg.blocks[-1], rngs=rngs, param_dtype=dt)
+    mtp_block = lambda: make_block(cfg.blocks[-1], rngs=rngs, param_dtype=dt)
     self.mtp = nnx.List(
       [
         MTPModule(mtp_block(), e, cfg.norm, rngs=rngs, init_std=std, param_dtype=dt)
@@ -193,11 +237,15 @@ class Decoder(nnx.Module):
       ]
     )
 
-  def __call__(self, tokens, *, positions=None, segment_ids=None, mtp: bool = True):
+  def __call__(
+    self, tokens, *, positions=None, segment_ids=None, mtp: bool = True, mlp_widths=None
+  ):
     """tokens: [b, s] int -> (logits [b, s, vocab] float32, aux).
 
     mtp=False skips the multi-token-prediction modules (eval, or an MTP loss
-    weight of 0 for the whole run).
+    weight of 0 for the whole run). mlp_widths (one per layer, dense FFNs): run
+    the MatFormer sub-model whose layer i uses the first mlp_widths[i] FFN units
+    (modeling/matformer.py).
 
     aux: `aux_loss` (weighted MoE balance losses, summed over layers);
     `max_logits` [softmax layers, heads] (largest pre-softmax logit per head); with
@@ -216,21 +264,33 @@ class Decoder(nnx.Module):
     if cfg.embed_scale:
       x = x * jnp.asarray(cfg.embed_dim**0.5, cfg.compute_dtype)
     x = rules.constrain(x, ACTIVATION_AXES)
-    stats = []  # per layer, in layer order
+    per_layer = None
+    if cfg.altup_inputs:
+      per_layer = self._per_layer_inputs(tokens, x)  # [b, s, layers, p]
+      x = self._streams_in(x)
+    stats, shared_kv = [], {}  # per layer, in layer order; K/V stored for reusing layers
+    widths = None if mlp_widths is None else jnp.asarray(mlp_widths, jnp.int32)
+    unrolled = lambda i, block: block(
+      x, positions=positions, segment_ids=segment_ids, layer=i, shared_kv=shared_kv,
+      per_layer_input=None if per_layer is None else per_layer[:, :, i],
+      mlp_width=None if widths is None else widths[i],
+    )  # fmt: skip
     for i, block in enumerate(self.prefix):
-      x, block_stats = block(x, positions=positions, segment_ids=segment_ids, layer=i)
+      x, block_stats = unrolled(i, block)
+      shared_kv.update(block_stats.pop("kv", {}))
       stats.append(block_stats)
     if self.num_periods:
-      x, stacked = self._scan(x, positions, segment_ids)
+      x, stacked = self._scan(x, positions, segment_ids, per_layer, widths, shared_kv)
       # stacked[j][key]: [num_periods, ...] for block j of the period -> layer p * period + j.
       for p in range(self.num_periods):
         stats.extend(jax.tree.map(lambda a: a[p], stacked))
     first_tail = cfg.prefix + self.num_periods * cfg.period
     for j, block in enumerate(self.tail):
-      x, block_stats = block(
-        x, positions=positions, segment_ids=segment_ids, layer=first_tail + j
-      )
+      x, block_stats = unrolled(first_tail + j, block)
+      shared_kv.update(block_stats.pop("kv", {}))
       stats.append(block_stats)
+    if cfg.altup_inputs:
+      x = self._streams_out(x)
     head = (self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]).astype(x.dtype)
     logits = self._logits(self.final_norm(x), head)
     mtp_logits = []
@@ -248,6 +308,39 @@ class Decoder(nnx.Module):
     if mtp_logits:
       aux["mtp_logits"] = mtp_logits
     return logits, aux
+
+  def _streams_in(self, x):
+    """[b, s, e] -> AltUp streams [n, b, s, e]: x, then projections of x rescaled to
+    its per-token RMS."""
+    extra = [altup.match_magnitude(x @ w.astype(x.dtype), x) for w in self.altup_in[...]]
+    return jnp.stack([x] + extra)
+
+  def _streams_out(self, streams):
+    """[n, b, s, e] -> [b, s, e]: stream 0 and the others' projections back (rescaled
+    to stream 0's RMS), averaged."""
+    first = streams[0]
+    back = [
+      altup.match_magnitude(s @ w.astype(s.dtype), first)
+      for s, w in zip(streams[1:], self.altup_out[...], strict=True)
+    ]
+    return jnp.mean(jnp.stack([first] + back), axis=0)
+
+  def _per_layer_inputs(self, tokens, x):
+    """Every layer's per-layer embedding [b, s, layers, p]: the token's row of the
+    PLE table (ids past it read row 0) times sqrt(p), plus the RMS-normed
+    projection of the token embedding times 1/sqrt(e), the sum over sqrt(2)."""
+    cfg = self.cfg
+    b, s = tokens.shape
+    shape = (b, s, cfg.num_layers, cfg.per_layer_dim)
+    ids = jnp.where((tokens >= 0) & (tokens < cfg.per_layer_vocab), tokens, 0)
+    table = self.per_layer_embed[...]
+    if cfg.per_layer_on_host:  # host memory between steps; on the device for this one
+      table = jax.device_put(table, jax.memory.Space.Device)
+    table = jnp.take(table, ids, axis=0).astype(x.dtype).reshape(shape)
+    table = table * jnp.asarray(cfg.per_layer_dim**0.5, x.dtype)
+    proj = x @ self.per_layer_proj[...].astype(x.dtype)
+    proj = self.per_layer_norm((proj * jnp.asarray(cfg.embed_dim**-0.5, x.dtype)).reshape(shape))
+    return (proj + table) * jnp.asarray(2**-0.5, x.dtype)
 
   def layers(self) -> list[tuple[Block, int | None]]:
     """(block, period index into its stacked params or None) per layer, in the
@@ -295,18 +388,28 @@ class Decoder(nnx.Module):
       "router_z": total("router_z") / len(stats),
     }
 
-  def _scan(self, x, positions, segment_ids):
+  def _scan(self, x, positions, segment_ids, per_layer, widths, shared_kv):
     """Runs the stacked periods with jax.lax.scan over their split state (the
     forward mutates no variable), under jax.checkpoint when remat is on. Period p
-    starts at layer prefix + p * period (scanned too: depth-dependent attention)."""
+    starts at layer prefix + p * period (scanned too: depth-dependent attention)
+    and reads its layers' per-layer inputs and MatFormer widths; stored K/V reach
+    it as constants."""
     cfg = self.cfg
     graphdef, state = nnx.split(self.stack)
     first_layers = cfg.prefix + cfg.period * jnp.arange(self.num_periods)
+    start, end = cfg.prefix, cfg.prefix + self.num_periods * cfg.period
+    if per_layer is not None:  # [b, s, layers, p] -> [periods, b, s, period, p]
+      b, s, _, p = per_layer.shape
+      per_layer = per_layer[:, :, start:end].reshape(b, s, self.num_periods, cfg.period, p)
+      per_layer = jnp.moveaxis(per_layer, 2, 0)
+    if widths is not None:  # [layers] -> [periods, period]
+      widths = widths[start:end].reshape(self.num_periods, cfg.period)
 
     def step(x, xs):
-      period_state, first_layer = xs
-      return nnx.merge(graphdef, period_state)(x, positions, segment_ids, first_layer)
+      period_state, first_layer, inputs = xs
+      period = nnx.merge(graphdef, period_state)
+      return period(x, positions, segment_ids, first_layer, inputs, shared_kv)
 
     if cfg.remat != "none":
       step = jax.checkpoint(step, policy=REMAT_POLICIES[cfg.remat])
-    return jax.lax.scan(step, x, (state, first_layers))
+    return jax.lax.scan(step, x, (state, first_layers, (per_layer, widths)))

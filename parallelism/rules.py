@@ -39,6 +39,7 @@ RULES: dict[str, tuple[str, ...]] = {
   "experts": ("expert",),
   "expert_mlp": ("tensor",),
   "layers": (),  # scanned layers stay whole: each scan step reads one slice.
+  "streams": (),  # Gemma 3n's AltUp stream projections: one small matrix per stream.
   "norm": (),
 }
 

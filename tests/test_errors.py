@@ -49,6 +49,10 @@ CASES = [  # (extra args, text the one error line must contain)
     ["--config", "configs/kimi_linear.py:tiny", "--config.model.linear.num_v_heads=8"],
     "model.linear.kind='kda' needs num_k_heads == num_v_heads",
   ),
+  (
+    ["--config", "configs/gemma3n.py:tiny", "--config.model.kv_shared_layers=7"],
+    "layer 1 (global) has no earlier global layer to take K/V from",
+  ),
 ]
 
 
@@ -68,6 +72,7 @@ CASES = [  # (extra args, text the one error line must contain)
     "mesh",
     "fp8",
     "kda_heads",
+    "kv_shared",
   ],
 )
 def test_bad_input_fails_with_one_line_naming_the_field(args, needle, tmp_path):

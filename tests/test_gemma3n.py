@@ -3,6 +3,7 @@ the weights of transformers' Gemma3nTextDecoderLayer, our block maps the same Al
 streams and per-layer input to the same streams, on a sliding-window layer with
 activation sparsity and on a global one; and the parts it is built from."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -91,7 +92,8 @@ def test_block_matches_transformers_gemma3n_decoder_layer(layer):
   visible = (k <= q) & (segment_ids[:, :, None] == segment_ids[:, None, :])
   if layer_type == "sliding_attention":
     visible &= q - k < WINDOW
-  mask = torch.as_tensor(np.where(visible, 0.0, np.finfo(np.float32).min)[:, None].astype(np.float32))
+  mask = np.where(visible, 0.0, np.finfo(np.float32).min)[:, None].astype(np.float32)
+  mask = torch.as_tensor(mask)
   rotary = hf_gemma3n.Gemma3nRotaryEmbedding(config)
   position_ids = torch.as_tensor(positions)
   with torch.no_grad():
@@ -117,3 +119,84 @@ def test_gaussian_top_k_keeps_the_tail_above_the_normal_quantile():
   kept = y > 0
   shift = np.asarray(x)[kept] - y[kept]
   np.testing.assert_allclose(shift, np.median(shift), atol=0.05)
+
+
+def test_matformer_sub_model_equals_the_standalone_model_of_sliced_weights():
+  """The tiny preset's layers at widths that break its scanned periods apart (the
+  two reusing periods get different widths, the sparse layers too): the full model
+  run as the sub-model equals a standalone model built at those widths from the
+  leading slices of its weights."""
+  from configs import gemma3n  # noqa: PLC0415
+
+  from modeling import matformer  # noqa: PLC0415
+  from modeling.config import decoder_config  # noqa: PLC0415
+  from modeling.decoder import Decoder  # noqa: PLC0415
+
+  cfg = decoder_config(gemma3n.get_config("tiny").model)
+  assert cfg.num_periods == 2  # layers 4-7: two identical periods, scanned
+  full = Decoder(cfg, rngs=nnx.Rngs(0))
+  widths = (256, 512, 768, 768, 384, 384, 128, 768)
+  sub = matformer.extract(full, widths)
+  assert [b.mlp.mlp_dim for b in sub.cfg.blocks] == list(widths)
+  assert sub.cfg.num_periods < cfg.num_periods  # regrouped: the widths differ per period
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 384, (2, 24)))
+  nested, _ = nnx.jit(lambda m, t: m(t, mlp_widths=widths))(full, tokens)
+  alone, _ = nnx.jit(lambda m, t: m(t))(sub, tokens)
+  np.testing.assert_allclose(np.asarray(nested), np.asarray(alone), rtol=1e-5, atol=1e-5)
+  whole, _ = nnx.jit(lambda m, t: m(t))(full, tokens)
+  assert np.abs(np.asarray(whole) - np.asarray(nested)).max() > 1e-3  # the widths matter
+  with pytest.raises(ValueError, match="width 1000 of layer 0 must be in"):
+    matformer.extract(full, (1000,) + widths[1:])
+
+
+def test_matformer_joint_training_lowers_both_losses(tmp_path):
+  """train.matformer_dims trains the half-width sub-model beside the full one: both
+  losses fall and the sub-model's is logged."""
+  import json  # noqa: PLC0415
+
+  from tests.conftest import small_train_config  # noqa: PLC0415
+  from trainer.trainer import Trainer  # noqa: PLC0415
+
+  config = small_train_config("gemma3n", steps=30, log_every=10, eval_batches=1)
+  config.train.matformer_dims = (64,) * config.model.num_layers  # half of mlp_dim 128
+  Trainer(config, str(tmp_path)).run()
+  records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  full = [r["loss"] for r in records if "loss" in r]
+  sub = [r["matformer_loss"] for r in records if "matformer_loss" in r]
+  assert len(full) == len(sub) == 3
+  assert full[-1] < full[0] - 0.5 and sub[-1] < sub[0] - 0.5, (full, sub)
+  config.train.matformer_dims = (256,) * config.model.num_layers
+  with pytest.raises(ValueError, match="train.matformer_dims: MatFormer width 256 of layer 0"):
+    Trainer(config, str(tmp_path / "bad"))
+
+
+def test_per_layer_embeddings_on_host_memory_train_like_on_device(tmp_path):
+  """model.per_layer_input.host_memory: the PLE table and its Adam moments live in
+  pinned host memory across steps; the losses equal the on-device run's."""
+  from tests.conftest import small_train_config  # noqa: PLC0415
+  from trainer.trainer import Trainer  # noqa: PLC0415
+
+  def run(on_host: bool, workdir):
+    config = small_train_config("gemma3n", steps=4, log_every=1, eval_batches=1)
+    config.model.per_layer_input.host_memory = on_host
+    config.optim.warmup_steps = 1
+    trainer = Trainer(config, str(workdir))
+    summary = trainer.run()
+    return trainer, [r["loss"] for r in _records(workdir)], summary
+
+  trainer, host_losses, _ = run(True, tmp_path / "host")
+  table = trainer.state["params"]["per_layer_embed"]
+  assert table.sharding.memory_kind == "pinned_host"
+  leaves = jax.tree.leaves(trainer.state["opt"])
+  moments = [leaf for leaf in leaves if getattr(leaf, "shape", ()) == table.shape]
+  assert moments and all(m.sharding.memory_kind == "pinned_host" for m in moments)
+  assert trainer.state["params"]["embed"].sharding.memory_kind == "device"
+  _, device_losses, _ = run(False, tmp_path / "device")
+  np.testing.assert_allclose(host_losses, device_losses, rtol=1e-6)
+
+
+def _records(workdir):
+  import json  # noqa: PLC0415
+
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  return [r for r in map(json.loads, lines) if "loss" in r]

@@ -54,6 +54,30 @@ CASES = {
       ),
     ),
   ),
+  # Gemma 3n: 8 layers alternating local (window 8) / global; sparse gates on layers
+  # 0-1, FFN widths 96 / 64 per layer (MatFormer), layers 2-3 store K/V that 4-7
+  # reuse (two identical periods: scanned); AltUp over 4 streams, LAuReL rank 8,
+  # PLE 8 wide from a 100-row table (ids 100-127 read row 0).
+  "gemma3n": (
+    transformers.Gemma3nForCausalLM,
+    transformers.Gemma3nTextConfig,
+    dict(
+      num_hidden_layers=8,
+      layer_types=["sliding_attention", "full_attention"] * 4,
+      sliding_window=8,
+      intermediate_size=[96, 96, 64, 64, 96, 96, 96, 96],
+      activation_sparsity_pattern=[0.95, 0.95] + [0.0] * 6,
+      num_kv_shared_layers=4,
+      altup_num_inputs=4,
+      laurel_rank=8,
+      hidden_size_per_layer_input=8,
+      vocab_size_per_layer_input=100,
+      rope_parameters={
+        "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
+        "full_attention": {"rope_type": "default", "rope_theta": 1_000_000.0},
+      },
+    ),
+  ),
   # 2 local : 1 global over 5 layers (1 scanned period + 2 tail layers), window 8,
   # linear scaling on global layers only, soft-capping, query_pre_attn_scalar != head_dim.
   "gemma3": (
@@ -180,7 +204,7 @@ def test_packed_documents_match_hf_run_separately(pair):
   assert np.abs(ours - theirs).max() <= TOL
 
 
-@pytest.mark.parametrize("pair", ["gemma3", "mistral", "qwen2", "olmo3"], indirect=True)
+@pytest.mark.parametrize("pair", ["gemma3", "gemma3n", "mistral", "qwen2", "olmo3"], indirect=True)
 def test_sliding_window_matches_hf_past_the_window(pair):
   _, hf_model, (config, model) = pair
   assert config.model.sliding_window == 8  # SEQ = 32 tokens span four windows.
@@ -209,6 +233,19 @@ def test_config_captures_family_features(pair):
       rope_theta=1_000_000.0,
       final_logit_softcap=2.0,
       attn_logit_softcap=0.0,
+    ),
+    "gemma3n": dict(
+      family="gemma3n",
+      attention_pattern=("local", "global"),
+      sliding_window=8,
+      v_norm=True,
+      query_pre_attn_scalar=1.0,
+      mlp_dim=96,
+      mlp_dims=(96, 96, 64, 64, 96, 96, 96, 96),
+      activation_sparsity=(0.95, 0.95),
+      kv_shared_layers=4,
+      final_logit_softcap=30.0,
+      tie_embeddings=True,
     ),
     "olmo2": dict(family="olmo2", norm_placement="post", qk_norm="full", rope_theta=500_000.0),
     "smollm3": dict(family="smollm3", rope_pattern=("rope", "nope"), tie_embeddings=True),

@@ -17,7 +17,29 @@ PUBLISHED = [  # (family, preset, published total params)
   ("mistral", "small_24b", 23.6e9),  # Mistral-Small-24B-Base-2501
   ("qwen2", "7b", 7.61e9),  # Qwen2.5-7B model card
   ("qwen2", "72b", 72.7e9),  # Qwen2.5-72B model card
+  ("olmo3", "32b", 32e9),  # Olmo 3 report: 32B (64 layers, d 5120, 40 heads, 8 KV heads)
 ]
+
+
+def test_olmo3_7b_has_olmo2_7b_params():
+  """The Olmo 3 report keeps OLMo 2's 7B architecture (sliding windows add no
+  params), so the count is OLMo-2-1124-7B's published 7.30B (tested above) up to
+  the vocabulary rows (100,278 here, 100,352 padded there)."""
+  count = lambda family: param_count(decoder_config(family_config(family, "7b").model))
+  assert abs(count("olmo3") - count("olmo2")) / count("olmo2") < 1e-3
+
+
+# Gemma 3n counts "effective" params: without the token embedding and the per-layer
+# embedding (PLE) table, which stay out of accelerator memory in Google's runtime.
+GEMMA3N_EFFECTIVE = [("e2b", 1.91e9), ("e4b", 4.0e9)]  # gemma-3n model cards
+
+
+@pytest.mark.parametrize("preset,published", GEMMA3N_EFFECTIVE)
+def test_gemma3n_effective_param_count_matches_published(preset, published):
+  cfg = decoder_config(family_config("gemma3n", preset).model)
+  tables = cfg.vocab_size * cfg.embed_dim + cfg.per_layer_vocab * cfg.num_layers * cfg.per_layer_dim
+  count = param_count(cfg) - tables
+  assert abs(count - published) / published < 0.02, f"gemma3n:{preset} has {count / 1e9:.3f}B"
 
 
 @pytest.mark.parametrize("family,preset,published", PUBLISHED)

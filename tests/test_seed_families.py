@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import MESHES, SINGLE, run_on_mesh, small_train_config
 from trainer.trainer import Trainer
 
-FAMILIES = ("qwen2", "qwen2_moe", "olmo3", "mixtral", "glm5", "grok2", "minimax01")
+FAMILIES = ("qwen2", "qwen2_moe", "olmo3", "mixtral", "glm5", "grok2", "minimax01", "gemma3n")
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -51,9 +51,15 @@ def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
   each a multiply-add, times 3 for the backward.
   """
   flops = 6 * cfg.embed_dim * cfg.vocab_size
+  e, n = cfg.embed_dim, cfg.altup_inputs
+  if n:  # Gemma 3n: the PLE projection, AltUp's stream projections in and out
+    flops += 6 * (e * cfg.num_layers * cfg.per_layer_dim + 2 * (n - 1) * e * e)
   for block in cfg.blocks:
     a = block.attention
     attn_params, head_dims, heads = _attention_shape(a)
+    if block.altup:  # LAuReL, the per-layer gate, AltUp's router and coefficients
+      u = block.altup
+      attn_params += 2 * e * (u.laurel_rank + u.per_layer_dim) + e * n + n**3 + n * n
     if isinstance(a, DeltaNetConfig):
       state = 2 if a.kind == "lightning" else 3  # lightning: no delta-rule correction
       core = a.num_v_heads * (
@@ -97,7 +103,8 @@ def _attention_shape(a) -> tuple[int, int, int]:
     kv += a.kv_lora_rank * a.num_heads * (a.qk_nope_head_dim + a.v_head_dim)
     out = a.num_heads * a.v_head_dim * a.embed_dim
     return q + kv + out, qk + a.v_head_dim, a.num_heads
-  params = a.embed_dim * a.head_dim * (2 * a.num_heads + 2 * a.num_kv_heads)
+  kv_heads = 0 if a.kv_share == "reuse" else a.num_kv_heads  # reusing layers: no K/V
+  params = a.embed_dim * a.head_dim * (2 * a.num_heads + 2 * kv_heads)
   return params, 2 * a.head_dim, a.num_heads
 
 

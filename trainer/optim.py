@@ -5,7 +5,8 @@ Muon (Keller Jordan; Moonlight's scaling) goes to the hidden matrices:
 Nesterov momentum (beta 0.95), 5 quintic Newton-Schulz steps, and the update
 scaled by 0.2 * sqrt(max(fan_in, fan_out)) so its RMS matches AdamW's (about
 0.2) and one learning rate and weight decay serve both. Expert stacks
-[E, d, f] and scanned [layers, ...] stacks are orthogonalised per matrix;
+[E, d, f], scanned [layers, ...] and AltUp [streams, e, e] stacks are
+orthogonalised per matrix;
 multi-axis projections (q [embed, heads, head_dim]) are one matrix between
 embed and the rest. MLA's kv_a (latent and shared RoPE key) and kv_b (no-RoPE
 key and value) are each one Linear in the reference and one matrix here.
@@ -26,10 +27,15 @@ SCHEDULES = ("cosine", "constant", "wsd")
 DECAY_SHAPES = ("linear", "cosine", "sqrt")
 
 # Logical axes that index independent matrices (each orthogonalised on its own).
-STACK_AXES = ("layers", "experts")
+STACK_AXES = ("layers", "experts", "streams")
 # Params that stay on AdamW under Muon, by name: vocab-sized tables and the router,
 # and anything that is not a weight matrix (norm scales, biases, attention sinks).
-ADAM_NAMES = ("embed", "lm_head", "router", "weights_proj")  # weights_proj: DSA indexer gates
+# weights_proj: DSA indexer gates; per_layer_embed: Gemma 3n's PLE table; the AltUp
+# coefficient maps are [n, n*n] and [n, n] (n = 4 streams), no hidden matrices.
+ADAM_NAMES = (
+  "embed", "lm_head", "router", "weights_proj", "per_layer_embed", "prediction_coefs",
+  "correction_coefs",
+)  # fmt: skip
 ADAM_SUFFIXES = ("bias", "scale", "sinks")  # also never weight-decayed (KDA's dt_bias is 2-D)
 # Linear attention's depthwise conv taps [kernel, channels] (`conv`, `q_conv`, ...):
 # per-channel filters rather than a matrix, so AdamW (weight-decayed).

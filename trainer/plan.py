@@ -47,14 +47,15 @@ def _abstract_params(cfg: DecoderConfig, dtype) -> dict:
 def kv_bytes_per_token(cfg: DecoderConfig) -> list[int]:
   """Per layer, the KV-cache bytes one token adds at decode (compute dtype): K and V
   per kv head for GQA; the compressed latent plus the shared RoPE key for MLA;
-  nothing for gated DeltaNet, whose fixed-size state does not grow with length."""
+  nothing for gated DeltaNet, whose fixed-size state does not grow with length, or
+  for a layer that reuses an earlier layer's K/V (Gemma 3n)."""
   itemsize = jnp.dtype(cfg.compute_dtype).itemsize
   out = []
   for block in cfg.blocks:
     a = block.attention
     if isinstance(a, MlaConfig):
       out.append((a.kv_lora_rank + a.qk_rope_head_dim) * itemsize)
-    elif isinstance(a, DeltaNetConfig):
+    elif isinstance(a, DeltaNetConfig) or a.kv_share == "reuse":  # no cache of its own
       out.append(0)
     else:
       out.append(2 * a.num_kv_heads * a.head_dim * itemsize)

@@ -45,7 +45,9 @@ def shardings(cfg: DecoderConfig, mesh, table=rules.RULES) -> tuple[dict, dict]:
   """NamedShardings of (params, non-param state) from the logical axes and `table`."""
   _, params, rest = abstract(cfg)
   one = lambda v: jax.sharding.NamedSharding(
-    mesh, rules.partition_spec(variable_axes(v), v.shape, mesh, table)
+    mesh,
+    rules.partition_spec(variable_axes(v), v.shape, mesh, table),
+    memory_kind=v.get_metadata().get("memory_kind"),  # Gemma 3n's PLE table: pinned_host
   )
   return nested(params, one), nested(rest, one)
 

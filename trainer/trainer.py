@@ -24,6 +24,7 @@ from flax import traverse_util
 from jax.experimental import multihost_utils
 
 from configs import base
+from modeling import matformer
 from modeling.losses import cross_entropy, mtp_losses
 from modeling.moe import balance
 from parallelism import rules
@@ -54,6 +55,12 @@ def validate(config):
       f"optim.qk_clip_tau={config.optim.qk_clip_tau} with model.attention_gate=True is not "
       "supported: the gate shares q_proj, and QK-clip would rescale it; set one of them off"
     )
+  if config.optim.qk_clip_tau > 0 and config.model.kv_shared_layers:
+    raise ValueError(
+      f"optim.qk_clip_tau={config.optim.qk_clip_tau} with model.kv_shared_layers="
+      f"{config.model.kv_shared_layers} is not supported: K/V-reusing layers have no key "
+      "projection of their own to rescale; set one of them to 0"
+    )
   data.resolve_files(config.data)
   vocab = data.data_tokenizer(config.data).vocab_size
   if config.model.vocab_size < vocab:
@@ -64,6 +71,11 @@ def validate(config):
   rules.with_overrides(config.mesh.rules)
   shape = mesh_sizes(config.mesh, jax.device_count())
   check_model_fits(model_cfg, shape)
+  if t.matformer_dims:
+    try:
+      matformer.check_widths(model_cfg, t.matformer_dims)
+    except ValueError as e:
+      raise ValueError(f"train.matformer_dims: {e}") from None
   if config.data.shards < 0 or (config.data.shards and t.batch_size % config.data.shards):
     raise ValueError(
       f"data.shards={config.data.shards} must be 0 (one per process) or a divisor of "
@@ -122,18 +134,21 @@ def mtp_weight_schedule(mtp_cfg, steps: int):
 
 
 def make_steps(
-  graphdef, tx, lr, model_cfg, mtp_weight=None, mesh=None, table=rules.RULES, qk_clip_tau=0.0
-):
+  graphdef, tx, lr, model_cfg, mtp_weight=None, mesh=None, table=rules.RULES, qk_clip_tau=0.0,
+  sub_model=None,
+):  # fmt: skip
   """Pure train and eval steps over state {step, params, model_state, opt}.
 
   mtp_weight: step -> MTP loss weight, or None to leave the MTP modules out.
+  sub_model: (per-layer FFN widths, weight): also train that nested MatFormer sub-model,
+  loss += weight * its loss (`matformer_loss` in the metrics); None = off.
   qk_clip_tau: > 0 rescales, after each update, the query/key weights of heads
   whose largest logit passed tau (MuonClip's QK-clip; trainer/qk_clip.py).
   mesh: traced under `rules.activate(mesh, table)`, so activations are
   constrained and MoE layers run expert parallel on it.
   """
 
-  def loss_fn(params, model_state, batch, step, mtp=mtp_weight is not None):
+  def loss_fn(params, model_state, batch, step, mtp=mtp_weight is not None, train=True):
     model = nnx.merge(graphdef, params, model_state)
     with rules.activate(mesh, table) if mesh is not None else contextlib.nullcontext():
       logits, aux = model(
@@ -146,9 +161,24 @@ def make_steps(
         aux.pop("mtp_logits"), batch["targets"], batch["weights"], batch["segment_ids"]
       )
       loss = loss + mtp_weight(step) * aux["mtp_loss"].mean()
+    if sub_model is not None and train:
+      widths, weight = sub_model
+      with rules.activate(mesh, table) if mesh is not None else contextlib.nullcontext():
+        sub_logits, _ = model(
+          batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+          mtp=False, mlp_widths=widths,
+        )  # fmt: skip
+      sub_loss, sub_ce = cross_entropy(
+        sub_logits, batch["targets"], batch["weights"], model_cfg.z_loss
+      )
+      loss = loss + weight * sub_loss
+      aux["matformer_loss"] = sub_ce["ce"]
     return loss, (ce["ce"], aux)
 
   def train_step(state, batch):
+    if model_cfg.per_layer_on_host:  # the step computes on the device; the jit's
+      # out_shardings put the host-memory leaves (PLE table, its moments) back
+      state = jax.tree.map(lambda x: jax.device_put(x, jax.memory.Space.Device), state)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, (ce, aux)), grads = grad_fn(state["params"], state["model_state"], batch, state["step"])
     updates, opt = tx.update(grads, state["opt"], state["params"])
@@ -171,11 +201,13 @@ def make_steps(
       metrics["mtp_loss"] = aux["mtp_loss"]
     if "indexer_kl" in aux:
       metrics["indexer_kl"] = aux["indexer_kl"]  # [dsa_layers]
+    if "matformer_loss" in aux:
+      metrics["matformer_loss"] = aux["matformer_loss"]
     new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state}
     return new_state | {"opt": opt}, metrics
 
   def eval_step(params, model_state, batch):
-    _, (ce, _) = loss_fn(params, model_state, batch, 0, mtp=False)
+    _, (ce, _) = loss_fn(params, model_state, batch, 0, mtp=False, train=False)
     weight = batch["weights"].sum()
     return ce * weight, weight
 
@@ -294,9 +326,12 @@ class Trainer:
     step_cfg = self.model_cfg
     if trainable and not re.search(trainable, ROUTER_BIAS_PATH):  # frozen routers keep their bias
       step_cfg = dataclasses.replace(step_cfg, bias_update_rate=0.0)
+    sub_model = None
+    if t.matformer_dims:
+      sub_model = (tuple(t.matformer_dims), float(t.matformer_weight))
     train_step, eval_step = make_steps(
       graphdef, tx, self.lr, step_cfg, mtp_weight, self.mesh, self.rules,
-      config.optim.qk_clip_tau,
+      config.optim.qk_clip_tau, sub_model,
     )  # fmt: skip
     # The step returns the state in the layout it takes (left to XLA, a replicated
     # param can come back sharded, and the next step would compile again); the

@@ -93,24 +93,29 @@ class Attention(nnx.Module):
     self.q_proj = params.normal(
       rngs, (e, h, q_width), ("embed", "heads", "head_dim"), std, param_dtype
     )
-    self.k_proj = params.normal(
-      rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), std, param_dtype
-    )
-    self.v_proj = params.normal(
-      rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), std, param_dtype
-    )
+    own_kv = cfg.kv_share != "reuse"  # a reusing layer has no K/V weights
+    if own_kv:
+      self.k_proj = params.normal(
+        rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), std, param_dtype
+      )
+      self.v_proj = params.normal(
+        rngs, (e, k, d), ("embed", "kv_heads", "head_dim"), std, param_dtype
+      )
     self.o_proj = params.normal(rngs, (h, d, e), ("heads", "head_dim", "embed"), std, param_dtype)
     if cfg.qkv_bias:
       self.q_bias = params.constant(0.0, (h, d), ("heads", "head_dim"), param_dtype)
+    if cfg.qkv_bias and own_kv:
       self.k_bias = params.constant(0.0, (k, d), ("kv_heads", "head_dim"), param_dtype)
       self.v_bias = params.constant(0.0, (k, d), ("kv_heads", "head_dim"), param_dtype)
     if cfg.out_bias:
       self.o_bias = params.constant(0.0, (e,), ("embed",), param_dtype)
     if cfg.qk_norm == "head":
       self.q_norm = RMSNorm(d, cfg.norm, param_dtype=param_dtype, axis_name="head_dim")
-      self.k_norm = RMSNorm(d, cfg.norm, param_dtype=param_dtype, axis_name="head_dim")
     elif cfg.qk_norm == "full":
       self.q_norm = RMSNorm(h * d, cfg.norm, param_dtype=param_dtype, axis_name="heads")
+    if cfg.qk_norm == "head" and own_kv:
+      self.k_norm = RMSNorm(d, cfg.norm, param_dtype=param_dtype, axis_name="head_dim")
+    elif cfg.qk_norm == "full" and own_kv:
       self.k_norm = RMSNorm(k * d, cfg.norm, param_dtype=param_dtype, axis_name="kv_heads")
     if cfg.sinks:
       self.sinks = params.constant(0.0, (h,), ("heads",), param_dtype)
@@ -132,26 +137,24 @@ class Attention(nnx.Module):
     t = 1.0 + cfg.temperature_scale * jnp.log1p(jnp.floor((p + 1.0) / cfg.temperature_floor))
     return (q.astype(jnp.float32) * t[:, :, None, None]).astype(q.dtype)
 
-  def __call__(self, x, *, positions, segment_ids):
+  def __call__(self, x, *, positions, segment_ids, shared_kv=None):
     """x: [b, s, e] -> (out [b, s, e], stats): `max_logits` [h], the largest
-    pre-softmax logit per head."""
+    pre-softmax logit per head; with kv_share "store", `kv` {kind: (k, v)} for the
+    layers that reuse them, which pass it back as `shared_kv`."""
     cfg, dt = self.cfg, x.dtype
     q = project(x, self.q_proj[...], cfg.fp8)  # [b, s, h, d] (or [b, s, h, 2d]: query | gate)
     if cfg.gate:
       q, gate = jnp.split(q, 2, axis=-1)
-    k = project(x, self.k_proj[...], cfg.fp8)  # [b, s, kv, d]
-    v = project(x, self.v_proj[...], cfg.fp8)
     if cfg.qkv_bias:
       q = q + self.q_bias[...].astype(dt)
-      k = k + self.k_bias[...].astype(dt)
-      v = v + self.v_bias[...].astype(dt)
     if cfg.qk_norm != "none":
-      q, k = self._norm("q_norm", q), self._norm("k_norm", k)
-    if cfg.v_norm:  # RMS over head_dim without a scale (Gemma 3n)
-      v32 = v.astype(jnp.float32)
-      v = (v32 * jax.lax.rsqrt(jnp.mean(v32 * v32, -1, keepdims=True) + cfg.norm.eps)).astype(dt)
+      q = self._norm("q_norm", q)
     if cfg.rope is not None:
-      q, k = rope.apply(q, positions, cfg.rope), rope.apply(k, positions, cfg.rope)
+      q = rope.apply(q, positions, cfg.rope)
+    if cfg.kv_share == "reuse":
+      k, v = shared_kv[self.kv_kind]
+    else:
+      k, v = self._kv(x, positions)
     if cfg.temperature_scale > 0:
       q = self._temperature(q, positions)
     out, max_logits = dot_product_attention(
@@ -172,4 +175,29 @@ class Attention(nnx.Module):
     out = project(out, self.o_proj[...], cfg.fp8, n_in=2)  # [b, s, e]
     if cfg.out_bias:
       out = out + self.o_bias[...].astype(dt)
-    return out, {"max_logits": max_logits}
+    stats = {"max_logits": max_logits}
+    if cfg.kv_share == "store":
+      stats["kv"] = {self.kv_kind: (k, v)}
+    return out, stats
+
+  @property
+  def kv_kind(self) -> tuple:
+    """Which layers may share K/V: those that mask alike (window, chunk)."""
+    return (self.cfg.window, self.cfg.chunk)
+
+  def _kv(self, x, positions):
+    """Keys (biased, normed, rotated) and values (biased, normed) [b, s, kv, d]."""
+    cfg, dt = self.cfg, x.dtype
+    k = project(x, self.k_proj[...], cfg.fp8)  # [b, s, kv, d]
+    v = project(x, self.v_proj[...], cfg.fp8)
+    if cfg.qkv_bias:
+      k = k + self.k_bias[...].astype(dt)
+      v = v + self.v_bias[...].astype(dt)
+    if cfg.qk_norm != "none":
+      k = self._norm("k_norm", k)
+    if cfg.v_norm:  # RMS over head_dim without a scale (Gemma 3n)
+      v32 = v.astype(jnp.float32)
+      v = (v32 * jax.lax.rsqrt(jnp.mean(v32 * v32, -1, keepdims=True) + cfg.norm.eps)).astype(dt)
+    if cfg.rope is not None:
+      k = rope.apply(k, positions, cfg.rope)
+    return k, v

@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Callable
 
 from modeling.hf.tensors import (
+  GEMMA3N_WEIGHTS,
   GPT_OSS_WEIGHTS,
   KIMI_LINEAR_WEIGHTS,
   LLAMA4_WEIGHTS,
@@ -217,6 +218,39 @@ def _smollm3_layer_types(hf):  # HF windows only the NoPE layers.
 
 def _mistral_layer_types(hf):  # HF Mistral windows every layer and ignores layer_types.
   return [SLIDING if hf.get("sliding_window") else FULL] * hf["num_hidden_layers"]
+
+
+def _gemma3n_layer_types(hf):  # HF default: 4 sliding layers, then a full one.
+  return hf.get("layer_types") or [
+    SLIDING if (i + 1) % 5 else FULL for i in range(hf["num_hidden_layers"])
+  ]
+
+
+def _gemma3n_derived(hf):
+  """Per-layer FFN widths (MatFormer) and gate sparsity: HF gives one per layer."""
+  n, widths = hf["num_hidden_layers"], hf["intermediate_size"]
+  widths = list(widths) if isinstance(widths, (list, tuple)) else [widths] * n
+  sparsity = hf.get("activation_sparsity_pattern")
+  if sparsity is None:  # HF's default: the first 10 layers at 0.95 when there are more
+    sparsity = [0.95] * 10 if n > 10 else []
+  sparsity = [float(v) for v in sparsity]
+  while sparsity and sparsity[-1] == 0.0:
+    sparsity.pop()
+  return {
+    "mlp_dim": max(widths),
+    "mlp_dims": tuple(widths) if len(set(widths)) > 1 else (),
+    "activation_sparsity": tuple(sparsity),
+  }
+
+
+def _gemma3n_layout(m, lay):
+  n = m.num_layers
+  sparsity = list(m.activation_sparsity) + [0.0] * (n - len(m.activation_sparsity))
+  return {
+    "layer_types": lay.types,
+    "intermediate_size": list(m.mlp_dims) or [m.mlp_dim] * n,
+    "activation_sparsity_pattern": sparsity,
+  }
 
 
 def _minimax_layer_types(hf):
@@ -588,6 +622,60 @@ FAMILIES = {
     layer_types=_gemma3_layer_types,
     local_theta_key="rope_local_base_freq",
     rejected={"use_bidirectional_attention": True},
+  ),
+  # Gemma 3n (text): Gemma 3's attention with v-norm and no 1/sqrt(d) scale, AltUp
+  # streams, LAuReL, per-layer embeddings, KV sharing in the last layers, sparse
+  # gates in the first ones, per-layer FFN widths (MatFormer).
+  "gemma3n_text": Family(
+    name="gemma3n",
+    architecture="Gemma3nForCausalLM",
+    layout=_gemma3n_layout,
+    fields={
+      **{f: k for f, k in COMMON_FIELDS.items() if f != "mlp_dim"},
+      **ATTENTION_BIAS,
+      "activation": "hidden_activation",
+      "final_logit_softcap": "final_logit_softcapping",
+      "per_layer_input.dim": "hidden_size_per_layer_input",
+      "per_layer_input.vocab_size": "vocab_size_per_layer_input",
+      "altup.num_inputs": "altup_num_inputs",
+      "altup.active_idx": "altup_active_idx",
+      "altup.coef_clip": "altup_coef_clip",
+      "altup.correct_scale": "altup_correct_scale",
+      "altup.laurel_rank": "laurel_rank",
+      "kv_shared_layers": "num_kv_shared_layers",
+    },
+    defaults=dict(
+      _LLAMA_DEFAULTS,
+      tie_word_embeddings=True,
+      head_dim=256,
+      hidden_activation="gelu_pytorch_tanh",
+      final_logit_softcapping=30.0,
+      sliding_window=512,
+      rope_theta=1_000_000.0,
+      rope_local_base_freq=10_000.0,
+      max_position_embeddings=32_768,
+      vocab_size_per_layer_input=262_144,
+      hidden_size_per_layer_input=256,
+      altup_num_inputs=4,
+      altup_active_idx=0,
+      altup_coef_clip=120.0,
+      altup_correct_scale=True,
+      laurel_rank=64,
+      num_kv_shared_layers=15,
+    ),
+    model=dict(
+      norm="rms",
+      norm_placement="sandwich",
+      qk_norm="head",
+      v_norm=True,
+      query_pre_attn_scalar=1.0,  # no 1/sqrt(head_dim): the QK-norms set the scale
+      embed_scale=True,
+    ),
+    derived=_gemma3n_derived,
+    norms=SANDWICH_NORMS,
+    layer_types=_gemma3n_layer_types,
+    weights=GEMMA3N_WEIGHTS,
+    local_theta_key="rope_local_base_freq",
   ),
   "olmo2": Family(
     name="olmo2",

@@ -330,9 +330,11 @@ def _hf_names(path: tuple, shape: tuple, model: Decoder, fam, prefix) -> tuple[l
   """Our flat path and per-layer shape -> (HF names per stacked layer, transform,
   whether each layer's names are one tensor per routed expert, to stack)."""
   layers, rest = _layers(path, model)
-  if layers is None:
+  if layers is None:  # `{x}`: one tensor per entry of a leading stacked axis
     name, transform = tensors.TOP_WEIGHTS[".".join(path)]
-    return [[prefix + name]], transform, False
+    stacked = "{x}" in name
+    names = [prefix + name.format(x=x) for x in range(shape[0])] if stacked else [prefix + name]
+    return [names], transform, stacked
   table = {
     **tensors.LAYER_WEIGHTS,
     **fam.weights,

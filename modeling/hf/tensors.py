@@ -157,6 +157,12 @@ TOP_WEIGHTS = {
   "embed": ("model.embed_tokens.weight", AS_IS),
   "lm_head": ("lm_head.weight", TRANSPOSE),
   "final_norm.scale": ("model.norm.weight", AS_IS),
+  # Gemma 3n: per-layer embeddings and AltUp's stream projections (`{x}`: stream x + 1).
+  "per_layer_embed": ("model.embed_tokens_per_layer.weight", AS_IS),
+  "per_layer_proj": ("model.per_layer_model_projection.weight", TRANSPOSE),
+  "per_layer_norm.scale": ("model.per_layer_projection_norm.weight", AS_IS),
+  "altup_in": ("model.altup_projections.{x}.weight", TRANSPOSE),
+  "altup_out": ("model.altup_unembed_projections.{x}.weight", TRANSPOSE),
 }
 PRE_NORMS = {
   "attn_norm.scale": "input_layernorm.weight",

@@ -50,7 +50,8 @@ class AltUp(nnx.Module):
     """streams [n, b, s, e] -> predictions [n, b, s, e]."""
     n, dt = self.cfg.num_inputs, streams.dtype
     route = self._route(streams[self.cfg.active_idx])
-    coefs = (route @ self._coefs(self.prediction_coefs).astype(dt)).reshape(route.shape[:2] + (n, n))
+    coefs = route @ self._coefs(self.prediction_coefs).astype(dt)  # [b, s, n * n]
+    coefs = coefs.reshape(route.shape[:2] + (n, n))
     return streams + jnp.einsum("bsij,jbse->ibse", coefs, streams)
 
   def correct(self, predictions, activated):

@@ -25,24 +25,31 @@ class GatedMLP(nnx.Module):
       self.up_bias = params.constant(0.0, (f,), ("mlp",), param_dtype)
       self.down_bias = params.constant(0.0, (d,), ("embed",), param_dtype)
 
-  def __call__(self, x):  # x: [b, s, d]
+  def __call__(self, x, width=None):
+    """x: [b, s, d] -> [b, s, d]. `width` (an int, or traced): run as the MatFormer
+    sub-MLP of the first `width` hidden units, which the rest are masked out of."""
     dt, fp8 = x.dtype, self.cfg.fp8
     gate = project(x, self.gate_proj[...], fp8)
     up = project(x, self.up_proj[...], fp8)
     if self.cfg.bias:
       gate, up = gate + self.gate_bias[...].astype(dt), up + self.up_bias[...].astype(dt)
+    keep = None if width is None else jnp.arange(self.cfg.mlp_dim) < width
     if self.cfg.activation_sparsity > 0:
-      gate = gaussian_top_k(gate, self.cfg.activation_sparsity)
-    out = project(ACTIVATIONS[self.cfg.activation](gate) * up, self.down_proj[...], fp8)
+      gate = gaussian_top_k(gate, self.cfg.activation_sparsity, keep)
+    hidden = ACTIVATIONS[self.cfg.activation](gate) * up
+    if keep is not None:
+      hidden = jnp.where(keep, hidden, 0.0)
+    out = project(hidden, self.down_proj[...], fp8)
     if self.cfg.bias:
       out = out + self.down_bias[...].astype(dt)
     return out
 
 
-def gaussian_top_k(x, sparsity: float):
+def gaussian_top_k(x, sparsity: float, keep=None):
   """relu(x - (mean + std * Phi^-1(sparsity))) over the last axis: if x were normal,
-  the top (1 - sparsity) of it, shifted down to 0 (Gemma 3n's sparse gate)."""
+  the top (1 - sparsity) of it, shifted down to 0 (Gemma 3n's sparse gate). `keep`
+  [x.shape[-1]] bool: the statistics over those entries only (a MatFormer slice)."""
   multiplier = jax.scipy.stats.norm.ppf(jnp.float32(sparsity)).astype(x.dtype)
-  mean = jnp.mean(x, axis=-1, keepdims=True)
-  std = jnp.std(x, axis=-1, keepdims=True)  # population std, as the reference
+  mean = jnp.mean(x, axis=-1, keepdims=True, where=keep)
+  std = jnp.std(x, axis=-1, keepdims=True, where=keep)  # population std, as the reference
   return jax.nn.relu(x - (mean + std * multiplier))
