@@ -4,6 +4,7 @@ import importlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -25,9 +26,9 @@ except ImportError:
 # Subprocess tests pass FAST_COMPILE on with their own flags.
 # The fake-device runs' collectives: XLA:CPU aborts a program whose devices (threads)
 # do not all reach a collective within 40 s, which a 2-core machine running two test
-# workers beside 8-device subprocesses can miss (CI saw 4 of 8 arrive); 10 minutes.
+# workers beside 8-device subprocesses can miss (CI saw 4 of 8 arrive); 2 minutes.
 FAST_COMPILE = (
-  "--xla_backend_optimization_level=1 --xla_cpu_collective_call_terminate_timeout_seconds=600"
+  "--xla_backend_optimization_level=1 --xla_cpu_collective_call_terminate_timeout_seconds=120"
 )
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE}".strip()
 
@@ -133,14 +134,24 @@ def run_on_mesh(tmp_path, family: str, mesh: dict, devices: int) -> tuple[list[f
     os.environ, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count={devices}"
   )
   workdir = tmp_path / (family + "-" + "-".join(f"{k}{v}" for k, v in mesh.items()))
-  result = subprocess.run(
-    [sys.executable, "-c", _RUN, family, json.dumps(mesh), str(workdir)],
-    cwd=ROOT,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-  )
+  for attempt in range(2):
+    # A known XLA:CPU hang, seen twice in clean-clone CI runs (llama3 on data=8) and
+    # never in runs from the working tree: some device threads never reach the
+    # scan's all-reduce and the rendezvous aborts. Retried once, without the
+    # persistent compilation cache, the suspect; any other failure fails at once.
+    retry = dict(JAX_ENABLE_COMPILATION_CACHE="false") if attempt else {}
+    shutil.rmtree(workdir, ignore_errors=True)
+    try:
+      result = subprocess.run(
+        [sys.executable, "-c", _RUN, family, json.dumps(mesh), str(workdir)],
+        cwd=ROOT, env=env | retry, capture_output=True, text=True, timeout=400,
+      )  # fmt: skip
+    except subprocess.TimeoutExpired:
+      if attempt:
+        raise
+      continue
+    if result.returncode == 0 or attempt or "rendezvous" not in result.stderr:
+      break
   assert result.returncode == 0, result.stderr[-3000:]
   records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
   params = dict(np.load(workdir / "params.npz"))
