@@ -245,6 +245,11 @@ def get_config() -> ml_collections.ConfigDict:
   # pre-softmax logit exceeded tau get query/key weights rescaled to bring it to tau.
   # 0 = off. Works with either optimizer; not with model.qk_norm.
   o.qk_clip_tau = 0.0
+  # Which per-head maxima decide the clip: forward (Kimi K2: the step's own forward,
+  # before the update, no extra cost) | updated (one more forward of the updated
+  # weights on the step's batch, +~1/3 of a step: the clipped weights then hold that
+  # batch's logits at tau instead of tau plus whatever the update added).
+  o.qk_clip_measure = "forward"
   o.warmup_steps = 20
   o.min_lr_ratio = 0.1  # final lr = lr * min_lr_ratio.
   o.b1 = 0.9

@@ -4,6 +4,7 @@
   python scripts/bench.py optim [--config configs/qwen3.py:tiny] [--steps 10]
   python scripts/bench.py attention [--lengths 1024,2048,4096,8192] [--topk 256]
   python scripts/bench.py kernels [--tokens 4096] [--dtype bfloat16]   (on a GPU/TPU)
+  python scripts/bench.py muonclip [--config configs/kimi_k2.py:tiny] [--steps 400] [--tau 50]
 
 `moe`: tokens/s of the full train step with dropless (sort + ragged_dot)
 versus capacity-factor dispatch, same model, same batch, same process.
@@ -24,12 +25,20 @@ attention over top-k slots, the chunked DeltaNet with its state-pass kernel);
 each kernel's TFLOP/s (the math's matmul FLOPs over the visible pairs), and for
 flash attention the time of jax.nn.dot_product_attention(implementation=
 "cudnn") on the same inputs.
+`muonclip`: MuonClip's stability demo. The same model trains on the same
+batches with Muon at a high learning rate (WSD: held, then decayed over the
+last 20%), without QK-clip and with it (each `--measure`): each step's largest
+attention logit (the forward's, a fresh batch before the clip) and that of the
+weights the step returns, by a second forward on the step's batch; train loss
+by stretch and the held-out loss after each; the clipped runs' peak logit over
+the unclipped run's.
 """
 
 import argparse
 import importlib.util
 import pathlib
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
@@ -358,6 +367,93 @@ def bench_kernels(args):
           f"{rel:13.2e} {tflops} {cudnn}")  # fmt: skip
 
 
+def _clip_run(config, steps: int, stretch: int, label: str) -> dict:
+  """Trains `steps` steps. Per step: the forward's max logit, the train loss and the
+  max logit of the weights the step returns on the step's batch; the held-out
+  loss every `stretch` steps."""
+  from flax import nnx  # noqa: PLC0415
+  from trainer.trainer import Trainer  # noqa: PLC0415
+
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer = Trainer(config, workdir)
+
+    @jax.jit
+    def returned_max(params, model_state, batch):
+      model = nnx.merge(trainer.graphdef, params, model_state)
+      _, aux = model(
+        batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"]
+      )
+      return aux["max_logits"].max()
+
+    eval_data = data.eval_batches(
+      config.data, batch_size=config.train.batch_size, seq_len=config.train.seq_len,
+      max_batches=config.train.eval_batches,
+    )  # fmt: skip
+    out = {"forward": [], "returned": [], "loss": [], "eval": []}
+    start = time.perf_counter()
+    for step in range(1, steps + 1):
+      batch = trainer.put(next(trainer.data_iter))
+      trainer.state, metrics = trainer._train_step(trainer.state, batch)
+      out["forward"].append(float(metrics["max_logit"]))
+      out["loss"].append(float(metrics["loss"]))
+      params, model_state = trainer.state["params"], trainer.state["model_state"]
+      out["returned"].append(float(returned_max(params, model_state, batch)))
+      if step % stretch == 0 or step == steps:
+        out["eval"].append(trainer.evaluate(eval_data))
+        print(f"    {label:16s} step {step:4d}  held-out loss {out['eval'][-1]:.4f}  "
+              f"{time.perf_counter() - start:6.0f}s", flush=True)  # fmt: skip
+  return {k: np.asarray(v) for k, v in out.items()}
+
+
+def bench_muonclip(args):
+  config = load_config(args.config)
+  config.optim.update(
+    name="muon", lr=args.lr, schedule=args.schedule, warmup_steps=args.warmup
+  )  # fmt: skip
+  config.train.update(steps=args.steps, log_every=args.steps, eval_every=0)
+  config.checkpoint.every = 0
+  config.logging.progress_bar = False
+  t, o = config.train, config.optim
+  print(
+    f"{args.config}: Muon lr {o.lr} ({o.schedule}, warmup {o.warmup_steps}, wsd decay "
+    f"{o.decay_fraction}), batch {t.batch_size} x {t.seq_len}, {args.steps} steps, tau "
+    f"{args.tau}, held-out loss on {t.eval_batches} batches, {jax.devices()[0].device_kind}"
+  )
+  runs = {}
+  for measure in ["none", *args.measure.split(",")]:
+    config.optim.update(
+      qk_clip_tau=0.0 if measure == "none" else args.tau,
+      qk_clip_measure="forward" if measure == "none" else measure,
+    )  # fmt: skip
+    label = "no clip" if measure == "none" else f"clip ({measure})"
+    runs[label] = _clip_run(config, args.steps, args.stretch, label)
+  if args.out:
+    flat = {f"{label}/{k}": v for label, run in runs.items() for k, v in run.items()}
+    np.savez(args.out, **flat)
+  k = args.stretch
+  print("  max logit: the forward's (a fresh batch, before the clip) / the returned")
+  print("  weights' on the step's batch; train loss (mean); held-out loss after the stretch:")
+  print(f"  {'steps':>9s}" + "".join(f"   {label:>28s}" for label in runs))
+  for a in range(0, args.steps, k):
+    s, row = slice(a, a + k), f"  {a + 1:4d}-{min(a + k, args.steps):<4d}"
+    for i, run in enumerate(runs.values()):
+      row += (f"   {run['forward'][s].max():6.1f} /{run['returned'][s].max():6.2f} "
+              f"{run['loss'][s].mean():6.3f} {run['eval'][a // k]:6.3f}")  # fmt: skip
+    print(row)
+  free = runs["no clip"]
+  over = free["forward"] > args.tau
+  first = int(np.argmax(over)) + 1 if over.any() else None
+  print(f"  no clip: max logit passes tau {args.tau} at step {first}, peaks at "
+        f"{free['forward'].max():.1f}; held-out loss {free['eval'][-1]:.4f}")  # fmt: skip
+  for label, run in list(runs.items())[1:]:
+    print(f"  {label}: returned weights' max logit on their batch <= "
+          f"{run['returned'].max():.2f} ({run['returned'].max() / args.tau - 1:+.1%} of tau); "
+          f"the forward's passes tau on {int((run['forward'] > args.tau).sum())} of "
+          f"{args.steps} steps, peak {run['forward'].max():.1f}; held-out loss "
+          f"{run['eval'][-1]:.4f}; peak max logit / no clip's: "
+          f"{run['forward'].max() / free['forward'].max():.2f}x")  # fmt: skip
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="bench", required=True)
@@ -376,9 +472,21 @@ def main():
   ker.add_argument("--dtype", default="bfloat16")
   ker.add_argument("--repeats", type=int, default=10)
   ker.add_argument("--interpret", action="store_true", help="Pallas interpret mode (CPU check)")
+  clip = sub.add_parser("muonclip", help="Muon at a high lr without vs with QK-clip")
+  clip.add_argument("--config", default="configs/kimi_k2.py:tiny")
+  clip.add_argument("--steps", type=int, default=400)
+  clip.add_argument("--lr", type=float, default=2e-2)
+  clip.add_argument("--schedule", default="wsd")
+  clip.add_argument("--warmup", type=int, default=20)
+  clip.add_argument("--tau", type=float, default=50.0)
+  clip.add_argument(
+    "--measure", default="forward,updated", help="optim.qk_clip_measure of each clipped run"
+  )
+  clip.add_argument("--stretch", type=int, default=50, help="steps per table row and eval")
+  clip.add_argument("--out", default="", help="also save the per-step arrays here (.npz)")
   args = parser.parse_args()
   benches = {"moe": bench_moe, "optim": bench_optim, "attention": bench_attention,
-             "kernels": bench_kernels}  # fmt: skip
+             "kernels": bench_kernels, "muonclip": bench_muonclip}  # fmt: skip
   benches[args.bench](args)
 
 

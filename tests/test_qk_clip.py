@@ -172,6 +172,37 @@ def test_train_step_clips_mla_layers(tmp_path):
   assert after.max() < before.max() and after.max() <= tau * 1.05
 
 
+@pytest.mark.parametrize("family", ["deepseek_v3", "llama3"])
+def test_updated_measure_holds_the_returned_weights_at_tau(family, tmp_path):
+  """At a real learning rate the update itself moves the logits; with
+  qk_clip_measure='updated' the clip answers the updated weights, so the first
+  layer's hot heads (same input after the clip) land on tau on the step's batch,
+  where the forward's pre-update maxima leave them off it."""
+  config = small_train_config(family, steps=10, log_every=1)
+  config.optim.update(name="muon", lr=5e-2, warmup_steps=0, schedule="constant")
+  after = {}
+  for measure in ("none", "forward", "updated"):  # none: the update without a clip
+    config.optim.qk_clip_measure = "forward" if measure == "none" else measure
+    trainer = Trainer(config, str(tmp_path / measure))
+    if measure == "none":
+      batch = trainer.put(next(trainer.data_iter))
+    trainer.state, _ = trainer._train_step(trainer.state, batch)
+    after[measure] = _max_logits(trainer, trainer.model_cfg, batch)
+    config.optim.qk_clip_tau = tau = float(np.median(after["none"][0]))
+  hot = after["none"][0] > tau  # over tau after the update
+  assert hot.any() and (~hot).any()
+  np.testing.assert_allclose(after["updated"][0][hot], tau, rtol=1e-4)
+  np.testing.assert_allclose(after["updated"][0][~hot], after["none"][0][~hot], rtol=1e-5)
+  assert np.abs(after["forward"][0][hot] / tau - 1).max() > 1e-2  # the update moved them
+
+
+def test_qk_clip_measure_is_checked(tmp_path):
+  config = small_train_config("deepseek_v3")
+  config.optim.update(qk_clip_tau=100.0, qk_clip_measure="after")
+  with pytest.raises(ValueError, match="optim.qk_clip_measure='after'"):
+    Trainer(config, str(tmp_path))
+
+
 def test_qk_clip_with_qk_norm_is_one_clear_error(tmp_path):
   config = small_train_config("qwen3")
   config.optim.qk_clip_tau = 100.0

@@ -68,6 +68,10 @@ def validate(o, steps: int):
     raise ValueError(f"optim.trainable={o.trainable!r} is not a valid regex: {e}") from None
   if o.qk_clip_tau < 0:
     raise ValueError(f"optim.qk_clip_tau={o.qk_clip_tau} must be >= 0 (0 = off; Kimi K2: 100)")
+  if o.qk_clip_measure not in ("forward", "updated"):
+    raise ValueError(
+      f"optim.qk_clip_measure={o.qk_clip_measure!r} must be 'forward' (Kimi K2) or 'updated'"
+    )
   if not 0 <= o.muon_beta < 1 or o.muon_ns_steps < 1:
     raise ValueError(
       f"optim.muon_beta={o.muon_beta} must be in [0, 1) and optim.muon_ns_steps="

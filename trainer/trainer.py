@@ -135,7 +135,7 @@ def mtp_weight_schedule(mtp_cfg, steps: int):
 
 def make_steps(
   graphdef, tx, lr, model_cfg, mtp_weight=None, mesh=None, table=rules.RULES, qk_clip_tau=0.0,
-  sub_model=None,
+  sub_model=None, qk_clip_measure="forward",
 ):  # fmt: skip
   """Pure train and eval steps over state {step, params, model_state, opt}.
 
@@ -144,6 +144,11 @@ def make_steps(
   loss += weight * its loss (`matformer_loss` in the metrics); None = off.
   qk_clip_tau: > 0 rescales, after each update, the query/key weights of heads
   whose largest logit passed tau (MuonClip's QK-clip; trainer/qk_clip.py).
+  qk_clip_measure: which largest logits decide the clip: "forward" (Kimi K2: the
+  step's own forward, before the update; free) or "updated" (one more forward of
+  the updated weights on the step's batch, so the weights the step returns keep
+  that batch's logits at tau, up to the shift a clipped layer causes in the
+  layers above it).
   mesh: traced under `rules.activate(mesh, table)`, so activations are
   constrained and MoE layers run expert parallel on it.
   """
@@ -175,6 +180,16 @@ def make_steps(
       aux["matformer_loss"] = sub_ce["ce"]
     return loss, (ce["ce"], aux)
 
+  def max_logits(params, model_state, batch):
+    """[layers, heads] largest pre-softmax logit of `params` on `batch` (one forward)."""
+    model = nnx.merge(graphdef, params, model_state)
+    with rules.activate(mesh, table) if mesh is not None else contextlib.nullcontext():
+      _, aux = model(
+        batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+        mtp=mtp_weight is not None,
+      )  # fmt: skip
+    return aux["max_logits"]
+
   def train_step(state, batch):
     if model_cfg.per_layer_on_host:  # the step computes on the device; the jit's
       # out_shardings put the host-memory leaves (PLE table, its moments) back
@@ -185,7 +200,10 @@ def make_steps(
     params = optax.apply_updates(state["params"], updates)
     model_state = state["model_state"]
     if qk_clip_tau > 0:
-      params = clip_attention(graphdef, params, model_state, aux["max_logits"], qk_clip_tau)
+      seen = aux["max_logits"]
+      if qk_clip_measure == "updated":
+        seen = max_logits(params, model_state, batch)
+      params = clip_attention(graphdef, params, model_state, seen, qk_clip_tau)
     if model_cfg.bias_update_rate:
       model_state = update_router_biases(
         graphdef, params, model_state, aux["expert_load"], model_cfg.bias_update_rate
@@ -331,7 +349,7 @@ class Trainer:
       sub_model = (tuple(t.matformer_dims), float(t.matformer_weight))
     train_step, eval_step = make_steps(
       graphdef, tx, self.lr, step_cfg, mtp_weight, self.mesh, self.rules,
-      config.optim.qk_clip_tau, sub_model,
+      config.optim.qk_clip_tau, sub_model, config.optim.qk_clip_measure,
     )  # fmt: skip
     # The step returns the state in the layout it takes (left to XLA, a replicated
     # param can come back sharded, and the next step would compile again); the
