@@ -247,8 +247,8 @@ def get_config() -> ml_collections.ConfigDict:
   o.qk_clip_tau = 0.0
   # Which per-head maxima decide the clip: forward (Kimi K2: the step's own forward,
   # before the update, no extra cost) | updated (one more forward of the updated
-  # weights on the step's batch, +~1/3 of a step: the clipped weights then hold that
-  # batch's logits at tau instead of tau plus whatever the update added).
+  # weights (and router biases) on the step's batch, +~1/3 of a step: the clipped
+  # weights then hold that batch's logits at tau, not tau plus what the update added).
   o.qk_clip_measure = "forward"
   o.warmup_steps = 20
   o.min_lr_ratio = 0.1  # final lr = lr * min_lr_ratio.

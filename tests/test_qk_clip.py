@@ -197,6 +197,26 @@ def test_updated_measure_holds_the_returned_weights_at_tau(family, tmp_path):
   assert np.abs(after["forward"][0][hot] / tau - 1).max() > 1e-2  # the update moved them
 
 
+def test_updated_measure_sees_the_steps_new_router_biases(tmp_path):
+  """The aux-loss-free bias update moves tokens between experts, so the input of
+  every layer above an MoE layer (here the MTP block's attention): the updated
+  measure runs after it, so every layer of what the step returns holds tau."""
+  config = small_train_config("deepseek_v3", steps=10, log_every=1)
+  config.optim.update(name="muon", lr=5e-2, warmup_steps=0, schedule="constant")
+  config.model.moe.bias_update_rate = 0.1
+  trainer = Trainer(config, str(tmp_path / "none"))
+  batch = trainer.put(next(trainer.data_iter))
+  trainer.state, _ = trainer._train_step(trainer.state, batch)
+  unclipped = _max_logits(trainer, trainer.model_cfg, batch)  # [dense, moe, mtp layer, heads]
+  config.optim.update(qk_clip_tau=float(np.median(unclipped[1:])), qk_clip_measure="updated")
+  trainer = Trainer(config, str(tmp_path / "clip"))
+  trainer.state, _ = trainer._train_step(trainer.state, batch)
+  after = _max_logits(trainer, trainer.model_cfg, batch)
+  tau = config.optim.qk_clip_tau
+  assert (unclipped[2] > tau).any()
+  np.testing.assert_array_less(after / tau, 1 + 1e-3)  # measured before the bias step: +1.9%
+
+
 def test_qk_clip_measure_is_checked(tmp_path):
   config = small_train_config("deepseek_v3")
   config.optim.update(qk_clip_tau=100.0, qk_clip_measure="after")

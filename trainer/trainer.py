@@ -146,9 +146,9 @@ def make_steps(
   whose largest logit passed tau (MuonClip's QK-clip; trainer/qk_clip.py).
   qk_clip_measure: which largest logits decide the clip: "forward" (Kimi K2: the
   step's own forward, before the update; free) or "updated" (one more forward of
-  the updated weights on the step's batch, so the weights the step returns keep
-  that batch's logits at tau, up to the shift a clipped layer causes in the
-  layers above it).
+  the updated weights and router biases on the step's batch, so what the step
+  returns keeps that batch's logits at tau, up to the small shift a clipped layer
+  causes in the layers above it).
   mesh: traced under `rules.activate(mesh, table)`, so activations are
   constrained and MoE layers run expert parallel on it.
   """
@@ -199,15 +199,15 @@ def make_steps(
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     model_state = state["model_state"]
-    if qk_clip_tau > 0:
-      seen = aux["max_logits"]
-      if qk_clip_measure == "updated":
-        seen = max_logits(params, model_state, batch)
-      params = clip_attention(graphdef, params, model_state, seen, qk_clip_tau)
     if model_cfg.bias_update_rate:
       model_state = update_router_biases(
         graphdef, params, model_state, aux["expert_load"], model_cfg.bias_update_rate
       )
+    if qk_clip_tau > 0:
+      seen = aux["max_logits"]
+      if qk_clip_measure == "updated":  # the step's return, new router biases included:
+        seen = max_logits(params, model_state, batch)  # they route tokens elsewhere
+      params = clip_attention(graphdef, params, model_state, seen, qk_clip_tau)
     metrics = {
       "loss": ce,
       "grad_norm": optax.tree.norm(grads),
