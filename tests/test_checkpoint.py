@@ -5,7 +5,6 @@ checkpoint saved on 8 devices restores onto 4; retention; a changed model
 config against an existing workdir is an error naming the fields."""
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -15,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import FAST_COMPILE, ROOT, family_config, small_train_config
+from tests.conftest import ROOT, family_config, fake_devices_env, small_train_config
 from trainer.trainer import Trainer
 
 SMALL = [
@@ -38,9 +37,7 @@ PRESETS = {
 
 
 def _train(workdir, preset="dense", extra=(), devices=1):
-  env = dict(
-    os.environ, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count={devices}"
-  )
+  env = fake_devices_env(devices)
   cmd = [sys.executable, "scripts/train.py", "--config", PRESETS[preset], "--workdir", str(workdir)]
   return subprocess.Popen(
     cmd + SMALL + list(extra),
@@ -157,9 +154,7 @@ def reshard_child(workdir: str, devices: int):
 
 def test_checkpoint_from_8_devices_restores_onto_4(tmp_path):
   for devices in (8, 4):
-    env = dict(
-      os.environ, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count={devices}"
-    )
+    env = fake_devices_env(devices)
     code = f"from tests.test_checkpoint import reshard_child; reshard_child({str(tmp_path)!r}, {devices})"
     done = subprocess.run(
       [sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True

@@ -7,14 +7,13 @@ DeepSeek-V3 preset moves tokens with all-to-all and never gathers whole
 expert weights."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from modeling.config import decoder_config
-from tests.conftest import FAST_COMPILE, ROOT, family_config
+from tests.conftest import ROOT, fake_devices_env, family_config
 from trainer.plan import whole_expert_gathers
 
 _SCRIPT = r"""
@@ -122,9 +121,8 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def results():
-  env = dict(os.environ, XLA_FLAGS=f"{FAST_COMPILE} --xla_force_host_platform_device_count=8")
   proc = subprocess.run(
-    [sys.executable, "-c", _SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    [sys.executable, "-c", _SCRIPT], cwd=ROOT, env=fake_devices_env(8), capture_output=True, text=True, timeout=900
   )
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
