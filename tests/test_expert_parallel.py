@@ -122,8 +122,9 @@ print("RESULT " + json.dumps(out))
 @pytest.fixture(scope="module")
 def results():
   proc = subprocess.run(
-    [sys.executable, "-c", _SCRIPT], cwd=ROOT, env=fake_devices_env(8), capture_output=True, text=True, timeout=900
-  )
+    [sys.executable, "-c", _SCRIPT], cwd=ROOT, env=fake_devices_env(8), capture_output=True,
+    text=True, timeout=900,
+  )  # fmt: skip
   assert proc.returncode == 0, proc.stderr[-4000:]
   line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")][-1]
   return json.loads(line.removeprefix("RESULT "))
