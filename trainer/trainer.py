@@ -180,16 +180,6 @@ def make_steps(
       aux["matformer_loss"] = sub_ce["ce"]
     return loss, (ce["ce"], aux)
 
-  def max_logits(params, model_state, batch):
-    """[layers, heads] largest pre-softmax logit of `params` on `batch` (one forward)."""
-    model = nnx.merge(graphdef, params, model_state)
-    with rules.activate(mesh, table) if mesh is not None else contextlib.nullcontext():
-      _, aux = model(
-        batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"],
-        mtp=mtp_weight is not None,
-      )  # fmt: skip
-    return aux["max_logits"]
-
   def train_step(state, batch):
     if model_cfg.per_layer_on_host:  # the step computes on the device; the jit's
       # out_shardings put the host-memory leaves (PLE table, its moments) back
@@ -205,8 +195,10 @@ def make_steps(
       )
     if qk_clip_tau > 0:
       seen = aux["max_logits"]
-      if qk_clip_measure == "updated":  # the step's return, new router biases included:
-        seen = max_logits(params, model_state, batch)  # they route tokens elsewhere
+      if qk_clip_measure == "updated":  # a forward of what the step returns, new router
+        # biases included (they route tokens elsewhere); XLA drops its unused loss
+        _, (_, updated_aux) = loss_fn(params, model_state, batch, state["step"], train=False)
+        seen = updated_aux["max_logits"]
       params = clip_attention(graphdef, params, model_state, seen, qk_clip_tau)
     metrics = {
       "loss": ce,
