@@ -1,12 +1,21 @@
 """Every default of a jaxfrontier run, documented once.
 
+Sections: `model` (only what changes the function the network computes: what a
+Hugging Face export writes and what a resumed checkpoint must match),
+`objective` (what the loss rewards: loss terms, weights, schedules), `compute`
+(how the step runs: kernels, remat, scan, MoE dispatch), `mesh`, `train`,
+`optim`, `data`, `checkpoint`, `precision`, `logging`.
+
 Family files (`configs/llama3.py`, ...) start from `get_config()` here and set
 only what differs. Any field can be overridden on the command line:
 `--config.train.steps=200 --config.optim.lr=3e-4`. The returned config is
-locked, so a misspelt override key fails with the key named.
+locked, so a misspelt override key fails with the key named, and a key that
+moved to another section (configs/moved.py) with its new home.
 """
 
 import ml_collections
+
+from configs import moved as moved_lib
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -51,7 +60,6 @@ def get_config() -> ml_collections.ConfigDict:
   m.query_pre_attn_scalar = 0.0  # >0: attention scale = this**-0.5 instead of head_dim**-0.5.
   m.embed_scale = False  # multiply embeddings by sqrt(embed_dim) (Gemma).
   m.tie_embeddings = False  # output head reuses the embedding table.
-  m.init_std = 0.02  # normal init std of every matrix.
   # Layer patterns: layer i uses pattern[i % len(pattern)]. The decoder scans
   # over the least common period of all patterns.
   m.attention_pattern = ("global",)  # entries: global | local (sliding window)
@@ -103,8 +111,6 @@ def get_config() -> ml_collections.ConfigDict:
   m.per_layer_input = ml_collections.ConfigDict()
   m.per_layer_input.dim = 256
   m.per_layer_input.vocab_size = 0  # 0 = model.vocab_size; ids past it read row 0.
-  m.per_layer_input.host_memory = False  # keep the table (and its optimizer state) in
-  #   host memory; each step reads the rows it needs.
   # Gated attention (Qwen3-Next): q_proj also emits a gate per head ([query | gate]),
   # and each head's output is multiplied by sigmoid(gate) before o_proj.
   m.attention_gate = False
@@ -125,10 +131,6 @@ def get_config() -> ml_collections.ConfigDict:
   m.linear.chunk = 64  # chunk length of the parallel (training) form.
   # Attention kind: gqa (MHA/GQA/MQA by num_kv_heads) | mla (multi-head latent attention).
   m.attention = "gqa"
-  # Attention core: xla | pallas (the flash-attention kernels, forward and backward:
-  # causal, window, sinks, soft-cap, segments, GQA without repeated K/V; chunked
-  # layers stay on xla) | pallas_interpret (the same kernels emulated on CPU).
-  m.attention_kernel = "xla"
   m.mla = ml_collections.ConfigDict()
   m.mla.q_lora_rank = 0  # 0 = plain query projection (DeepSeek-V2-Lite).
   m.mla.kv_lora_rank = 512  # compressed KV latent width (cached at decode).
@@ -138,20 +140,15 @@ def get_config() -> ml_collections.ConfigDict:
   m.mla.rope_interleave = (
     False  # rope pairs (2i, 2i+1) as in DeepSeek checkpoints; else half-split.
   )
-  m.mla.absorbed = False  # latent-space (MQA) form: same weights, decode-time layout.
   m.mla.mscale_all_dim = 0.0  # YaRN: softmax scale *= (0.1*mscale_all_dim*ln(s)+1)^2 if > 0.
   # DeepSeek Sparse Attention (V3.2): a lightning indexer picks each query's top-k keys.
   m.mla.indexer = ml_collections.ConfigDict()
   m.mla.indexer.num_heads = 0  # indexer heads (V3.2: 64); 0 = dense MLA, no indexer.
   m.mla.indexer.head_dim = 128
   m.mla.indexer.topk = 2048  # keys per query.
-  # warmup: attention stays dense, only the indexer trains (KL to the attention);
-  # sparse: attention over the top-k, everything trains (the indexer on its KL only).
-  m.mla.indexer.stage = "sparse"
   # RoPE on the indexer's leading dims: half-split pairs (V3.2) or interleaved (GLM-5).
   m.mla.indexer.rope_interleave = False
   m.mla.indexer.fp8 = False  # Hadamard + E4M3 (one scale per head_dim vector) on q/k.
-  m.mla.indexer.loss_weight = 1.0  # weight of the indexer KL (summed over layers).
   # FFN kind per layer: layer i uses ffn_pattern[i % len] after the first
   # `first_dense_layers` layers, which are always dense.
   m.ffn_pattern = ("dense",)  # entries: dense | moe.
@@ -167,8 +164,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.moe.topk_group = 1  # ... of which each token may use the best topk_group.
   m.moe.routed_scaling = 1.0  # multiplies the routed weights (DeepSeek-V3: 2.5).
   m.moe.router_bias = False  # learned bias on the router logits (gpt-oss).
-  m.moe.aux_free_bias = False  # selection-only bias, updated each step by the sign rule.
-  m.moe.bias_update_rate = 0.001  # gamma of the sign rule.
+  m.moe.aux_free_bias = False  # selection-only bias, updated each step by the sign rule
+  #   (objective.moe_bias_update_rate).
   m.moe.num_shared_experts = 0  # always-on experts, fused into one MLP.
   m.moe.shared_mlp_dim = 0  # width of that MLP; 0 = num_shared_experts * expert_mlp_dim.
   m.moe.shared_gate = False  # sigmoid gate on the shared expert (Qwen2-MoE).
@@ -180,27 +177,63 @@ def get_config() -> ml_collections.ConfigDict:
   m.moe.scale_inputs = False  # routing weight scales the expert's input, FFN(w*x),
   #   instead of its output (Llama 4).
   m.moe.expert_bias = False  # biases on the expert projections.
-  m.moe.dispatch = "dropless"  # dropless (sort + ragged_dot) | capacity (drops overflow).
-  m.moe.capacity_factor = 1.25  # capacity = factor * tokens * top_k / E.
+  # DeepSeek-V3 multi-token prediction: `depth` sequential modules after the
+  # trunk, each one more block predicting one token further ahead (weights in
+  # objective.mtp_*).
+  m.mtp = ml_collections.ConfigDict()
+  m.mtp.depth = 0
+
+  # ------------------------------------------------------------ objective
+  # What the loss rewards: loss terms, their weights and schedules. Changes
+  # training, never the function a given set of weights computes (owned by
+  # trainer/objective.py).
+  obj = c.objective = ml_collections.ConfigDict()
+  obj.z_loss = 0.0  # weight of log(Z)^2 in the loss (PaLM z-loss); 0 = off.
+  obj.moe_seq_aux_weight = 0.0  # DeepSeek-V3 sequence-wise balance loss (alpha), summed
+  #   over MoE layers.
+  obj.moe_switch_aux_weight = 0.0  # Switch/GShard load-balance loss.
+  obj.moe_router_z_weight = 0.0  # router z-loss.
+  obj.moe_bias_update_rate = 0.001  # gamma of the aux-loss-free sign rule (MoE layers with
+  #   model.moe.aux_free_bias): bias += gamma * sign(mean load - load) after each step.
+  # MTP (model.mtp.depth > 0): loss = main + w/depth * sum_k L_k, w = mtp_weight until
+  # mtp_late_start * train.steps, then mtp_late_weight (DeepSeek-V3: 0.3 then 0.1).
+  obj.mtp_weight = 0.3
+  obj.mtp_late_weight = 0.1
+  obj.mtp_late_start = 1.0  # fraction of train.steps; 1.0 = mtp_weight throughout.
+  # DeepSeek Sparse Attention (model.mla.indexer.num_heads > 0), the training stage:
+  # warmup (attention stays dense; only the indexers train, on their KL to the
+  # attention) | sparse (top-k attention, everything trains; the indexer on its KL).
+  obj.indexer_stage = "sparse"
+  obj.indexer_kl_weight = 1.0  # weight of the indexers' KL (summed over layers).
+  # MatFormer (Gemma 3n): per-layer FFN widths of a nested sub-model trained jointly
+  # with the full one (modeling/matformer.py): loss = full + matformer_weight * sub,
+  # both on every batch. () = off.
+  obj.matformer_dims = ()
+  obj.matformer_weight = 1.0
+
+  # -------------------------------------------------------------- compute
+  # How the step runs, not what it computes: speed and memory.
+  r = c.compute = ml_collections.ConfigDict()
+  # Attention implementation, decided per layer (modeling/attention/kernels.py):
+  # auto (CPU: XLA; GPU: cuDNN where it can, our Pallas kernels where it cannot;
+  # TPU: Pallas) | xla | cudnn | pallas | pallas_interpret (Pallas emulated on CPU,
+  # for tests). A choice a layer cannot run is an error before any compile.
+  r.attention_kernel = "auto"
+  r.scan_layers = True  # run repeating layers under nnx.scan (compile time flat in depth).
+  r.remat = "none"  # scanned layers' backward recomputes the forward except what it keeps:
+  #   none (keeps all) | full (keeps nothing) | save_dots (keeps weight matmul outputs)
+  #   | save_attention_outputs (keeps each attention output).
+  r.mla_absorbed = False  # MLA in latent space (MQA over [c_kv, k_pe]): same weights
+  #   and function, the decode-time layout.
+  r.moe_dispatch = "dropless"  # dropless (sort + ragged_dot) | capacity (drops overflow).
+  r.moe_capacity_factor = 1.25  # capacity = factor * tokens * top_k / E.
   # Expert parallelism (mesh.expert > 1), dropless: rows a device may send to one
   # other device. 0 = tokens * top_k (nothing dropped, n-times the mean); f > 0 =
   # f * tokens * top_k / n (less memory and traffic; overflow dropped, counted).
-  m.moe.ep_capacity_factor = 0.0
-  m.moe.seq_aux_weight = 0.0  # DeepSeek-V3 sequence-wise balance loss (alpha).
-  m.moe.switch_aux_weight = 0.0  # Switch/GShard load-balance loss.
-  m.moe.router_z_weight = 0.0  # router z-loss.
-  # DeepSeek-V3 multi-token prediction: `depth` sequential modules after the
-  # trunk, each one more block predicting one token further ahead.
-  m.mtp = ml_collections.ConfigDict()
-  m.mtp.depth = 0
-  m.mtp.loss_weight = 0.3  # lambda: loss = main + lambda/depth * sum_k L_k ...
-  m.mtp.late_loss_weight = 0.1  # ... and this lambda from late_start on (V3: 0.3 then 0.1).
-  m.mtp.late_start = 1.0  # fraction of train.steps where late_loss_weight takes over.
-  m.z_loss = 0.0  # weight of log(Z)^2 in the loss (PaLM z-loss); 0 = off.
-  m.scan_layers = True  # run repeating layers under nnx.scan (compile time flat in depth).
-  m.remat = "none"  # scanned layers' backward recomputes the forward except what it keeps:
-  #   none (keeps all) | full (keeps nothing) | save_dots (keeps weight matmul outputs)
-  #   | save_attention_outputs (keeps each attention output).
+  r.moe_ep_capacity_factor = 0.0
+  # Gemma 3n: keep the per-layer embedding table (and its optimizer state) in pinned
+  # host memory; each step moves it to the device.
+  r.ple_host_memory = False
 
   # ----------------------------------------------------------------- mesh
   c.mesh = ml_collections.ConfigDict()
@@ -218,16 +251,12 @@ def get_config() -> ml_collections.ConfigDict:
   t.batch_size = 16  # global sequences per step.
   t.seq_len = 256  # tokens per sequence.
   t.seed = 0  # params init, data order.
+  t.init_std = 0.02  # normal init std of every matrix.
   t.log_every = 10  # steps between metrics records.
   t.eval_every = 0  # steps between evals; 0 = only at the end.
   t.eval_batches = 8  # held-out batches per eval.
   t.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = from the device table
   #   (trainer/metrics.py), which has a nominal CPU entry.
-  # MatFormer (Gemma 3n): per-layer FFN widths of a nested sub-model trained jointly
-  # with the full one (modeling/matformer.py): loss = full + matformer_weight * sub,
-  # both on every batch. () = off.
-  t.matformer_dims = ()
-  t.matformer_weight = 1.0
 
   # ---------------------------------------------------------------- optim
   o = c.optim = ml_collections.ConfigDict()
@@ -334,7 +363,8 @@ def from_presets(family: str, presets: dict, name: str) -> ml_collections.Config
   for section, fields in presets[name].items():
     for key, value in fields.items():
       if key not in config[section]:
-        raise ValueError(f"preset {family}:{name} sets unknown field {section}.{key}")
+        moved = moved_lib.message(f"{section}.{key}")
+        raise ValueError(f"preset {family}:{name}: {moved or f'unknown field {section}.{key}'}")
       if isinstance(value, dict):
         config[section][key].update(value)
       else:

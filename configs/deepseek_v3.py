@@ -26,8 +26,9 @@ MOE = dict(
   routed_scaling=2.5,
   aux_free_bias=True,
   num_shared_experts=1,
-  seq_aux_weight=1e-4,
 )
+# The complementary sequence-wise balance loss (alpha = 1e-4) beside the aux-free bias.
+OBJECTIVE = dict(moe_seq_aux_weight=1e-4)
 
 PRESETS = {
   "tiny": dict(
@@ -50,17 +51,10 @@ PRESETS = {
       ffn_pattern=("moe",),
       first_dense_layers=1,
       mtp=dict(depth=1),
-      # Short CPU runs need a faster bias step than V3's 0.001 to balance within 300 steps.
-      moe=dict(
-        MOE,
-        num_experts=16,
-        top_k=4,
-        expert_mlp_dim=64,
-        n_group=4,
-        topk_group=2,
-        bias_update_rate=0.01,
-      ),
+      moe=dict(MOE, num_experts=16, top_k=4, expert_mlp_dim=64, n_group=4, topk_group=2),
     ),
+    # Short CPU runs need a faster bias step than V3's 0.001 to balance within 300 steps.
+    objective=dict(OBJECTIVE, moe_bias_update_rate=0.01),
     precision=base.CPU_PRECISION,
   ),
   # DeepSeek-V3: 671B main model (+ the 14B MTP module, not in param_count), 37B active.
@@ -89,6 +83,7 @@ PRESETS = {
       ),
       norm_eps=1e-6,
     ),
+    objective=OBJECTIVE,
   ),
 }
 

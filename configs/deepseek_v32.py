@@ -2,7 +2,7 @@
 every layer. A lightning indexer (64 heads of 128 dims, ReLU scores, per-head
 weights) picks each query's top-2048 keys; MLA attends to those only.
 
-Training from a dense checkpoint goes in two stages (model.mla.indexer.stage):
+Training from a dense checkpoint goes in two stages (objective.indexer_stage):
 `warmup` keeps attention dense and trains only the indexers on their KL to the
 attention; `sparse` (the default) attends over the top-k and trains everything.
 

@@ -9,11 +9,11 @@ reuse the last earlier local / global layer's. Tied embeddings, logits soft-capp
 at 30.
 
 The PLE table is most of the parameters and is read by one row per token, so it
-can stay in host memory: --config.model.per_layer_input.host_memory=True.
+can stay in host memory: --config.compute.ple_host_memory=True.
 
 MatFormer: E2B is nested inside E4B. `model.mlp_dims` gives each layer its own
 FFN width, and a sub-model sliced to narrower widths shares its weights with the
-full one (trainer/matformer.py).
+full one (modeling/matformer.py); objective.matformer_dims trains one jointly.
 
 Usage: --config configs/gemma3n.py:e4b
 """

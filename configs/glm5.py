@@ -9,6 +9,7 @@ Usage: --config configs/glm5.py:full
 
 from configs import base
 from configs.deepseek_v3 import MOE as DEEPSEEK_V3_MOE
+from configs.deepseek_v3 import OBJECTIVE as DEEPSEEK_V3_OBJECTIVE
 from configs.deepseek_v32 import PRESETS as DEEPSEEK_V32
 
 
@@ -57,6 +58,7 @@ PRESETS = {
       rope_theta=1_000_000.0,
       norm_eps=1e-5,
     ),
+    objective=DEEPSEEK_V3_OBJECTIVE,
   ),
 }
 

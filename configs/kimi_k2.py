@@ -23,6 +23,7 @@ PRESETS = {
       mtp=dict(depth=0),  # K2 ships no multi-token-prediction module.
       moe=dict(DEEPSEEK_V3["tiny"]["model"]["moe"], n_group=1, topk_group=1, routed_scaling=2.827),
     ),
+    objective=DEEPSEEK_V3["tiny"]["objective"],
     precision=base.CPU_PRECISION,
   ),
   # Kimi K2 (Base / Instruct): 1.04T total, 32.6B active (K2 report).
@@ -46,6 +47,7 @@ PRESETS = {
         attention_factor=1.0,
       ),
     ),
+    objective=DEEPSEEK_V3["full"]["objective"],
   ),
 }
 

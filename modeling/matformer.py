@@ -2,8 +2,8 @@
 dense FFN cut to its first `widths[i]` hidden units; everything else is shared.
 
 Two ways to run one:
-- inside the full model, `Decoder(..., mlp_widths=widths)`: the units past each
-  width are masked out (the same function; the trainer's joint MatFormer loss runs
+- inside the full model, `Decoder(..., layer_inputs=layer_inputs(widths))`: each
+  layer's dense FFN reads its width from ctx.inputs and masks out the units past it (the same function; the trainer's joint MatFormer loss runs
   the full model and a sub-model on every batch, `train.matformer_dims`);
 - standalone, `extract(full, widths)`: a smaller `Decoder` whose FFN weights are
   the leading slices of the full model's (an E2B-style model cut from E4B).
@@ -14,8 +14,9 @@ import dataclasses
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling.config import DecoderConfig, MlpConfig, scanned_run
-from modeling.decoder import Decoder
+from modeling.config import scanned_run
+from modeling.decoder import Decoder, DecoderConfig
+from modeling.layers.mlp import MlpConfig
 
 
 def check_widths(cfg: DecoderConfig, widths) -> tuple[int, ...]:
@@ -33,6 +34,11 @@ def check_widths(cfg: DecoderConfig, widths) -> tuple[int, ...]:
         f"MatFormer width {w} of layer {i} must be in [1, {block.mlp.mlp_dim}] (its FFN width)"
       )
   return widths
+
+
+def layer_inputs(widths) -> dict:
+  """The decoder's per-layer inputs that run it as the sub-model of these widths."""
+  return {"mlp_width": jnp.asarray(widths, jnp.int32)}
 
 
 def sub_config(cfg: DecoderConfig, widths) -> DecoderConfig:

@@ -10,9 +10,8 @@ shared output head. Embedding and head are the main model's.
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling.config import NormConfig
 from modeling.layers import params
-from modeling.layers.norms import RMSNorm
+from modeling.layers.norms import NormConfig, RMSNorm
 
 
 class MTPModule(nnx.Module):
@@ -32,10 +31,10 @@ class MTPModule(nnx.Module):
     self.eh_proj = params.normal(rngs, (2 * e, e), (None, "embed"), init_std, param_dtype)
     self.block = block
 
-  def __call__(self, h, emb, *, positions, segment_ids, layer=0):
+  def __call__(self, h, emb, ctx):
     """h, emb: [b, s, e] -> (h^k [b, s, e], normed h^k for the head, block stats).
-    `layer`: the index the block runs as (the last layer's: it copies that block)."""
+    ctx.layer: the index the block runs as (the last layer's: it copies that block)."""
     x = jnp.concatenate([self.enorm(emb), self.hnorm(h)], axis=-1)
     x = x @ self.eh_proj[...].astype(x.dtype)
-    h, stats = self.block(x, positions=positions, segment_ids=segment_ids, layer=layer)
+    h, stats = self.block(x, ctx)
     return h, self.final_norm(h), stats

@@ -77,8 +77,8 @@ def main(argv):
     os.environ["XLA_FLAGS"] = (
       os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
     )
-  from parallelism import rules  # noqa: PLC0415
   from parallelism import mesh as parallelism_mesh  # noqa: PLC0415
+  from parallelism import rules  # noqa: PLC0415
   from parallelism.mesh import check_model_fits  # noqa: PLC0415
   from trainer import plan, precision  # noqa: PLC0415
 

@@ -47,10 +47,10 @@ FAMILIES = ("llama3", "qwen3", "gemma3", "olmo2", "smollm3", "mistral")
 
 
 def family_config(family: str, preset: str = "tiny"):
-  """An unlocked copy of a family preset, for tests to shrink or modify."""
-  config = importlib.import_module(f"configs.{family}").get_config(preset)
-  config.unlock()
-  return config
+  """A family preset for tests to shrink or modify. It stays locked: values change,
+  but a misspelt key (or one that moved to another section) is an error, not a
+  new field nothing reads."""
+  return importlib.import_module(f"configs.{family}").get_config(preset)
 
 
 def small_train_config(family: str = "llama3", **train):

@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, family_config, fake_devices_env, small_train_config
+from tests.conftest import ROOT, fake_devices_env, family_config, small_train_config
 from trainer.trainer import Trainer
 
 SMALL = [

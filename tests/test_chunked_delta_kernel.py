@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from modeling.attention import linear
+from modeling.context import Context
 from pallas_kernels.chunked_delta import ops, reference
 from tests.test_linear_attention import SEGMENTS, _inputs
 
@@ -80,23 +81,25 @@ def test_block_v_must_divide_the_value_dim():
 
 @pytest.mark.parametrize("family", ["qwen3_next", "kimi_linear"])
 def test_model_attention_kernel_runs_the_linear_layers_on_the_kernel(family):
-  """model.attention_kernel reaches the linear-attention layers, whose outputs on the
+  """compute.attention_kernel reaches the linear-attention layers, whose outputs on the
   kernel equal the XLA loop's."""
   import dataclasses  # noqa: PLC0415
 
   from flax import nnx  # noqa: PLC0415
 
-  from modeling.config import DeltaNetConfig, decoder_config  # noqa: PLC0415
+  from modeling.attention.factory import attention_layer  # noqa: PLC0415
+  from modeling.attention.linear import DeltaNetConfig  # noqa: PLC0415
+  from modeling.config import Options, decoder_config  # noqa: PLC0415
   from tests.conftest import family_config  # noqa: PLC0415
 
   model = family_config(family).model
-  model.attention_kernel = "pallas_interpret"
-  layers = [b.attention for b in decoder_config(model).blocks]
+  options = Options(attention_kernel="pallas_interpret")
+  layers = [b.attention for b in decoder_config(model, options).blocks]
   cfg = next(c for c in layers if isinstance(c, DeltaNetConfig))
   assert cfg.kernel == "pallas_interpret"
   x = jax.random.normal(jax.random.key(0), (1, 40, cfg.embed_dim))
   seg = jnp.asarray([[1] * 15 + [2] * 25])
-  run = lambda c: linear.linear_attention(c, rngs=nnx.Rngs(0))(x, positions=None, segment_ids=seg)
+  run = lambda c: attention_layer(c, rngs=nnx.Rngs(0))(x, Context(None, seg))
   on_kernel, _ = run(cfg)
   on_xla, _ = run(dataclasses.replace(cfg, kernel="xla"))
   np.testing.assert_allclose(on_kernel, on_xla, atol=1e-5)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from trainer import data
+from trainer import data, documents
 
 
 def _cfg(path="", eval_fraction=0.02, tokenizer="byte", **kw):
@@ -32,7 +32,7 @@ def _complete_docs(batch) -> set[bytes]:
   """Documents that start and end (EOS) inside a row of the batch."""
   docs = set()
   for row in batch["inputs"]:
-    ends = np.flatnonzero(row == data.EOS_ID)
+    ends = np.flatnonzero(row == documents.EOS_ID)
     for start, end in zip(ends[:-1] + 1, ends[1:]):
       docs.add(bytes(row[start:end].astype(np.uint8)))
   return docs
@@ -80,7 +80,7 @@ def test_batch_has_contract_shapes_and_dtypes(stdlib_batch):
   for k in int_keys:
     assert stdlib_batch[k].shape == (8, 256) and stdlib_batch[k].dtype == np.int32
   assert stdlib_batch["weights"].shape == (8, 256) and stdlib_batch["weights"].dtype == np.float32
-  assert stdlib_batch["inputs"].max() < data.BYTE_VOCAB_SIZE
+  assert stdlib_batch["inputs"].max() < documents.BYTE_VOCAB_SIZE
 
 
 @pytest.mark.parametrize("batch", ["stdlib_batch", "padded_batch"])
@@ -93,7 +93,7 @@ def test_targets_are_inputs_shifted_by_one_within_a_row(batch, request):
 def test_weights_zero_exactly_where_target_crosses_a_document_or_is_padding(batch, request):
   b = request.getfixturevalue(batch)
   # Every document ends with EOS, so an EOS input is the last token of its document.
-  same_doc = (b["inputs"] != data.EOS_ID) & (b["segment_ids"] != 0)
+  same_doc = (b["inputs"] != documents.EOS_ID) & (b["segment_ids"] != 0)
   np.testing.assert_array_equal(b["weights"], same_doc.astype(np.float32))
   assert (b["weights"] == 0).any() and (b["weights"] == 1).any()
 
@@ -125,7 +125,7 @@ def test_inputs_decode_to_the_exact_bytes_of_the_files_separated_by_eos(tmp_path
   cfg = _cfg(_write_docs(tmp_path, docs), eval_fraction=1.0)  # eval: one pass, in order
   (batch,) = _first_batches(cfg, 1, split="eval", batch_size=1, seq_len=64)
   tokens = batch["inputs"][0][batch["segment_ids"][0] != 0]
-  expected = np.concatenate([[*c, data.EOS_ID] for c in docs.values()])
+  expected = np.concatenate([[*c, documents.EOS_ID] for c in docs.values()])
   np.testing.assert_array_equal(tokens, expected)
 
 

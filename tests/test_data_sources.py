@@ -11,7 +11,7 @@ import tokenizers
 
 from configs import base
 from tests.conftest import ROOT, small_train_config
-from trainer import data, prepare
+from trainer import data, documents, prepare
 from trainer.trainer import Trainer
 
 GOOD = ["first record", "second: caf\u00e9", "third \u2603", "fourth"]
@@ -46,7 +46,7 @@ def _documents(batches) -> list[list[int]]:
   """Token lists of the documents in batches (rows in order, split at EOS); the
   tests keep every document inside one row (a row's last token is not an input)."""
   flat = np.concatenate([b["inputs"][b["segment_ids"] != 0] for b in batches])
-  return [list(d) for d in np.split(flat, np.flatnonzero(flat == data.EOS_ID) + 1) if d.size]
+  return [list(d) for d in np.split(flat, np.flatnonzero(flat == documents.EOS_ID) + 1) if d.size]
 
 
 def _eval(cfg, skipped=None):
@@ -55,9 +55,9 @@ def _eval(cfg, skipped=None):
 
 
 def test_jsonl_and_text_documents_are_read_and_bad_input_is_counted(tmp_path):
-  skipped = data.Skipped()
+  skipped = documents.Skipped()
   docs = _documents(_eval(_cfg(_mixed_inputs(tmp_path)), skipped))
-  assert docs == [[*g.encode(), data.EOS_ID] for g in GOOD]
+  assert docs == [[*g.encode(), documents.EOS_ID] for g in GOOD]
   assert skipped.counts == {"empty": 2, "invalid_utf8": 2, "bad_json": 1, "missing_field": 2}
   assert skipped.first["bad_json"] == f"{tmp_path / 'a.jsonl'}:3"
   assert skipped.first["invalid_utf8"] == f"{tmp_path / 'a.jsonl'}:8"
@@ -66,7 +66,7 @@ def test_jsonl_and_text_documents_are_read_and_bad_input_is_counted(tmp_path):
 
 
 def test_skipped_keeps_the_earliest_place_whatever_order_threads_report_it():
-  skipped = data.Skipped()
+  skipped = documents.Skipped()
   for path, line in [("d.txt", 0), ("a.jsonl", 10), ("a.jsonl", 8), ("a.jsonl", 8)]:
     skipped.add("invalid_utf8", path, line)
   assert skipped.counts["invalid_utf8"] == 3
@@ -76,8 +76,8 @@ def test_skipped_keeps_the_earliest_place_whatever_order_threads_report_it():
 def test_the_jsonl_field_is_configurable_and_format_can_be_forced(tmp_path):
   (tmp_path / "x.data").write_text(json.dumps({"content": "hello"}) + "\n")
   docs = _documents(_eval(_cfg(tmp_path / "x.data", format="jsonl", field="content")))
-  assert docs == [[*b"hello", data.EOS_ID]]
-  skipped = data.Skipped()
+  assert docs == [[*b"hello", documents.EOS_ID]]
+  skipped = documents.Skipped()
   assert _eval(_cfg(tmp_path / "x.data", format="jsonl"), skipped) == []
   assert skipped.counts["missing_field"] == 1
 
@@ -109,7 +109,7 @@ def test_a_local_tokenizer_json_tokenizes_and_ends_documents_with_its_eos(tmp_pa
   flat = np.concatenate([b["inputs"][b["segment_ids"] != 0] for b in _eval(cfg)])
   want = np.concatenate([hf.encode(g, add_special_tokens=False).ids + [eos] for g in GOOD])
   np.testing.assert_array_equal(flat, want)
-  assert data.data_tokenizer(cfg).vocab_size == hf.get_vocab_size()
+  assert documents.data_tokenizer(cfg).vocab_size == hf.get_vocab_size()
   with pytest.raises(ValueError, match="data.eos_token='<eos>'"):
     data.check(_cfg(tmp_path / "in" / "*.txt", tokenizer=path, eos_token="<eos>"))
   with pytest.raises(ValueError, match="data.tokenizer='nope.json'"):
@@ -129,9 +129,9 @@ def test_prepared_arrayrecord_holds_the_same_documents_as_the_raw_files(tmp_path
   train_files, eval_files = data.split_files(files, root, 0.3)
   expect = {}
   for split, split_files in (("train", train_files), ("eval", eval_files)):
-    tok = data.data_tokenizer(cfg)
+    tok = documents.data_tokenizer(cfg)
     docs = [
-      d for f in split_files for d in data.read_documents(f, "auto", "text", tok, data.Skipped())
+      d for f in split_files for d in data.read_documents(f, "auto", "text", tok, documents.Skipped())
     ]
     expect[split] = sorted(map(list, docs))
     assert meta["splits"][split]["documents"] == len(docs)
@@ -145,7 +145,7 @@ def test_prepared_arrayrecord_holds_the_same_documents_as_the_raw_files(tmp_path
     )
     batch = next(iter(ds))
     # The row wraps into the next epoch: keep the complete documents.
-    seen.append({tuple(d) for d in _documents([batch]) if d[-1] == data.EOS_ID})
+    seen.append({tuple(d) for d in _documents([batch]) if d[-1] == documents.EOS_ID})
   assert not seen[0] & seen[1]
   assert sorted(map(list, seen[0] | seen[1])) == expect["train"]
   with pytest.raises(ValueError, match="was tokenized with 'byte', not data.tokenizer="):

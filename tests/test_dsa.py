@@ -16,17 +16,18 @@ from flax import nnx, traverse_util
 from modeling import hf
 from modeling.attention import sparse
 from modeling.attention.mla import MLA
-from modeling.config import decoder_config
+from modeling.config import Options, decoder_config
+from modeling.context import Context
 from modeling.decoder import Decoder
-from tests import hf_common, test_hf_parity_moe
+from tests import hf_common, hf_moe_cases
 from tests.conftest import family_config, small_train_config
 from trainer.trainer import Trainer
 
 
-def _mla_config(**indexer):
+def _mla_config(stage="sparse", **indexer):
   config = family_config("deepseek_v32")
   config.model.mla.indexer.update(indexer)
-  return decoder_config(config.model).blocks[0].attention
+  return decoder_config(config.model, Options(indexer_stage=stage)).blocks[0].attention
 
 
 def _inputs(b=2, s=24, seed=0):
@@ -49,11 +50,11 @@ def test_absorbed_form_and_sparse_kernel_equal_the_naive_form(stage):
   cfg = _mla_config(topk=6, stage=stage)
   naive = MLA(cfg, rngs=nnx.Rngs(0))
   x, pos, seg = _inputs()
-  want, want_stats = naive(x, positions=pos, segment_ids=seg)
+  want, want_stats = naive(x, Context(pos, seg))
   for form in (dict(absorbed=True), dict(absorbed=True, kernel="pallas_interpret")):
     other = MLA(dataclasses.replace(cfg, **form), rngs=nnx.Rngs(1))
     nnx.update(other, nnx.state(naive))
-    got, stats = other(x, positions=pos, segment_ids=seg)
+    got, stats = other(x, Context(pos, seg))
     np.testing.assert_allclose(got, want, atol=2e-5, err_msg=str(form))
     np.testing.assert_allclose(stats["indexer_kl"], want_stats["indexer_kl"], rtol=1e-4)
     np.testing.assert_allclose(stats["max_logits"], want_stats["max_logits"], rtol=1e-4)
@@ -64,17 +65,17 @@ def test_sparse_attention_changes_the_output_and_all_keys_is_dense():
   x, pos, seg = _inputs()
   dense_cfg = dataclasses.replace(_mla_config(), indexer=None)
   dense = MLA(dense_cfg, rngs=nnx.Rngs(0))
-  want, _ = dense(x, positions=pos, segment_ids=seg)
+  want, _ = dense(x, Context(pos, seg))
   for topk, equal in ((24, True), (4, False)):
     model = MLA(_mla_config(topk=topk), rngs=nnx.Rngs(0))
     nnx.update(model, nnx.state(dense))
-    got, _ = model(x, positions=pos, segment_ids=seg)
+    got, _ = model(x, Context(pos, seg))
     assert np.allclose(got, want, atol=1e-5) == equal, topk
 
 
 def _grads(model, x, pos, seg, which):
   def loss(model):
-    out, stats = model(x, positions=pos, segment_ids=seg)
+    out, stats = model(x, Context(pos, seg))
     return jnp.sum(out**2) if which == "output" else stats["indexer_kl"]
 
   grads = nnx.grad(loss)(model)
@@ -110,9 +111,10 @@ def test_fp8_indexer_scores_stay_close_and_the_hadamard_is_orthonormal():
   assert 0 < float(err.max()) < 0.05  # E4M3's 3 mantissa bits, one scale per vector
 
 
-def _trainer(workdir, family="deepseek_v32", steps=30, init_from="", **indexer):
+def _trainer(workdir, family="deepseek_v32", steps=30, init_from="", stage="sparse", **indexer):
   config = small_train_config(family, steps=steps, seq_len=64, log_every=1)
   config.model.mla.indexer.update(indexer)
+  config.objective.indexer_stage = stage
   config.checkpoint.init_from = init_from
   return Trainer(config, str(workdir))
 
@@ -171,13 +173,12 @@ def test_init_from_a_dense_mla_run_adds_fresh_indexers(tmp_path, capsys):
 
 def test_absorbed_form_on_the_sparse_kernel_matches_hf(tmp_path):
   """The HF parity case (top-8 of 32) in latent space on the Pallas sparse kernel."""
-  case = test_hf_parity_moe.CASES["deepseek_v32"]
+  case = hf_moe_cases.CASES["deepseek_v32"]
   hf_model = hf_common.build(case, tmp_path)
   config = hf.model_config_from_hf(json.loads((tmp_path / "config.json").read_text()))
   config.unlock()
-  config.model.mla.absorbed = True
-  config.model.attention_kernel = "pallas_interpret"
-  model = nnx.eval_shape(lambda: Decoder(decoder_config(config.model), rngs=nnx.Rngs(0)))
+  options = Options(mla_absorbed=True, attention_kernel="pallas_interpret")
+  model = nnx.eval_shape(lambda: Decoder(decoder_config(config.model, options), rngs=nnx.Rngs(0)))
   hf.load_params(model, tmp_path)
   tokens = hf_common.tokens(2, hf_common.SEQ)
   with torch.no_grad():

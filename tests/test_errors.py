@@ -53,6 +53,14 @@ CASES = [  # (extra args, text the one error line must contain)
     ["--config", "configs/gemma3n.py:tiny", "--config.model.kv_shared_layers=7"],
     "layer 1 (global) has no earlier global layer to take K/V from",
   ),
+  (
+    ["--config", "configs/deepseek_v3.py:tiny", "--config.model.z_loss=1e-4"],
+    "config key model.z_loss has moved to objective.z_loss; set --config.objective.z_loss=1e-4",
+  ),
+  (
+    ["--config", "configs/gpt_oss.py:tiny", "--config.compute.attention_kernel=cudnn"],
+    "compute.attention_kernel='cudnn' cannot run this model's",
+  ),
 ]
 
 
@@ -73,6 +81,8 @@ CASES = [  # (extra args, text the one error line must contain)
     "fp8",
     "kda_heads",
     "kv_shared",
+    "moved_key",
+    "kernel",
   ],
 )
 def test_bad_input_fails_with_one_line_naming_the_field(args, needle, tmp_path):

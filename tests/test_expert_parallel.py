@@ -20,7 +20,7 @@ _SCRIPT = r"""
 import dataclasses, json, math
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
-from modeling.config import MoeConfig
+from modeling.moe.config import MoeConfig
 from modeling.moe import Experts
 from parallelism import expert, rules
 from parallelism.mesh import make_mesh
@@ -156,7 +156,7 @@ def test_capped_buffer_drops_exactly_the_overflow(results):
 def _config(**moe):
   config = family_config("deepseek_v3")
   config.model.moe.update(moe)
-  return decoder_config(config.model, "float32", "float32")
+  return decoder_config(config.model)
 
 
 def test_whole_expert_gather_detector():

@@ -113,7 +113,7 @@ def test_models_on_the_pallas_kernel_match_xla_logits_and_gradients(family, abso
   from trainer import precision  # noqa: PLC0415
 
   config = small_train_config(family)
-  config.model.mla.absorbed = absorbed
+  config.compute.mla_absorbed = absorbed
   config.model.sliding_window = min(config.model.sliding_window, 24) or 24
   tokens = jax.random.randint(jax.random.key(0), (2, 72), 0, 256)
   segments = jnp.asarray(np.repeat([[1, 2]], 36, axis=1).reshape(1, 72).repeat(2, 0))
@@ -123,7 +123,7 @@ def test_models_on_the_pallas_kernel_match_xla_logits_and_gradients(family, abso
   monkeypatch.setattr(kernel, "forward", lambda *a, **kw: calls.append(1) or forward(*a, **kw))
   results = []
   for kernel_name in ("xla", "pallas_interpret"):
-    config.model.attention_kernel = kernel_name
+    config.compute.attention_kernel = kernel_name
     model = Decoder(precision.model_config(config), rngs=nnx.Rngs(0))
 
     def loss(model):

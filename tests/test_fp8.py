@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from modeling.config import Fp8
 from modeling.decoder import Decoder
 from modeling.layers import fp8
+from modeling.layers.fp8 import Fp8
 from tests.conftest import family_config, small_train_config
 from trainer import optim, precision
 from trainer.trainer import Trainer
@@ -129,7 +129,8 @@ def test_only_linear_layer_inputs_are_quantized(family, monkeypatch):
   once per forward, on a weight of that param's size; embedding, head, router,
   sinks and the attention core (no weight) are not."""
   config = family_config(family)
-  config.model.update(scan_layers=False, mtp=dict(depth=0))
+  config.model.update(mtp=dict(depth=0))
+  config.compute.scan_layers = False
   config.precision.fp8 = True
   model = Decoder(precision.model_config(config), rngs=nnx.Rngs(0))
   seen = []

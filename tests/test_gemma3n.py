@@ -1,4 +1,4 @@
-"""Specs for Gemma 3n's block (modeling/layers/altup.py, decoder.AltUpBlock): with
+"""Specs for Gemma 3n's block (modeling/layers/altup.py, streams.AltUpBlock): with
 the weights of transformers' Gemma3nTextDecoderLayer, our block maps the same AltUp
 streams and per-layer input to the same streams, on a sliding-window layer with
 activation sparsity and on a global one; and the parts it is built from."""
@@ -12,17 +12,16 @@ import transformers
 from flax import nnx
 from transformers.models.gemma3n import modeling_gemma3n as hf_gemma3n
 
-from modeling.config import (
-  AltUpConfig,
-  AttentionConfig,
-  BlockSpec,
-  MlpConfig,
-  NormConfig,
-  RopeConfig,
-)
-from modeling.decoder import AltUpBlock
+from modeling.attention.dot_product import AttentionConfig
+from modeling.blocks import BlockSpec
+from modeling.context import Context
 from modeling.hf import loader, tensors
-from modeling.layers.mlp import gaussian_top_k
+from modeling.hf.families import gemma
+from modeling.layers.altup import AltUpConfig
+from modeling.layers.mlp import MlpConfig, gaussian_top_k
+from modeling.layers.norms import NormConfig
+from modeling.layers.rope import RopeConfig
+from modeling.streams import AltUpBlock
 from tests import hf_common
 
 E, H, KV, D, F, N, R, P, S, WINDOW = 64, 4, 2, 16, 96, 4, 8, 8, 24, 8
@@ -55,14 +54,14 @@ def _spec(layer_type: str, sparsity: float) -> BlockSpec:
   )  # fmt: skip
   mlp = MlpConfig(E, F, "gelu_tanh", activation_sparsity=sparsity)
   altup = AltUpConfig(E, norm, num_inputs=N, laurel_rank=R, per_layer_dim=P)
-  return BlockSpec(attention, mlp, norm, altup=altup)
+  return BlockSpec(attention, mlp, norm, stream=altup)
 
 
 def _load_block(spec, hf_layer):
   """Our block with the HF layer's weights, through the loader's name table."""
   ours = AltUpBlock(spec, rngs=nnx.Rngs(0))
   norms = {k: (v, tensors.AS_IS) for k, v in tensors.SANDWICH_NORMS.items()}
-  table = {**tensors.LAYER_WEIGHTS, **tensors.GEMMA3N_WEIGHTS, **norms}
+  table = {**tensors.LAYER_WEIGHTS, **gemma.GEMMA3N_WEIGHTS, **norms}
   theirs = dict(hf_layer.state_dict())
   for path, variable in nnx.to_flat_state(nnx.state(ours, nnx.Param)):
     name, transform = table[".".join(map(str, path))]
@@ -102,11 +101,9 @@ def test_block_matches_transformers_gemma3n_decoder_layer(layer):
       torch.as_tensor(streams), cos_sin, torch.as_tensor(per_layer),
       shared_kv_states=hf_gemma3n.KVSharingDict(), attention_mask=mask, position_ids=position_ids,
     ).numpy()  # fmt: skip
-  got, stats = ours(
-    jnp.asarray(streams), positions=jnp.asarray(positions), segment_ids=jnp.asarray(segment_ids),
-    per_layer_input=jnp.asarray(per_layer),
-  )  # fmt: skip
-  assert stats["max_logits"].shape == (H,)
+  ctx = Context(jnp.asarray(positions), jnp.asarray(segment_ids))
+  got, stats = ours(jnp.asarray(streams), ctx.at_layer(layer, {"per_layer_input": per_layer}))
+  assert stats["attn"]["max_logits"].shape == (H,)
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
 
 
@@ -127,7 +124,6 @@ def test_matformer_sub_model_equals_the_standalone_model_of_sliced_weights():
   run as the sub-model equals a standalone model built at those widths from the
   leading slices of its weights."""
   from configs import gemma3n  # noqa: PLC0415
-
   from modeling import matformer  # noqa: PLC0415
   from modeling.config import decoder_config  # noqa: PLC0415
   from modeling.decoder import Decoder  # noqa: PLC0415
@@ -140,7 +136,7 @@ def test_matformer_sub_model_equals_the_standalone_model_of_sliced_weights():
   assert [b.mlp.mlp_dim for b in sub.cfg.blocks] == list(widths)
   assert sub.cfg.num_periods < cfg.num_periods  # regrouped: the widths differ per period
   tokens = jnp.asarray(np.random.default_rng(0).integers(0, 384, (2, 24)))
-  nested, _ = nnx.jit(lambda m, t: m(t, mlp_widths=widths))(full, tokens)
+  nested, _ = nnx.jit(lambda m, t: m(t, layer_inputs=matformer.layer_inputs(widths)))(full, tokens)
   alone, _ = nnx.jit(lambda m, t: m(t))(sub, tokens)
   np.testing.assert_allclose(np.asarray(nested), np.asarray(alone), rtol=1e-5, atol=1e-5)
   whole, _ = nnx.jit(lambda m, t: m(t))(full, tokens)
@@ -150,7 +146,7 @@ def test_matformer_sub_model_equals_the_standalone_model_of_sliced_weights():
 
 
 def test_matformer_joint_training_lowers_both_losses(tmp_path):
-  """train.matformer_dims trains the half-width sub-model beside the full one: both
+  """objective.matformer_dims trains the half-width sub-model beside the full one: both
   losses fall and the sub-model's is logged."""
   import json  # noqa: PLC0415
 
@@ -158,34 +154,34 @@ def test_matformer_joint_training_lowers_both_losses(tmp_path):
   from trainer.trainer import Trainer  # noqa: PLC0415
 
   config = small_train_config("gemma3n", steps=30, log_every=10, eval_batches=1)
-  config.train.matformer_dims = (64,) * config.model.num_layers  # half of mlp_dim 128
+  config.objective.matformer_dims = (64,) * config.model.num_layers  # half of mlp_dim 128
   Trainer(config, str(tmp_path)).run()
   records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   full = [r["loss"] for r in records if "loss" in r]
   sub = [r["matformer_loss"] for r in records if "matformer_loss" in r]
   assert len(full) == len(sub) == 3
   assert full[-1] < full[0] - 0.5 and sub[-1] < sub[0] - 0.5, (full, sub)
-  config.train.matformer_dims = (256,) * config.model.num_layers
-  with pytest.raises(ValueError, match="train.matformer_dims: MatFormer width 256 of layer 0"):
+  config.objective.matformer_dims = (256,) * config.model.num_layers
+  with pytest.raises(ValueError, match="objective.matformer_dims: MatFormer width 256 of layer 0"):
     Trainer(config, str(tmp_path / "bad"))
 
 
 def test_per_layer_embeddings_on_host_memory_train_like_on_device(tmp_path):
-  """model.per_layer_input.host_memory: the PLE table and its Adam moments live in
+  """compute.ple_host_memory: the PLE table and its Adam moments live in
   pinned host memory across steps; the losses equal the on-device run's."""
   from tests.conftest import small_train_config  # noqa: PLC0415
   from trainer.trainer import Trainer  # noqa: PLC0415
 
   def run(on_host: bool, workdir):
     config = small_train_config("gemma3n", steps=4, log_every=1, eval_batches=1)
-    config.model.per_layer_input.host_memory = on_host
+    config.compute.ple_host_memory = on_host
     config.optim.warmup_steps = 1
     trainer = Trainer(config, str(workdir))
     summary = trainer.run()
     return trainer, [r["loss"] for r in _records(workdir)], summary
 
   trainer, host_losses, _ = run(True, tmp_path / "host")
-  table = trainer.state["params"]["per_layer_embed"]
+  table = trainer.state["params"]["stream"]["per_layer_embed"]
   assert table.sharding.memory_kind == "pinned_host"
   leaves = jax.tree.leaves(trainer.state["opt"])
   moments = [leaf for leaf in leaves if getattr(leaf, "shape", ()) == table.shape]

@@ -20,15 +20,15 @@ from safetensors import safe_open
 
 from modeling import hf
 from modeling.hf import export
-from tests import hf_common, test_hf_parity, test_hf_parity_moe
+from tests import hf_common, hf_moe_cases, test_hf_parity
 from tests.conftest import ROOT, small_train_config
 from tests.hf_common import SEQ, TOL
 
-CASES = {**test_hf_parity.CASES, **test_hf_parity_moe.CASES}
+CASES = {**test_hf_parity.CASES, **hf_moe_cases.CASES}
 PRESETS = {
   path.stem: importlib.import_module(f"configs.{path.stem}")
   for path in sorted((ROOT / "configs").glob("*.py"))
-  if path.stem not in ("__init__", "base")
+  if path.stem not in ("__init__", "base", "moved")
 }
 
 

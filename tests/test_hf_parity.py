@@ -18,7 +18,6 @@ from tests import hf_common
 from tests.hf_common import SEQ, TOL
 from tests.hf_common import tokens as _tokens
 
-
 # name -> (HF model class, HF config class, config kwargs). Each case also
 # switches on the features its family is known for.
 CASES = {

@@ -11,7 +11,8 @@ from flax import nnx
 from transformers.models.minimax import modeling_minimax
 
 from modeling.attention import lightning
-from modeling.config import DeltaNetConfig
+from modeling.attention.linear import DeltaNetConfig
+from modeling.context import Context
 
 
 def _qkvr(b=2, s=37, h=3, d=8, seed=0):
@@ -71,5 +72,5 @@ def test_layer_matches_transformers_minimax_lightning_attention(layer):
   with torch.no_grad():
     want = theirs(torch.as_tensor(x), None, None)[0].numpy()
   seg = jnp.ones((2, s), jnp.int32)
-  got, _ = ours(jnp.asarray(x), positions=None, segment_ids=seg, layer=layer)
+  got, _ = ours(jnp.asarray(x), Context(None, seg, layer=layer))
   np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

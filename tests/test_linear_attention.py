@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 
 from modeling.attention import linear
+from modeling.attention.factory import attention_layer
+from modeling.context import Context
 
 B, S, H, DK, DV = 2, 45, 3, 8, 6
 SEGMENTS = np.array([[1] * 20 + [2] * 25, [1] * 7 + [2] * 30 + [3] * 8])
@@ -144,7 +146,7 @@ def test_gated_delta_net_layer_matches_hf_qwen3_next():
   import torch  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
-  from modeling.config import DeltaNetConfig  # noqa: PLC0415
+  from modeling.attention.linear import DeltaNetConfig  # noqa: PLC0415
 
   layer = _hf_gated_delta_net()
   cfg = DeltaNetConfig(embed_dim=64, num_k_heads=2, num_v_heads=4, k_head_dim=16, v_head_dim=8,
@@ -155,7 +157,7 @@ def test_gated_delta_net_layer_matches_hf_qwen3_next():
   with torch.no_grad():
     want = layer(torch.as_tensor(x)).numpy()
   seg = jnp.ones((2, 37), jnp.int32)
-  got, _ = ours(jnp.asarray(x), positions=None, segment_ids=seg)
+  got, _ = ours(jnp.asarray(x), Context(None, seg))
   assert np.abs(want).max() > 0.1
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0)
 
@@ -185,12 +187,12 @@ def test_kimi_delta_attention_layer_matches_hf_kimi_linear():
   import torch  # noqa: PLC0415
   from flax import nnx  # noqa: PLC0415
 
-  from modeling.config import DeltaNetConfig  # noqa: PLC0415
+  from modeling.attention.linear import DeltaNetConfig  # noqa: PLC0415
 
   layer = _hf_kimi_delta_attention()
   cfg = DeltaNetConfig(embed_dim=64, num_k_heads=4, num_v_heads=4, k_head_dim=16, v_head_dim=16,
                        chunk=16, kind="kda", norm_eps=layer.o_norm.variance_epsilon)  # fmt: skip
-  ours = linear.linear_attention(cfg, rngs=nnx.Rngs(0))
+  ours = attention_layer(cfg, rngs=nnx.Rngs(0))
   assert isinstance(ours, linear.KimiDeltaAttention)
   t = lambda p: jnp.asarray(p.detach().numpy())
   heads = lambda w: t(w).T.reshape(64, 4, 16)  # torch [h * d, e] -> [e, h, d]
@@ -210,7 +212,7 @@ def test_kimi_delta_attention_layer_matches_hf_kimi_linear():
   x = np.random.default_rng(0).normal(size=(2, 37, 64)).astype(np.float32)
   with torch.no_grad():
     want = layer(torch.as_tensor(x)).numpy()
-  got, _ = ours(jnp.asarray(x), positions=None, segment_ids=jnp.ones((2, 37), jnp.int32))
+  got, _ = ours(jnp.asarray(x), Context(None, jnp.ones((2, 37), jnp.int32)))
   assert np.abs(want).max() > 0.1
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0)
 
@@ -220,17 +222,17 @@ def test_linear_attention_layer_packed_documents_equal_separate_runs(kind):
   """The short conv (where there is one) and the state restart at a document boundary."""
   from flax import nnx  # noqa: PLC0415
 
-  from modeling.config import DeltaNetConfig  # noqa: PLC0415
+  from modeling.attention.linear import DeltaNetConfig  # noqa: PLC0415
 
   heads = 4 if kind == "gated_deltanet" else 2
   cfg = DeltaNetConfig(embed_dim=32, num_k_heads=2, num_v_heads=heads, k_head_dim=8,
                        v_head_dim=8, chunk=8, kind=kind)  # fmt: skip
-  layer = linear.linear_attention(cfg, rngs=nnx.Rngs(0))
+  layer = attention_layer(cfg, rngs=nnx.Rngs(0))
   x = jax.random.normal(jax.random.key(1), (1, 30, 32))
   seg = jnp.asarray([[1] * 11 + [2] * 19])
-  packed, _ = layer(x, positions=None, segment_ids=seg)
+  packed, _ = layer(x, Context(None, seg))
   for lo, hi in ((0, 11), (11, 30)):
-    alone, _ = layer(x[:, lo:hi], positions=None, segment_ids=jnp.ones((1, hi - lo), jnp.int32))
+    alone, _ = layer(x[:, lo:hi], Context(None, jnp.ones((1, hi - lo), jnp.int32)))
     np.testing.assert_allclose(packed[:, lo:hi], alone, atol=1e-5)
 
 
@@ -240,13 +242,13 @@ def test_flops_count_every_projection_of_the_layer(kind):
   matrix the layer builds (not its conv taps, decay rates, biases or norm)."""
   from flax import nnx  # noqa: PLC0415
 
-  from modeling.config import DeltaNetConfig  # noqa: PLC0415
+  from modeling.attention.linear import DeltaNetConfig  # noqa: PLC0415
   from trainer import metrics  # noqa: PLC0415
 
   heads = 4 if kind == "gated_deltanet" else 2
   cfg = DeltaNetConfig(embed_dim=32, num_k_heads=2, num_v_heads=heads, k_head_dim=8,
                        v_head_dim=8, kind=kind)  # fmt: skip
-  layer = nnx.eval_shape(lambda: linear.linear_attention(cfg, rngs=nnx.Rngs(0)))
+  layer = nnx.eval_shape(lambda: attention_layer(cfg, rngs=nnx.Rngs(0)))
   skip = ("conv", "bias", "scale", "A_log")
   matrices = sum(
     v.get_value().size

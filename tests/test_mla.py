@@ -32,8 +32,9 @@ from flax import nnx
 from transformers.models.deepseek_v3 import modeling_deepseek_v3 as hf_dsv3
 
 from modeling.attention.dot_product import dot_product_attention
-from modeling.attention.mla import MLA, mla_softmax_scale, yarn_mscale
-from modeling.config import MlaConfig, RopeConfig
+from modeling.attention.mla import MLA, MlaConfig, mla_softmax_scale, yarn_mscale
+from modeling.context import Context
+from modeling.layers.rope import RopeConfig
 
 E, H, Q_LORA, KV_LORA, NOPE, ROPE, V = 64, 4, 16, 32, 16, 8, 16
 YARN = {"factor": 4.0, "original_max_position": 16, "mscale": 1.0, "mscale_all_dim": 0.8}
@@ -100,8 +101,8 @@ def test_absorbed_mla_equals_naive_mla(q_lora_rank, window):
   nnx.update(absorbed, nnx.state(naive))
   seg, pos = packed([[5, 7, 1], [13]], 13)  # odd lengths, packed documents
   x = jax.random.normal(jax.random.key(2), (2, 13, E))
-  want, want_stats = naive(x, positions=pos, segment_ids=seg)
-  got, got_stats = absorbed(x, positions=pos, segment_ids=seg)
+  want, want_stats = naive(x, Context(pos, seg))
+  got, got_stats = absorbed(x, Context(pos, seg))
   assert got.shape == (2, 13, E)
   np.testing.assert_allclose(got, want, atol=1e-5)
   # same logits, latent space
@@ -187,7 +188,7 @@ def test_mla_matches_hf_deepseek_v3_attention(q_lora_rank, yarn, interleave, abs
   b, s = 2, 11
   x = np.random.default_rng(0).normal(size=(b, s, E)).astype(np.float32)
   positions = jnp.broadcast_to(jnp.arange(s), (b, s))
-  got, _ = model(jnp.asarray(x), positions=positions, segment_ids=jnp.ones((b, s), jnp.int32))
+  got, _ = model(jnp.asarray(x), Context(positions, jnp.ones((b, s), jnp.int32)))
   want = hf_forward(attention, rotary, x)
   assert np.abs(want).max() > 0.1  # the comparison is not between two near-zero tensors
   np.testing.assert_allclose(np.asarray(got), want, atol=1e-5, rtol=0)

@@ -7,9 +7,10 @@ import pytest
 from flax import nnx
 
 from modeling.attention.dot_product import dot_product_attention
-from modeling.config import RopeConfig, decoder_config
+from modeling.config import Options, decoder_config
 from modeling.decoder import Decoder
 from modeling.layers import rope
+from modeling.layers.rope import RopeConfig
 from tests.conftest import family_config
 
 
@@ -82,10 +83,10 @@ def test_partial_rotary_turns_only_leading_dims():
   np.testing.assert_allclose(norms(partial), norms(x), atol=1e-5)
 
 
-def _model(family, **overrides):
+def _model(family, scan_layers=True, **overrides):
   config = family_config(family)
   config.model.update(overrides)
-  return Decoder(decoder_config(config.model), rngs=nnx.Rngs(0))
+  return Decoder(decoder_config(config.model, Options(scan_layers=scan_layers)), rngs=nnx.Rngs(0))
 
 
 @pytest.mark.parametrize("family", ["llama3", "gemma3"])

@@ -19,8 +19,8 @@ from transformers.models.llama4 import modeling_llama4 as hf_llama4
 from transformers.models.mixtral import modeling_mixtral as hf_mixtral
 from transformers.models.qwen3_moe import modeling_qwen3_moe as hf_qwen3
 
-from modeling.config import MoeConfig
 from modeling.moe import Experts, MoE, Router, RouterBias, validate
+from modeling.moe.config import MoeConfig
 from tests.conftest import random_module
 
 E_DIM, T = 16, 32
@@ -359,13 +359,13 @@ def test_stats_match_their_definitions():
     (dict(n_group=4, topk_group=1, top_k=3), "top_k"),
     (dict(router="topk"), "router"),
     (dict(activation="gelu"), "activation"),
-    (dict(dispatch="sorted"), "dispatch"),
+    (dict(dispatch="sorted"), "compute.moe_dispatch"),
     (dict(num_shared_experts=1), "shared_mlp_dim"),
     (dict(shared_gate=True), "shared_gate"),
   ],
 )
 def test_validate_names_the_bad_field(change, field):
-  with pytest.raises(ValueError, match=f"moe.{field}="):
+  with pytest.raises(ValueError, match=f"{field if '.' in field else 'model.moe.' + field}="):
     validate(dataclasses.replace(BASE, **change))
 
 

@@ -12,10 +12,12 @@ from tests.conftest import family_config, small_train_config
 from trainer.trainer import Trainer, load_balance, progress_fields
 
 
-def _tiny_moe(tmp_path, steps=6, **moe):
+def _tiny_moe(tmp_path, steps=6, bias_update_rate=None, **moe):
   config = family_config("deepseek_v3")
   config.model.update(num_layers=3, embed_dim=64, mlp_dim=128)
   config.model.moe.update(moe)
+  if bias_update_rate is not None:
+    config.objective.moe_bias_update_rate = bias_update_rate
   config.train.update(steps=steps, batch_size=4, seq_len=64, log_every=2, eval_batches=1)
   config.optim.warmup_steps = 0
   config.logging.progress_bar = False

@@ -10,7 +10,8 @@ import pytest
 
 from modeling.losses import cross_entropy, mtp_losses
 from tests.conftest import small_train_config
-from trainer.trainer import Trainer, mtp_weight_schedule
+from trainer.objective import mtp_weight_schedule
+from trainer.trainer import Trainer
 
 
 def test_mtp_loss_shifts_targets_and_masks_document_ends():
@@ -32,7 +33,8 @@ def test_mtp_loss_shifts_targets_and_masks_document_ends():
 
 def _run(tmp_path, name, depth, weight, steps=6, late_weight=0.1):
   config = small_train_config("deepseek_v3", steps=steps, log_every=1)
-  config.model.mtp.update(depth=depth, loss_weight=weight, late_loss_weight=late_weight)
+  config.model.mtp.depth = depth
+  config.objective.update(mtp_weight=weight, mtp_late_weight=late_weight)
   config.optim.warmup_steps = 1
   Trainer(config, str(tmp_path / name)).run()
   lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
@@ -56,14 +58,14 @@ def test_main_and_mtp_losses_fall_together(tmp_path):
 
 
 def test_weight_schedule_is_none_only_when_zero_at_every_step():
-  mtp = lambda **kw: ml_collections.ConfigDict(
-    dict(dict(depth=1, loss_weight=0.3, late_loss_weight=0.1, late_start=0.5), **kw)
+  o = lambda **kw: ml_collections.ConfigDict(
+    dict(dict(mtp_weight=0.3, mtp_late_weight=0.1, mtp_late_start=0.5), **kw)
   )
-  schedule = mtp_weight_schedule(mtp(), steps=10)
+  schedule = mtp_weight_schedule(o(), depth=1, steps=10)
   assert [float(schedule(s)) for s in (0, 4, 5, 9)] == pytest.approx([0.3, 0.3, 0.1, 0.1])
-  assert mtp_weight_schedule(mtp(depth=0), steps=10) is None
-  assert mtp_weight_schedule(mtp(loss_weight=0.0, late_loss_weight=0.0), steps=10) is None
+  assert mtp_weight_schedule(o(), depth=0, steps=10) is None
+  assert mtp_weight_schedule(o(mtp_weight=0.0, mtp_late_weight=0.0), depth=1, steps=10) is None
   # 0 until late_start, then 0.1: the modules must run.
-  assert mtp_weight_schedule(mtp(loss_weight=0.0), steps=10) is not None
+  assert mtp_weight_schedule(o(mtp_weight=0.0), depth=1, steps=10) is not None
   # late_start = 1: the late weight is never used.
-  assert mtp_weight_schedule(mtp(loss_weight=0.0, late_start=1.0), steps=10) is None
+  assert mtp_weight_schedule(o(mtp_weight=0.0, mtp_late_start=1.0), depth=1, steps=10) is None

@@ -61,7 +61,7 @@ def test_expert_stack_is_orthogonalised_per_expert():
 
 
 def _labels(family):
-  cfg = decoder_config(family_config(family).model, "float32", "float32")
+  cfg = decoder_config(family_config(family).model)
   labels, dims = optim.muon_labels(state_lib.logical_axes(cfg))
   flat = traverse_util.flatten_dict(labels)
   flat_dims = traverse_util.flatten_dict(
@@ -96,7 +96,7 @@ def test_param_partition_follows_the_text(family):
 def test_weight_decay_skips_biases_even_when_2d():
   """KDA's dt_bias [heads, head_dim] is a bias: never decayed; its projections and
   conv taps are."""
-  cfg = decoder_config(family_config("kimi_linear").model, "float32", "float32")
+  cfg = decoder_config(family_config("kimi_linear").model)
   mask = traverse_util.flatten_dict(optim.decay_mask(state_lib.logical_axes(cfg)))
   kda = {k[-1]: v for k, v in mask.items() if k[:3] == ("stack", "blocks", 0)}
   assert kda["dt_bias"] is False and kda["A_log"] is False

@@ -37,7 +37,8 @@ GEMMA3N_EFFECTIVE = [("e2b", 1.91e9), ("e4b", 4.0e9)]  # gemma-3n model cards
 @pytest.mark.parametrize("preset,published", GEMMA3N_EFFECTIVE)
 def test_gemma3n_effective_param_count_matches_published(preset, published):
   cfg = decoder_config(family_config("gemma3n", preset).model)
-  tables = cfg.vocab_size * cfg.embed_dim + cfg.per_layer_vocab * cfg.num_layers * cfg.per_layer_dim
+  ple = cfg.stream
+  tables = cfg.vocab_size * cfg.embed_dim + ple.per_layer_vocab * cfg.num_layers * ple.per_layer_dim
   count = param_count(cfg) - tables
   assert abs(count - published) / published < 0.02, f"gemma3n:{preset} has {count / 1e9:.3f}B"
 

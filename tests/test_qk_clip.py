@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from modeling.decoder import by_layer
 from tests.conftest import small_train_config
 from trainer import qk_clip
 from trainer import state as state_lib
@@ -122,7 +123,7 @@ def _max_logits(trainer, model_cfg, batch):
   graphdef = state_lib.abstract(model_cfg)[0]
   model = nnx.merge(graphdef, trainer.state["params"], trainer.state["model_state"])
   _, aux = model(batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"])
-  return np.asarray(aux["max_logits"])  # [layers, heads]
+  return np.asarray(by_layer(model_cfg, aux, "attn", "max_logits"))  # [layers, heads]
 
 
 def _clip_step(family, tmp_path):
@@ -203,7 +204,7 @@ def test_updated_measure_sees_the_steps_new_router_biases(tmp_path):
   measure runs after it, so every layer of what the step returns holds tau."""
   config = small_train_config("deepseek_v3", steps=10, log_every=1)
   config.optim.update(name="muon", lr=5e-2, warmup_steps=0, schedule="constant")
-  config.model.moe.bias_update_rate = 0.1
+  config.objective.moe_bias_update_rate = 0.1
   trainer = Trainer(config, str(tmp_path / "none"))
   batch = trainer.put(next(trainer.data_iter))
   trainer.state, _ = trainer._train_step(trainer.state, batch)

@@ -8,25 +8,26 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from modeling.config import decoder_config
+from modeling.config import Options, decoder_config
 from modeling.decoder import Decoder
 from modeling.losses import cross_entropy
 from tests.conftest import family_config
+from trainer.objective import Objective, moe_terms
 
 POLICIES = ("none", "full", "save_dots", "save_attention_outputs")
 
 
 def _loss_and_grad(family: str, remat: str, seq: int = 32):
   config = family_config(family)
-  config.model.update(num_layers=4, remat=remat)
-  cfg = decoder_config(config.model)
+  config.model.update(num_layers=4)
+  cfg = decoder_config(config.model, Options(remat=remat))
   graphdef, params, rest = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
   tokens = jax.random.randint(jax.random.key(1), (2, seq + 1), 0, cfg.vocab_size)
 
   def loss_fn(params, rest):  # non-param state (MoE biases) passed in, as in the train step
     logits, aux = nnx.merge(graphdef, params, rest)(tokens[:, :-1])
     loss, _ = cross_entropy(logits, tokens[:, 1:], jnp.ones((2, seq)))
-    return loss + aux["aux_loss"]
+    return loss + moe_terms(Objective(seq_aux=1e-4), cfg, aux).get("aux_loss", 0.0)
 
   return jax.jit(jax.value_and_grad(loss_fn)), (params, rest)
 

@@ -13,11 +13,9 @@ import pytest
 from jax.experimental.compilation_cache import compilation_cache
 from jax.sharding import NamedSharding
 
-from modeling.config import decoder_config
 from tests.conftest import small_train_config
-from trainer import optim
-from trainer import state as state_lib
-from trainer.trainer import Trainer, make_steps
+from trainer import step
+from trainer.trainer import Trainer
 
 
 def test_short_run_writes_metrics_and_loss_falls(tmp_path):
@@ -95,25 +93,12 @@ def test_train_state_starts_in_its_shardings_so_the_step_compiles_once(tmp_path)
 def _compile_seconds(num_layers: int) -> float:
   config = small_train_config("llama3")
   config.model.num_layers = num_layers
-  model_cfg = decoder_config(config.model)
   mesh = jax.sharding.Mesh(
     np.asarray(jax.devices()[:1]).reshape(1, 1, 1, 1), ("data", "fsdp", "tensor", "expert")
   )
-  graphdef, params, model_state = state_lib.init(model_cfg, mesh, 0)
-  tx, lr = optim.make(config.optim, 10, state_lib.logical_axes(model_cfg))
-  train_step, _ = make_steps(graphdef, tx, lr, model_cfg)
-  state = {
-    "step": np.int32(0),
-    "params": params,
-    "model_state": model_state,
-    "opt": tx.init(params),
-  }
-  batch = {
-    k: np.zeros((4, 64), np.int32) for k in ("inputs", "targets", "segment_ids", "positions")
-  }
-  batch["weights"] = np.ones((4, 64), np.float32)
+  program = step.build(config, mesh)
   start = time.perf_counter()
-  jax.jit(train_step).lower(state, batch).compile()
+  program.lower().compile()
   return time.perf_counter() - start
 
 

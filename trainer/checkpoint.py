@@ -21,14 +21,14 @@ import ml_collections
 import orbax.checkpoint as ocp
 from flax import traverse_util
 
-from configs import base
+from configs import base, moved
 
 
 def config_from_saved(saved: dict) -> ml_collections.ConfigDict:
   """The locked run config from a checkpoint's JSON (lists back to tuples where
-  the field is one)."""
+  the field is one); a config saved in an older layout is read in this one."""
   config = base.get_config()
-  for path, value in traverse_util.flatten_dict(saved).items():
+  for path, value in traverse_util.flatten_dict(moved.migrate(saved)).items():
     node = config
     for name in path[:-1]:
       node = node[name]
@@ -79,8 +79,11 @@ class Checkpointer:
 
   def restore(self, abstract_state, data_iter):
     """The state of the latest committed step (`abstract_state` gives shapes and
-    shardings); `data_iter` is moved to where that step left it."""
+    shardings); `data_iter` is moved to where that step left it. A checkpoint whose
+    arrays are laid out otherwise is one sentence, before orbax reads anything."""
     step = self.manager.latest_step()
+    saved = saved_arrays(self.manager.directory, step)
+    check_layout(list(saved), list(_flat_names(abstract_state)), step, self.manager.directory)
     restored = self.manager.restore(
       step,
       args=ocp.args.Composite(
@@ -93,6 +96,47 @@ class Checkpointer:
   def close(self):
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _name(path) -> str:
+  return "/".join(str(k) for k in path)
+
+
+def _flat_names(tree) -> dict:
+  """{"params/stack/blocks/0/attn/q_proj": leaf, ...} of a nested dict."""
+  return {_name(k): v for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def saved_arrays(directory, step: int) -> dict:
+  """{"/"-joined path: array metadata} of a committed step's `state` item."""
+  handlers = {  # all three items registered, though only `state` is read
+    "state": ocp.PyTreeCheckpointHandler(),
+    "data": grain.checkpoint.CheckpointHandler(),
+    "config": ocp.JsonCheckpointHandler(),
+  }
+  manager = ocp.CheckpointManager(pathlib.Path(directory).absolute(), item_handlers=handlers)
+  try:
+    return _flat_names(manager.item_metadata(step)["state"].tree)
+  finally:
+    manager.close()
+
+
+def check_layout(saved: list, wanted: list, step: int, directory):
+  """One sentence when a checkpoint's arrays are not the ones this version's state
+  has (a checkpoint from before a change of the parameter layout)."""
+  params_first = lambda name: (not name.startswith("params/"), name)
+  only_saved = sorted(set(saved) - set(wanted), key=params_first)
+  only_wanted = sorted(set(wanted) - set(saved), key=params_first)
+  if not only_saved and not only_wanted:
+    return
+  example = f"'{only_saved[0]}' saved" if only_saved else "nothing saved"
+  example += f", '{only_wanted[0]}' wanted" if only_wanted else ""
+  raise ValueError(
+    f"the checkpoint at step {step} in {directory} predates this version's parameter layout "
+    f"({len(only_saved)} saved arrays and {len(only_wanted)} wanted ones differ: {example}); "
+    "resume it with the version that wrote it, or start a new --workdir "
+    "(checkpoint.init_from=<that workdir> keeps every array whose path is unchanged)"
+  )
 
 
 def restore_weights(workdir: str, abstract: dict) -> tuple[dict, list[str]]:
@@ -114,11 +158,8 @@ def restore_weights(workdir: str, abstract: dict) -> tuple[dict, list[str]]:
     step = manager.latest_step() if directory.is_dir() else None
     if step is None:
       raise ValueError(f"checkpoint.init_from={workdir!r} holds no committed checkpoint")
-    name = lambda path: "/".join(str(k) for k in path)
-    saved = {
-      name(k): v
-      for k, v in traverse_util.flatten_dict(manager.item_metadata(step)["state"].tree).items()
-    }
+    name = _name
+    saved = saved_arrays(directory, step)
     wanted = traverse_util.flatten_dict(abstract)  # paths may hold int keys (layer lists)
     missing = sorted(name(k) for k in wanted if name(k) not in saved)
     wrong = [

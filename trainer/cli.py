@@ -5,6 +5,8 @@ import sys
 
 from absl import flags
 
+from configs import moved
+
 
 def unknown_override(argv) -> str | None:
   """The first --config.a.b=... override whose key the chosen config lacks, with a hint."""
@@ -23,7 +25,10 @@ def unknown_override(argv) -> str | None:
   config = module.get_config(preset) if preset else module.get_config()
   for arg in argv:
     if arg.startswith("--config."):
-      key = arg[len("--config.") :].split("=", 1)[0]
+      key, _, value = arg[len("--config.") :].partition("=")
+      hint = moved.message(key, value or None)
+      if hint:
+        return hint
       node = config
       for part in key.split("."):
         if not hasattr(node, "keys") or part not in node:

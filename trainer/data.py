@@ -21,18 +21,14 @@ import json
 import os
 import pathlib
 import sysconfig
-import threading
 
 import grain
 import numpy as np
 
-EOS_ID = 256
-BYTE_VOCAB_SIZE = 257
+from trainer.documents import Skipped, Tokenizer, data_tokenizer
+
 FORMATS = ("auto", "text", "jsonl", "arrayrecord")
-SKIP_REASONS = ("empty", "invalid_utf8", "bad_json", "missing_field")
 META_FILE = "meta.json"  # a prepared directory's description (scripts/prepare_data.py)
-# tokenizer.json end-of-text tokens tried, in order, when data.eos_token is "".
-_EOS_TOKENS = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
 
 _EXCLUDED_DIRS = ("site-packages", "dist-packages")
 _GLOB_CHARS = set("*?[")
@@ -40,107 +36,6 @@ _JSONL_SUFFIXES = (".jsonl", ".json")
 # Local files are cheap to read: a few threads and a small buffer keep the
 # first batch fast and memory bounded even for large files.
 _READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=64)
-
-
-# --------------------------------------------------------------- tokenizers
-
-
-class Tokenizer:
-  """`byte` or a local tokenizer.json: text -> int32 ids with EOS appended."""
-
-  def __init__(self, spec: str, eos_token: str = ""):
-    self.spec, self._hf = spec, None
-    if spec == "byte":
-      self.vocab_size, self.eos_id, self.fingerprint = BYTE_VOCAB_SIZE, EOS_ID, "byte"
-      return
-    path = pathlib.Path(os.path.expanduser(spec))
-    if not path.is_file():
-      raise ValueError(
-        f"data.tokenizer={spec!r} is neither 'byte' nor an existing tokenizer.json file"
-      )
-    import tokenizers  # noqa: PLC0415 - only runs that use a tokenizer.json need it
-
-    self._hf = tokenizers.Tokenizer.from_file(str(path))
-    self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
-    self.fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    candidates = [eos_token] if eos_token else _EOS_TOKENS
-    found = [t for t in candidates if self._hf.token_to_id(t) is not None]
-    if not found:
-      wanted = f"data.eos_token={eos_token!r}" if eos_token else f"any of {', '.join(_EOS_TOKENS)}"
-      raise ValueError(
-        f"{spec} has no {wanted}; set data.eos_token to the tokenizer's end-of-text token"
-      )
-    self.eos_id = self._hf.token_to_id(found[0])
-
-  def encode(self, text: str, raw: bytes | None = None) -> np.ndarray:
-    """Token ids of `text` (its UTF-8 bytes `raw`, if at hand) followed by EOS."""
-    if self._hf is None:
-      raw = text.encode("utf-8") if raw is None else raw
-      ids = np.frombuffer(raw, np.uint8)
-    else:
-      ids = self._hf.encode(text, add_special_tokens=False).ids
-    tokens = np.empty(len(ids) + 1, np.int32)
-    tokens[:-1] = ids
-    tokens[-1] = self.eos_id
-    return tokens
-
-
-@functools.cache
-def tokenizer(spec: str, eos_token: str = "") -> Tokenizer:
-  return Tokenizer(spec, eos_token)
-
-
-def data_tokenizer(data_cfg) -> Tokenizer:
-  return tokenizer(data_cfg.tokenizer, data_cfg.eos_token)
-
-
-# ---------------------------------------------------------- skipped input
-
-
-class Skipped:
-  """Counts of skipped input by reason, with the first place (in input order)
-  each was seen. Each place (file, or file:line) counts once, however many
-  epochs re-read it. Thread-safe: grain reads files on several threads, so
-  `first` keeps the earliest (path, line), not the first reported."""
-
-  def __init__(self):
-    self._lock = threading.Lock()
-    self._seen = set()
-    self._first_at = {}  # reason -> (path, line) of the earliest place
-    self.counts = dict.fromkeys(SKIP_REASONS, 0)
-    self.first = {}
-
-  def add(self, reason: str, path: str, line: int = 0):
-    """One skipped file (line 0) or JSONL line (1-based)."""
-    where = f"{path}:{line}" if line else path
-    with self._lock:
-      if where in self._seen:
-        return
-      self._seen.add(where)
-      self.counts[reason] += 1
-      if reason not in self._first_at or (path, line) < self._first_at[reason]:
-        self._first_at[reason] = (path, line)
-        self.first[reason] = where
-
-  def merge(self, counts: dict, first: dict):
-    """Adds another Skipped's counts (e.g. from a worker process); callers merge
-    in input order, so an already-known first place is kept."""
-    with self._lock:
-      for reason, n in counts.items():
-        self.counts[reason] += n
-      for reason, where in first.items():
-        if reason not in self.first:
-          self.first[reason] = where
-          self._first_at[reason] = ("", 0)  # earlier than any later add
-
-  def total(self) -> int:
-    return sum(self.counts.values())
-
-  def summary(self) -> str:
-    """e.g. "2 invalid_utf8 (first: a.txt), 1 empty (first: b.txt)"; "" if none."""
-    return ", ".join(
-      f"{n} {reason} (first: {self.first[reason]})" for reason, n in self.counts.items() if n
-    )
 
 
 def _decode(raw: bytes, skipped: Skipped, path: str, line: int = 0) -> str | None:
@@ -402,6 +297,12 @@ def make_dataset(
       raise ValueError(f"the eval split of data.path={data_cfg.path!r} is empty")
     ds, read = _source(data_cfg, eval_items, skipped)
     return _packed(ds, read, split=split, batch_size=batch_size, seq_len=seq_len, seed=seed)
+  return _train_blocks(data_cfg, train_items, batch_size, seq_len, seed, shards, rows, skipped)
+
+
+def _train_blocks(data_cfg, items, batch_size, seq_len, seed, shards, rows, skipped):
+  """The train batches' blocks `rows` covers, each packed from its own shard of
+  `items`, zipped into rows of one batch."""
   block = batch_size // shards
   lo, hi, _ = (rows or slice(0, batch_size)).indices(batch_size)
   if lo % block or hi % block or hi <= lo:
@@ -411,23 +312,25 @@ def make_dataset(
     )
   prepared = is_prepared(data_cfg)
   if prepared:
-    whole, read = _source(data_cfg, train_items, skipped)
+    whole, read = _source(data_cfg, items, skipped)
   streams = []
   for j in range(lo // block, hi // block):
     if prepared:
       ds = whole.slice(slice(j, None, shards))
     else:
-      ds, read = _source(data_cfg, train_items[j::shards], skipped)
+      ds, read = _source(data_cfg, items[j::shards], skipped)
     if not len(ds):
       raise ValueError(
         f"data shard {j} of data.shards={shards} has no train input in "
         f"data.path={data_cfg.path!r}; lower data.shards or add data"
       )
-    kw = dict(split=split, batch_size=block, seq_len=seq_len, seed=seed)
+    kw = dict(split="train", batch_size=block, seq_len=seq_len, seed=seed)
     streams.append(_packed(ds, read, **kw))
   if len(streams) == 1:
     return streams[0]
   return grain.experimental.ZipIterDataset(streams).map(_concat_rows)
+
+
 
 
 def _pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

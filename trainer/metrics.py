@@ -7,7 +7,10 @@ import pathlib
 import jax
 import tensorboardX
 
-from modeling.config import DecoderConfig, DeltaNetConfig, MlaConfig, MoeConfig
+from modeling.attention.linear import DeltaNetConfig
+from modeling.attention.mla import MlaConfig
+from modeling.decoder import DecoderConfig
+from modeling.moe.config import MoeConfig
 
 # Dense bf16 peak FLOP/s per device, from vendor spec sheets (no sparsity).
 PEAK_FLOPS = {
@@ -51,14 +54,14 @@ def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
   each a multiply-add, times 3 for the backward.
   """
   flops = 6 * cfg.embed_dim * cfg.vocab_size
-  e, n = cfg.embed_dim, cfg.altup_inputs
+  e, n = cfg.embed_dim, cfg.stream.num_inputs if cfg.stream else 0
   if n:  # Gemma 3n: the PLE projection, AltUp's stream projections in and out
-    flops += 6 * (e * cfg.num_layers * cfg.per_layer_dim + 2 * (n - 1) * e * e)
+    flops += 6 * (e * cfg.num_layers * cfg.stream.per_layer_dim + 2 * (n - 1) * e * e)
   for block in cfg.blocks:
     a = block.attention
     attn_params, head_dims, heads = _attention_shape(a)
-    if block.altup:  # LAuReL, the per-layer gate, AltUp's router and coefficients
-      u = block.altup
+    if block.stream:  # LAuReL, the per-layer gate, AltUp's router and coefficients
+      u = block.stream
       attn_params += 2 * e * (u.laurel_rank + u.per_layer_dim) + e * n + n**3 + n * n
     if isinstance(a, DeltaNetConfig):
       state = 2 if a.kind == "lightning" else 3  # lightning: no delta-rule correction

@@ -2,22 +2,26 @@
 params / grads / optimizer state, KV-cache bytes, training FLOPs, and (on fake
 CPU devices) XLA's own memory analysis and collectives of one compiled step.
 
-Nothing here allocates the model: params are `nnx.eval_shape` structs, the
-optimizer state is `jax.eval_shape(tx.init, ...)`, and a compile lowers
-`ShapeDtypeStruct`s that carry their shardings.
+Nothing here allocates the model: the state is the run's own abstract state
+from `trainer/step.py` (ShapeDtypeStructs carrying their shardings), and a
+compile lowers the run's own train step on those.
 """
 
 import collections
+import hashlib
 import re
 
 import jax
 import jax.numpy as jnp
-import optax
-from jax.sharding import AbstractMesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AbstractMesh
+from jax.sharding import PartitionSpec as P
 
-from modeling.config import DecoderConfig, DeltaNetConfig, MlaConfig, MoeConfig
+from modeling.attention.linear import DeltaNetConfig
+from modeling.attention.mla import MlaConfig
+from modeling.decoder import DecoderConfig
+from modeling.moe.config import MoeConfig
 from parallelism import rules
-from trainer import metrics, optim, precision
+from trainer import metrics, step
 from trainer import state as state_lib
 
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
@@ -30,18 +34,6 @@ def _shard_fraction(spec: P, mesh) -> float:
     for axis in (entry,) if isinstance(entry, str) else entry or ():
       ways *= mesh.shape[axis]
   return 1.0 / ways
-
-
-def _param_fractions(cfg: DecoderConfig, mesh, table) -> dict:
-  """Nested dict like the params: the fraction of each param one device holds."""
-  _, params, _ = state_lib.abstract(cfg)
-  spec = lambda v: rules.partition_spec(state_lib.variable_axes(v), v.shape, mesh, table)
-  return state_lib.nested(params, lambda v: _shard_fraction(spec(v), mesh))
-
-
-def _abstract_params(cfg: DecoderConfig, dtype) -> dict:
-  _, params, _ = state_lib.abstract(cfg)
-  return state_lib.nested(params, lambda v: jax.ShapeDtypeStruct(v.shape, dtype))
 
 
 def kv_bytes_per_token(cfg: DecoderConfig) -> list[int]:
@@ -62,31 +54,28 @@ def kv_bytes_per_token(cfg: DecoderConfig) -> list[int]:
   return out
 
 
-def memory_plan(config, cfg: DecoderConfig, mesh_sizes: dict, table) -> dict:
-  """Per-device bytes of params, grads and optimizer state under the rules `table`."""
-  mesh = AbstractMesh(tuple(mesh_sizes[a] for a in rules.MESH_AXES), rules.MESH_AXES)
-  fractions = _param_fractions(cfg, mesh, table)
-  params = _abstract_params(cfg, cfg.param_dtype)
-  per_device = jax.tree.map(lambda p, f: p.size * p.dtype.itemsize * f, params, fractions)
-  param_bytes = sum(jax.tree.leaves(per_device))
-  state_dtype = precision.policy(config.precision).opt_state_dtype
-  tx, _ = optim.make(config.optim, config.train.steps, state_lib.logical_axes(cfg), state_dtype)
-  opt_state = jax.eval_shape(tx.init, params)
-  # Optimizer leaves shaped like a param are sharded like it; the rest (counts) replicate.
-  opt_bytes = optax.tree_utils.tree_map_params(
-    tx,
-    lambda leaf, f: 0 if state_lib.masked(leaf) else leaf.size * leaf.dtype.itemsize * f,
-    opt_state,
-    fractions,
-    transform_non_params=lambda leaf: leaf.size * leaf.dtype.itemsize,
-    is_leaf=state_lib.masked,
+def _bytes_per_device(tree, mesh) -> int:
+  """Bytes one device holds of the abstract arrays in `tree` (by their shardings)."""
+  return int(
+    sum(
+      leaf.size * leaf.dtype.itemsize * _shard_fraction(leaf.sharding.spec, mesh)
+      for leaf in jax.tree.leaves(tree)
+    )
   )
-  opt_bytes = sum(jax.tree.leaves(opt_bytes))
+
+
+def memory_plan(config, cfg: DecoderConfig, mesh_sizes: dict) -> dict:
+  """Per-device bytes of params, grads and optimizer state: the run's own abstract
+  state (trainer/step.py) on an abstract mesh of these sizes."""
+  mesh = AbstractMesh(tuple(mesh_sizes[a] for a in rules.MESH_AXES), rules.MESH_AXES)
+  state = step.build(config, mesh, cfg).abstract_state
+  param_bytes = _bytes_per_device(state["params"], mesh)
+  opt_bytes = _bytes_per_device(state["opt"], mesh)
   return {
-    "params": int(param_bytes),
-    "grads": int(param_bytes),  # gradients match the params' dtype and sharding.
-    "optimizer": int(opt_bytes),
-    "total": int(2 * param_bytes + opt_bytes),
+    "params": param_bytes,
+    "grads": param_bytes,  # gradients match the params' dtype and sharding.
+    "optimizer": opt_bytes,
+    "total": 2 * param_bytes + opt_bytes,
   }
 
 
@@ -101,63 +90,16 @@ def plan(config, cfg: DecoderConfig, mesh_sizes: dict) -> dict:
     "kv_bytes_per_token_per_layer": max(kv),
     "kv_bytes_per_token": sum(kv),
     "train_flops_per_token": metrics.train_flops_per_token(cfg, config.train.seq_len),
-    "bytes_per_device": memory_plan(
-      config, cfg, mesh_sizes, rules.with_overrides(config.mesh.rules)
-    ),
+    "bytes_per_device": memory_plan(config, cfg, mesh_sizes),
   }
-
-
-def _abstract_state(cfg: DecoderConfig, mesh, tx, table):
-  """The train state as ShapeDtypeStructs carrying their NamedShardings."""
-  param_shardings, rest_shardings = state_lib.shardings(cfg, mesh, table)
-  _, params, rest = state_lib.abstract(cfg)
-  as_struct = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)
-  params = jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, cfg.param_dtype, sharding=sh),
-    state_lib.nested(params, as_struct),
-    param_shardings,
-  )
-  rest = jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-    state_lib.nested(rest, as_struct),
-    rest_shardings,
-  )
-  replicated = NamedSharding(mesh, P())
-  opt = jax.eval_shape(tx.init, params)
-  opt = jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-    opt,
-    state_lib.opt_shardings(tx, opt, param_shardings, mesh),
-  )
-  step = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
-  return {"step": step, "params": params, "model_state": rest, "opt": opt}
 
 
 def compile_step(config, cfg: DecoderConfig, mesh) -> dict:
-  """AOT-compiles one train step for `mesh` on abstract arrays: XLA's per-device
-  memory analysis and the collectives in the compiled HLO."""
-  from trainer.trainer import make_steps, mtp_weight_schedule  # noqa: PLC0415 - heavy import.
-
-  t = config.train
-  state_dtype = precision.policy(config.precision).opt_state_dtype
-  tx, lr = optim.make(config.optim, t.steps, state_lib.logical_axes(cfg), state_dtype)
-  graphdef, _, _ = state_lib.abstract(cfg)
-  table = rules.with_overrides(config.mesh.rules)
-  mtp_weight = mtp_weight_schedule(config.model.mtp, t.steps)
-  train_step, _ = make_steps(graphdef, tx, lr, cfg, mtp_weight, mesh, table)
-  state = _abstract_state(cfg, mesh, tx, table)
-  batch_sharding = rules.batch_sharding(mesh, table)
-  tokens = lambda dtype: jax.ShapeDtypeStruct(
-    (t.batch_size, t.seq_len), dtype, sharding=batch_sharding
-  )
-  batch = {
-    "inputs": tokens(jnp.int32),
-    "targets": tokens(jnp.int32),
-    "segment_ids": tokens(jnp.int32),
-    "positions": tokens(jnp.int32),
-    "weights": tokens(jnp.float32),
-  }
-  compiled = jax.jit(train_step, donate_argnums=0).lower(state, batch).compile()
+  """AOT-compiles the run's train step (trainer/step.py's, as train.py runs it) for
+  `mesh` on abstract arrays: XLA's per-device memory analysis and the collectives
+  in the compiled HLO."""
+  lowered = step.build(config, mesh, cfg).lower()
+  compiled = lowered.compile()
   analysis = compiled.memory_analysis()
   memory = {
     name: int(getattr(analysis, f"{name}_size_in_bytes"))
@@ -167,10 +109,18 @@ def compile_step(config, cfg: DecoderConfig, mesh) -> dict:
   memory["peak"] = memory["argument"] + memory["output"] + memory["temp"] - memory["alias"]
   hlo = compiled.as_text()
   return {
+    "hlo_fingerprint": hlo_fingerprint(lowered.as_text()),
     "memory_per_device": memory,
     "collectives": count_collectives(hlo),
     "whole_expert_gathers": len(whole_expert_gathers(hlo, cfg)),
   }
+
+
+def hlo_fingerprint(hlo: str) -> str:
+  """A short hash of a lowered program's text (StableHLO, before XLA's passes, whose
+  output numbers source files in the order a process met them): equal programs,
+  equal hashes."""
+  return hashlib.sha256(hlo.encode()).hexdigest()[:16]
 
 
 def whole_expert_gathers(hlo: str, cfg: DecoderConfig) -> list[str]:

@@ -16,8 +16,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from modeling.config import DTYPES, DecoderConfig, Fp8, decoder_config
-from modeling.layers.fp8 import FP8_DTYPES
+from modeling.config import DTYPES, Options, decoder_config
+from modeling.decoder import DecoderConfig
+from modeling.layers.fp8 import FP8_DTYPES, Fp8
 
 FP8_DOTS = ("auto", "qdq", "blockwise")
 
@@ -75,7 +76,28 @@ def policy(p, device=None) -> Policy:
   )
 
 
+def model_options(config) -> Options:
+  """What shapes the model besides `config.model`: `config.precision`'s policy, the
+  `compute` choices, the DSA training stage and the init scale."""
+  pol, c = policy(config.precision), config.compute
+  return Options(
+    param_dtype=pol.param_dtype.name,
+    compute_dtype=pol.compute_dtype.name,
+    fp8=pol.fp8,
+    remat=c.remat,
+    scan_layers=c.scan_layers,
+    attention_kernel=c.attention_kernel,
+    mla_absorbed=c.mla_absorbed,
+    moe_dispatch=c.moe_dispatch,
+    moe_capacity_factor=c.moe_capacity_factor,
+    moe_ep_capacity_factor=c.moe_ep_capacity_factor,
+    ple_host_memory=c.ple_host_memory,
+    indexer_stage=config.objective.indexer_stage,
+    init_std=config.train.init_std,
+    max_logits=config.optim.qk_clip_tau > 0,
+  )
+
+
 def model_config(config) -> DecoderConfig:
-  """`config.model` validated and expanded under `config.precision`'s policy."""
-  pol = policy(config.precision)
-  return decoder_config(config.model, pol.param_dtype.name, pol.compute_dtype.name, pol.fp8)
+  """`config.model` validated and expanded under the run's other sections."""
+  return decoder_config(config.model, model_options(config))

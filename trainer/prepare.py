@@ -22,18 +22,18 @@ import numpy as np
 import tqdm
 from array_record.python.array_record_module import ArrayRecordWriter
 
-from trainer import data
+from trainer import data, documents
 
 _worker = {}  # per worker process: the data config and its tokenizer
 
 
 def _init_worker(fmt: str, field: str, tokenizer: str, eos_token: str):
-  _worker.update(fmt=fmt, field=field, tok=data.tokenizer(tokenizer, eos_token))
+  _worker.update(fmt=fmt, field=field, tok=documents.tokenizer(tokenizer, eos_token))
 
 
 def _tokenize_file(path: str):
   """-> (documents, skipped counts, first skipped place per reason, input bytes)."""
-  skipped = data.Skipped()
+  skipped = documents.Skipped()
   docs = data.read_documents(path, _worker["fmt"], _worker["field"], _worker["tok"], skipped)
   return docs, skipped.counts, skipped.first, os.path.getsize(path)
 
@@ -50,12 +50,12 @@ def prepare(data_cfg, out, *, num_shards: int = 8, workers: int = 0, progress: b
     raise ValueError(f"{out} is not empty; prepare into a new directory")
   files, root = data.resolve_files(data_cfg)
   train, evals = data.split_files(files, root, data_cfg.eval_fraction)
-  tok = data.data_tokenizer(data_cfg)
+  tok = documents.data_tokenizer(data_cfg)
   dtype = np.dtype(np.uint16 if tok.vocab_size <= 2**16 else np.uint32)
   partial = out.with_name(out.name + ".partial")
   shutil.rmtree(partial, ignore_errors=True)  # left by an interrupted run
   partial.mkdir(parents=True)
-  skipped, counts = data.Skipped(), {}
+  skipped, counts = documents.Skipped(), {}
   start = time.perf_counter()
   total = sum(os.path.getsize(f) for f in files)
   bar = tqdm.tqdm(total=total, unit="B", unit_scale=True, disable=not progress)

@@ -69,26 +69,16 @@ def _per_head_dim(w, factor):
   return (w * factor.reshape(shape)).astype(w.dtype)
 
 
-def apply(decoder, max_logits, tau: float):
-  """In place on a merged Decoder: QK-clip every attention layer.
-
-  max_logits: [layers, heads] from `aux["max_logits"]`, rows in
-  `decoder.softmax_layers()` order (without the MTP rows when the step skipped MTP;
-  those layers stay as they are). Scanned layers are clipped per period.
-  """
-  rows = {}  # id(attention module) -> (module, [(period or None, row)])
-  for (block, period), row in zip(decoder.softmax_layers(), max_logits, strict=False):
-    rows.setdefault(id(block.attn), (block.attn, []))[1].append((period, row))
-  for attn, entries in rows.values():
-    entries.sort(key=lambda e: e[0] or 0)
-    stacked = entries[0][0] is not None
-    gamma = clip_factors(jnp.stack([r for _, r in entries]) if stacked else entries[0][1], tau)
-    cfg = attn.cfg
-    if isinstance(attn, MLA):
-      names = ["q_b_proj" if cfg.q_lora_rank > 0 else "q_proj", "kv_b_proj"]
-      clip = lambda p: clip_mla(p, gamma, cfg.qk_nope_head_dim)  # noqa: B023
-    else:
-      names = ["q_proj", "k_proj"] + (["q_bias", "k_bias"] if cfg.qkv_bias else [])
-      clip = lambda p: clip_gqa(p, gamma, cfg.num_kv_heads)  # noqa: B023
-    for name, value in clip({n: getattr(attn, n)[...] for n in names}).items():
-      getattr(attn, name)[...] = value
+def clip_layer(attn, max_logits, tau: float):
+  """In place on one attention module of a merged model: QK-clip its heads.
+  max_logits: [heads], or [periods, heads] for a scanned layer (like its params)."""
+  gamma = clip_factors(max_logits, tau)
+  cfg = attn.cfg
+  if isinstance(attn, MLA):
+    names = ["q_b_proj" if cfg.q_lora_rank > 0 else "q_proj", "kv_b_proj"]
+    clipped = clip_mla({n: getattr(attn, n)[...] for n in names}, gamma, cfg.qk_nope_head_dim)
+  else:
+    names = ["q_proj", "k_proj"] + (["q_bias", "k_bias"] if cfg.qkv_bias else [])
+    clipped = clip_gqa({n: getattr(attn, n)[...] for n in names}, gamma, cfg.num_kv_heads)
+  for name, value in clipped.items():
+    getattr(attn, name)[...] = value

@@ -9,8 +9,8 @@ import jax
 import optax
 from flax import nnx, traverse_util
 
-from modeling.config import DecoderConfig, MoeConfig
-from modeling.decoder import Decoder
+from modeling.decoder import Decoder, DecoderConfig
+from modeling.moe.config import MoeConfig
 from parallelism import rules
 
 

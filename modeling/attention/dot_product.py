@@ -8,15 +8,47 @@ h heads, k kv heads, g query heads per kv head, d head_dim, v value head_dim,
 e embed.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling.config import AttentionConfig
 from modeling.layers import params, rope
-from modeling.layers.fp8 import project
-from modeling.layers.norms import RMSNorm
+from modeling.layers.fp8 import Fp8, project
+from modeling.layers.norms import NormConfig, RMSNorm
+from modeling.layers.rope import RopeConfig
 from pallas_kernels.flash_attention import ops as flash_ops
+
+QK_NORMS = ("none", "head", "full", "l2")
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionConfig:
+  embed_dim: int
+  num_heads: int
+  num_kv_heads: int
+  head_dim: int
+  scale: float
+  window: int = 0  # 0 = global causal attention.
+  chunk: int = 0  # > 0: keys only from the query's own block of `chunk` positions.
+  rope: RopeConfig | None = None  # None = NoPE.
+  qk_norm: str = "none"  # none | head | full | l2 (RMS over head_dim, no scale).
+  temperature_scale: float = 0.0  # > 0: q *= 1 + scale*ln(1 + floor((pos+1)/floor)).
+  temperature_floor: int = 8192
+  norm: NormConfig = NormConfig()
+  qkv_bias: bool = False
+  out_bias: bool = False
+  sinks: bool = False
+  softcap: float = 0.0
+  kernel: str = "xla"  # attention core (modeling/attention/kernels.py decides).
+  gate: bool = False  # q_proj emits [query | gate] per head; output *= sigmoid(gate).
+  v_norm: bool = False  # values RMS-normed over head_dim without a scale (Gemma 3n).
+  # Gemma 3n's KV sharing: "store" keeps this layer's K/V for later layers of its
+  # kind (window, chunk); "reuse" has no K/V projections and attends to those.
+  kv_share: str = ""
+  init_std: float = 0.02
+  fp8: Fp8 | None = None  # FP8-style q/k/v/o projections.
 
 
 def attention_mask(segment_ids, window: int = 0, chunk: int = 0, positions=None):
@@ -55,9 +87,14 @@ def dot_product_attention(
   Returns (out [b, q, h, v], max_logits [h]): the largest unmasked pre-softmax
   logit per head (before any softcap; no gradient), which MuonClip's QK-clip reads.
   K/V heads are shared by groups of h/k query heads without being repeated in
-  memory. v's head dim may differ from d (MLA: 192 vs 128). kernel: "xla", or
-  "pallas" / "pallas_interpret" for the flash-attention kernels (not chunked).
+  memory. v's head dim may differ from d (MLA: 192 vs 128). kernel (decided by
+  modeling/attention/kernels.py): "xla"; "pallas" / "pallas_interpret" for the
+  flash-attention kernels (not chunked); "cudnn" (no sinks, soft-cap or chunks;
+  max_logits None).
   """
+  if kernel == "cudnn":
+    out = fused_attention(q, k, v, segment_ids=segment_ids, scale=scale, window=window)
+    return out, None
   if kernel != "xla" and chunk == 0:
     return flash_ops.flash_attention(
       q, k, v, segment_ids=segment_ids, scale=scale, window=window, softcap=softcap,
@@ -82,6 +119,16 @@ def dot_product_attention(
     probs = jax.nn.softmax(jnp.concatenate([logits, sink], axis=-1), axis=-1)[..., :-1]
   out = jnp.einsum("bkgqt,btkv->bqkgv", probs.astype(v.dtype), v)
   return out.reshape(b, s, h, v.shape[-1]), max_logits.reshape(h)
+
+
+def fused_attention(q, k, v, *, segment_ids, scale: float, window: int = 0, implementation="cudnn"):
+  """Causal GQA through `jax.nn.dot_product_attention` (cuDNN's fused kernel on a
+  GPU): packed documents as a boolean mask [b, 1, q, t], a window as its left size."""
+  same_doc = (segment_ids[:, :, None] == segment_ids[:, None, :])[:, None]
+  return jax.nn.dot_product_attention(
+    q, k, v, mask=same_doc, scale=scale, is_causal=True,
+    local_window_size=(window - 1, 0) if window else None, implementation=implementation,
+  )  # fmt: skip
 
 
 class Attention(nnx.Module):
@@ -137,11 +184,12 @@ class Attention(nnx.Module):
     t = 1.0 + cfg.temperature_scale * jnp.log1p(jnp.floor((p + 1.0) / cfg.temperature_floor))
     return (q.astype(jnp.float32) * t[:, :, None, None]).astype(q.dtype)
 
-  def __call__(self, x, *, positions, segment_ids, shared_kv=None):
+  def __call__(self, x, ctx):
     """x: [b, s, e] -> (out [b, s, e], stats): `max_logits` [h], the largest
-    pre-softmax logit per head; with kv_share "store", `kv` {kind: (k, v)} for the
-    layers that reuse them, which pass it back as `shared_kv`."""
+    pre-softmax logit per head; with kv_share "store", `shared` {key: (k, v)} that
+    later layers find in ctx.shared (kv_share "reuse": no K/V of its own)."""
     cfg, dt = self.cfg, x.dtype
+    positions, segment_ids = ctx.positions, ctx.segment_ids
     q = project(x, self.q_proj[...], cfg.fp8)  # [b, s, h, d] (or [b, s, h, 2d]: query | gate)
     if cfg.gate:
       q, gate = jnp.split(q, 2, axis=-1)
@@ -152,7 +200,7 @@ class Attention(nnx.Module):
     if cfg.rope is not None:
       q = rope.apply(q, positions, cfg.rope)
     if cfg.kv_share == "reuse":
-      k, v = shared_kv[self.kv_kind]
+      k, v = ctx.shared[self.kv_key]
     else:
       k, v = self._kv(x, positions)
     if cfg.temperature_scale > 0:
@@ -175,15 +223,15 @@ class Attention(nnx.Module):
     out = project(out, self.o_proj[...], cfg.fp8, n_in=2)  # [b, s, e]
     if cfg.out_bias:
       out = out + self.o_bias[...].astype(dt)
-    stats = {"max_logits": max_logits}
+    stats = {} if max_logits is None else {"max_logits": max_logits}
     if cfg.kv_share == "store":
-      stats["kv"] = {self.kv_kind: (k, v)}
+      stats["shared"] = {self.kv_key: (k, v)}
     return out, stats
 
   @property
-  def kv_kind(self) -> tuple:
+  def kv_key(self) -> tuple:
     """Which layers may share K/V: those that mask alike (window, chunk)."""
-    return (self.cfg.window, self.cfg.chunk)
+    return ("kv", self.cfg.window, self.cfg.chunk)
 
   def _kv(self, x, positions):
     """Keys (biased, normed, rotated) and values (biased, normed) [b, s, kv, d]."""

@@ -24,9 +24,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling.config import DeltaNetConfig, NormConfig
+from modeling.attention.linear import DeltaNetConfig
 from modeling.layers import params
-from modeling.layers.norms import RMSNorm
+from modeling.layers.norms import NormConfig, RMSNorm
 
 
 def decay_rates(num_heads: int, layer, num_layers: int):
@@ -95,10 +95,8 @@ class LightningAttention(nnx.Module):
   into q, k, v; the decayed linear attention above; RMSNorm over all heads at
   once; times sigmoid(x W_gate); W_out. `qkv_proj` keeps the checkpoint's fused
   layout [e, h, (q, k, v)]. The decay rates are no params: the call gets the
-  layer's index (`depth_dependent`), an int or traced inside the layer scan, and
+  layer's index (`ctx.layer`), an int or traced inside the layer scan, and
   derives them from it and `cfg.num_layers`."""
-
-  depth_dependent = True  # Block passes `layer=` to the call.
 
   def __init__(self, cfg: DeltaNetConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
     self.cfg = cfg
@@ -111,15 +109,16 @@ class LightningAttention(nnx.Module):
     )
     self.out_proj = normal((h, d, e), ("heads", "head_dim", "embed"))
 
-  def __call__(self, x, *, positions, segment_ids, layer=0):
-    """x: [b, s, e] -> (out [b, s, e], stats {}): no softmax, so no max logits."""
-    del positions  # the decay orders tokens itself
+  def __call__(self, x, ctx):
+    """x: [b, s, e] -> (out [b, s, e], stats {}): no softmax, so no max logits.
+    Reads ctx.layer and ctx.segment_ids (the decay orders tokens itself)."""
+    segment_ids = ctx.segment_ids
     cfg, f32, dt = self.cfg, jnp.float32, x.dtype
     b, s, _ = x.shape
     h, d = cfg.num_v_heads, cfg.v_head_dim
     qkv = jax.nn.silu(jnp.einsum("bse,ehx->bshx", x, self.qkv_proj[...].astype(dt)).astype(f32))
     q, k, v = jnp.split(qkv, 3, axis=-1)  # [b, s, h, d] each
-    rates = decay_rates(h, layer, cfg.num_layers)
+    rates = decay_rates(h, ctx.layer, cfg.num_layers)
     o = chunked(q, k, v, rates, chunk=cfg.chunk, segment_ids=segment_ids)
     o = self.norm(o.reshape(b, s, h * d)).reshape(b, s, h, d)
     gate = jnp.einsum("bse,ehd->bshd", x, self.output_gate[...].astype(dt)).astype(f32)

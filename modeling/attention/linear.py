@@ -20,15 +20,39 @@ Letters: b batch, s positions, h heads, k key dim, v value dim, c chunk
 positions (i, j inside a chunk).
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling.attention.lightning import LightningAttention
-from modeling.config import DeltaNetConfig, NormConfig
 from modeling.layers import params
-from modeling.layers.norms import RMSNorm
+from modeling.layers.norms import NormConfig, RMSNorm
 from pallas_kernels.chunked_delta import ops as delta_ops
+
+KINDS = ("gated_deltanet", "kda", "lightning")
+
+
+@dataclasses.dataclass(frozen=True)
+class DeltaNetConfig:
+  """A linear-attention layer: gated DeltaNet (Qwen3-Next, a decay per head, key
+  heads shared by groups of value heads) or Kimi Delta Attention (Kimi Linear, a
+  decay per key channel; q, k and v heads and dims equal), both the gated delta
+  rule here; or MiniMax-01's lightning attention (modeling/attention/lightning.py:
+  a fixed decay per head that shrinks with depth; heads and dims equal, no conv)."""
+
+  embed_dim: int
+  num_k_heads: int  # query/key heads; each serves num_v_heads / num_k_heads value heads.
+  num_v_heads: int
+  k_head_dim: int
+  v_head_dim: int
+  conv_kernel: int = 4  # causal depthwise conv over q, k, v.
+  chunk: int = 64  # chunk length of the parallel form.
+  norm_eps: float = 1e-6
+  init_std: float = 0.02
+  kind: str = "gated_deltanet"  # a KINDS entry
+  kernel: str = "xla"  # state pass: xla | pallas | pallas_interpret (kernels.py decides).
+  num_layers: int = 1  # the model's depth: lightning's decay rates depend on layer / depth.
 
 
 def _starts(segment_ids):
@@ -228,9 +252,10 @@ class GatedDeltaNet(nnx.Module):
     )
     self.out_proj = normal((hv, dv, e), ("heads", "head_dim", "embed"))
 
-  def __call__(self, x, *, positions, segment_ids):
-    """x: [b, s, e] -> (out [b, s, e], stats {}): no softmax, so no max logits."""
-    del positions  # the recurrence orders tokens itself
+  def __call__(self, x, ctx):
+    """x: [b, s, e] -> (out [b, s, e], stats {}): no softmax, so no max logits.
+    Reads ctx.segment_ids (the recurrence orders tokens itself)."""
+    segment_ids = ctx.segment_ids
     cfg, f32 = self.cfg, jnp.float32
     b, s, _ = x.shape
     hk, hv, dk, dv = cfg.num_k_heads, cfg.num_v_heads, cfg.k_head_dim, cfg.v_head_dim
@@ -294,9 +319,10 @@ class KimiDeltaAttention(nnx.Module):
     )
     self.o_proj = normal((h, d, e), ("heads", "head_dim", "embed"))
 
-  def __call__(self, x, *, positions, segment_ids):
-    """x: [b, s, e] -> (out [b, s, e], stats {}): no softmax, so no max logits."""
-    del positions  # the recurrence orders tokens itself
+  def __call__(self, x, ctx):
+    """x: [b, s, e] -> (out [b, s, e], stats {}): no softmax, so no max logits.
+    Reads ctx.segment_ids (the recurrence orders tokens itself)."""
+    segment_ids = ctx.segment_ids
     cfg, f32, dt = self.cfg, jnp.float32, x.dtype
     b, s, _ = x.shape
     h, d = cfg.num_v_heads, cfg.v_head_dim
@@ -318,13 +344,3 @@ class KimiDeltaAttention(nnx.Module):
 
 
 # model.linear.kind -> the layer it builds.
-LAYERS = {
-  "gated_deltanet": GatedDeltaNet,
-  "kda": KimiDeltaAttention,
-  "lightning": LightningAttention,
-}
-
-
-def linear_attention(cfg: DeltaNetConfig, *, rngs: nnx.Rngs, param_dtype=jnp.float32):
-  """The layer `cfg.kind` names."""
-  return LAYERS[cfg.kind](cfg, rngs=rngs, param_dtype=param_dtype)

@@ -13,6 +13,7 @@ Letters: b batch, s/q/t positions, e embed, l q_lora rank, c kv_lora rank,
 h heads, d nope+rope (qk head dim), n nope, r rope, v value head dim.
 """
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
@@ -20,10 +21,11 @@ from flax import nnx
 
 from modeling.attention import sparse
 from modeling.attention.dot_product import dot_product_attention
-from modeling.config import MlaConfig
+from modeling.attention.sparse import IndexerConfig
 from modeling.layers import params, rope
-from modeling.layers.fp8 import project
-from modeling.layers.norms import RMSNorm
+from modeling.layers.fp8 import Fp8, project
+from modeling.layers.norms import NormConfig, RMSNorm
+from modeling.layers.rope import RopeConfig
 from pallas_kernels.mla import ops as mla_ops
 from pallas_kernels.sparse_attention import ops as sparse_ops
 from pallas_kernels.sparse_attention import reference as sparse_reference
@@ -31,6 +33,28 @@ from pallas_kernels.sparse_attention import reference as sparse_reference
 # Queries per step of the XLA sparse path: bounds its gathered keys to
 # SPARSE_CHUNK * topk rows per batch row.
 SPARSE_CHUNK = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class MlaConfig:
+  """Multi-head latent attention (low-rank q, jointly compressed kv, decoupled rope key)."""
+
+  embed_dim: int
+  num_heads: int
+  q_lora_rank: int  # 0 = plain query projection, no low-rank path.
+  kv_lora_rank: int
+  qk_nope_head_dim: int
+  qk_rope_head_dim: int
+  v_head_dim: int
+  scale: float  # softmax scale, (nope+rope)**-0.5 times YaRN's mscale**2 when on.
+  rope: RopeConfig | None  # rotary_dim = qk_rope_head_dim; None = NoPE (Kimi Linear).
+  norm: NormConfig = NormConfig()
+  absorbed: bool = False  # latent-space (decode) form: W_UK folded into q, W_UV after.
+  window: int = 0
+  kernel: str = "xla"  # attention core (modeling/attention/kernels.py decides).
+  init_std: float = 0.02
+  fp8: Fp8 | None = None  # FP8-style projections (not the absorbed attention core).
+  indexer: IndexerConfig | None = None  # DeepSeek Sparse Attention; None = dense.
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:
@@ -105,9 +129,10 @@ class MLA(nnx.Module):
     k_pe = self._rope(k_pe[:, :, None, :], positions)[:, :, 0]  # one head, shared by all
     return self.kv_a_norm(c_kv), k_pe
 
-  def __call__(self, x, *, positions, segment_ids):
+  def __call__(self, x, ctx):
     """x: [b, s, e] -> (out [b, s, e], stats): `max_logits` [h], the largest
     pre-softmax logit per head; with an indexer, `indexer_kl` (its loss)."""
+    positions, segment_ids = ctx.positions, ctx.segment_ids
     c_q, q_nope, q_pe = self._query(x, positions)
     c_kv, k_pe = self._latent(x, positions)
     q, k, v = (self._absorbed_qkv if self.cfg.absorbed else self._naive_qkv)(

@@ -23,17 +23,33 @@ Letters: b batch, s/t query/key positions, e embed, l q_lora rank, j indexer
 heads, d indexer head dim, k selected slots, h attention heads.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from modeling.attention.dot_product import attention_mask
-from modeling.config import IndexerConfig
 from modeling.layers import params, rope
 from modeling.layers.fp8 import qdq
 from modeling.layers.norms import LayerNorm
+from modeling.layers.rope import RopeConfig
 from parallelism import rules
+
+STAGES = ("warmup", "sparse")
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexerConfig:
+  num_heads: int  # indexer heads H (V3.2: 64).
+  head_dim: int  # D (V3.2: 128).
+  topk: int  # keys each query keeps (V3.2: 2048).
+  rope: RopeConfig  # RoPE on the leading qk_rope_head_dim dims (half-split unless
+  #   rope.interleave: GLM-5 rotates interleaved pairs).
+  stage: str = "sparse"  # warmup (dense attention, indexer learns) | sparse (top-k).
+  fp8: bool = False  # Hadamard-rotate q/k, then E4M3 with one scale per D-vector.
+  init_std: float = 0.02
 
 NEG = -1e30  # a masked score: finite, so log-softmax never meets -inf - -inf
 

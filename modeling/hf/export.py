@@ -1,6 +1,6 @@
 """jaxfrontier model -> Hugging Face checkpoint directory (config.json + safetensors).
 
-The inverse of `loader.py`, driven by the same tables: `families.py` says which
+The inverse of `loader.py`, driven by the same tables: `families/` says which
 config.json key holds each `config.model` field and how each family lays out
 its layers, `tensors.py` names every tensor. `hf_config(model_cfg)` writes the
 config.json dict and checks it by reading it back with the loader: a model the
@@ -9,10 +9,10 @@ hard-codes differently) is an error naming the fields, never a silently
 different model. `save(model, model_cfg, directory)` writes both files.
 
 Not exported: multi-token-prediction modules (the loader does not read them
-either) and training-only settings (balance-loss weights, dispatch, remat).
+either). Training settings live outside `config.model` (objective, compute,
+precision), so there is nothing else to leave out.
 """
 
-import dataclasses
 import json
 import math
 import pathlib
@@ -27,8 +27,8 @@ from safetensors.numpy import save_file
 
 from modeling.config import decoder_config
 from modeling.decoder import Decoder
-from modeling.hf import families, loader, tensors
-from modeling.hf.families import CHUNKED, DENSE, FULL, LINEAR, SLIDING
+from modeling.hf import config_json, families, loader, tensors
+from modeling.hf.families.common import CHUNKED, DENSE, FULL, LINEAR, SLIDING, Layers
 
 # Our family -> the model_type transformers loads it as (Kimi K2's checkpoints are
 # DeepSeek-V3 code under their own model_type, which transformers does not register).
@@ -36,29 +36,6 @@ MODEL_TYPES = {fam.name: t for t, fam in reversed(families.FAMILIES.items())}
 MODEL_TYPES["kimi_k2"] = "deepseek_v3"
 SHARD_BYTES = 5 * 2**30  # safetensors file size above which the export is sharded.
 
-# Decoder settings that change training, not the function the model computes.
-_TRAINING_ONLY = (
-  "init_std",
-  "z_loss",
-  "scan_layers",
-  "remat",
-  "seq_aux_weight",
-  "switch_aux_weight",
-  "router_z_weight",
-  "bias_update_rate",
-  "mtp_depth",
-  "dispatch",
-  "capacity_factor",
-  "ep_capacity_factor",
-  "absorbed",
-  "fp8",
-  "param_dtype",
-  "compute_dtype",
-  # DSA: HF models attend sparsely; a warm-up checkpoint exports as the same weights.
-  "stage",
-  "loss_weight",
-  "indexer_loss_weight",
-)
 # Our projections keep heads as their own axes ([e, heads, head_dim]); HF Linear
 # weights are 2-D [out, in]. Input axes lead ours: one, or two for o_proj.
 _INPUT_AXES = {"o_proj": 2, "out_proj": 2}  # out_proj: gated DeltaNet [hv, dv, e]
@@ -102,16 +79,16 @@ def _resolved(m: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   if m.moe.num_shared_experts and not m.moe.shared_mlp_dim:
     m.moe.shared_mlp_dim = m.moe.num_shared_experts * m.moe.expert_mlp_dim
   if m.rope_scaling.type == "yarn" and not m.rope_scaling.attention_factor:
-    m.rope_scaling.attention_factor = loader._yarn_mscale(m.rope_scaling.factor)
+    m.rope_scaling.attention_factor = config_json.yarn_mscale(m.rope_scaling.factor)
   return m
 
 
-def layers(m) -> families.Layers:
+def layers(m) -> Layers:
   """Per-layer attention kind, RoPE use and FFN kind of config.model `m`."""
   kinds = {"global": FULL, "local": SLIDING, "chunked": CHUNKED, "linear": LINEAR}
   n = m.num_layers
   at = lambda pattern, i: pattern[i % len(pattern)]
-  return families.Layers(
+  return Layers(
     types=[kinds[at(m.attention_pattern, i)] for i in range(n)],
     ropes=[at(m.rope_pattern, i) == "rope" for i in range(n)],
     ffns=[DENSE if i < m.first_dense_layers else at(m.ffn_pattern, i) for i in range(n)],
@@ -121,7 +98,7 @@ def layers(m) -> families.Layers:
 def _field_entry(m, field, key, model_type):
   """(config.json key, value) of config.model `field` (the inverse of the loader's)."""
   key, translate = key if isinstance(key, tuple) else (key, None)
-  node, leaf = loader._node(m, field)
+  node, leaf = config_json.field_node(m, field)
   value = node[leaf]
   if translate is not None:
     matches = [hf for hf, ours in translate.items() if ours == value]
@@ -192,17 +169,6 @@ def _rope(m, fam, lay) -> dict:
   return out
 
 
-def _function(cfg):
-  """A DecoderConfig with the training-only settings reset: two configs compute the
-  same function iff these are equal."""
-  if isinstance(cfg, tuple):
-    return tuple(_function(c) for c in cfg)
-  if not dataclasses.is_dataclass(cfg):
-    return cfg
-  kept = {f.name: _function(getattr(cfg, f.name)) for f in dataclasses.fields(cfg)}
-  return type(cfg)(**{k: v for k, v in kept.items() if k not in _TRAINING_ONLY})
-
-
 def _differences(ours, theirs, prefix="model.") -> list[str]:
   out = []
   for key, value in ours.items():
@@ -236,9 +202,18 @@ def hf_config(model_cfg, dtype: str = "float32") -> dict:
   return hf
 
 
+def _exported(model_cfg) -> ml_collections.ConfigDict:
+  """config.model as an export carries it: without MTP modules (not exported)."""
+  m = ml_collections.ConfigDict(model_cfg.to_dict())
+  m.mtp.depth = 0
+  return m
+
+
 def _check_reads_back(model_cfg, hf, model_type):
-  back = loader.model_config_from_hf(hf).model
-  if _function(decoder_config(model_cfg)) == _function(decoder_config(back)):
+  """The loader must rebuild the same model from the config.json: `config.model`
+  holds only what the function depends on, so the two expand to equal blocks."""
+  back = config_json.model_config_from_hf(hf).model
+  if decoder_config(_exported(model_cfg)) == decoder_config(back):
     return
   diffs = _differences(model_cfg.to_dict(), back.to_dict()) or ["(derived settings)"]
   raise ValueError(

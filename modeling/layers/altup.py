@@ -18,13 +18,33 @@ per-layer embeddings (PLE), gated by the corrected active stream.
 Letters: n streams, b batch, s positions, e embed, r LAuReL rank, p PLE width.
 """
 
+import dataclasses
+
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling.config import AltUpConfig
 from modeling.layers import params
 from modeling.layers.mlp import ACTIVATIONS
-from modeling.layers.norms import RMSNorm
+from modeling.layers.norms import NormConfig, RMSNorm
+
+
+@dataclasses.dataclass(frozen=True)
+class AltUpConfig:
+  """Gemma 3n's block: the residual stream is `num_inputs` streams; each layer runs
+  on the active one (AltUp's predict / correct mixes the rest), beside a low-rank
+  LAuReL residual, and adds a gated projection of its per-layer embedding (PLE)
+  to the inactive streams."""
+
+  embed_dim: int
+  norm: NormConfig
+  num_inputs: int = 4
+  active_idx: int = 0
+  coef_clip: float = 120.0  # |prediction / correction coefficients| <= this.
+  correct_scale: bool = True  # scale the active corrected stream before the PLE gate.
+  laurel_rank: int = 64
+  per_layer_dim: int = 256  # width of each layer's per-layer embedding.
+  activation: str = "gelu_tanh"  # the per-layer input gate's.
+  init_std: float = 0.02
 
 
 class AltUp(nnx.Module):

@@ -26,16 +26,24 @@ Two ways to run a quantized matmul (`dot`):
 Grouped (ragged) expert matmuls always use `qdq`.
 """
 
+import dataclasses
 import functools
 import math
 
 import jax
 import jax.numpy as jnp
 
-from modeling.config import Fp8
-
 TILE = 128
 FP8_DTYPES = {"e4m3": jnp.float8_e4m3fn, "e5m2": jnp.float8_e5m2}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fp8:
+  """FP8-style linear layers; None in a component config = off."""
+
+  grad_dtype: str = "e4m3"  # e4m3 | e5m2: the type gradients are quantized to.
+  dot: str = "qdq"  # qdq (dequantize, then dot) | blockwise (fp8 dot per 128 of K).
+  pow2_scales: bool = False  # tile scales rounded up to powers of two (ue8m0).
 
 
 def quantize(x, tile: tuple[int, int], dtype=jnp.float8_e4m3fn, pow2: bool = False):

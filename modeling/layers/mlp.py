@@ -1,16 +1,30 @@
 """Gated MLP: down(act(x @ gate) * (x @ up)); SwiGLU (silu) or GeGLU (gelu_tanh),
 optionally with Gemma 3n's activation sparsity on the gate."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import jax.scipy.stats
 from flax import nnx
 
-from modeling.config import MlpConfig
 from modeling.layers import params
-from modeling.layers.fp8 import project
+from modeling.layers.fp8 import Fp8, project
 
 ACTIVATIONS = {"silu": jax.nn.silu, "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MlpConfig:
+  embed_dim: int
+  mlp_dim: int
+  activation: str = "silu"  # a key of ACTIVATIONS
+  bias: bool = False
+  init_std: float = 0.02
+  fp8: Fp8 | None = None
+  # Gemma 3n: keep only the gate pre-activations above mean + std * Phi^-1(sparsity)
+  # of each token (a Gaussian estimate of its top (1 - sparsity)), shifted to 0.
+  activation_sparsity: float = 0.0
 
 
 class GatedMLP(nnx.Module):
@@ -25,9 +39,11 @@ class GatedMLP(nnx.Module):
       self.up_bias = params.constant(0.0, (f,), ("mlp",), param_dtype)
       self.down_bias = params.constant(0.0, (d,), ("embed",), param_dtype)
 
-  def __call__(self, x, width=None):
-    """x: [b, s, d] -> [b, s, d]. `width` (an int, or traced): run as the MatFormer
-    sub-MLP of the first `width` hidden units, which the rest are masked out of."""
+  def __call__(self, x, ctx=None):
+    """x: [b, s, d] -> [b, s, d]. With ctx.inputs["mlp_width"] (an int, or traced):
+    run as the MatFormer sub-MLP of the first that many hidden units, the rest
+    masked out."""
+    width = None if ctx is None else ctx.inputs.get("mlp_width")
     dt, fp8 = x.dtype, self.cfg.fp8
     gate = project(x, self.gate_proj[...], fp8)
     up = project(x, self.up_proj[...], fp8)

@@ -1,11 +1,20 @@
 """RMSNorm in its two parametrisations, and LayerNorm; statistics in float32."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling.config import NormConfig
 from modeling.layers import params
+
+NORMS = ("rms", "rms_one_plus")
+
+
+@dataclasses.dataclass(frozen=True)
+class NormConfig:
+  kind: str = "rms"  # rms | rms_one_plus
+  eps: float = 1e-6
 
 
 class RMSNorm(nnx.Module):

@@ -6,12 +6,29 @@ Hugging Face checkpoints; `interleave` rotates pairs (2i, 2i+1) instead (Meta's
 complex-number form: Llama 4, DeepSeek's MLA).
 """
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
 import numpy as np
 
-from modeling.config import RopeConfig
+ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeConfig:
+  theta: float = 10_000.0
+  rotary_dim: int = 0  # leading dims of each head that rotate (partial rotary).
+  scaling: str = "none"  # none | linear | llama3 | yarn
+  factor: float = 1.0
+  original_max_position: int = 8192
+  low_freq_factor: float = 1.0
+  high_freq_factor: float = 4.0
+  beta_fast: float = 32.0
+  beta_slow: float = 1.0
+  attention_factor: float = 0.0
+  truncate: bool = True  # yarn: floor/ceil the correction range.
+  interleave: bool = False  # rotate pairs (2i, 2i+1) instead of (i, i + rotary_dim/2).
 
 
 def _llama3(inv_freq, c: RopeConfig):

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling.config import MoeConfig
 from modeling.layers import fp8, mlp, params
+from modeling.moe.config import MoeConfig
 from parallelism import expert
 
 

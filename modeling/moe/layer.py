@@ -9,11 +9,11 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling.config import MlpConfig, MoeConfig
 from modeling.layers import params
-from modeling.layers.mlp import GatedMLP
+from modeling.layers.mlp import GatedMLP, MlpConfig
+from modeling.moe.config import MoeConfig, validate
 from modeling.moe.experts import Experts
-from modeling.moe.router import Router, validate
+from modeling.moe.router import Router
 
 
 class MoE(nnx.Module):
@@ -31,12 +31,13 @@ class MoE(nnx.Module):
     if cfg.shared_gate:
       self.shared_gate = params.normal(rngs, (e, 1), ("embed", None), cfg.init_std, param_dtype)
 
-  def __call__(self, x):
-    """x: [b, s, e] -> (y [b, s, e], stats).
+  def __call__(self, x, ctx=None):
+    """x: [b, s, e] -> (y [b, s, e], stats); ctx is unused (every FFN takes one).
 
     stats: load [E] (token-slot counts), seq_aux,
     switch_aux, router_z, dropped_frac (scalars, float32; unscaled by any coefficient).
     """
+    del ctx
     b, s, e = x.shape
     tokens = x.reshape(b * s, e)  # [t, e]
     weights, indices, stats = self.router(tokens, batch_shape=(b, s))  # [t, k] x2

@@ -11,78 +11,13 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling.config import MoeConfig
-from modeling.layers import mlp, params
+from modeling.layers import params
+from modeling.moe.config import MoeConfig
 from parallelism import rules
-
-ROUTERS = ("softmax", "sigmoid", "softmax_topk")
-SHARED_ACTIVATIONS = tuple(mlp.ACTIVATIONS)  # the shared expert is a plain GatedMLP
-ACTIVATIONS = SHARED_ACTIVATIONS + ("clamped_swiglu",)  # routed experts: also gpt-oss's clamp
-DISPATCHES = ("dropless", "capacity")
 
 
 class RouterBias(nnx.Variable):
   """DeepSeek-V3 aux-free selection bias [E]: state, never a Param, never differentiated."""
-
-
-def _check(ok: bool, message: str):
-  if not ok:
-    raise ValueError(message)
-
-
-def validate(cfg: MoeConfig):
-  """Raises ValueError naming the first bad MoeConfig field."""
-  E = cfg.num_experts
-  for name in ("embed_dim", "num_experts", "top_k", "expert_mlp_dim", "n_group", "topk_group"):
-    _check(getattr(cfg, name) > 0, f"model.moe.{name}={getattr(cfg, name)} must be positive")
-  for name, valid in (("router", ROUTERS), ("activation", ACTIVATIONS), ("dispatch", DISPATCHES)):
-    value = getattr(cfg, name)
-    _check(
-      value in valid, f"model.moe.{name}={value!r} is not valid; use one of {', '.join(valid)}"
-    )
-  _check(cfg.top_k <= E, f"model.moe.top_k={cfg.top_k} exceeds model.moe.num_experts={E}")
-  _check(
-    E % cfg.n_group == 0, f"model.moe.n_group={cfg.n_group} must divide model.moe.num_experts={E}"
-  )
-  _check(
-    cfg.topk_group <= cfg.n_group,
-    f"model.moe.topk_group={cfg.topk_group} exceeds model.moe.n_group={cfg.n_group}",
-  )
-  reachable = cfg.topk_group * (E // cfg.n_group)
-  _check(
-    cfg.top_k <= reachable,
-    f"model.moe.top_k={cfg.top_k} exceeds the {reachable} experts in model.moe.topk_group={cfg.topk_group} "
-    f"groups of {E // cfg.n_group}; raise topk_group or lower top_k",
-  )
-  _check(
-    cfg.dispatch != "capacity" or cfg.capacity_factor > 0,
-    f"model.moe.capacity_factor={cfg.capacity_factor} must be positive",
-  )
-  _check(
-    cfg.ep_capacity_factor >= 0,
-    f"model.moe.ep_capacity_factor={cfg.ep_capacity_factor} must be >= 0 (0 = exact dropless)",
-  )
-  _check(
-    (cfg.num_shared_experts > 0) == (cfg.shared_mlp_dim > 0),
-    f"model.moe.shared_mlp_dim={cfg.shared_mlp_dim} must be > 0 exactly when "
-    f"model.moe.num_shared_experts={cfg.num_shared_experts} > 0",
-  )
-  _check(
-    cfg.shared_mlp_dim == 0 or cfg.activation in SHARED_ACTIVATIONS,
-    f"model.moe.activation={cfg.activation!r} has no shared-expert form; with "
-    f"model.moe.shared_mlp_dim > 0 use one of {', '.join(SHARED_ACTIVATIONS)}",
-  )
-  _check(
-    cfg.router_softcap >= 0,
-    f"model.moe.router_softcap={cfg.router_softcap} must be >= 0 (0 = off)",
-  )
-  _check(
-    cfg.output_scale > 0, f"model.moe.output_scale={cfg.output_scale} must be positive (1.0 = off)"
-  )
-  _check(
-    not cfg.shared_gate or cfg.shared_mlp_dim > 0,
-    "model.moe.shared_gate=True needs a shared expert (model.moe.shared_mlp_dim > 0)",
-  )
 
 
 def aux_free_update(bias, load, rate: float):

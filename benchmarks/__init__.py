@@ -1,0 +1,1 @@
+"""Benchmark cases `scripts/bench.py` runs; measured output lives in results/."""

@@ -1,0 +1,123 @@
+"""What a document is: its tokenizer and the input skipped on the way.
+
+Tokenizers (`data.tokenizer`): `byte` (UTF-8 bytes 0..255, EOS 256) or a local
+`tokenizer.json` (the `tokenizers` package); a document is its tokens followed by
+EOS. Input that cannot be a document is skipped and counted by reason
+(`Skipped`): empty files or texts, invalid UTF-8, JSONL lines that are not JSON,
+records without a string `data.field`.
+"""
+
+import functools
+import hashlib
+import os
+import pathlib
+import threading
+
+import numpy as np
+
+EOS_ID = 256
+BYTE_VOCAB_SIZE = 257
+SKIP_REASONS = ("empty", "invalid_utf8", "bad_json", "missing_field")
+# tokenizer.json end-of-text tokens tried, in order, when data.eos_token is "".
+_EOS_TOKENS = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
+
+
+# --------------------------------------------------------------- tokenizers
+
+
+class Tokenizer:
+  """`byte` or a local tokenizer.json: text -> int32 ids with EOS appended."""
+
+  def __init__(self, spec: str, eos_token: str = ""):
+    self.spec, self._hf = spec, None
+    if spec == "byte":
+      self.vocab_size, self.eos_id, self.fingerprint = BYTE_VOCAB_SIZE, EOS_ID, "byte"
+      return
+    path = pathlib.Path(os.path.expanduser(spec))
+    if not path.is_file():
+      raise ValueError(
+        f"data.tokenizer={spec!r} is neither 'byte' nor an existing tokenizer.json file"
+      )
+    import tokenizers  # noqa: PLC0415 - only runs that use a tokenizer.json need it
+
+    self._hf = tokenizers.Tokenizer.from_file(str(path))
+    self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
+    self.fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    candidates = [eos_token] if eos_token else _EOS_TOKENS
+    found = [t for t in candidates if self._hf.token_to_id(t) is not None]
+    if not found:
+      wanted = f"data.eos_token={eos_token!r}" if eos_token else f"any of {', '.join(_EOS_TOKENS)}"
+      raise ValueError(
+        f"{spec} has no {wanted}; set data.eos_token to the tokenizer's end-of-text token"
+      )
+    self.eos_id = self._hf.token_to_id(found[0])
+
+  def encode(self, text: str, raw: bytes | None = None) -> np.ndarray:
+    """Token ids of `text` (its UTF-8 bytes `raw`, if at hand) followed by EOS."""
+    if self._hf is None:
+      raw = text.encode("utf-8") if raw is None else raw
+      ids = np.frombuffer(raw, np.uint8)
+    else:
+      ids = self._hf.encode(text, add_special_tokens=False).ids
+    tokens = np.empty(len(ids) + 1, np.int32)
+    tokens[:-1] = ids
+    tokens[-1] = self.eos_id
+    return tokens
+
+
+@functools.cache
+def tokenizer(spec: str, eos_token: str = "") -> Tokenizer:
+  return Tokenizer(spec, eos_token)
+
+
+def data_tokenizer(data_cfg) -> Tokenizer:
+  return tokenizer(data_cfg.tokenizer, data_cfg.eos_token)
+
+
+# ---------------------------------------------------------- skipped input
+
+
+class Skipped:
+  """Counts of skipped input by reason, with the first place (in input order)
+  each was seen. Each place (file, or file:line) counts once, however many
+  epochs re-read it. Thread-safe: grain reads files on several threads, so
+  `first` keeps the earliest (path, line), not the first reported."""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._seen = set()
+    self._first_at = {}  # reason -> (path, line) of the earliest place
+    self.counts = dict.fromkeys(SKIP_REASONS, 0)
+    self.first = {}
+
+  def add(self, reason: str, path: str, line: int = 0):
+    """One skipped file (line 0) or JSONL line (1-based)."""
+    where = f"{path}:{line}" if line else path
+    with self._lock:
+      if where in self._seen:
+        return
+      self._seen.add(where)
+      self.counts[reason] += 1
+      if reason not in self._first_at or (path, line) < self._first_at[reason]:
+        self._first_at[reason] = (path, line)
+        self.first[reason] = where
+
+  def merge(self, counts: dict, first: dict):
+    """Adds another Skipped's counts (e.g. from a worker process); callers merge
+    in input order, so an already-known first place is kept."""
+    with self._lock:
+      for reason, n in counts.items():
+        self.counts[reason] += n
+      for reason, where in first.items():
+        if reason not in self.first:
+          self.first[reason] = where
+          self._first_at[reason] = ("", 0)  # earlier than any later add
+
+  def total(self) -> int:
+    return sum(self.counts.values())
+
+  def summary(self) -> str:
+    """e.g. "2 invalid_utf8 (first: a.txt), 1 empty (first: b.txt)"; "" if none."""
+    return ", ".join(
+      f"{n} {reason} (first: {self.first[reason]})" for reason, n in self.counts.items() if n
+    )
