@@ -315,12 +315,24 @@ def get_config() -> ml_collections.ConfigDict:
   k.keep = 3  # most recent checkpoints kept.
   k.keep_every = 0  # also keep every step that is a multiple of this; 0 = none.
   # Saves are asynchronous and commit atomically; SIGTERM saves the current step
-  # and exits cleanly; the same command with the same --workdir resumes.
+  # and exits cleanly; the same command with the same --workdir resumes. A save
+  # that fails stops the run at once, naming the last committed step; a state
+  # whose loss or grad norm is not finite is never saved.
   # Workdir of another run whose latest weights (params, router biases) start a
   # new run here: fresh optimizer, step 0. For the next training stage (DSA
   # warm-up -> sparse) or adding parts (indexers onto a dense MLA model: params the
   # source lacks keep their init and are listed). "" = from scratch.
   k.init_from = ""
+  # A newest checkpoint that cannot be read is moved aside (<step>.unreadable) and
+  # the step before it restored, with a message; False: stop with the error instead.
+  k.fallback = True
+  # SIGTERM / SIGINT while training saves the current step and exits; if that takes
+  # longer than this (a save blocked on I/O), the run exits without it. A second
+  # signal exits at once. The last committed checkpoint is never harmed.
+  k.stop_timeout_s = 30.0
+  # A save (or the wait for one) that takes longer than this ends the run with one
+  # sentence naming the last committed step (a write stuck on a failed disk).
+  k.save_timeout_s = 600.0
 
   # ------------------------------------------------------------ precision
   p = c.precision = ml_collections.ConfigDict()

@@ -231,6 +231,20 @@ def bench_muonclip(args):
           f"{run['forward'].max() / free['forward'].max():.2f}x")  # fmt: skip
 
 
+def bench_faults(args):
+  """Kill trials (benchmarks/faults.py) and their totals."""
+  import tempfile  # noqa: PLC0415
+
+  from benchmarks import faults  # noqa: PLC0415
+
+  root = args.workdir or tempfile.mkdtemp(prefix="jaxfrontier-faults-")
+  records = faults.run_trials(args.trials, root, args.seed)
+  kills = sum(r["kills"] for r in records)
+  print(f"trials {len(records)}, SIGKILLs {kills}; resumed bit-identical "
+        f"{sum(r['bit_identical'] for r in records)}/{len(records)}; half-written steps "
+        f"visible {sum(r['half_written_visible'] for r in records)}; runs in {root}")  # fmt: skip
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   sub = parser.add_subparsers(dest="bench", required=True)
@@ -265,10 +279,14 @@ def main():
   disp.add_argument("--config", default="configs/llama3.py:tiny")
   disp.add_argument("--steps", type=int, default=10)
   disp.add_argument("--dtype", default="bfloat16", help="precision.compute_dtype (cuDNN: bf16)")
+  flt = sub.add_parser("faults", help="SIGKILL runs at random points; resumes bit-identical?")
+  flt.add_argument("--trials", type=int, default=20)
+  flt.add_argument("--seed", type=int, default=0)
+  flt.add_argument("--workdir", default="", help="where the runs go (default: a temp dir)")
   args = parser.parse_args()
   benches = {"moe": bench_moe, "optim": bench_optim, "attention": attention.bench,
              "kernels": kernels.bench, "muonclip": bench_muonclip,
-             "dispatch": bench_dispatch}  # fmt: skip
+             "dispatch": bench_dispatch, "faults": bench_faults}  # fmt: skip
   benches[args.bench](args)
 
 

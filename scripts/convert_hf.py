@@ -44,6 +44,7 @@ def main(argv):
   except ValueError as e:
     sys.exit(f"error: {e}")
   trainer.checkpointer.close()
+  trainer.close()
   step = int(trainer.state["step"])
   print(f"exported step {step} of {_WORKDIR.value} to {_OUT.value} as {hf['model_type']}")
 

@@ -6,6 +6,8 @@
 Running it again with the same --workdir resumes from the last checkpoint.
 """
 
+import logging as std_logging
+import os
 import pathlib
 import sys
 
@@ -29,24 +31,31 @@ _NUM_PROCESSES = flags.DEFINE_integer(
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator).")
 
 
+def _quiet_orbax(record) -> bool:
+  """Drops orbax's own error logs (tracebacks of a failed background save): the
+  trainer reports that fault itself, in one sentence."""
+  return not (record.levelno >= std_logging.ERROR and "orbax" in record.pathname)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO.
+  std_logging.getLogger("absl").addFilter(_quiet_orbax)
   from parallelism.mesh import initialize_distributed
-  from trainer.trainer import Trainer
+  from trainer import checkpoint
+  from trainer.trainer import NonFinite, Trainer
 
   if _CONFIG.value is None or _WORKDIR.value is None:
     sys.exit("error: both --config and --workdir are required")
   config = cli.config_or_exit(_CONFIG)
   try:
     initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
-  try:
-    trainer = Trainer(config, _WORKDIR.value)
-  except ValueError as e:
-    sys.exit(f"error: {e}")
-  result = trainer.run()
+    result = Trainer(config, _WORKDIR.value).run()
+  except (ValueError, NonFinite, checkpoint.SaveFailed) as e:
+    # One sentence; exit at once (a failed background save may never finish).
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(1)
   if result["eval"]:
     print(
       f"held-out eval loss: {result['eval']['eval_loss']:.4f} nats/token "

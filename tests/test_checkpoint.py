@@ -14,27 +14,9 @@ import time
 import numpy as np
 import pytest
 
+from benchmarks.faults import PRESETS, SMALL
 from tests.conftest import ROOT, fake_devices_env, family_config, small_train_config
 from trainer.trainer import Trainer
-
-SMALL = [
-  "--config.model.num_layers=2",
-  "--config.model.embed_dim=64",
-  "--config.model.mlp_dim=128",
-  "--config.train.batch_size=4",
-  "--config.train.seq_len=64",
-  "--config.train.log_every=1",
-  "--config.train.eval_batches=1",
-  "--config.optim.warmup_steps=5",
-  "--config.precision.compute_dtype=float32",
-  "--config.logging.progress_bar=False",
-]
-PRESETS = {
-  "dense": "configs/llama3.py:tiny",
-  # MLA + routed experts with the aux-loss-free bias (model state) and MTP.
-  "moe": "configs/deepseek_v3.py:tiny",
-}
-
 
 def _train(workdir, preset="dense", extra=(), devices=1):
   env = fake_devices_env(devices)

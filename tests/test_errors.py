@@ -61,6 +61,11 @@ CASES = [  # (extra args, text the one error line must contain)
     ["--config", "configs/gpt_oss.py:tiny", "--config.compute.attention_kernel=cudnn"],
     "compute.attention_kernel='cudnn' cannot run this model's",
   ),
+  (
+    ["--config", "configs/llama3.py:tiny", "--config.compute.attention_kernel=pallas"],
+    "Pallas kernels compile for GPU or TPU (on CPU use pallas_interpret); use 'auto'",
+  ),
+  (["--config", "configs/llama3.py:tiny", "--config.optim.lr=inf"], "optim.lr=inf must be"),
 ]
 
 
@@ -83,6 +88,8 @@ CASES = [  # (extra args, text the one error line must contain)
     "kv_shared",
     "moved_key",
     "kernel",
+    "pallas_on_cpu",
+    "lr_inf",
   ],
 )
 def test_bad_input_fails_with_one_line_naming_the_field(args, needle, tmp_path):

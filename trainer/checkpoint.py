@@ -12,9 +12,23 @@ A run killed mid-save leaves only the temporary directory, which restore
 never reads and the next start deletes. Kept: the `keep` most recent steps
 plus every step that is a multiple of `keep_every`. Restore takes the target
 shardings from the abstract state, so a checkpoint restores onto any mesh.
+
+Faults: a save that fails (disk full, permission, I/O; synchronous or in the
+background) raises `SaveFailed`, one sentence naming the directory and the last
+committed step, at the next step's `check`; a save or wait that makes no
+progress for `checkpoint.save_timeout_s` (orbax can block for good behind a
+failed background write) ends the process with that sentence. A newest step that cannot be read
+is renamed aside (`<step>.unreadable`) and the previous committed step restored
+with a message (`checkpoint.fallback`); never more than one step is skipped.
 """
 
+import contextlib
+import json
+import os
 import pathlib
+import sys
+import tempfile
+import threading
 
 import grain
 import ml_collections
@@ -39,9 +53,36 @@ def config_from_saved(saved: dict) -> ml_collections.ConfigDict:
   return config
 
 
+class SaveFailed(OSError):
+  """A checkpoint could not be written; the message is the one line to show."""
+
+
+class RestoreFailed(ValueError):
+  """A committed checkpoint could not be read; the message is the one line to show."""
+
+
+def committed_steps(directory) -> list[int]:
+  """The committed steps in a checkpoints directory, newest first (from the file
+  system alone: safe from any thread, and blind to saves still in flight)."""
+  directory = pathlib.Path(directory)
+  if not directory.is_dir():
+    return []
+  return sorted((int(p.name) for p in directory.iterdir() if p.name.isdigit()), reverse=True)
+
+
+def cause(e: BaseException) -> str:
+  """The innermost exception of a chain, as "Type: first line"."""
+  while e.__cause__ or e.__context__:
+    e = e.__cause__ or e.__context__
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
 class Checkpointer:
-  def __init__(self, workdir: str, every: int, keep: int, keep_every: int = 0):
-    self.every = every
+  def __init__(self, workdir: str, every: int, keep: int, keep_every: int = 0,
+               timeout_s: float = 600.0):  # fmt: skip
+    self.every, self.timeout_s = every, timeout_s
+    self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
     self.manager = ocp.CheckpointManager(
       pathlib.Path(workdir).absolute() / "checkpoints",
       options=ocp.CheckpointManagerOptions(
@@ -50,6 +91,11 @@ class Checkpointer:
         create=True,
         enable_async_checkpointing=True,
         cleanup_tmp_directories=True,
+        # Directories made in the caller: a failure raises here, where a failed
+        # background creation would leave the next save waiting for good.
+        async_options=ocp.options.AsyncOptions(
+          timeout_secs=int(timeout_s), create_directories_asynchronously=False
+        ),
       ),
       item_names=("state", "data", "config"),
     )
@@ -58,44 +104,146 @@ class Checkpointer:
     return self.every > 0 and step % self.every == 0
 
   def save(self, step: int, state, data_iter, config: dict):
-    self.manager.save(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        data=grain.checkpoint.CheckpointSave(data_iter),
-        config=ocp.args.JsonSave(config),
-      ),
-      force=True,
+    self.check()
+    self._probe(step)
+    try:
+      with self._deadline(step):
+        self.manager.save(
+          step,
+          args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iter),
+            config=ocp.args.JsonSave(config),
+          ),
+          force=True,
+        )
+    except Exception as e:  # noqa: BLE001 - any failure to write is the same fault.
+      raise self._failed(step, e) from e
+
+  def _probe(self, step: int):
+    """SaveFailed now if the directory is gone or unwritable: orbax would hang on it
+    (a failed background directory creation blocks the next save for good)."""
+    try:
+      with tempfile.NamedTemporaryFile(dir=self.directory, prefix=".write-check-") as f:
+        f.write(b"0")
+        f.flush()
+    except OSError as e:
+      raise self._failed(step, e) from None
+
+  @contextlib.contextmanager
+  def _deadline(self, step):
+    """Exits the process with the SaveFailed sentence if the block takes longer than
+    checkpoint.save_timeout_s (an orbax save or wait stuck on a failed write)."""
+
+    def give_up():
+      reason = TimeoutError(f"no progress for checkpoint.save_timeout_s={self.timeout_s:g} s")
+      sys.stderr.write(f"error: {self._failed(step, reason)}\n")
+      sys.stderr.flush()
+      os._exit(1)
+
+    timer = threading.Timer(self.timeout_s, give_up)
+    timer.daemon = True
+    timer.start()
+    try:
+      yield
+    finally:
+      timer.cancel()
+
+  def check(self):
+    """Raises SaveFailed if a background save has failed (cheap; no waiting)."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # noqa: BLE001
+      raise self._failed(None, e) from e
+
+  def _failed(self, step, e) -> SaveFailed:
+    which = "a checkpoint" if step is None else f"the checkpoint of step {step}"
+    return SaveFailed(
+      f"writing {which} to {self.directory} failed ({cause(e)}); the last committed "
+      f"step is {self.describe_committed()}; fix the disk or directory and run the same "
+      "command to resume"
     )
+
+  def describe_committed(self) -> str:
+    steps = committed_steps(self.directory)
+    return f"step {steps[0]}" if steps else "none (no step was committed)"
 
   def latest_step(self):
     return self.manager.latest_step()
 
+  def wait(self):
+    """Waits for saves in flight; SaveFailed if one failed."""
+    try:
+      with self._deadline(None):
+        self.manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+      raise self._failed(None, e) from e
+
   def saved_config(self) -> dict:
     """The config the latest committed checkpoint was written with."""
-    step = self.manager.latest_step()
-    restored = self.manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return restored.config
+    for step in committed_steps(self.directory)[:2]:  # restore() may fall back one step
+      try:
+        args = ocp.args.Composite(config=ocp.args.JsonRestore())
+        return self.manager.restore(step, args=args).config
+      except Exception:  # noqa: BLE001 - an unreadable step: restore() will say so
+        continue
+    return {}
 
-  def restore(self, abstract_state, data_iter):
+  def restore(self, abstract_state, data_iter, fallback: bool = True, say=print):
     """The state of the latest committed step (`abstract_state` gives shapes and
     shardings); `data_iter` is moved to where that step left it. A checkpoint whose
-    arrays are laid out otherwise is one sentence, before orbax reads anything."""
-    step = self.manager.latest_step()
-    saved = saved_arrays(self.manager.directory, step)
-    check_layout(list(saved), list(_flat_names(abstract_state)), step, self.manager.directory)
-    restored = self.manager.restore(
-      step,
-      args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state),
-        data=grain.checkpoint.CheckpointRestore(data_iter),
-      ),
-    )
+    arrays are laid out otherwise is one sentence, before orbax reads anything.
+    If the newest step cannot be read and `fallback`, it is renamed aside and the
+    one before it restored (said in one line); otherwise RestoreFailed."""
+    steps = committed_steps(self.directory)
+    try:
+      return self._restore(steps[0], abstract_state, data_iter)
+    except RestoreFailed as e:
+      if not fallback or len(steps) < 2:
+        hint = " (checkpoint.fallback=True would use the step before it)" if fallback else ""
+        raise RestoreFailed(f"{e}{hint if len(steps) > 1 else ''}") from None
+      aside = self.directory / f"{steps[0]}.unreadable"
+      os.replace(self.directory / str(steps[0]), aside)
+      self.manager.reload()
+      say(f"{e}; moved it to {aside.name} and resuming from step {steps[1]}")
+      return self._restore(steps[1], abstract_state, data_iter)
+
+  def _restore(self, step: int, abstract_state, data_iter):
+    check_data_state(self.directory / str(step))
+    try:
+      saved = saved_arrays(self.directory, step)
+    except Exception as e:  # noqa: BLE001 - orbax raises anything on a damaged step.
+      raise RestoreFailed(f"checkpoint step {step} in {self.directory} is unreadable "
+                          f"({cause(e)})") from e  # fmt: skip
+    check_layout(list(saved), list(_flat_names(abstract_state)), step, self.directory)
+    try:
+      restored = self.manager.restore(
+        step,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state),
+          data=grain.checkpoint.CheckpointRestore(data_iter),
+        ),
+      )
+    except Exception as e:  # noqa: BLE001
+      raise RestoreFailed(f"checkpoint step {step} in {self.directory} is unreadable "
+                          f"({cause(e)})") from e  # fmt: skip
     return restored.state
 
   def close(self):
-    self.manager.wait_until_finished()
+    self.wait()
     self.manager.close()
+
+
+def check_data_state(step_dir: pathlib.Path):
+  """RestoreFailed naming the file if a step's data-iterator state is not JSON."""
+  for path in sorted((step_dir / "data").glob("process_*.json")):
+    try:
+      json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+      raise RestoreFailed(
+        f"the data-iterator state {path} of checkpoint step {step_dir.name} is corrupt "
+        f"({cause(e)})"
+      ) from None
 
 
 def _name(path) -> str:

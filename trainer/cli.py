@@ -1,6 +1,7 @@
 """Command-line plumbing the scripts share: absl config flags with one-line errors."""
 
 import importlib.util
+import pathlib
 import sys
 
 from absl import flags
@@ -8,14 +9,21 @@ from absl import flags
 from configs import moved
 
 
-def unknown_override(argv) -> str | None:
-  """The first --config.a.b=... override whose key the chosen config lacks, with a hint."""
+def _config_arg(argv) -> str | None:
+  """The value of --config (FILE.py:PRESET), if given."""
   config_arg = None
   for i, arg in enumerate(argv):
     if arg.startswith("--config="):
       config_arg = arg.split("=", 1)[1]
     elif arg == "--config" and i + 1 < len(argv):
       config_arg = argv[i + 1]
+  return config_arg
+
+
+def unknown_override(argv) -> str | None:
+  """The first --config.a.b=... override whose key the chosen config lacks, or whose
+  value is not of the field's type, with a hint."""
+  config_arg = _config_arg(argv)
   if config_arg is None:
     return None
   path, _, preset = config_arg.partition(":")
@@ -35,17 +43,54 @@ def unknown_override(argv) -> str | None:
           valid = ", ".join(sorted(node.keys())) if hasattr(node, "keys") else "none"
           return f"unknown config key {key!r} in {arg!r}; valid keys here: {valid}"
         node = node[part]
+      wrong = _wrong_type(key, value, node)
+      if wrong:
+        return wrong
   return None
 
 
+def _wrong_type(key: str, value: str, default) -> str | None:
+  """A message if `value` cannot be the type of the field whose default is `default`."""
+  kind = type(default)
+  try:
+    if kind is bool:
+      ok = value.lower() in ("true", "false", "1", "0")
+    elif kind in (int, float):
+      kind(float(value) if kind is float else int(value))
+      ok = True
+    else:
+      return None
+  except ValueError:
+    ok = False
+  if ok:
+    return None
+  return (f"--config.{key}={value!r} is not a valid {kind.__name__}: {key} takes "
+          f"{kind.__name__} values (default {default!r})")  # fmt: skip
+
+
+HELP_FLAGS = ("--help", "-h", "-?", "--helpshort", "--helpfull")
+
+
 def parse_flags(argv):
-  """absl flag parsing with one-line errors for bad presets and override keys."""
+  """absl flag parsing with one-line errors for bad presets, override keys and
+  override values; --help prints the flags and exits 0."""
+  if any(arg in HELP_FLAGS for arg in argv[1:]):
+    full = "--helpfull" in argv
+    print(flags.FLAGS.get_help() if full else flags.FLAGS.main_module_help())
+    sys.exit(0)
+  config_arg = _config_arg(argv)
+  if config_arg and not pathlib.Path(config_arg.partition(":")[0]).is_file():
+    sys.exit(f"error: --config {config_arg}: no file {config_arg.partition(':')[0]!r}; "
+             "use configs/FAMILY.py:PRESET (e.g. configs/llama3.py:tiny)")  # fmt: skip
   try:
     return flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 - config files raise anything while loading.
     message = None
-    if isinstance(e, (AttributeError, KeyError)):
-      message = unknown_override(argv)
+    if isinstance(e, (AttributeError, KeyError, ValueError, TypeError, flags.Error)):
+      try:
+        message = unknown_override(argv)
+      except Exception:  # noqa: BLE001 - the config itself fails: report the first error
+        message = None
     if message is None:
       cause = e
       while cause.__cause__ or cause.__context__:

@@ -186,7 +186,7 @@ def split_shards(files) -> tuple[list, list]:
   return train, [f for f in files if f.name.startswith("eval-")]
 
 
-def _split(data_cfg) -> tuple[list, list]:
+def split_items(data_cfg) -> tuple[list, list]:
   files, root = resolve_files(data_cfg)
   if is_prepared(data_cfg):
     return split_shards(files)
@@ -291,7 +291,7 @@ def make_dataset(
       f"data.shards={shards} must be a positive divisor of train.batch_size={batch_size}"
     )
   skipped = skipped if skipped is not None else Skipped()
-  train_items, eval_items = _split(data_cfg)
+  train_items, eval_items = split_items(data_cfg)
   if split == "eval":
     if not eval_items:
       raise ValueError(f"the eval split of data.path={data_cfg.path!r} is empty")
@@ -343,7 +343,7 @@ def eval_batches(
   data_cfg, *, batch_size: int, seq_len: int, max_batches: int, skipped: Skipped | None = None
 ) -> list[dict]:
   """The first max_batches eval batches, all of batch_size rows; [] if the eval split is empty."""
-  if not _split(data_cfg)[1]:
+  if not split_items(data_cfg)[1]:
     return []
   ds = make_dataset(
     data_cfg, split="eval", batch_size=batch_size, seq_len=seq_len, seed=0, skipped=skipped

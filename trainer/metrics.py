@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import math
 import pathlib
 
 import jax
@@ -152,7 +153,7 @@ class Writer:
     if not self._file:
       return
     record = {k: _plain(v) for k, v in record.items()}
-    self._file.write(json.dumps(record) + "\n")
+    self._file.write(json.dumps(_strict(record), allow_nan=False) + "\n")
     self._file.flush()
     scalars = dict(_scalars(record))
     if self._tb:
@@ -185,3 +186,14 @@ def _plain(v):
   if hasattr(v, "tolist"):  # numpy scalars and arrays (per-layer MoE stats)
     return v.tolist()
   return v
+
+
+def _strict(value):
+  """The record as strict JSON allows: nan/inf become null (a number's absence)."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _strict(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return [_strict(v) for v in value]
+  return value

@@ -53,8 +53,8 @@ def validate(o, steps: int):
     raise ValueError(
       f"optim.decay_shape={o.decay_shape!r} is not valid; use one of {', '.join(DECAY_SHAPES)}"
     )
-  if o.lr <= 0:
-    raise ValueError(f"optim.lr={o.lr} must be positive")
+  if not (math.isfinite(o.lr) and o.lr > 0):
+    raise ValueError(f"optim.lr={o.lr} must be a positive finite number (e.g. 3e-4)")
   if not 0 <= o.warmup_steps < max(steps, 1):
     raise ValueError(f"optim.warmup_steps={o.warmup_steps} must be in [0, train.steps={steps})")
   if o.schedule == "wsd" and not 0 < o.decay_fraction <= 1 - o.warmup_steps / max(steps, 1):
@@ -77,6 +77,24 @@ def validate(o, steps: int):
       f"optim.muon_beta={o.muon_beta} must be in [0, 1) and optim.muon_ns_steps="
       f"{o.muon_ns_steps} >= 1"
     )
+  _check_ranges(o)
+
+
+# Fields -> (what they must be, the test).
+_RANGES = {
+  "b1": ("in [0, 1)", lambda v: 0 <= v < 1),
+  "b2": ("in [0, 1)", lambda v: 0 <= v < 1),
+  "eps": ("> 0 (e.g. 1e-8)", lambda v: v > 0),
+  "min_lr_ratio": ("in [0, 1]", lambda v: 0 <= v <= 1),
+  "weight_decay": (">= 0", lambda v: v >= 0),
+  "grad_clip": (">= 0 (0 = off)", lambda v: v >= 0),
+}
+
+
+def _check_ranges(o):
+  for name, (wanted, ok) in _RANGES.items():
+    if not (math.isfinite(o[name]) and ok(o[name])):
+      raise ValueError(f"optim.{name}={o[name]} must be {wanted}")
 
 
 def _wsd(o, steps: int) -> optax.Schedule:

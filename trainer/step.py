@@ -169,7 +169,7 @@ def make_train_step(graphdef, cfg: DecoderConfig, tx, lr, obj, loss_fn, o):
     if on_host:  # the step computes on the device; out_shardings put host leaves back
       state = jax.tree.map(lambda x: jax.device_put(x, jax.memory.Space.Device), state)
     grad_fn = jax.value_and_grad(functools.partial(loss_fn, mtp=mtp), has_aux=True)
-    (_, (ce, aux, terms)), grads = grad_fn(
+    (total, (ce, aux, terms)), grads = grad_fn(
       state["params"], state["model_state"], batch, state["step"]
     )
     updates, opt = tx.update(grads, state["opt"], state["params"])
@@ -188,7 +188,12 @@ def make_train_step(graphdef, cfg: DecoderConfig, tx, lr, obj, loss_fn, o):
         )
         seen = updated["layers"]
       params = hooks.clip_attention(graphdef, params, model_state, seen, o.qk_clip_tau)
-    metrics = {"loss": ce, "grad_norm": optax.tree.norm(grads), "lr": lr(state["step"])}
+    grad_norm = optax.tree.norm(grads)
+    # The loop never saves a state after a step whose flag is False (nan/inf in the
+    # loss, the gradients or the update it applied).
+    finite = jnp.isfinite(total) & jnp.isfinite(ce) & jnp.isfinite(grad_norm)
+    finite &= jnp.isfinite(optax.tree.norm(updates))
+    metrics = {"loss": ce, "grad_norm": grad_norm, "lr": lr(state["step"]), "finite": finite}
     if any("max_logits" in st for st in aux["layers"].values()):  # cuDNN reports none
       metrics["max_logit"] = max_logit(aux)  # before this step's QK-clip
     metrics.update({k: terms[k] for k in TERMS if k in terms})

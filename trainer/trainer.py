@@ -5,99 +5,29 @@ donated train step, eval, checkpoints, metrics.
 checkpoints live in the loop around it.
 """
 
-import contextlib
 import json
-import pathlib
-import signal
-import threading
+import sys
 import time
 
 import jax
 import numpy as np
 import tqdm
-from flax import traverse_util
 from jax.experimental import multihost_utils
 
-from configs import base, moved
 from modeling.attention import kernels
-from parallelism import rules
-from parallelism.mesh import check_batch_fits, check_model_fits, make_mesh, mesh_sizes
-from trainer import checkpoint, data, documents, metrics, objective, optim, precision
+from parallelism.mesh import make_mesh
+from trainer import checkpoint, checks, data, data_check, documents, metrics, stopping
 from trainer import step as step_lib
+from trainer import workdir as workdir_lib
 from trainer.checkpoint import Checkpointer
+from trainer.checks import check_same_model, validate
+
+# Steps in a row with a grad norm of exactly 0 before the run warns.
+ZERO_GRAD_STEPS = 20
 
 
-def validate(config):
-  """Every check that needs no compile; raises one ValueError naming the field."""
-  model_cfg = precision.model_config(config)
-  t = config.train
-  for name in ("steps", "batch_size", "seq_len", "log_every", "eval_batches"):
-    if t[name] <= 0:
-      raise ValueError(f"train.{name}={t[name]} must be positive")
-  optim.validate(config.optim, t.steps)
-  objective.validate(config, model_cfg)
-  metrics.check_logging(config.logging)
-  _check_qk_clip(config)
-  data.resolve_files(config.data)
-  vocab = documents.data_tokenizer(config.data).vocab_size
-  if config.model.vocab_size < vocab:
-    raise ValueError(
-      f"model.vocab_size={config.model.vocab_size} is smaller than data.tokenizer="
-      f"{config.data.tokenizer!r}'s {vocab} ids; raise it"
-    )
-  rules.with_overrides(config.mesh.rules)
-  shape = mesh_sizes(config.mesh, jax.device_count())
-  check_model_fits(model_cfg, shape)
-  if config.data.shards < 0 or (config.data.shards and t.batch_size % config.data.shards):
-    raise ValueError(
-      f"data.shards={config.data.shards} must be 0 (one per process) or a divisor of "
-      f"train.batch_size={t.batch_size}"
-    )
-  check_batch_fits(t.batch_size, shape)
-  return model_cfg
-
-
-def _check_qk_clip(config):
-  tau, m = config.optim.qk_clip_tau, config.model
-  if tau > 0 and m.qk_norm != "none":
-    raise ValueError(
-      f"optim.qk_clip_tau={tau} rescales query/key weights, which model.qk_norm="
-      f"{m.qk_norm!r} undoes; QK-norm already bounds the logits, so set optim.qk_clip_tau=0"
-    )
-  if tau > 0 and m.attention_gate:
-    raise ValueError(
-      f"optim.qk_clip_tau={tau} with model.attention_gate=True is not supported: the gate "
-      "shares q_proj, and QK-clip would rescale it; set one of them off"
-    )
-  if tau > 0 and m.kv_shared_layers:
-    raise ValueError(
-      f"optim.qk_clip_tau={tau} with model.kv_shared_layers={m.kv_shared_layers} is not "
-      "supported: K/V-reusing layers have no key projection of their own to rescale; set "
-      "one of them to 0"
-    )
-
-
-def check_same_model(saved: dict, current: dict):
-  """Resuming a workdir with a different `model` config is an error naming the fields.
-  The saved config is read in this version's layout first (`base.migrate`: settings
-  that left `model` are not compared). A field the checkpoint lacks (added to
-  configs/base.py after it was written) that still holds its default is the same
-  model: defaults keep the earlier behaviour."""
-  before = traverse_util.flatten_dict(moved.migrate(saved).get("model", {}), sep=".")
-  now = traverse_util.flatten_dict(current["model"], sep=".")
-  defaults = traverse_util.flatten_dict(base.get_config().model.to_dict(), sep=".")
-  new_at_default = {k for k in set(now) - set(before) if k in defaults and now[k] == defaults[k]}
-  changed = [
-    f"model.{k}: {before.get(k, '(absent)')!r} in the checkpoint, {now.get(k, '(absent)')!r} now"
-    for k in sorted((set(before) | set(now)) - new_at_default)
-    if before.get(k) != now.get(k)
-  ]
-  if changed:
-    raise ValueError(
-      "the workdir's checkpoint was trained with a different model config ("
-      + "; ".join(changed)
-      + "); use a new --workdir or the checkpoint's settings"
-    )
+class NonFinite(FloatingPointError):
+  """A step's loss or grad norm was nan/inf; the message is the one line to show."""
 
 
 def _merge(base: dict, update: dict) -> dict:
@@ -151,39 +81,78 @@ def progress_fields(record: dict) -> dict:
 
 
 class Trainer:
+  """One run in one workdir. Construction checks everything that needs no compile
+  (config, workdir, lock, data), then builds, initialises or restores; `run`
+  trains. Faults end in one sentence and a safe state: see README "Faults"."""
+
   def __init__(self, config, workdir: str):
-    self.config, self.workdir = config, pathlib.Path(workdir)
+    self.config = config
     self.model_cfg = validate(config)
-    t = config.train
-    self.config_dict = json.loads(config.to_json_best_effort())
+    self.primary = jax.process_index() == 0
+    self.workdir = workdir_lib.prepare(workdir)
+    self.lock = workdir_lib.Lock(self.workdir)
+    if self.primary:
+      self.lock.acquire()
+    k = config.checkpoint
     self.checkpointer = Checkpointer(
-      str(self.workdir), config.checkpoint.every, config.checkpoint.keep,
-      config.checkpoint.keep_every,
-    )  # fmt: skip
-    if self.checkpointer.latest_step() is not None:
-      check_same_model(self.checkpointer.saved_config(), self.config_dict)
+      str(self.workdir), k.every, k.keep, k.keep_every, k.save_timeout_s
+    )
+    self.stopper = stopping.Stopper(
+      k.stop_timeout_s, self.checkpointer.describe_committed, self.lock.release
+    ).__enter__()
+    try:
+      self._setup()
+    except BaseException:
+      self.close()
+      raise
+
+  def _setup(self):
+    config, t = self.config, self.config.train
+    self.config_dict = json.loads(config.to_json_best_effort())
+    resumed = bool(checkpoint.committed_steps(self.checkpointer.directory))
+    if resumed:
+      saved = self.checkpointer.saved_config()
+      if saved:
+        check_same_model(saved, self.config_dict)
+        for note in checks.resume_changes(saved, self.config_dict) if self.primary else ():
+          print(note, flush=True)
     self.mesh = make_mesh(config.mesh)
-    if jax.process_index() == 0:
+    if self.primary:
       print(f"attention kernels: {kernels.describe(self.model_cfg.blocks)}", flush=True)
     self.program = step_lib.build(config, self.mesh, self.model_cfg)
     self.graphdef = self.program.graphdef  # nnx.merge(graphdef, params, model_state): the model
     self._train_step, self._eval_step = self.program.train_step, self.program.eval_step
-    self.state = self.program.init_state(t.seed)
     self.batch_sharding = self.program.batch_sharding
     # Multi-process: the rows of each global batch this process's devices hold.
     self.rows = local_rows(self.batch_sharding, (t.batch_size, t.seq_len))
+    shards = config.data.shards or jax.process_count()
+    data_check.check_yields(
+      config.data, batch_size=t.batch_size, seq_len=t.seq_len, shards=shards, rows=self.rows,
+      warn=self._say,
+    )  # fmt: skip
     self.skipped = documents.Skipped()  # input this process skipped (empty, invalid, ...)
     # Each process reads only its rows' blocks of every batch (see data.make_dataset).
     self.dataset = data.make_dataset(
       config.data, split="train", batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed,
-      shards=config.data.shards or jax.process_count(), rows=self.rows, skipped=self.skipped,
+      shards=shards, rows=self.rows, skipped=self.skipped,
     )  # fmt: skip
     self.data_iter = iter(self.dataset)
-    if self.checkpointer.latest_step() is not None:
-      self.state = self.checkpointer.restore(self.program.abstract_state, self.data_iter)
+    self.state = self.program.init_state(t.seed)
+    if resumed:
+      self.state = self.checkpointer.restore(
+        self.program.abstract_state, self.data_iter, config.checkpoint.fallback, self._say
+      )
     elif config.checkpoint.init_from:
       self._init_from(config.checkpoint.init_from)
-    self._stop_requested = False
+
+  def _say(self, message: str):
+    if self.primary:
+      print(message, file=sys.stderr, flush=True)
+
+  def close(self):
+    """Gives back the signal handlers and the workdir lock (run() does this itself)."""
+    self.stopper.__exit__(None, None, None)
+    self.lock.release()
 
   def _init_from(self, workdir: str):
     """Starts from another run's latest weights; the optimizer state stays fresh."""
@@ -191,7 +160,7 @@ class Trainer:
     restored, missing = checkpoint.restore_weights(workdir, weights)
     for key, tree in restored.items():
       self.state[key] = _merge(self.state[key], tree)
-    if missing and jax.process_index() == 0:
+    if missing and self.primary:
       print(f"init_from {workdir}: {len(missing)} arrays not in its checkpoint keep their "
             f"init: {', '.join(missing)}")  # fmt: skip
 
@@ -214,58 +183,117 @@ class Trainer:
     return total / max(weight, 1.0)
 
   def run(self) -> dict:
-    """Trains to train.steps, or until SIGTERM (then saves the step it is on and
-    returns with `preempted` True); returns the last train and eval records."""
-    with self._sigterm_saves():
-      return self._run()
+    """Trains to train.steps, or until SIGTERM/SIGINT (then saves the step it is on
+    and returns with `preempted` True); returns the last train and eval records
+    (`finished` True if the workdir's run had already reached train.steps)."""
+    try:
+      start = int(self.state["step"])
+      if start >= self.config.train.steps:
+        self._say(f"the run in {self.workdir} is finished (step {start} of train.steps="
+                  f"{self.config.train.steps}); raise --config.train.steps to train on, or "
+                  "use a new --workdir")  # fmt: skip
+        self.checkpointer.close()
+        return {"train": {}, "eval": {}, "preempted": False, "finished": True}
+      return self._run(start)
+    finally:
+      self.close()
 
-  def _run(self) -> dict:
+  def _run(self, start: int) -> dict:
     cfg, t = self.config, self.config.train
-    primary = jax.process_index() == 0
-    if primary:  # the config this run trains with (each checkpoint also holds its own)
+    if self.primary:  # the config this run trains with (each checkpoint also holds its own)
       (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
-    writer = metrics.Writer(str(self.workdir), primary, cfg.logging, self.config_dict)
+    writer = metrics.Writer(str(self.workdir), self.primary, cfg.logging, self.config_dict)
     eval_data = data.eval_batches(
       cfg.data, batch_size=t.batch_size, seq_len=t.seq_len, max_batches=t.eval_batches,
       skipped=self.skipped,
     )  # fmt: skip
-    start = int(self.state["step"])
     bar = tqdm.tqdm(
-      total=t.steps, initial=start, disable=not (cfg.logging.progress_bar and primary),
+      total=t.steps, initial=start, disable=not (cfg.logging.progress_bar and self.primary),
       dynamic_ncols=True,
     )  # fmt: skip
+    self._unchecked, self._zero_grads = [], 0  # steps whose finite flag is not yet read
+    try:
+      return self._loop(start, writer, eval_data, bar)
+    except checkpoint.SaveFailed:
+      raise  # a failed save may never finish: do not wait for it
+    except BaseException:
+      self._close_checkpointer()
+      raise
+    finally:
+      bar.close()
+      writer.close()
+
+  def _loop(self, start: int, writer, eval_data, bar) -> dict:
+    t = self.config.train
     last_train, last_eval, pending, preempted, reported = {}, {}, [], False, 0
     tic = time.perf_counter()
+    self.stopper.phase = "train"
     for step in range(start + 1, t.steps + 1):
       self.state, step_metrics = self._train_step(self.state, self.put(next(self.data_iter)))
       pending.append(step_metrics)
+      self._unchecked.append((step, step_metrics))
+      self.checkpointer.check()  # a failed background save stops the run here
       bar.update(1)
       if step % t.log_every == 0 or step == t.steps:
         last_train = self._train_record(step, jax.device_get(pending), time.perf_counter() - tic)
-        reported = self._report_skipped(last_train, reported, bar, primary)
-        writer.write(last_train)
+        reported = self._report_skipped(last_train, reported, bar)
+        writer.write(last_train)  # then stop if a step was nan/inf (the record shows it)
+        self._check_finite()
         bar.set_postfix(progress_fields(last_train))
         pending, tic = [], time.perf_counter()
       if eval_data and ((t.eval_every and step % t.eval_every == 0) or step == t.steps):
         last_eval = {"step": step, "eval_loss": self.evaluate(eval_data)}
         writer.write(last_eval)
-        if primary:
+        if self.primary:
           bar.write(f"step {step}: eval_loss {last_eval['eval_loss']:.4f}")
         tic = time.perf_counter()
       preempted = self._preempted(step)
       if self.checkpointer.due(step) or step == t.steps or preempted:
+        self._check_finite()  # never save a state after a nan/inf step
+        self.stopper.phase = "save"
         self.checkpointer.save(step, self.state, self.data_iter, self.config_dict)
+        self.stopper.phase = "train"
       if preempted:
-        if primary:
-          bar.write(f"SIGTERM: saved step {step}; run the same command to resume")
+        self.checkpointer.close()
+        if self.primary:
+          bar.write(f"{self.stopper.signal_name}: saved step {step}; run the same command "
+                    "to resume")  # fmt: skip
         break
-    bar.close()
-    writer.close()
+    self.stopper.phase = "save"
     self.checkpointer.close()
     return {"train": last_train, "eval": last_eval, "preempted": preempted}
 
+  def _close_checkpointer(self):
+    """Waits for saves in flight (all of finite states) so they commit."""
+    try:
+      self.checkpointer.close()
+    except checkpoint.SaveFailed as e:
+      self._say(f"error: {e}")
+
+  def _check_finite(self):
+    """Raises NonFinite at the first unchecked step whose loss or grad norm was
+    nan/inf (one fetch of a few scalars; logging and saving sync anyway)."""
+    steps = [s for s, _ in self._unchecked]
+    flags = jax.device_get([(m["finite"], m["loss"], m["grad_norm"]) for _, m in self._unchecked])
+    self._unchecked = []
+    for step, (finite, loss, grad_norm) in zip(steps, flags, strict=True):
+      if not finite:
+        self._close_checkpointer()
+        raise NonFinite(
+          f"the loss ({float(loss)}) or grad norm ({float(grad_norm)}) at step {step} is not "
+          f"finite, so nothing after it was saved; the last committed checkpoint is "
+          f"{self.checkpointer.describe_committed()}; lower optim.lr (now "
+          f"{self.config.optim.lr:g}) or raise optim.warmup_steps and run the same command "
+          "to resume from it"
+        )
+      self._zero_grads = self._zero_grads + 1 if float(grad_norm) == 0.0 else 0
+      if self._zero_grads == ZERO_GRAD_STEPS:
+        self._say(f"warning: the grad norm has been exactly 0 for {ZERO_GRAD_STEPS} steps "
+                  f"(to step {step}): nothing is training; check optim.trainable, the data "
+                  "weights and the learning rate")  # fmt: skip
+
   def _train_record(self, step: int, fetched: list, elapsed: float) -> dict:
-    """The metrics record of the steps since the last one (checked finite)."""
+    """The metrics record of the steps since the last one."""
     t = self.config.train
     tokens = len(fetched) * t.batch_size * t.seq_len
     flops = metrics.train_flops_per_token(self.model_cfg, t.seq_len) * tokens
@@ -279,34 +307,16 @@ class Trainer:
     }
     if "expert_load" in fetched[-1]:
       record["expert_load_max_over_mean"] = load_balance([m.pop("expert_load") for m in fetched])
-    record |= {k: v for k, v in fetched[-1].items() if k not in record}
-    self._check_finite(record)
+    record |= {k: v for k, v in fetched[-1].items() if k not in record and k != "finite"}
     return record
 
-  @contextlib.contextmanager
-  def _sigterm_saves(self):
-    """While training, SIGTERM (preemption) asks for a save at the end of the step."""
-    if threading.current_thread() is not threading.main_thread():
-      yield
-      return
-
-    def request(signum, frame):
-      del signum, frame
-      self._stop_requested = True
-
-    previous = signal.signal(signal.SIGTERM, request)
-    try:
-      yield
-    finally:
-      signal.signal(signal.SIGTERM, previous)
-
-  def _report_skipped(self, record: dict, reported: int, bar, primary: bool) -> int:
+  def _report_skipped(self, record: dict, reported: int, bar) -> int:
     """Adds this process's skipped-input counts to the record (when any) and prints
     them whenever they grew; returns the total reported."""
     total = self.skipped.total()
     if total:
       record |= {f"skipped_{r}": n for r, n in self.skipped.counts.items() if n}
-    if total > reported and primary:
+    if total > reported and self.primary:
       bar.write(f"data: skipped {self.skipped.summary()}")
     return total
 
@@ -314,16 +324,8 @@ class Trainer:
     """Whether to save and stop after `step`. With several processes, all agree
     at log steps (one all-gather of a flag) so they save the same step."""
     if jax.process_count() == 1:
-      return self._stop_requested
+      return self.stopper.requested
     if step % self.config.train.log_every:
       return False
-    flags = multihost_utils.process_allgather(np.array(self._stop_requested))
+    flags = multihost_utils.process_allgather(np.array(self.stopper.requested))
     return bool(np.any(flags))
-
-  def _check_finite(self, record):
-    if not np.isfinite(record["loss"]):
-      last = self.checkpointer.latest_step()
-      raise FloatingPointError(
-        f"loss is {record['loss']} at step {record['step']}; last good "
-        f"checkpoint: {'none' if last is None else f'step {last}'}"
-      )

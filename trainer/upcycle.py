@@ -124,4 +124,6 @@ def upcycle(config, dense_workdir: str, workdir: str, **options) -> int:
   target.checkpointer.save(0, target.state, target.data_iter, target.config_dict)
   target.checkpointer.close()
   source.checkpointer.close()
+  target.close()
+  source.close()
   return int(np.asarray(source.state["step"]))

@@ -40,7 +40,7 @@ class _Checkpoint:
       files = sorted(p.name for p in directory.glob("*.safetensors"))
     if not files:
       raise ValueError(f"no *.safetensors files in {directory}")
-    self.handles = {f: stack.enter_context(safe_open(directory / f, framework="np")) for f in files}
+    self.handles = {f: stack.enter_context(_open(directory / f)) for f in files}
     self.stored = {}  # our name for a tensor -> (file, its stored name)
     for f, h in self.handles.items():
       for stored in h.keys():
@@ -56,10 +56,27 @@ class _Checkpoint:
   def read(self, name) -> np.ndarray:
     file, name = self.stored[name]
     handle = self.handles[file]
-    if handle.get_slice(name).get_dtype() == "BF16":  # numpy has no bfloat16; jax does.
-      with safe_open(self.directory / file, framework="flax") as f:
-        return np.asarray(f.get_tensor(name))
-    return handle.get_tensor(name)
+    try:
+      if handle.get_slice(name).get_dtype() == "BF16":  # numpy has no bfloat16; jax does.
+        with safe_open(self.directory / file, framework="flax") as f:
+          return np.asarray(f.get_tensor(name))
+      return handle.get_tensor(name)
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error types
+      raise _unreadable(self.directory / file, e) from None
+
+
+def _unreadable(path, e) -> ValueError:
+  reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+  return ValueError(f"{path} is not a readable safetensors file ({reason}); it may be "
+                    "truncated: copy or export it again")  # fmt: skip
+
+
+def _open(path):
+  """safe_open with one sentence naming the file when it is damaged."""
+  try:
+    return safe_open(path, framework="np")
+  except Exception as e:  # noqa: BLE001
+    raise _unreadable(path, e) from None
 
 
 # Variables a checkpoint holds (params and the MoE selection biases).
