@@ -193,7 +193,7 @@ def test_corrupt_newest_checkpoint_falls_back_one_step_and_finished_runs_say_so(
   config.train.steps = 4
   result = Trainer(config, str(tmp_path)).run()
   err = capsys.readouterr().err
-  assert "checkpoint step 3" in err and "resuming from step 2" in err
+  assert "checkpoint step 3" in err and "resumed from step 2" in err
   assert (tmp_path / "checkpoints" / "3.unreadable").is_dir() and result["train"]["step"] == 4
   result = Trainer(config, str(tmp_path)).run()
   assert result["finished"] and "is finished (step 4 of train.steps=4)" in capsys.readouterr().err
@@ -202,6 +202,13 @@ def test_corrupt_newest_checkpoint_falls_back_one_step_and_finished_runs_say_so(
   config.train.steps, config.checkpoint.fallback = 5, False
   with pytest.raises(checkpoint.RestoreFailed, match=f"data-iterator state {data_state}"):
     Trainer(config, str(tmp_path))
+  for step in (2, 3):  # every step unreadable: nothing is moved aside, one sentence
+    for f in (tmp_path / "checkpoints" / str(step) / "data").glob("process_*.json"):
+      f.write_text("{not json")
+  config.checkpoint.fallback = True
+  with pytest.raises(checkpoint.RestoreFailed, match="step 3 cannot be read either"):
+    Trainer(config, str(tmp_path))
+  assert (tmp_path / "checkpoints" / "4").is_dir()
 
 
 def test_a_failing_save_stops_the_run_with_one_sentence(tmp_path):
@@ -340,3 +347,40 @@ def test_a_truncated_safetensors_file_is_named(tmp_path):
   with pytest.raises(ValueError, match=f"{path} is not a readable safetensors file"):
     with contextlib.ExitStack() as stack:
       loader._Checkpoint(tmp_path, stack).read("w")
+
+
+@pytest.mark.parametrize(
+  "field,value,needle",
+  [
+    ("train.seed", -1, "train.seed=-1 must be in [0, 2**32)"),
+    ("train.eval_every", -5, "train.eval_every=-5 must be >= 0"),
+    ("optim.b1", 1.5, "optim.b1=1.5 must be in [0, 1)"),
+    ("optim.grad_clip", -1.0, "optim.grad_clip=-1.0 must be >= 0"),
+    ("optim.lr", float("inf"), "optim.lr=inf must be a positive finite number"),
+    ("checkpoint.keep", 0, "checkpoint.keep=0 must be >= 1"),
+    ("checkpoint.every", -1, "checkpoint.every=-1 and checkpoint.keep_every=0 must be >= 0"),
+    ("checkpoint.stop_timeout_s", -1.0, "checkpoint.stop_timeout_s=-1.0 must be a positive"),
+    ("data.eos_token", "xyz", "data.eos_token='xyz' only applies to a tokenizer.json"),
+    ("data.path", str(ROOT / "configs"), "is a directory without meta.json; give a glob"),
+  ],
+)
+def test_out_of_range_settings_are_one_sentence_naming_the_field(field, value, needle):
+  from trainer.checks import validate  # noqa: PLC0415
+
+  config = family_config("llama3")
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError) as e:
+    validate(config)
+  assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_tuple_override_that_is_not_a_tuple_names_the_field():
+  bad = subprocess.run(
+    [sys.executable, "scripts/train.py", "--config", "configs/llama3.py:tiny", "--workdir",
+     "/tmp/x", "--config.model.attention_pattern=global,local"],
+    cwd=ROOT, capture_output=True, text=True, timeout=120,
+  )  # fmt: skip
+  assert bad.returncode == 1 and bad.stderr.startswith(
+    "error: --config.model.attention_pattern='global,local' is not a valid tuple"
+  ), bad.stderr

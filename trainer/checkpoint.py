@@ -202,11 +202,19 @@ class Checkpointer:
       if not fallback or len(steps) < 2:
         hint = " (checkpoint.fallback=True would use the step before it)" if fallback else ""
         raise RestoreFailed(f"{e}{hint if len(steps) > 1 else ''}") from None
-      aside = self.directory / f"{steps[0]}.unreadable"
-      os.replace(self.directory / str(steps[0]), aside)
+      newest, aside = self.directory / str(steps[0]), self.directory / f"{steps[0]}.unreadable"
+      os.replace(newest, aside)
       self.manager.reload()
-      say(f"{e}; moved it to {aside.name} and resuming from step {steps[1]}")
-      return self._restore(steps[1], abstract_state, data_iter)
+      try:
+        state = self._restore(steps[1], abstract_state, data_iter)
+      except RestoreFailed as before:  # both fail: the config, not the disk, is likely at fault
+        os.replace(aside, newest)
+        self.manager.reload()
+        raise RestoreFailed(f"{e}; step {steps[1]} cannot be read either ({before}); do "
+                            "this run's data and optimizer settings match the checkpoint's?"
+                            ) from None  # fmt: skip
+      say(f"{e}; moved it to {aside.name} and resumed from step {steps[1]}")
+      return state
 
   def _restore(self, step: int, abstract_state, data_iter):
     check_data_state(self.directory / str(step))

@@ -18,6 +18,8 @@ def validate(config):
   for name in ("steps", "batch_size", "seq_len", "log_every", "eval_batches"):
     if t[name] <= 0:
       raise ValueError(f"train.{name}={t[name]} must be positive")
+  if not 0 <= t.seed < 2**32:
+    raise ValueError(f"train.seed={t.seed} must be in [0, 2**32)")
   if t.eval_every < 0:
     raise ValueError(f"train.eval_every={t.eval_every} must be >= 0 (0 = only at the end)")
   _check_checkpoint(config.checkpoint)

@@ -1,5 +1,6 @@
 """Command-line plumbing the scripts share: absl config flags with one-line errors."""
 
+import ast
 import importlib.util
 import pathlib
 import sys
@@ -58,10 +59,15 @@ def _wrong_type(key: str, value: str, default) -> str | None:
     elif kind in (int, float):
       kind(float(value) if kind is float else int(value))
       ok = True
+    elif kind is tuple:
+      ok = value == "" or isinstance(ast.literal_eval(value), (tuple, list))
     else:
       return None
-  except ValueError:
+  except (ValueError, SyntaxError):
     ok = False
+  if not ok and kind is tuple:
+    return (f"--config.{key}={value!r} is not a valid tuple: write a Python tuple, e.g. "
+            f"--config.{key}=\"(...)\" (default {default!r})")  # fmt: skip
   if ok:
     return None
   return (f"--config.{key}={value!r} is not a valid {kind.__name__}: {key} takes "

@@ -143,6 +143,11 @@ def resolve_files(data_cfg) -> tuple[list[pathlib.Path], pathlib.Path]:
   pattern = os.path.expanduser(path)
   root = _glob_root(pattern)
   files = [pathlib.Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+  if not files and os.path.isdir(pattern):
+    raise ValueError(
+      f"data.path={path!r} is a directory without {META_FILE}; give a glob of its files "
+      f"(e.g. {os.path.join(path, '**', '*.txt')!r}) or prepare it with scripts/prepare_data.py"
+    )
   if not files:
     raise ValueError(
       f"data.path={path!r} matches no files; point it at existing text or JSONL files, "
@@ -164,6 +169,11 @@ def check(data_cfg):
   against data.tokenizer."""
   if data_cfg.format not in FORMATS:
     raise ValueError(f"data.format={data_cfg.format!r} is not valid; use one of {FORMATS}")
+  if data_cfg.eos_token and data_cfg.tokenizer == "byte":
+    raise ValueError(
+      f"data.eos_token={data_cfg.eos_token!r} only applies to a tokenizer.json; "
+      "data.tokenizer='byte' ends documents with id 256: leave data.eos_token empty"
+    )
   tok = data_tokenizer(data_cfg)
   prepared = is_prepared(data_cfg)
   if data_cfg.format == "arrayrecord" and not prepared:

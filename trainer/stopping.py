@@ -4,7 +4,8 @@ While training (`phase` "train" or "save"), the first signal asks the loop to
 save the step it is on and exit (preemption); the same command resumes. If that
 has not happened within `timeout_s` (a save blocked on I/O, data that never
 comes), the process exits without it. During setup (data checks, restore,
-compile) nothing new exists to save, so the process exits at once. A second
+compile, up to the first step's compile) nothing new exists to save, so the process
+exits at once. A second
 signal always exits at once. Checkpoints commit atomically, so an exit at any
 point leaves the last committed step intact.
 
@@ -18,7 +19,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -39,6 +39,7 @@ class Stopper:
     self._count = 0
     self._previous = {}
     self._pipe = None
+    self._done = threading.Event()  # set when the run hands the signals back
 
   def __enter__(self):
     if threading.current_thread() is not threading.main_thread():
@@ -60,6 +61,7 @@ class Stopper:
       signal.signal(sig, handler)
     os.close(self._pipe[1])  # ends the watcher
     self._pipe = None
+    self._done.set()
     return False
 
   def _watch(self):
@@ -82,12 +84,14 @@ class Stopper:
       self._exit(sig, f"{sig.name} again: exiting now")
     if self.phase == "setup":
       self._exit(sig, f"{sig.name} during setup: exiting (nothing trained yet to save)")
-    self.requested, self.signal_name = True, sig.name
+    self.signal_name = sig.name  # before `requested`: the loop reads both once it is set
+    self.requested = True
     _say(f"{sig.name}: saving at the end of this step, then exiting (again: exit at once)")
     threading.Thread(target=self._deadline, args=(sig,), daemon=True).start()
 
   def _deadline(self, sig):
-    time.sleep(self.timeout_s)
+    if self._done.wait(self.timeout_s):
+      return  # the run ended (saved and returned) in time
     self._exit(sig, f"{sig.name}: the save did not finish within "
                     f"checkpoint.stop_timeout_s={self.timeout_s:g}; exiting without it")  # fmt: skip
 

@@ -227,9 +227,10 @@ class Trainer:
     t = self.config.train
     last_train, last_eval, pending, preempted, reported = {}, {}, [], False, 0
     tic = time.perf_counter()
-    self.stopper.phase = "train"
     for step in range(start + 1, t.steps + 1):
+      # The first call compiles ("setup": a signal then exits at once; nothing new yet).
       self.state, step_metrics = self._train_step(self.state, self.put(next(self.data_iter)))
+      self.stopper.phase = "train"
       pending.append(step_metrics)
       self._unchecked.append((step, step_metrics))
       self.checkpointer.check()  # a failed background save stops the run here
