@@ -137,12 +137,13 @@ class Trainer:
       shards=shards, rows=self.rows, skipped=self.skipped,
     )  # fmt: skip
     self.data_iter = iter(self.dataset)
-    self.state = self.program.init_state(t.seed)
-    if resumed:
+    if resumed:  # restored straight into the abstract state's shardings: no init first
       self.state = self.checkpointer.restore(
         self.program.abstract_state, self.data_iter, config.checkpoint.fallback, self._say
       )
-    elif config.checkpoint.init_from:
+      return
+    self.state = self.program.init_state(t.seed)
+    if config.checkpoint.init_from:
       self._init_from(config.checkpoint.init_from)
 
   def _say(self, message: str):
