@@ -219,7 +219,11 @@ def get_config() -> ml_collections.ConfigDict:
   # TPU: Pallas) | xla | cudnn | pallas | pallas_interpret (Pallas emulated on CPU,
   # for tests). A choice a layer cannot run is an error before any compile.
   r.attention_kernel = "auto"
-  r.scan_layers = True  # run repeating layers under nnx.scan (compile time flat in depth).
+  # Repeating layers: scan (one layer body under jax.lax.scan: compile time flat in
+  #   depth) | unroll (each layer its own code: faster steps, XLA optimises across
+  #   layers) | auto (unroll up to 16 layers on CPU and 4 elsewhere, scan deeper
+  #   models; a resumed run keeps its checkpoint's layout). The first log line says which.
+  r.scan_layers = "auto"
   r.remat = "none"  # scanned layers' backward recomputes the forward except what it keeps:
   #   none (keeps all) | full (keeps nothing) | save_dots (keeps weight matmul outputs)
   #   | save_attention_outputs (keeps each attention output).
@@ -355,6 +359,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.logging.tensorboard = True  # event files in <workdir>/tensorboard (tensorboardX).
   c.logging.wandb = False  # also log to Weights & Biases (needs `pip install wandb`).
   c.logging.wandb_project = "jaxfrontier"
+  # Log `max_logit`, the forward's largest pre-softmax attention logit (always logged
+  # with QK-clip, which reads every head's; otherwise off: a reduction per layer).
+  c.logging.max_logit = False
   return c
 
 

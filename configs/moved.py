@@ -52,4 +52,7 @@ def migrate(saved: dict) -> dict:
     value = node.pop(leaf)
     section, key = new.split(".")
     saved.setdefault(section, {}).setdefault(key, value)
+  compute = saved.get("compute", {})
+  if isinstance(compute.get("scan_layers"), bool):  # a bool before "auto" | "scan" | "unroll"
+    compute["scan_layers"] = "scan" if compute["scan_layers"] else "unroll"
   return saved

@@ -189,7 +189,7 @@ def bench_muonclip(args):
   )  # fmt: skip
   config.train.update(steps=args.steps, log_every=args.steps, eval_every=0)
   config.checkpoint.every = 0
-  config.logging.progress_bar = False
+  config.logging.update(progress_bar=False, max_logit=True)  # the no-clip run's too
   t, o = config.train, config.optim
   print(
     f"{args.config}: Muon lr {o.lr} ({o.schedule}, warmup {o.warmup_steps}, wsd decay "

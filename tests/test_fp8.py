@@ -130,7 +130,7 @@ def test_only_linear_layer_inputs_are_quantized(family, monkeypatch):
   sinks and the attention core (no weight) are not."""
   config = family_config(family)
   config.model.update(mtp=dict(depth=0))
-  config.compute.scan_layers = False
+  config.compute.scan_layers = "unroll"
   config.precision.fp8 = True
   model = Decoder(precision.model_config(config), rngs=nnx.Rngs(0))
   seen = []

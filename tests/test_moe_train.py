@@ -21,6 +21,7 @@ def _tiny_moe(tmp_path, steps=6, bias_update_rate=None, **moe):
   config.train.update(steps=steps, batch_size=4, seq_len=64, log_every=2, eval_batches=1)
   config.optim.warmup_steps = 0
   config.logging.progress_bar = False
+  config.compute.scan_layers = "scan"  # the MoE layers as one scanned stack
   return Trainer(config, str(tmp_path))
 
 

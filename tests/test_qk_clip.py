@@ -132,6 +132,7 @@ def _clip_step(family, tmp_path):
   The step runs at a learning rate of 1e-12: it is just the clip."""
   config = small_train_config(family, steps=10, log_every=1)
   config.optim.update(lr=1e-12, warmup_steps=1)
+  config.compute.scan_layers = "scan"  # each scanned layer clipped by its own row
   probe = Trainer(config, str(tmp_path / "probe"))
   batch = probe.put(next(probe.data_iter))
   before = _max_logits(probe, probe.model_cfg, batch)

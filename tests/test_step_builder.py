@@ -34,6 +34,7 @@ def test_hooks_find_layers_by_module_path():
   their paths: a scanned stack with its [periods, E] loads, nothing else."""
   config = small_train_config("deepseek_v3")
   config.model.num_layers = 3  # a dense layer, then two scanned MoE layers
+  config.compute.scan_layers = "scan"
   cfg = precision.model_config(config)
   model = Decoder(cfg, rngs=nnx.Rngs(0))
   assert isinstance(hooks.module_at(model, "stack/blocks/0/mlp").router.aux_free_bias, nnx.Variable)

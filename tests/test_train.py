@@ -93,6 +93,7 @@ def test_train_state_starts_in_its_shardings_so_the_step_compiles_once(tmp_path)
 def _compile_seconds(num_layers: int) -> float:
   config = small_train_config("llama3")
   config.model.num_layers = num_layers
+  config.compute.scan_layers = "scan"
   mesh = jax.sharding.Mesh(
     np.asarray(jax.devices()[:1]).reshape(1, 1, 1, 1), ("data", "fsdp", "tensor", "expert")
   )

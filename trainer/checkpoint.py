@@ -285,6 +285,14 @@ def check_layout(saved: list, wanted: list, step: int, directory):
   only_wanted = sorted(set(wanted) - set(saved), key=params_first)
   if not only_saved and not only_wanted:
     return
+  scanned = lambda names: any(n.startswith("params/stack/") for n in names)
+  if scanned(saved) != scanned(wanted):
+    written = "scan" if scanned(saved) else "unroll"
+    raise ValueError(
+      f"the checkpoint at step {step} in {directory} was written with compute.scan_layers="
+      f"{written} (the layer params {'stacked' if written == 'scan' else 'one per layer'}); "
+      f"resume with compute.scan_layers={written} or auto (auto follows the checkpoint)"
+    )
   example = f"'{only_saved[0]}' saved" if only_saved else "nothing saved"
   example += f", '{only_wanted[0]}' wanted" if only_wanted else ""
   raise ValueError(

@@ -76,6 +76,31 @@ def policy(p, device=None) -> Policy:
   )
 
 
+SCAN_CHOICES = ("auto", "scan", "unroll")
+# compute.scan_layers=auto unrolls models up to this deep (CPU: the scan's per-layer
+# slicing and stacking cost more than the compile; accelerators: compile time).
+UNROLL_MAX_LAYERS = {"cpu": 16, "other": 4}
+
+
+def scan_layers(config, platform: str = "") -> tuple[bool, str]:
+  """(whether the repeating layers run under the layer scan, why) for
+  `compute.scan_layers` ("auto" decided by depth and platform)."""
+  choice, n = config.compute.scan_layers, config.model.num_layers
+  if choice not in SCAN_CHOICES:
+    raise ValueError(
+      f"compute.scan_layers={choice!r} is not valid; use one of {', '.join(SCAN_CHOICES)}"
+    )
+  if choice != "auto":
+    return choice == "scan", f"compute.scan_layers={choice}"
+  platform = platform or jax.default_backend()
+  limit = UNROLL_MAX_LAYERS["cpu" if platform == "cpu" else "other"]
+  scan = n > limit
+  return (
+    scan,
+    f"compute.scan_layers=auto: {n} layers on {platform}, {'>' if scan else '<='} {limit}",
+  )
+
+
 def model_options(config) -> Options:
   """What shapes the model besides `config.model`: `config.precision`'s policy, the
   `compute` choices, the DSA training stage and the init scale."""
@@ -85,7 +110,7 @@ def model_options(config) -> Options:
     compute_dtype=pol.compute_dtype.name,
     fp8=pol.fp8,
     remat=c.remat,
-    scan_layers=c.scan_layers,
+    scan_layers=scan_layers(config)[0],
     attention_kernel=c.attention_kernel,
     mla_absorbed=c.mla_absorbed,
     moe_dispatch=c.moe_dispatch,
@@ -94,7 +119,7 @@ def model_options(config) -> Options:
     ple_host_memory=c.ple_host_memory,
     indexer_stage=config.objective.indexer_stage,
     init_std=config.train.init_std,
-    max_logits=config.optim.qk_clip_tau > 0,
+    max_logits=config.optim.qk_clip_tau > 0 or config.logging.max_logit,
   )
 
 

@@ -28,7 +28,7 @@ from parallelism import rules
 from trainer import hooks, objective, optim, precision
 from trainer import state as state_lib
 
-# The step's metrics besides loss, grad_norm, lr and max_logit, when the objective has them.
+# The step's metrics besides loss, grad_norm, lr (and max_logit), when the objective has them.
 TERMS = ("aux_loss", "expert_load", "dropped_frac", "router_z", "mtp_loss", "indexer_kl",
          "matformer_loss")  # fmt: skip
 
@@ -92,7 +92,9 @@ def build(config, mesh, model_cfg: DecoderConfig | None = None) -> Program:
   )
   obj = objective.from_config(config, cfg)
   loss_fn = make_loss_fn(graphdef, cfg, obj, mesh, table)
-  train_step = make_train_step(graphdef, cfg, tx, lr, obj, loss_fn, config.optim)
+  train_step = make_train_step(
+    graphdef, cfg, tx, lr, obj, loss_fn, config.optim, wants_max_logit(config)
+  )
   abstract = abstract_state(cfg, mesh, tx, table)
   replicated = NamedSharding(mesh, P())
   # The step returns the state in the layout it takes (left to XLA, a replicated
@@ -160,8 +162,16 @@ def make_loss_fn(graphdef, cfg: DecoderConfig, obj, mesh, table):
   return loss_fn
 
 
-def make_train_step(graphdef, cfg: DecoderConfig, tx, lr, obj, loss_fn, o):
-  """The pure train step; `o` is config.optim (QK-clip's tau and measure)."""
+def wants_max_logit(config) -> bool:
+  """Whether the step reports the largest attention logit: QK-clip reads every
+  head's, `logging.max_logit` logs it. Otherwise nothing reads the per-head maxima
+  and XLA drops their reductions from the step."""
+  return config.optim.qk_clip_tau > 0 or config.logging.max_logit
+
+
+def make_train_step(graphdef, cfg: DecoderConfig, tx, lr, obj, loss_fn, o, log_max_logit=False):
+  """The pure train step; `o` is config.optim (QK-clip's tau and measure);
+  `log_max_logit`: report the forward's largest attention logit as `max_logit`."""
   mtp = obj.mtp is not None
   on_host = cfg.stream is not None and cfg.stream.on_host
 
@@ -194,7 +204,8 @@ def make_train_step(graphdef, cfg: DecoderConfig, tx, lr, obj, loss_fn, o):
     finite = jnp.isfinite(total) & jnp.isfinite(ce) & jnp.isfinite(grad_norm)
     finite &= jnp.isfinite(optax.tree.norm(updates))
     metrics = {"loss": ce, "grad_norm": grad_norm, "lr": lr(state["step"]), "finite": finite}
-    if any("max_logits" in st for st in aux["layers"].values()):  # cuDNN reports none
+    reported = any("max_logits" in st for st in aux["layers"].values())  # cuDNN: none
+    if log_max_logit and reported:
       metrics["max_logit"] = max_logit(aux)  # before this step's QK-clip
     metrics.update({k: terms[k] for k in TERMS if k in terms})
     new_state = {"step": state["step"] + 1, "params": params, "model_state": model_state}

@@ -6,6 +6,7 @@ checkpoints live in the loop around it.
 """
 
 import json
+import pathlib
 import sys
 import time
 
@@ -14,9 +15,10 @@ import numpy as np
 import tqdm
 from jax.experimental import multihost_utils
 
+from configs import moved
 from modeling.attention import kernels
 from parallelism.mesh import make_mesh
-from trainer import checkpoint, checks, data, data_check, documents, metrics, stopping
+from trainer import checkpoint, checks, data, data_check, documents, metrics, precision, stopping
 from trainer import step as step_lib
 from trainer import workdir as workdir_lib
 from trainer.checkpoint import Checkpointer
@@ -80,6 +82,32 @@ def progress_fields(record: dict) -> dict:
   return fields
 
 
+def resolve_scan_layers(config, workdir: str) -> str:
+  """Decides compute.scan_layers=auto for this run and writes the decision into
+  `config` (so the checkpoint's config records it); returns the log line. A resumed
+  run keeps the layout its checkpoint was written in: scanned layers' params are
+  stacked along a `layers` axis, unrolled ones are not."""
+  saved = saved_scan_layers(pathlib.Path(workdir) / "checkpoints")
+  if config.compute.scan_layers == "auto" and saved in ("scan", "unroll"):
+    config.compute.scan_layers = saved
+    return f"{'scanned' if saved == 'scan' else 'unrolled'} (as the checkpoint was written)"
+  scan, why = precision.scan_layers(config)
+  config.compute.scan_layers = "scan" if scan else "unroll"
+  return f"{'scanned' if scan else 'unrolled'} ({why})"
+
+
+def saved_scan_layers(directory: pathlib.Path) -> str | None:
+  """compute.scan_layers of the newest readable committed step's config (read from
+  its file: no checkpoint manager before the run holds the workdir's lock)."""
+  for step in checkpoint.committed_steps(directory)[:2]:
+    try:
+      saved = json.loads((directory / str(step) / "config" / "metadata").read_text())
+    except (OSError, ValueError):
+      continue
+    return moved.migrate(saved).get("compute", {}).get("scan_layers")
+  return None
+
+
 class Trainer:
   """One run in one workdir. Construction checks everything that needs no compile
   (config, workdir, lock, data), then builds, initialises or restores; `run`
@@ -87,6 +115,7 @@ class Trainer:
 
   def __init__(self, config, workdir: str):
     self.config = config
+    self.layers_note = resolve_scan_layers(config, workdir)
     self.model_cfg = validate(config)
     self.primary = jax.process_index() == 0
     self.workdir = workdir_lib.prepare(workdir)
@@ -119,6 +148,7 @@ class Trainer:
     self.mesh = make_mesh(config.mesh)
     if self.primary:
       print(f"attention kernels: {kernels.describe(self.model_cfg.blocks)}", flush=True)
+      print(f"layers: {self.layers_note}", flush=True)
     self.program = step_lib.build(config, self.mesh, self.model_cfg)
     self.graphdef = self.program.graphdef  # nnx.merge(graphdef, params, model_state): the model
     self._train_step, self._eval_step = self.program.train_step, self.program.eval_step

@@ -1,0 +1,97 @@
+"""The forms the train step takes for speed: gate and up as one matmul, the layer
+layout (`compute.scan_layers`), and statistics computed only when something reads
+them. Speed itself is measured by the benchmarks, never here."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from modeling.layers import mlp
+from parallelism.mesh import make_mesh
+from tests.conftest import small_train_config
+from trainer import precision, step
+from trainer.trainer import Trainer
+
+
+def test_gate_up_as_one_matmul_equals_two():
+  k = jax.random.split(jax.random.PRNGKey(0), 4)
+  x, wg, wu = (jax.random.normal(k[i], s) for i, s in enumerate([(3, 5, 8), (8, 6), (8, 6)]))
+  dy = jax.random.normal(k[3], (3, 5, 6))
+
+  def loss(fn, x, wg, wu):
+    gate, up = fn(x, wg, wu)
+    return jnp.sum((jax.nn.silu(gate) * up) * dy)
+
+  fused = jax.value_and_grad(lambda *a: loss(mlp.gate_up, *a), argnums=(0, 1, 2))(x, wg, wu)
+  separate = lambda x, wg, wu: (x @ wg, x @ wu)
+  want = jax.value_and_grad(lambda *a: loss(separate, *a), argnums=(0, 1, 2))(x, wg, wu)
+  for got, ref in zip(jax.tree.leaves(fused), jax.tree.leaves(want)):
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+  "layers,platform,scan",
+  [(4, "cpu", False), (16, "cpu", False), (17, "cpu", True), (4, "gpu", False), (8, "tpu", True)],
+)
+def test_auto_unrolls_shallow_models_and_scans_deep_ones(layers, platform, scan):
+  config = small_train_config("llama3")
+  config.model.num_layers = layers
+  got, why = precision.scan_layers(config, platform)
+  assert got is scan
+  assert f"{layers} layers on {platform}" in why
+
+
+def test_a_bad_scan_layers_value_names_the_field():
+  config = small_train_config("llama3")
+  config.compute.scan_layers = "False"
+  with pytest.raises(
+    ValueError, match=r"compute.scan_layers='False' is not valid; use one of auto"
+  ):
+    precision.scan_layers(config)
+
+
+def _config(steps: int):
+  config = small_train_config("llama3", steps=steps, log_every=1)
+  config.optim.warmup_steps = 1
+  return config
+
+
+def test_resume_keeps_the_layout_its_checkpoint_was_written_in(tmp_path, capsys):
+  config = _config(2)
+  config.compute.scan_layers = "scan"
+  Trainer(config, str(tmp_path)).run()
+  config = _config(3)  # auto: unrolled on CPU
+  trainer = Trainer(config, str(tmp_path))
+  assert "layers: scanned (as the checkpoint was written)" in capsys.readouterr().out
+  assert "stack" in trainer.state["params"]
+  trainer.run()
+  config = _config(4)
+  config.compute.scan_layers = "unroll"
+  with pytest.raises(ValueError, match="written with compute.scan_layers=scan .* resume with"):
+    Trainer(config, str(tmp_path))
+
+
+def _reduce_maxes(config) -> int:
+  """reduce_max ops left in the compiled train step (XLA removes unread ones)."""
+  program = step.build(config, make_mesh(config.mesh))
+  text = program.lower().compile().as_text()
+  return len(re.findall(r'= f32\[[0-9,]*\]\{?[0-9,]*\}? reduce\(.*op_name="[^"]*reduce_max', text))
+
+
+def test_max_logits_are_computed_only_when_something_reads_them():
+  config = small_train_config("llama3")
+  quiet = _reduce_maxes(config)
+  config.logging.max_logit = True
+  assert _reduce_maxes(config) > quiet
+  program = step.build(config, make_mesh(config.mesh))
+  state = program.init_state(seed=0)
+  batch = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), program.abstract_batch())
+  _, metrics = program.train_step(state, batch)
+  assert "max_logit" in metrics
+  config.logging.max_logit = False
+  program = step.build(config, make_mesh(config.mesh))
+  _, metrics = program.train_step(program.init_state(seed=0), batch)
+  assert "max_logit" not in metrics
