@@ -57,6 +57,26 @@ PRESETS = {
     objective=dict(OBJECTIVE, moe_bias_update_rate=0.01),
     precision=base.CPU_PRECISION,
   ),
+  # A DeepSeek-V3-style MoE that trains on one 80 GB GPU (scripts/bench.py mfu): MLA,
+  # 32 fine-grained experts (top 4 + 2 shared), 1 dense layer first, MTP; ~1.7B
+  # params, ~0.5B active.
+  "small": dict(
+    model=dict(
+      vocab_size=129_280,
+      embed_dim=1536,
+      num_layers=16,
+      num_heads=12,
+      num_kv_heads=12,
+      mlp_dim=4096,
+      attention="mla",
+      mla=dict(_MLA, q_lora_rank=768),
+      ffn_pattern=("moe",),
+      first_dense_layers=1,
+      mtp=dict(depth=1),
+      moe=dict(MOE, num_experts=32, top_k=4, expert_mlp_dim=512, n_group=4, topk_group=2),
+    ),
+    objective=OBJECTIVE,
+  ),
   # DeepSeek-V3: 671B main model (+ the 14B MTP module, not in param_count), 37B active.
   "full": dict(
     model=dict(

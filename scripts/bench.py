@@ -6,6 +6,8 @@
   python scripts/bench.py kernels [--tokens 4096] [--dtype bfloat16]   (on a GPU/TPU)
   python scripts/bench.py muonclip [--config configs/kimi_k2.py:tiny] [--steps 400] [--tau 50]
   python scripts/bench.py dispatch [--config configs/llama3.py:tiny] [--steps 10] [--dtype bfloat16]
+  python scripts/bench.py flops [--families llama3,deepseek_v3] [--steps 3]
+  python scripts/bench.py mfu [--steps 30] [--batch 4] [--remat save_dots]   (on a GPU)
 
 `moe`: tokens/s of the full train step with dropless (sort + ragged_dot)
 versus capacity-factor dispatch, same model, same batch, same process.
@@ -33,6 +35,13 @@ attention logit (the forward's, a fresh batch before the clip) and that of the
 weights the step returns, by a second forward on the step's batch; train loss
 by stretch and the held-out loss after each; the clipped runs' peak logit over
 the unclipped run's.
+`flops`: every family's tiny preset (layers unrolled, remat off): XLA's compiled
+FLOPs of one train step over the analytic count (6 x active matmul params x
+tokens + attention, trainer/metrics.py), the bytes it accesses and its tokens/s.
+`mfu`: on one GPU, tokens/s and MFU (against the device's peak in
+trainer/metrics.py) of llama3:1b and deepseek_v3:small at 4096 tokens per
+sequence in bfloat16 (float32 params and optimizer state), with the remat policy,
+the layer layout and the attention kernels chosen; on a CPU the tiny presets.
 `dispatch`: the train step with `compute.attention_kernel=auto` (what the kernel
 dispatch picks on this device, printed per attention kind) against `xla`, same
 model, same batch, same process: tokens/s of each, the ratio, and how far the
@@ -76,6 +85,8 @@ def step_tokens_per_s(config, batch, steps: int, out: dict | None = None) -> tup
   start = time.perf_counter()
   train_step = program.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
+  if out is not None:
+    out["compiled"] = train_step
   state, metrics = train_step(state, batch)
   jax.block_until_ready(metrics)
   if out is not None:
@@ -121,6 +132,72 @@ def bench_optim(args):
     results[name], compile_s = step_tokens_per_s(config, batch, args.steps)
     print(f"  {name:6s} {results[name]:10.0f} tokens/s   (compile {compile_s:.1f}s)")
   print(f"  step time muon / adamw: {results['adamw'] / results['muon']:.2f}x")
+
+
+def bench_flops(args):
+  from trainer.metrics import train_flops_per_token  # noqa: PLC0415
+
+  configs = pathlib.Path(__file__).resolve().parents[1] / "configs"
+  paths = sorted(p for p in configs.glob("*.py") if p.stem not in NOT_FAMILIES)
+  print(f"tiny presets, layers unrolled, remat off, {args.steps} timed steps, "
+        f"{jax.devices()[0].device_kind}; analytic = 6 x active matmul params x tokens + "
+        "attention (trainer/metrics.py)")  # fmt: skip
+  print(f"  {'family':12s} {'compiled GF':>11s} {'analytic GF':>11s} {'ratio':>6s} "
+        f"{'GB accessed':>11s} {'tokens/s':>9s}")  # fmt: skip
+  for path in paths:
+    if args.families and path.stem not in args.families.split(","):
+      continue
+    config = load_config(f"{path}:tiny")
+    config.compute.update(scan_layers="unroll", remat="none")
+    t, out = config.train, {}
+    batch = next(iter(data.make_dataset(config.data, split="train", batch_size=t.batch_size,
+                                        seq_len=t.seq_len, seed=0)))  # fmt: skip
+    tokens_per_s, _ = step_tokens_per_s(config, batch, args.steps, out)
+    cost = out["compiled"].cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    analytic = train_flops_per_token(out["program"].model_cfg, t.seq_len) * batch["inputs"].size
+    ratio = cost["flops"] / analytic
+    note = "over 1.15: see benchmarks/results/flops_cpu.txt" if ratio > 1.15 else ""
+    print(f"  {path.stem:12s} {cost['flops'] / 1e9:11.2f} {analytic / 1e9:11.2f} {ratio:6.2f} "
+          f"{cost['bytes accessed'] / 1e9:11.2f} {tokens_per_s:9.0f}  {note}")  # fmt: skip
+
+
+def bench_mfu(args):
+  """Tokens/s and MFU of the train step on one device: a Llama-3-1B-class dense model
+  and a DeepSeek-V3-style MoE at seq 4096 in bfloat16 (--tiny, the default on a CPU:
+  the tiny presets at seq 256, float32)."""
+  from modeling.attention import kernels as dispatch  # noqa: PLC0415
+  from trainer import precision  # noqa: PLC0415
+  from trainer.metrics import peak_flops, train_flops_per_token  # noqa: PLC0415
+
+  tiny = args.tiny or jax.default_backend() == "cpu"
+  peak = peak_flops()
+  print(f"{jax.devices()[0].device_kind}: peak {peak / 1e12:.3g} TFLOP/s, {args.steps} timed steps")
+  for name, spec in MFU_MODELS:
+    spec = spec.split(":")[0] + ":tiny" if tiny else spec
+    config = load_config(spec)
+    t = config.train
+    if not tiny:
+      config.precision.update(param_dtype="float32", compute_dtype="bfloat16")
+      config.compute.remat = args.remat
+      t.update(batch_size=args.batch, seq_len=4096)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(0, config.model.vocab_size, (t.batch_size, t.seq_len + 1), np.int32)
+    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
+             "segment_ids": np.ones_like(tokens[:, 1:]), "weights": np.ones(tokens[:, 1:].shape, np.float32),
+             "positions": np.broadcast_to(np.arange(t.seq_len, dtype=np.int32), (t.batch_size, t.seq_len))}  # fmt: skip
+    out = {}
+    tokens_per_s, compile_s = step_tokens_per_s(config, batch, args.steps, out)
+    cfg, scan = out["program"].model_cfg, precision.scan_layers(config)[0]
+    mfu = tokens_per_s * train_flops_per_token(cfg, t.seq_len) / peak
+    print(f"  {name:5s} {spec:28s} batch {t.batch_size} x "
+          f"{t.seq_len} {config.precision.compute_dtype}: {tokens_per_s:9.0f} tokens/s  MFU "
+          f"{mfu:6.1%}  (compile {compile_s:.0f}s; remat {config.compute.remat}; layers "
+          f"{'scanned' if scan else 'unrolled'}; {dispatch.describe(cfg.blocks)})")  # fmt: skip
+
+
+MFU_MODELS = [("dense", "configs/llama3.py:1b"), ("moe", "configs/deepseek_v3.py:small")]
+NOT_FAMILIES = ("__init__", "base", "moved")
 
 
 def bench_dispatch(args):
@@ -279,6 +356,14 @@ def main():
   disp.add_argument("--config", default="configs/llama3.py:tiny")
   disp.add_argument("--steps", type=int, default=10)
   disp.add_argument("--dtype", default="bfloat16", help="precision.compute_dtype (cuDNN: bf16)")
+  fl = sub.add_parser("flops", help="every family's tiny step: compiled / analytic FLOPs")
+  fl.add_argument("--steps", type=int, default=3)
+  fl.add_argument("--families", default="", help="comma-separated config stems (default all)")
+  mfu = sub.add_parser("mfu", help="tokens/s and MFU, 1B dense and small MoE at seq 4096")
+  mfu.add_argument("--steps", type=int, default=30)
+  mfu.add_argument("--batch", type=int, default=4, help="sequences of 4096 per step")
+  mfu.add_argument("--remat", default="save_dots", help="compute.remat of both models")
+  mfu.add_argument("--tiny", action="store_true", help="tiny presets at seq 256 (CPU default)")
   flt = sub.add_parser("faults", help="SIGKILL runs at random points; resumes bit-identical?")
   flt.add_argument("--trials", type=int, default=20)
   flt.add_argument("--seed", type=int, default=0)
@@ -286,7 +371,8 @@ def main():
   args = parser.parse_args()
   benches = {"moe": bench_moe, "optim": bench_optim, "attention": attention.bench,
              "kernels": kernels.bench, "muonclip": bench_muonclip,
-             "dispatch": bench_dispatch, "faults": bench_faults}  # fmt: skip
+             "dispatch": bench_dispatch, "faults": bench_faults, "flops": bench_flops,
+             "mfu": bench_mfu}  # fmt: skip
   benches[args.bench](args)
 
 

@@ -2,7 +2,10 @@
 layout (`compute.scan_layers`), and statistics computed only when something reads
 them. Speed itself is measured by the benchmarks, never here."""
 
+import os
 import re
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -11,7 +14,7 @@ import pytest
 
 from modeling.layers import mlp
 from parallelism.mesh import make_mesh
-from tests.conftest import small_train_config
+from tests.conftest import ROOT, small_train_config
 from trainer import precision, step
 from trainer.trainer import Trainer
 
@@ -95,3 +98,28 @@ def test_max_logits_are_computed_only_when_something_reads_them():
   program = step.build(config, make_mesh(config.mesh))
   _, metrics = program.train_step(program.init_state(seed=0), batch)
   assert "max_logit" not in metrics
+
+
+def _bench(*args) -> str:
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run(
+    [sys.executable, str(ROOT / "scripts" / "bench.py"), *args],
+    capture_output=True, text=True, env=env, timeout=600, check=False,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-2000:]
+  return result.stdout
+
+
+def test_flops_bench_prints_compiled_over_analytic():
+  out = _bench("flops", "--families", "llama3", "--steps", "1")
+  row = next(line.split() for line in out.splitlines() if line.strip().startswith("llama3"))
+  compiled, analytic, ratio = (float(v) for v in row[1:4])
+  assert ratio == pytest.approx(compiled / analytic, rel=0.02)
+  assert 0.7 < ratio < 1.15  # the XLA path skips most of the masked attention
+
+
+def test_mfu_bench_runs_the_dense_and_moe_models_on_cpu_shapes():
+  out = _bench("mfu", "--steps", "1")
+  rows = [line for line in out.splitlines() if "MFU" in line]
+  assert [r.split()[0] for r in rows] == ["dense", "moe"]
+  assert "configs/deepseek_v3.py:tiny" in rows[1] and "layers unrolled" in rows[1]
