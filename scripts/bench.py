@@ -99,16 +99,22 @@ def step_tokens_per_s(config, batch, steps: int, out: dict | None = None) -> tup
   return tokens / (time.perf_counter() - start), compile_s
 
 
-def first_batch(config, spec: str, steps: int) -> dict:
+def train_batch(config) -> dict:
+  """The run's first training batch (the default corpus unless config.data says)."""
   t = config.train
   ds = data.make_dataset(
     config.data, split="train", batch_size=t.batch_size, seq_len=t.seq_len, seed=0
   )
+  return next(iter(ds))
+
+
+def first_batch(config, spec: str, steps: int) -> dict:
+  t = config.train
   print(
     f"{spec}: batch {t.batch_size} x {t.seq_len}, {steps} timed steps, "
     f"{jax.devices()[0].device_kind}"
   )
-  return next(iter(ds))
+  return train_batch(config)
 
 
 def bench_moe(args):
@@ -150,8 +156,7 @@ def bench_flops(args):
     config = load_config(f"{path}:tiny")
     config.compute.update(scan_layers="unroll", remat="none")
     t, out = config.train, {}
-    batch = next(iter(data.make_dataset(config.data, split="train", batch_size=t.batch_size,
-                                        seq_len=t.seq_len, seed=0)))  # fmt: skip
+    batch = train_batch(config)
     tokens_per_s, _ = step_tokens_per_s(config, batch, args.steps, out)
     cost = out["compiled"].cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
@@ -181,13 +186,8 @@ def bench_mfu(args):
       config.precision.update(param_dtype="float32", compute_dtype="bfloat16")
       config.compute.remat = args.remat
       t.update(batch_size=args.batch, seq_len=4096)
-    rng = np.random.default_rng(0)
-    tokens = rng.integers(0, config.model.vocab_size, (t.batch_size, t.seq_len + 1), np.int32)
-    batch = {"inputs": tokens[:, :-1], "targets": tokens[:, 1:],
-             "segment_ids": np.ones_like(tokens[:, 1:]), "weights": np.ones(tokens[:, 1:].shape, np.float32),
-             "positions": np.broadcast_to(np.arange(t.seq_len, dtype=np.int32), (t.batch_size, t.seq_len))}  # fmt: skip
     out = {}
-    tokens_per_s, compile_s = step_tokens_per_s(config, batch, args.steps, out)
+    tokens_per_s, compile_s = step_tokens_per_s(config, train_batch(config), args.steps, out)
     cfg, scan = out["program"].model_cfg, precision.scan_layers(config)[0]
     mfu = tokens_per_s * train_flops_per_token(cfg, t.seq_len) / peak
     print(f"  {name:5s} {spec:28s} batch {t.batch_size} x "

@@ -101,6 +101,13 @@ def scan_layers(config, platform: str = "") -> tuple[bool, str]:
   )
 
 
+def wants_max_logit(config) -> bool:
+  """Whether the step reports the largest attention logit: QK-clip reads every
+  head's, `logging.max_logit` logs it. Otherwise nothing reads the per-head maxima
+  and XLA drops their reductions from the step."""
+  return config.optim.qk_clip_tau > 0 or config.logging.max_logit
+
+
 def model_options(config) -> Options:
   """What shapes the model besides `config.model`: `config.precision`'s policy, the
   `compute` choices, the DSA training stage and the init scale."""
@@ -119,7 +126,7 @@ def model_options(config) -> Options:
     ple_host_memory=c.ple_host_memory,
     indexer_stage=config.objective.indexer_stage,
     init_std=config.train.init_std,
-    max_logits=config.optim.qk_clip_tau > 0 or config.logging.max_logit,
+    max_logits=wants_max_logit(config),
   )
 
 

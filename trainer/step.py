@@ -93,7 +93,7 @@ def build(config, mesh, model_cfg: DecoderConfig | None = None) -> Program:
   obj = objective.from_config(config, cfg)
   loss_fn = make_loss_fn(graphdef, cfg, obj, mesh, table)
   train_step = make_train_step(
-    graphdef, cfg, tx, lr, obj, loss_fn, config.optim, wants_max_logit(config)
+    graphdef, cfg, tx, lr, obj, loss_fn, config.optim, precision.wants_max_logit(config)
   )
   abstract = abstract_state(cfg, mesh, tx, table)
   replicated = NamedSharding(mesh, P())
@@ -160,13 +160,6 @@ def make_loss_fn(graphdef, cfg: DecoderConfig, obj, mesh, table):
     return objective.loss(obj, cfg, run_model, batch, step, mtp=mtp, train=train)
 
   return loss_fn
-
-
-def wants_max_logit(config) -> bool:
-  """Whether the step reports the largest attention logit: QK-clip reads every
-  head's, `logging.max_logit` logs it. Otherwise nothing reads the per-head maxima
-  and XLA drops their reductions from the step."""
-  return config.optim.qk_clip_tau > 0 or config.logging.max_logit
 
 
 def make_train_step(graphdef, cfg: DecoderConfig, tx, lr, obj, loss_fn, o, log_max_logit=False):
