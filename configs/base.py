@@ -229,7 +229,11 @@ def get_config() -> ml_collections.ConfigDict:
   #   | save_attention_outputs (keeps each attention output).
   r.mla_absorbed = False  # MLA in latent space (MQA over [c_kv, k_pe]): same weights
   #   and function, the decode-time layout.
-  r.moe_dispatch = "dropless"  # dropless (sort + ragged_dot) | capacity (drops overflow).
+  r.moe_dispatch = "dropless"  # dropless (sort + grouped matmul) | capacity (drops overflow).
+  # Dropless grouped matmuls: ragged_dot (XLA's op: a grouped GEMM on TPU, but CPU and
+  # CUDA run it densely over every expert) | blocks (each expert's rows padded to
+  # blocks of <= 128 rows, one batched matmul) | auto (ragged_dot on TPU, else blocks).
+  r.moe_matmul = "auto"
   r.moe_capacity_factor = 1.25  # capacity = factor * tokens * top_k / E.
   # Expert parallelism (mesh.expert > 1), dropless: rows a device may send to one
   # other device. 0 = tokens * top_k (nothing dropped, n-times the mean); f > 0 =

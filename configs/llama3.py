@@ -10,7 +10,8 @@ _LLAMA3_ROPE = dict(
 )
 
 PRESETS = {
-  # Trains on the default corpus on a 2-core CPU in minutes (README run).
+  # Trains on the default corpus on a 2-core CPU in minutes (README run): 300 steps
+  # of 16 x 256 bytes (1.2M tokens), peak lr 2e-3 after 30 warm-up steps.
   "tiny": dict(
     model=dict(
       base.TINY_MODEL,
@@ -19,6 +20,8 @@ PRESETS = {
       norm_eps=1e-5,
     ),
     precision=base.CPU_PRECISION,
+    train=dict(steps=300),
+    optim=dict(lr=2e-3, warmup_steps=30),
   ),
   # Llama 3.2 1B: 1.24B params, tied embeddings.
   "1b": dict(

@@ -12,6 +12,7 @@ imports them.
 import dataclasses
 import math
 
+import jax
 import jax.numpy as jnp
 
 from modeling import sections
@@ -21,6 +22,7 @@ from modeling.attention.linear import DeltaNetConfig
 from modeling.attention.mla import MlaConfig
 from modeling.blocks import BlockSpec
 from modeling.decoder import DecoderConfig
+from modeling.layers import grouped
 from modeling.layers import mlp as mlp_lib
 from modeling.layers.altup import AltUpConfig
 from modeling.layers.fp8 import Fp8
@@ -54,6 +56,7 @@ class Options:
   moe_dispatch: str = "dropless"
   moe_capacity_factor: float = 1.25
   moe_ep_capacity_factor: float = 0.0
+  moe_matmul: str = "auto"
   ple_host_memory: bool = False
   indexer_stage: str = "sparse"  # objective.indexer_stage
   init_std: float = 0.02  # train.init_std
@@ -124,6 +127,7 @@ def _check_options(o: Options):
   choice("precision.param_dtype", o.param_dtype, DTYPES)
   choice("precision.compute_dtype", o.compute_dtype, DTYPES)
   choice("compute.remat", o.remat, REMATS)
+  choice("compute.moe_matmul", o.moe_matmul, grouped.METHODS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,6 +159,7 @@ def _parts(m, o: Options) -> _Parts:
     dispatch=o.moe_dispatch,
     capacity_factor=o.moe_capacity_factor,
     ep_capacity_factor=o.moe_ep_capacity_factor,
+    matmul=grouped.resolve(o.moe_matmul, o.platform or jax.default_backend()),
   )
   kinds = [m.attention_pattern[i % len(m.attention_pattern)] for i in range(m.num_layers)]
   mla = None

@@ -60,7 +60,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import attention, kernels  # noqa: E402
+from benchmarks import attention, kernels, moe_twin  # noqa: E402
 from parallelism.mesh import make_mesh  # noqa: E402
 from trainer import data, step  # noqa: E402
 
@@ -118,15 +118,26 @@ def first_batch(config, spec: str, steps: int) -> dict:
 
 
 def bench_moe(args):
+  """Dropless by each grouped matmul, capacity, and the dense twin, one batch."""
   config = load_config(args.config)
   batch = first_batch(config, args.config, args.steps)
+  runs = [(f"dropless ({m})", dict(moe_dispatch="dropless", moe_matmul=m)) for m in MOE_MATMULS]
+  runs.append(("capacity", dict(moe_dispatch="capacity")))
   results = {}
-  for dispatch in ("dropless", "capacity"):
-    config.compute.moe_dispatch = dispatch
-    results[dispatch], compile_s = step_tokens_per_s(config, batch, args.steps)
-    print(f"  {dispatch:9s} {results[dispatch]:10.0f} tokens/s   (compile {compile_s:.1f}s)")
-  ratio = results["dropless"] / results["capacity"]
-  print(f"  dropless / capacity (factor {config.compute.moe_capacity_factor}): {ratio:.2f}x")
+  for name, compute in runs:
+    case = moe_twin.copy_config(config)
+    case.compute.update(compute)
+    results[name], compile_s = step_tokens_per_s(case, batch, args.steps)
+    print(f"  {name:22s} {results[name]:10.0f} tokens/s   (compile {compile_s:.1f}s)")
+  dense, compile_s = step_tokens_per_s(moe_twin.dense_twin(config), batch, args.steps)
+  print(f"  {'dense, equal active':22s} {dense:10.0f} tokens/s   (compile {compile_s:.1f}s)")
+  factor = config.compute.moe_capacity_factor
+  for name in results:
+    if name != "capacity":
+      print(f"  step time {name} / capacity (factor {factor}): "
+            f"{results['capacity'] / results[name]:.2f}x")  # fmt: skip
+  for name in results:
+    print(f"  step time {name} / dense twin: {dense / results[name]:.2f}x")
 
 
 def bench_optim(args):
@@ -149,7 +160,7 @@ def bench_flops(args):
         f"{jax.devices()[0].device_kind}; analytic = 6 x active matmul params x tokens + "
         "attention (trainer/metrics.py)")  # fmt: skip
   print(f"  {'family':12s} {'compiled GF':>11s} {'analytic GF':>11s} {'ratio':>6s} "
-        f"{'GB accessed':>11s} {'tokens/s':>9s}")  # fmt: skip
+        f"{'GB accessed':>11s} {'tokens/s':>9s} {'MoE/dense':>9s}")  # fmt: skip
   for path in paths:
     if args.families and path.stem not in args.families.split(","):
       continue
@@ -163,8 +174,11 @@ def bench_flops(args):
     analytic = train_flops_per_token(out["program"].model_cfg, t.seq_len) * batch["inputs"].size
     ratio = cost["flops"] / analytic
     note = "over 1.15: see benchmarks/results/flops_cpu.txt" if ratio > 1.15 else ""
+    versus = ""  # MoE: step time over the dense twin's (equal active params)
+    if "moe" in config.model.ffn_pattern:
+      versus = f"{step_tokens_per_s(moe_twin.dense_twin(config), batch, args.steps)[0] / tokens_per_s:9.2f}"
     print(f"  {path.stem:12s} {cost['flops'] / 1e9:11.2f} {analytic / 1e9:11.2f} {ratio:6.2f} "
-          f"{cost['bytes accessed'] / 1e9:11.2f} {tokens_per_s:9.0f}  {note}")  # fmt: skip
+          f"{cost['bytes accessed'] / 1e9:11.2f} {tokens_per_s:9.0f} {versus:>9s}  {note}")  # fmt: skip
 
 
 def bench_mfu(args):
@@ -198,6 +212,7 @@ def bench_mfu(args):
 
 MFU_MODELS = [("dense", "configs/llama3.py:1b"), ("moe", "configs/deepseek_v3.py:small")]
 NOT_FAMILIES = ("__init__", "base", "moved")
+MOE_MATMULS = ("blocks", "ragged_dot")  # compute.moe_matmul without auto
 
 
 def bench_dispatch(args):

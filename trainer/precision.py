@@ -123,6 +123,7 @@ def model_options(config) -> Options:
     moe_dispatch=c.moe_dispatch,
     moe_capacity_factor=c.moe_capacity_factor,
     moe_ep_capacity_factor=c.moe_ep_capacity_factor,
+    moe_matmul=c.moe_matmul,
     ple_host_memory=c.ple_host_memory,
     indexer_stage=config.objective.indexer_stage,
     init_std=config.train.init_std,

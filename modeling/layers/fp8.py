@@ -33,6 +33,8 @@ import math
 import jax
 import jax.numpy as jnp
 
+from modeling.layers import grouped
+
 TILE = 128
 FP8_DTYPES = {"e4m3": jnp.float8_e4m3fn, "e5m2": jnp.float8_e5m2}
 
@@ -127,9 +129,7 @@ def _dot_fns(kind: str, group_sizes):
   f32 = jnp.float32
   if kind == "dense":
     return lambda a, b: jnp.matmul(a, b, preferred_element_type=f32)
-  if kind == "ragged":
-    return lambda a, b: jax.lax.ragged_dot(a, b, group_sizes, preferred_element_type=f32)
-  raise ValueError(kind)
+  return lambda a, b: grouped.ragged_dot(a, b, group_sizes, kind, preferred_element_type=f32)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -182,12 +182,13 @@ def batched_matmul(x, w, cfg: Fp8):
   return jax.vmap(lambda a, b: matmul(a, b, cfg))(x, w)
 
 
-def ragged_matmul(x, w, group_sizes, cfg: Fp8):
-  """jax.lax.ragged_dot(x [T, K], w [E, K, N], group_sizes) with FP8-style operands.
+def ragged_matmul(x, w, group_sizes, cfg: Fp8, method: str = "ragged_dot"):
+  """jax.lax.ragged_dot(x [T, K], w [E, K, N], group_sizes) with FP8-style operands,
+  run by `grouped.ragged_dot`'s method (ragged_dot | blocks).
 
   x's 128-row tiles for the weight gradient may straddle two experts' rows.
   """
-  return _fp8_dot("ragged", cfg, x, w, group_sizes)
+  return _fp8_dot(method, cfg, x, w, group_sizes)
 
 
 def project(x, w, fp8: Fp8 | None, n_in: int = 1):

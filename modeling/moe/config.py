@@ -30,7 +30,8 @@ class MoeConfig:
   swiglu_limit: float = 7.0  # clamped_swiglu's clamp.
   expert_bias: bool = False  # biases on the expert projections.
   scale_inputs: bool = False  # the routing weight scales the expert input, not output.
-  dispatch: str = "dropless"  # dropless (sort + ragged_dot) | capacity (drop over capacity)
+  dispatch: str = "dropless"  # dropless (sort + grouped matmul) | capacity (drop over capacity)
+  matmul: str = "blocks"  # dropless grouped matmuls: ragged_dot | blocks (layers/grouped.py)
   capacity_factor: float = 1.25
   ep_capacity_factor: float = 0.0  # expert parallel: 0 = exact dropless buffers.
   init_std: float = 0.02
@@ -41,6 +42,7 @@ ROUTERS = ("softmax", "sigmoid", "softmax_topk")
 SHARED_ACTIVATIONS = tuple(mlp.ACTIVATIONS)  # the shared expert is a plain GatedMLP
 ACTIVATIONS = SHARED_ACTIVATIONS + ("clamped_swiglu",)  # routed experts: also gpt-oss's clamp
 DISPATCHES = ("dropless", "capacity")
+MATMULS = ("ragged_dot", "blocks")  # compute.moe_matmul once `auto` is resolved
 
 
 def _check(ok: bool, message: str):
@@ -58,10 +60,11 @@ def validate(cfg: MoeConfig):
     _check(
       value in valid, f"model.moe.{name}={value!r} is not valid; use one of {', '.join(valid)}"
     )
-  _check(
-    cfg.dispatch in DISPATCHES,
-    f"compute.moe_dispatch={cfg.dispatch!r} is not valid; use one of {', '.join(DISPATCHES)}",
-  )
+  for name, value, valid in (
+    ("compute.moe_dispatch", cfg.dispatch, DISPATCHES),
+    ("compute.moe_matmul", cfg.matmul, MATMULS),
+  ):
+    _check(value in valid, f"{name}={value!r} is not valid; use one of {', '.join(valid)}")
   _check(cfg.top_k <= E, f"model.moe.top_k={cfg.top_k} exceeds model.moe.num_experts={E}")
   _check(
     E % cfg.n_group == 0, f"model.moe.n_group={cfg.n_group} must divide model.moe.num_experts={E}"

@@ -1,7 +1,7 @@
 """Stacked routed experts and the two ways to send tokens to them.
 
-`dropless`: sort the (token, slot) pairs by expert and run one grouped GEMM
-(`jax.lax.ragged_dot`) per projection; nothing is dropped.
+`dropless`: sort the (token, slot) pairs by expert and run one grouped matmul
+per projection (`grouped`: ragged_dot or padded blocks); nothing is dropped.
 `capacity`: each expert takes at most C = ceil(capacity_factor * t * k / E)
 pairs, first come first served in (token, slot) order; later pairs are dropped
 (contribute 0). Fixed shapes, batched einsum over an [E, C, e] buffer.
@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from modeling.layers import fp8, mlp, params
+from modeling.layers import fp8, grouped, mlp, params
 from modeling.moe.config import MoeConfig
 from parallelism import expert
 
@@ -62,21 +62,26 @@ class Experts(nnx.Module):
     return arrays, {n: params.logical_axes(v) for n, v in zip(names, variables)}
 
   def _grouped(self, w, xs, sizes, expert_ids, reduce=lambda y: y):
-    """xs [m, e] sorted by expert, sizes [E] -> [m, e] via ragged_dot.
+    """xs [m, e] sorted by expert, sizes [E] -> [m, e]: grouped matmuls run by
+    `grouped.Layout` (compute.moe_matmul); rows pad once, unpad once.
 
     reduce sums partial down projections when the hidden dim is split (EP).
     """
-    dt, q = xs.dtype, self.cfg.fp8
-    if q is None:
-      mm = lambda a, name: jax.lax.ragged_dot(a, w[name].astype(dt), sizes)
-    else:
-      mm = lambda a, name: fp8.ragged_matmul(a, w[name], sizes, q)
-    bias = lambda name: w[name].astype(dt)[expert_ids]  # [m, n] per row
-    gate, up = mm(xs, "gate_proj"), mm(xs, "up_proj")  # [m, f]
-    if self.cfg.expert_bias:
+    cfg, dt = self.cfg, xs.dtype
+    if cfg.fp8 is None:
+      lay = grouped.Layout.build(cfg.matmul, sizes, xs.shape[0], expert_ids)
+      mm = lambda a, name: lay.matmul(a, w[name].astype(dt))
+    else:  # FP8 scales tile the sorted rows: each matmul pads and unpads itself
+      lay = grouped.Layout.build("ragged_dot", sizes, xs.shape[0], expert_ids)
+      mm = lambda a, name: fp8.ragged_matmul(a, w[name], sizes, cfg.fp8, cfg.matmul)
+    bias = lambda name: lay.bias(w[name].astype(dt))
+    rows = lay.pad(xs)
+    gate, up = mm(rows, "gate_proj"), mm(rows, "up_proj")  # [.., f]
+    if cfg.expert_bias:
       gate, up = gate + bias("gate_bias"), up + bias("up_bias")
-    out = reduce(mm(ACTIVATIONS[self.cfg.activation](gate, up, self.cfg.swiglu_limit), "down_proj"))
-    return out + bias("down_bias") if self.cfg.expert_bias else out
+    out = reduce(mm(ACTIVATIONS[cfg.activation](gate, up, cfg.swiglu_limit), "down_proj"))
+    out = out + bias("down_bias") if cfg.expert_bias else out
+    return lay.unpad(out)
 
   def _batched(self, w, buf, reduce=lambda y: y):
     """buf [E, c, e] -> [E, c, e], every expert on its own slice."""
