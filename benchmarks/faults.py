@@ -62,9 +62,10 @@ def finish(proc, timeout=900) -> str:
 
 
 def losses(workdir) -> dict:
-  """step -> loss; a step logged twice (before a kill and after resume) keeps the last."""
+  """step -> loss; a step logged twice (before a kill and after resume) keeps the last.
+  Only whole lines count: the run may be writing the last one right now."""
   path = pathlib.Path(workdir) / "metrics.jsonl"
-  lines = path.read_text().splitlines() if path.exists() else []
+  lines = path.read_text().split("\n")[:-1] if path.exists() else []
   return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
 
 

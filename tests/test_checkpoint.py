@@ -14,9 +14,10 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks.faults import PRESETS, SMALL
+from benchmarks.faults import PRESETS, SMALL, losses
 from tests.conftest import ROOT, fake_devices_env, family_config, small_train_config
 from trainer.trainer import Trainer
+
 
 def _train(workdir, preset="dense", extra=(), devices=1):
   env = fake_devices_env(devices)
@@ -35,13 +36,6 @@ def _finish(proc, timeout=600):
   out, _ = proc.communicate(timeout=timeout)
   assert proc.returncode == 0, out[-3000:]
   return out
-
-
-def _losses(workdir) -> dict:
-  """step -> loss; a step logged twice (before a kill and after resume) keeps the last."""
-  path = workdir / "metrics.jsonl"
-  lines = path.read_text().splitlines() if path.exists() else []
-  return {r["step"]: r["loss"] for r in map(json.loads, lines) if "loss" in r}
 
 
 def _kill_when(proc, ready, timeout=600):
@@ -65,10 +59,10 @@ def test_killed_run_resumes_bit_identical(tmp_path, preset):
   _finish(_train(tmp_path / "straight", preset, steps))
   kill_at = random.Random().randint(21, 34)
   run = _train(tmp_path / "killed", preset, steps)
-  _kill_when(run, lambda: max(_losses(tmp_path / "killed"), default=0) >= kill_at)
-  assert max(_losses(tmp_path / "killed")) < 40, "killed too late to test resume"
+  _kill_when(run, lambda: max(losses(tmp_path / "killed"), default=0) >= kill_at)
+  assert max(losses(tmp_path / "killed")) < 40, "killed too late to test resume"
   _finish(_train(tmp_path / "killed", preset, steps))
-  straight, resumed = _losses(tmp_path / "straight"), _losses(tmp_path / "killed")
+  straight, resumed = losses(tmp_path / "straight"), losses(tmp_path / "killed")
   assert sorted(resumed) == list(range(1, 41))
   assert resumed == straight, f"killed at step >= {kill_at}"  # exact float equality
 
@@ -89,7 +83,7 @@ def test_kill_during_async_save_restores_last_committed_step(tmp_path):
   out = _finish(_train(workdir, extra=steps))
   assert not any("tmp" in p.name for p in (workdir / "checkpoints").iterdir()), out[-2000:]
   _finish(_train(tmp_path / "straight", extra=steps))
-  assert _losses(workdir) == _losses(tmp_path / "straight")
+  assert losses(workdir) == losses(tmp_path / "straight")
   assert committed == [] or max(committed) < 30
 
 
@@ -97,13 +91,13 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
   steps = ["--config.train.steps=200", "--config.checkpoint.every=1000"]
   run = _train(tmp_path, extra=steps)
   deadline = time.time() + 600
-  while max(_losses(tmp_path), default=0) < 3:
+  while max(losses(tmp_path), default=0) < 3:
     assert run.poll() is None and time.time() < deadline
     time.sleep(0.05)
   run.send_signal(signal.SIGTERM)
   out = _finish(run)
   assert "SIGTERM: saved step" in out
-  last = max(_losses(tmp_path))
+  last = max(losses(tmp_path))
   assert last < 200 and _steps(tmp_path) == [last]
 
 
@@ -180,5 +174,7 @@ def test_model_fields_added_since_the_checkpoint_resume_at_their_defaults():
   del saved["model"]["residual_scale"]  # as written before the field existed
   check_same_model(saved, now)
   now["model"]["residual_scale"]["mlp_alpha"] = 2.0
-  with pytest.raises(ValueError, match=r"residual_scale\.mlp_alpha: '\(absent\)' in the .*, 2\.0 now"):
+  with pytest.raises(
+    ValueError, match=r"residual_scale\.mlp_alpha: '\(absent\)' in the .*, 2\.0 now"
+  ):
     check_same_model(saved, now)

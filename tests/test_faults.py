@@ -98,6 +98,18 @@ def test_metrics_jsonl_stays_strict_json(tmp_path):
   assert record == {"step": 1, "loss": None, "grad_norm": None, "x": [1.0, None]}
 
 
+def test_a_record_cut_short_by_a_kill_is_dropped_when_the_run_resumes(tmp_path):
+  (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "lo')
+  writer = metrics.Writer(str(tmp_path))
+  writer.write({"step": 2, "loss": 1.5})
+  writer.close()
+  lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(line) for line in lines] == [
+    {"step": 1, "loss": 2.0},
+    {"step": 2, "loss": 1.5},
+  ]
+
+
 def test_resume_with_changed_data_settings_says_what_changed():
   saved = family_config("llama3").to_dict()
   now = family_config("llama3")
@@ -242,7 +254,7 @@ def test_help_exits_zero_and_a_wrongly_typed_override_names_the_field():
   assert bad.returncode == 1
   assert bad.stderr.strip() == (
     "error: --config.train.steps='abc' is not a valid int: train.steps takes int values "
-    "(default 200)"
+    "(default 300)"
   )
 
 

@@ -139,6 +139,7 @@ class Writer:
     if not enabled:
       return
     self.path.parent.mkdir(parents=True, exist_ok=True)
+    _drop_cut_line(self.path)
     self._file = self.path.open("a")
     if logging_cfg is not None and logging_cfg.tensorboard:
       self._tb = tensorboardX.SummaryWriter(str(self.path.parent / "tensorboard"))
@@ -170,6 +171,17 @@ class Writer:
       self._tb.close()
     if self._wandb:
       self._wandb.finish()
+
+
+def _drop_cut_line(path: pathlib.Path):
+  """A run killed mid-write leaves its last record without a newline; cut it
+  off so the resumed run's first record starts a line of its own."""
+  if not path.exists():
+    return
+  text = path.read_bytes()
+  if text and not text.endswith(b"\n"):
+    with path.open("r+b") as f:
+      f.truncate(text.rfind(b"\n") + 1)
 
 
 def _scalars(record: dict):
