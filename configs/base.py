@@ -316,6 +316,10 @@ def get_config() -> ml_collections.ConfigDict:
   # (to a multiple of every process count you will use) to get the same batches on
   # any number of processes.
   d.shards = 0
+  # Train rows are shuffled after packing, in windows of this many tokens per block
+  # (at most a pass over its input; ~12 bytes a token; 0 = off): else a long
+  # document (a big source file) fills batch after batch.
+  d.shuffle_tokens = 1_048_576
 
   # ----------------------------------------------------------- checkpoint
   k = c.checkpoint = ml_collections.ConfigDict()

@@ -1,6 +1,7 @@
 """Specs for trainer/data.py: file lists, splits and packed byte batches."""
 
 import itertools
+import json
 import pathlib
 import sysconfig
 
@@ -40,7 +41,8 @@ def _complete_docs(batch) -> set[bytes]:
 
 @pytest.fixture(scope="module")
 def stdlib_batch():
-  return _first_batches(_cfg(), 1, batch_size=8, seq_len=256)[0]
+  # Unshuffled: the first rows are consecutive, so they cross document ends.
+  return _first_batches(_cfg(shuffle_tokens=0), 1, batch_size=8, seq_len=256)[0]
 
 
 @pytest.fixture(scope="module")
@@ -199,17 +201,49 @@ def test_bad_shards_are_one_clear_error(kw, message):
     data.make_dataset(_cfg(), split="train", batch_size=4, seq_len=64, seed=0, **kw)
 
 
-@pytest.mark.parametrize("shards", [1, 2])
-def test_train_iterator_resumes_from_its_checkpoint_state(shards):
-  ds = data.make_dataset(_cfg(), split="train", batch_size=4, seq_len=256, seed=0, shards=shards)
+@pytest.mark.parametrize(
+  "shuffle_tokens, shards, taken",
+  [
+    (0, 1, 0),  # at the start: grain's no-remainder marker after JSON
+    (0, 1, 5),
+    (0, 2, 5),
+    (257 * 6, 1, 4),  # windows of 6 rows; batches of 4 straddle them
+    (257 * 6, 2, 3),
+    (None, 1, 2),  # the default window
+  ],
+)
+def test_train_iterator_resumes_from_its_checkpoint_state(shuffle_tokens, shards, taken):
+  kw = {} if shuffle_tokens is None else dict(shuffle_tokens=shuffle_tokens)
+  ds = data.make_dataset(
+    _cfg(**kw), split="train", batch_size=4, seq_len=256, seed=0, shards=shards
+  )
   it = iter(ds)
-  for _ in range(5):
+  for _ in range(taken):
     next(it)
-  state = it.get_state()
-  expected = [next(it) for _ in range(3)]
+  state = json.loads(json.dumps(it.get_state()))  # as the checkpoint stores it
+  expected = [next(it) for _ in range(4)]
   resumed = iter(ds)
   resumed.set_state(state)
   for want in expected:
     got = next(resumed)
     for k in want:
       np.testing.assert_array_equal(got[k], want[k])
+
+
+def _letters(batch) -> list[set]:
+  return [set(bytes(row[row < 256].astype(np.uint8)).decode()) for row in batch["inputs"]]
+
+
+def test_train_rows_are_shuffled_across_documents_within_the_window(tmp_path):
+  # Four long one-letter documents: unshuffled, a batch is four rows of one of them.
+  glob = _write_docs(tmp_path, {f"{c}.txt": c.encode() * 3000 for c in "abcd"})
+  kw = dict(batch_size=4, seq_len=64)
+  (plain,) = _first_batches(_cfg(glob, 0.0, shuffle_tokens=0), 1, **kw)
+  (mixed,) = _first_batches(_cfg(glob, 0.0, shuffle_tokens=65 * 200), 1, **kw)
+  assert len(set().union(*_letters(plain))) == 1
+  assert len(set().union(*_letters(mixed))) > 1
+
+
+def test_negative_shuffle_tokens_is_one_error_naming_the_field():
+  with pytest.raises(ValueError, match=r"data.shuffle_tokens=-1 must be >= 0"):
+    data.check(_cfg(shuffle_tokens=-1))

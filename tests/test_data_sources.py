@@ -131,7 +131,9 @@ def test_prepared_arrayrecord_holds_the_same_documents_as_the_raw_files(tmp_path
   for split, split_files in (("train", train_files), ("eval", eval_files)):
     tok = documents.data_tokenizer(cfg)
     docs = [
-      d for f in split_files for d in data.read_documents(f, "auto", "text", tok, documents.Skipped())
+      d
+      for f in split_files
+      for d in documents.read_documents(f, "auto", "text", tok, documents.Skipped())
     ]
     expect[split] = sorted(map(list, docs))
     assert meta["splits"][split]["documents"] == len(docs)

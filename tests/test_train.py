@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding
 
 from tests.conftest import small_train_config
 from trainer import step
-from trainer.trainer import Trainer
+from trainer.trainer import Trainer, resolve_shuffle
 
 
 def test_short_run_writes_metrics_and_loss_falls(tmp_path):
@@ -70,6 +70,18 @@ def test_rerun_in_same_workdir_resumes_from_checkpoint(tmp_path):
   assert resumed["train"]["step"] == 20
   assert resumed["train"]["loss"] == straight["train"]["loss"]
   assert resumed["eval"]["eval_loss"] == straight["eval"]["eval_loss"]
+
+
+def test_resume_keeps_the_checkpoints_row_shuffle_or_names_the_field():
+  config = small_train_config("llama3")  # data.shuffle_tokens on (the default)
+  assert resolve_shuffle(config, None, "/w") is None  # a fresh run
+  assert resolve_shuffle(config, {"data": {"shuffle_tokens": 4096}}, "/w") is None
+  note = resolve_shuffle(config, {"data": {"path": ""}}, "/w")  # before the field existed
+  assert "predates the row shuffle" in note and config.data.shuffle_tokens == 0
+  with pytest.raises(ValueError) as error:
+    resolve_shuffle(config, {"data": {"shuffle_tokens": 4096}}, "/w")
+  assert str(error.value).startswith("data.shuffle_tokens=0 but the checkpoints in /w")
+  assert "--config.data.shuffle_tokens=4096" in str(error.value)
 
 
 def test_train_state_starts_in_its_shardings_so_the_step_compiles_once(tmp_path):

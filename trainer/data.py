@@ -7,7 +7,9 @@ one document). Tokenizers (`data.tokenizer`): `byte` (UTF-8 bytes 0..255, EOS
 256) or a local `tokenizer.json` (the `tokenizers` package). A document is its
 tokens followed by EOS. Documents are concatenated and split into rows of
 `seq_len + 1` tokens by grain's ConcatThenSplitIterDataset, which also gives
-per-row segment ids and positions; each row is shifted into (inputs, targets).
+per-row segment ids and positions; train rows are shuffled within windows of
+`data.shuffle_tokens` (grain's WindowShuffleIterDataset), and each row is shifted
+into (inputs, targets).
 
 Input that cannot be a document is skipped and counted by reason (`Skipped`):
 empty files or texts, invalid UTF-8, JSONL lines that are not JSON, records
@@ -25,67 +27,16 @@ import sysconfig
 import grain
 import numpy as np
 
-from trainer.documents import Skipped, Tokenizer, data_tokenizer
+from trainer.documents import Skipped, data_tokenizer, read_documents
 
 FORMATS = ("auto", "text", "jsonl", "arrayrecord")
 META_FILE = "meta.json"  # a prepared directory's description (scripts/prepare_data.py)
 
 _EXCLUDED_DIRS = ("site-packages", "dist-packages")
 _GLOB_CHARS = set("*?[")
-_JSONL_SUFFIXES = (".jsonl", ".json")
 # Local files are cheap to read: a few threads and a small buffer keep the
 # first batch fast and memory bounded even for large files.
 _READ_OPTIONS = grain.ReadOptions(num_threads=4, prefetch_buffer_size=64)
-
-
-def _decode(raw: bytes, skipped: Skipped, path: str, line: int = 0) -> str | None:
-  try:
-    return raw.decode("utf-8")
-  except UnicodeDecodeError:
-    skipped.add("invalid_utf8", path, line)
-    return None
-
-
-def _jsonl_documents(raw: bytes, path: str, field: str, tok: Tokenizer, skipped: Skipped):
-  for number, line in enumerate(raw.splitlines(), 1):
-    if not line.strip():
-      continue  # blank lines hold no record
-    text = _decode(line, skipped, path, number)
-    if text is None:
-      continue
-    try:
-      record = json.loads(text)
-    except json.JSONDecodeError:
-      skipped.add("bad_json", path, number)
-      continue
-    value = record.get(field) if isinstance(record, dict) else None
-    if not isinstance(value, str):
-      skipped.add("missing_field", path, number)
-    elif not value:
-      skipped.add("empty", path, number)
-    else:
-      yield tok.encode(value)
-
-
-def read_documents(path, fmt: str, field: str, tok: Tokenizer, skipped: Skipped) -> list:
-  """One text or JSONL file -> its documents' token arrays (int32, EOS last)."""
-  path = str(path)
-  with open(path, "rb") as f:
-    raw = f.read()
-  if file_format(path, fmt) == "jsonl":
-    return list(_jsonl_documents(raw, path, field, tok, skipped))
-  if not raw:
-    skipped.add("empty", path)
-    return []
-  text = _decode(raw, skipped, path)
-  return [] if text is None else [tok.encode(text, raw)]
-
-
-def file_format(path: str, fmt: str) -> str:
-  """text | jsonl for one input file (`auto`: JSONL by a .jsonl / .json suffix)."""
-  if fmt == "auto":
-    return "jsonl" if str(path).endswith(_JSONL_SUFFIXES) else "text"
-  return fmt
 
 
 def default_corpus_files() -> list[pathlib.Path]:
@@ -157,6 +108,11 @@ def resolve_files(data_cfg) -> tuple[list[pathlib.Path], pathlib.Path]:
   return files, root
 
 
+def _meta(data_cfg) -> dict:
+  """A prepared directory's meta.json."""
+  return json.loads((pathlib.Path(os.path.expanduser(data_cfg.path)) / META_FILE).read_text())
+
+
 def is_prepared(data_cfg) -> bool:
   """Whether data.path is a directory written by scripts/prepare_data.py."""
   if not data_cfg.path or data_cfg.format not in ("auto", "arrayrecord"):
@@ -169,6 +125,8 @@ def check(data_cfg):
   against data.tokenizer."""
   if data_cfg.format not in FORMATS:
     raise ValueError(f"data.format={data_cfg.format!r} is not valid; use one of {FORMATS}")
+  if data_cfg.shuffle_tokens < 0:
+    raise ValueError(f"data.shuffle_tokens={data_cfg.shuffle_tokens} must be >= 0 (0 = off)")
   if data_cfg.eos_token and data_cfg.tokenizer == "byte":
     raise ValueError(
       f"data.eos_token={data_cfg.eos_token!r} only applies to a tokenizer.json; "
@@ -182,7 +140,7 @@ def check(data_cfg):
       f"scripts/prepare_data.py (with {META_FILE}); got {data_cfg.path!r}"
     )
   if prepared:
-    meta = json.loads((pathlib.Path(os.path.expanduser(data_cfg.path)) / META_FILE).read_text())
+    meta = _meta(data_cfg)
     if meta["tokenizer_fingerprint"] != tok.fingerprint:
       raise ValueError(
         f"data.path={data_cfg.path!r} was tokenized with {meta['tokenizer']!r}, not "
@@ -236,7 +194,7 @@ def _record_documents(record: bytes, dtype) -> list:
 def _source(data_cfg, items, skipped: Skipped) -> tuple[grain.MapDataset, object]:
   """(MapDataset over files or records, item -> list of token arrays)."""
   if is_prepared(data_cfg):
-    meta = json.loads((pathlib.Path(os.path.expanduser(data_cfg.path)) / META_FILE).read_text())
+    meta = _meta(data_cfg)
     records = grain.sources.ArrayRecordDataSource([str(f) for f in items])
     return grain.MapDataset.source(records), functools.partial(
       _record_documents, dtype=np.dtype(meta["dtype"])
@@ -251,19 +209,46 @@ def _source(data_cfg, items, skipped: Skipped) -> tuple[grain.MapDataset, object
   return grain.MapDataset.source([str(f) for f in items]), read
 
 
-def _packed(ds, read, *, split: str, batch_size: int, seq_len: int, seed: int) -> grain.IterDataset:
+def _packed(
+  ds, read, *, split: str, batch_size: int, seq_len: int, seed: int, window: int = 0
+) -> grain.IterDataset:
   """One packed stream of the files or records in `ds`: train shuffles every epoch
-  and never ends; eval is one pass in order."""
+  and never ends, and shuffles its rows within windows of `window` rows; eval is
+  one pass in order."""
   if split == "train":
     ds = ds.shuffle(seed).repeat(None)  # each epoch is shuffled differently
   docs = grain.experimental.FlatMapIterDataset(
     ds.map(read).to_iter_dataset(_READ_OPTIONS), _Documents()
   )
-  packed = grain.experimental.ConcatThenSplitIterDataset(
-    docs, length_struct={"tokens": seq_len + 1}
+  packed = _JsonSafeState(
+    grain.experimental.ConcatThenSplitIterDataset(docs, length_struct={"tokens": seq_len + 1})
   )  # {"tokens", "tokens_segment_ids", "tokens_positions"}: [seq + 1] each
+  if split == "train" and window:  # a long document would fill whole batches
+    packed = grain.experimental.WindowShuffleIterDataset(packed, window_size=window, seed=seed)
   batched = packed.batch(batch_size, drop_remainder=(split == "train"))
   return batched.map(_shift)
+
+
+class _JsonSafeState(grain.IterDataset):
+  """grain's packer with a state that survives the checkpoint's JSON: JSON turns
+  its no-remainder marker (-1, -1) into a list, which grain (0.2.18) then reads
+  as a remainder, so a state saved at a document boundary (or at the start of a
+  shuffle window) restored one row ahead. Lists go back to tuples."""
+
+  def __iter__(self):
+    return _JsonSafeStateIterator(self._parent.__iter__())
+
+
+class _JsonSafeStateIterator(grain.DatasetIterator):
+  def __next__(self):
+    return next(self._parent)
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state):
+    slices = {k: tuple(v) for k, v in state["remainder_slices"].items()}
+    self._parent.set_state({**state, "remainder_slices": slices})
 
 
 def _concat_rows(blocks: tuple[dict, ...]) -> dict[str, np.ndarray]:
@@ -323,6 +308,15 @@ def _train_blocks(data_cfg, items, batch_size, seq_len, seed, shards, rows, skip
   prepared = is_prepared(data_cfg)
   if prepared:
     whole, read = _source(data_cfg, items, skipped)
+    size = _meta(data_cfg)["splits"]["train"]["tokens"]
+  else:  # bytes: at least the tokens
+    size = sum(os.path.getsize(f) for f in items)
+  # A shuffle window holds at most about one pass over a block's input: a small
+  # corpus would otherwise repeat thousands of times to fill it, and gain nothing.
+  # Any window (of one row too) keeps the shuffle's place in the iterator state.
+  window = min(data_cfg.shuffle_tokens, size // shards) // (seq_len + 1)
+  window = max(window, 1) if data_cfg.shuffle_tokens else 0
+  kw = dict(split="train", batch_size=block, seq_len=seq_len, seed=seed, window=window)
   streams = []
   for j in range(lo // block, hi // block):
     if prepared:
@@ -334,13 +328,10 @@ def _train_blocks(data_cfg, items, batch_size, seq_len, seed, shards, rows, skip
         f"data shard {j} of data.shards={shards} has no train input in "
         f"data.path={data_cfg.path!r}; lower data.shards or add data"
       )
-    kw = dict(split="train", batch_size=block, seq_len=seq_len, seed=seed)
     streams.append(_packed(ds, read, **kw))
   if len(streams) == 1:
     return streams[0]
   return grain.experimental.ZipIterDataset(streams).map(_concat_rows)
-
-
 
 
 def _pad_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.ndarray]:

@@ -8,8 +8,7 @@ smaller than one batch, or without an eval split, is a warning.
 """
 
 from trainer import data
-from trainer.documents import Skipped, data_tokenizer
-
+from trainer.documents import Skipped, data_tokenizer, read_documents
 
 _PHRASES = {
   "empty": "is empty",
@@ -31,7 +30,7 @@ def _tokens(data_cfg, files: list, want: int) -> tuple[int, Skipped]:
   """Tokens the files give, reading in order and stopping at `want`."""
   tok, skipped, total = data_tokenizer(data_cfg), Skipped(), 0
   for path in files:
-    for doc in data.read_documents(path, data_cfg.format, data_cfg.field, tok, skipped):
+    for doc in read_documents(path, data_cfg.format, data_cfg.field, tok, skipped):
       total += len(doc)
     if total >= want:
       break

@@ -1,4 +1,5 @@
-"""What a document is: its tokenizer and the input skipped on the way.
+"""What a document is: how a text or JSONL file becomes documents, their
+tokenizer, and the input skipped on the way.
 
 Tokenizers (`data.tokenizer`): `byte` (UTF-8 bytes 0..255, EOS 256) or a local
 `tokenizer.json` (the `tokenizers` package); a document is its tokens followed by
@@ -9,6 +10,7 @@ records without a string `data.field`.
 
 import functools
 import hashlib
+import json
 import os
 import pathlib
 import threading
@@ -18,6 +20,7 @@ import numpy as np
 EOS_ID = 256
 BYTE_VOCAB_SIZE = 257
 SKIP_REASONS = ("empty", "invalid_utf8", "bad_json", "missing_field")
+_JSONL_SUFFIXES = (".jsonl", ".json")
 # tokenizer.json end-of-text tokens tried, in order, when data.eos_token is "".
 _EOS_TOKENS = ("<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>")
 
@@ -121,3 +124,53 @@ class Skipped:
     return ", ".join(
       f"{n} {reason} (first: {self.first[reason]})" for reason, n in self.counts.items() if n
     )
+
+
+def _decode(raw: bytes, skipped: Skipped, path: str, line: int = 0) -> str | None:
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError:
+    skipped.add("invalid_utf8", path, line)
+    return None
+
+
+def _jsonl_documents(raw: bytes, path: str, field: str, tok: Tokenizer, skipped: Skipped):
+  for number, line in enumerate(raw.splitlines(), 1):
+    if not line.strip():
+      continue  # blank lines hold no record
+    text = _decode(line, skipped, path, number)
+    if text is None:
+      continue
+    try:
+      record = json.loads(text)
+    except json.JSONDecodeError:
+      skipped.add("bad_json", path, number)
+      continue
+    value = record.get(field) if isinstance(record, dict) else None
+    if not isinstance(value, str):
+      skipped.add("missing_field", path, number)
+    elif not value:
+      skipped.add("empty", path, number)
+    else:
+      yield tok.encode(value)
+
+
+def read_documents(path, fmt: str, field: str, tok: Tokenizer, skipped: Skipped) -> list:
+  """One text or JSONL file -> its documents' token arrays (int32, EOS last)."""
+  path = str(path)
+  with open(path, "rb") as f:
+    raw = f.read()
+  if file_format(path, fmt) == "jsonl":
+    return list(_jsonl_documents(raw, path, field, tok, skipped))
+  if not raw:
+    skipped.add("empty", path)
+    return []
+  text = _decode(raw, skipped, path)
+  return [] if text is None else [tok.encode(text, raw)]
+
+
+def file_format(path: str, fmt: str) -> str:
+  """text | jsonl for one input file (`auto`: JSONL by a .jsonl / .json suffix)."""
+  if fmt == "auto":
+    return "jsonl" if str(path).endswith(_JSONL_SUFFIXES) else "text"
+  return fmt

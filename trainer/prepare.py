@@ -34,7 +34,7 @@ def _init_worker(fmt: str, field: str, tokenizer: str, eos_token: str):
 def _tokenize_file(path: str):
   """-> (documents, skipped counts, first skipped place per reason, input bytes)."""
   skipped = documents.Skipped()
-  docs = data.read_documents(path, _worker["fmt"], _worker["field"], _worker["tok"], skipped)
+  docs = documents.read_documents(path, _worker["fmt"], _worker["field"], _worker["tok"], skipped)
   return docs, skipped.counts, skipped.first, os.path.getsize(path)
 
 

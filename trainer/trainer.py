@@ -82,29 +82,48 @@ def progress_fields(record: dict) -> dict:
   return fields
 
 
-def resolve_scan_layers(config, workdir: str) -> str:
+def resolve_scan_layers(config, saved: dict | None) -> str:
   """Decides compute.scan_layers=auto for this run and writes the decision into
   `config` (so the checkpoint's config records it); returns the log line. A resumed
-  run keeps the layout its checkpoint was written in: scanned layers' params are
-  stacked along a `layers` axis, unrolled ones are not."""
-  saved = saved_scan_layers(pathlib.Path(workdir) / "checkpoints")
-  if config.compute.scan_layers == "auto" and saved in ("scan", "unroll"):
-    config.compute.scan_layers = saved
-    return f"{'scanned' if saved == 'scan' else 'unrolled'} (as the checkpoint was written)"
+  run keeps the layout its checkpoint (config `saved`) was written in: scanned
+  layers' params are stacked along a `layers` axis, unrolled ones are not."""
+  was = (saved or {}).get("compute", {}).get("scan_layers")
+  if config.compute.scan_layers == "auto" and was in ("scan", "unroll"):
+    config.compute.scan_layers = was
+    return f"{'scanned' if was == 'scan' else 'unrolled'} (as the checkpoint was written)"
   scan, why = precision.scan_layers(config)
   config.compute.scan_layers = "scan" if scan else "unroll"
   return f"{'scanned' if scan else 'unrolled'} ({why})"
 
 
-def saved_scan_layers(directory: pathlib.Path) -> str | None:
-  """compute.scan_layers of the newest readable committed step's config (read from
-  its file: no checkpoint manager before the run holds the workdir's lock)."""
+def resolve_shuffle(config, saved: dict | None, workdir: str) -> str | None:
+  """The data iterator's saved state has the shape of its pipeline, with or without
+  the row shuffle: a checkpoint from before data.shuffle_tokens existed resumes
+  unshuffled (returns that note); turning the shuffle on or off in a resume is an
+  error naming the field."""
+  data_was, now = (saved or {}).get("data"), config.data.shuffle_tokens
+  if data_was is None or (data_was.get("shuffle_tokens", 0) > 0) == (now > 0):
+    return None
+  if "shuffle_tokens" not in data_was:
+    config.data.shuffle_tokens = 0
+    return "data.shuffle_tokens=0: the checkpoint predates the row shuffle (its data position is in unshuffled rows)"
+  raise ValueError(
+    f"data.shuffle_tokens={now} but the checkpoints in {workdir} were written with "
+    f"{data_was['shuffle_tokens']}: turning the row shuffle on or off changes the saved "
+    f"data position's shape; resume with --config.data.shuffle_tokens="
+    f"{data_was['shuffle_tokens']}, or train in a new workdir"
+  )
+
+
+def saved_run_config(directory: pathlib.Path) -> dict | None:
+  """The config of the newest readable committed step, in this version's layout
+  (read from its file: no checkpoint manager before the run holds the workdir's lock)."""
   for step in checkpoint.committed_steps(directory)[:2]:
     try:
       saved = json.loads((directory / str(step) / "config" / "metadata").read_text())
     except (OSError, ValueError):
       continue
-    return moved.migrate(saved).get("compute", {}).get("scan_layers")
+    return moved.migrate(saved)
   return None
 
 
@@ -115,8 +134,10 @@ class Trainer:
 
   def __init__(self, config, workdir: str):
     self.config = config
-    self.layers_note = resolve_scan_layers(config, workdir)
+    saved = saved_run_config(pathlib.Path(workdir) / "checkpoints")
+    self.layers_note = resolve_scan_layers(config, saved)
     self.model_cfg = validate(config)
+    self.data_note = resolve_shuffle(config, saved, workdir)
     self.primary = jax.process_index() == 0
     self.workdir = workdir_lib.prepare(workdir)
     self.lock = workdir_lib.Lock(self.workdir)
@@ -149,6 +170,8 @@ class Trainer:
     if self.primary:
       print(f"attention kernels: {kernels.describe(self.model_cfg.blocks)}", flush=True)
       print(f"layers: {self.layers_note}", flush=True)
+      if self.data_note:
+        print(self.data_note, flush=True)
     self.program = step_lib.build(config, self.mesh, self.model_cfg)
     self.graphdef = self.program.graphdef  # nnx.merge(graphdef, params, model_state): the model
     self._train_step, self._eval_step = self.program.train_step, self.program.eval_step

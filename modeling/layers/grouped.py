@@ -11,7 +11,7 @@ Two ways to run them (`compute.moe_matmul`):
   runs all blocks. Work: at most m + E * block rows instead of E * m.
 `auto` takes `ragged_dot` on TPU and `blocks` elsewhere.
 
-`Layout` holds where the sorted rows sit, so an expert FFN pads its rows once,
+`layout` says where the sorted rows sit, so an expert FFN pads its rows once,
 runs its projections in that layout and unpads once. Padding and unpadding are
 gathers whose gradients are gathers too (each is the other's inverse on real
 rows), never scatters. Letters: m rows, E experts, n blocks, b rows per block.
@@ -61,22 +61,35 @@ _move.defvjp(_move_fwd, _move_bwd)
 
 
 @dataclasses.dataclass(frozen=True)
-class Layout:
-  """Rows sorted by expert (`sizes[g]` rows for expert g, then unused rows) as
-  the grouped matmul wants them."""
+class Ragged:
+  """`ragged_dot`'s layout: the sorted rows as they are."""
 
-  method: str
   sizes: jax.Array  # [E] rows per expert
-  row_expert: jax.Array | None = None  # ragged_dot: [m] each row's expert
-  block_expert: jax.Array | None = None  # blocks: [n] each block's expert
-  src: jax.Array | None = None  # blocks: [n * b] sorted row of each padded row (m = none)
-  dest: jax.Array | None = None  # blocks: [m] padded row of each sorted row (n * b = none)
+  row_expert: jax.Array | None = None  # [m] each row's expert (for biases)
+
+  def pad(self, x):
+    return x
+
+  def unpad(self, y):
+    return y
+
+  def matmul(self, x, w, preferred_element_type=None):
+    return jax.lax.ragged_dot(x, w, self.sizes, preferred_element_type=preferred_element_type)
+
+  def bias(self, b):
+    return b[self.row_expert]
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+  """`blocks`' layout: each expert's sorted rows padded to whole blocks."""
+
+  block_expert: jax.Array  # [n] each block's expert
+  src: jax.Array  # [n * b] the sorted row of each padded row (m = none)
+  dest: jax.Array  # [m] the padded row of each sorted row (n * b = none)
 
   @classmethod
-  def build(cls, method: str, sizes, m: int, row_expert=None) -> "Layout":
-    """row_expert [m]: each sorted row's expert (ragged_dot needs it for biases)."""
-    if method == "ragged_dot":
-      return cls(method, sizes, row_expert=row_expert)
+  def build(cls, sizes, m: int) -> "Blocks":
     E = sizes.shape[0]
     b = block_rows(m, E)
     n = m // b + E  # sum_g ceil(sizes[g] / b) <= m / b + E - E / b
@@ -94,39 +107,38 @@ class Layout:
     gr = jnp.searchsorted(ends, r, side="right")  # E: past the last group's rows
     grc = jnp.minimum(gr, E - 1)
     dest = jnp.where(gr < E, pstarts[grc] + r - starts[grc], n * b)
-    return cls(method, sizes, None, block_expert.astype(jnp.int32), src, dest)
+    return cls(block_expert.astype(jnp.int32), src, dest)
 
   def pad(self, x):
-    """[m, K] sorted rows -> this layout's rows ([n, b, K] for blocks)."""
-    if self.method == "ragged_dot":
-      return x
+    """[m, K] sorted rows -> [n, b, K] blocks."""
     n = self.block_expert.shape[0]
     return _move(x, self.src, self.dest).reshape(n, -1, x.shape[-1])
 
   def unpad(self, y):
-    """This layout's rows -> [m, N] sorted rows (unused rows zero)."""
-    if self.method == "ragged_dot":
-      return y
+    """[n, b, N] blocks -> [m, N] sorted rows (unused rows zero)."""
     return _move(y.reshape(-1, y.shape[-1]), self.dest, self.src)
 
   def matmul(self, x, w, preferred_element_type=None):
-    """Rows in this layout times their experts' w [E, K, N]."""
-    if self.method == "ragged_dot":
-      return jax.lax.ragged_dot(x, w, self.sizes, preferred_element_type=preferred_element_type)
+    """Blocks [n, b, K] times their experts' w [E, K, N]."""
     return jnp.einsum(
       "nbk,nkf->nbf", x, w[self.block_expert], preferred_element_type=preferred_element_type
     )
 
   def bias(self, b):
-    """b [E, N] -> each row's expert's bias, broadcastable to this layout's rows."""
-    if self.method == "ragged_dot":
-      return b[self.row_expert]
+    """b [E, N] -> each block's expert's bias, [n, 1, N]."""
     return b[self.block_expert][:, None, :]
+
+
+def layout(method: str, sizes, m: int, row_expert=None) -> Ragged | Blocks:
+  """Where m rows sorted by expert (`sizes[g]` rows for expert g, then unused
+  rows) sit for `method`'s grouped matmul; row_expert [m] is each row's expert
+  (ragged_dot's biases need it)."""
+  if method == "ragged_dot":
+    return Ragged(sizes, row_expert)
+  return Blocks.build(sizes, m)
 
 
 def ragged_dot(x, w, sizes, method: str, preferred_element_type=None):
   """jax.lax.ragged_dot(x [m, K], w [E, K, N], sizes [E]) computed by `method`."""
-  if method == "ragged_dot":
-    return jax.lax.ragged_dot(x, w, sizes, preferred_element_type=preferred_element_type)
-  lay = Layout.build(method, sizes, x.shape[0])
+  lay = layout(method, sizes, x.shape[0])
   return lay.unpad(lay.matmul(lay.pad(x), w, preferred_element_type))

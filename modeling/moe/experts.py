@@ -63,16 +63,16 @@ class Experts(nnx.Module):
 
   def _grouped(self, w, xs, sizes, expert_ids, reduce=lambda y: y):
     """xs [m, e] sorted by expert, sizes [E] -> [m, e]: grouped matmuls run by
-    `grouped.Layout` (compute.moe_matmul); rows pad once, unpad once.
+    `grouped.layout` (compute.moe_matmul); rows pad once, unpad once.
 
     reduce sums partial down projections when the hidden dim is split (EP).
     """
     cfg, dt = self.cfg, xs.dtype
     if cfg.fp8 is None:
-      lay = grouped.Layout.build(cfg.matmul, sizes, xs.shape[0], expert_ids)
+      lay = grouped.layout(cfg.matmul, sizes, xs.shape[0], expert_ids)
       mm = lambda a, name: lay.matmul(a, w[name].astype(dt))
     else:  # FP8 scales tile the sorted rows: each matmul pads and unpads itself
-      lay = grouped.Layout.build("ragged_dot", sizes, xs.shape[0], expert_ids)
+      lay = grouped.Ragged(sizes, expert_ids)
       mm = lambda a, name: fp8.ragged_matmul(a, w[name], sizes, cfg.fp8, cfg.matmul)
     bias = lambda name: lay.bias(w[name].astype(dt))
     rows = lay.pad(xs)
