@@ -61,6 +61,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import attention, kernels, moe_twin  # noqa: E402
+from modeling.moe.config import MATMULS  # noqa: E402
 from parallelism.mesh import make_mesh  # noqa: E402
 from trainer import data, step  # noqa: E402
 
@@ -121,7 +122,7 @@ def bench_moe(args):
   """Dropless by each grouped matmul, capacity, and the dense twin, one batch."""
   config = load_config(args.config)
   batch = first_batch(config, args.config, args.steps)
-  runs = [(f"dropless ({m})", dict(moe_dispatch="dropless", moe_matmul=m)) for m in MOE_MATMULS]
+  runs = [(f"dropless ({m})", dict(moe_dispatch="dropless", moe_matmul=m)) for m in MATMULS]
   runs.append(("capacity", dict(moe_dispatch="capacity")))
   results = {}
   for name, compute in runs:
@@ -212,7 +213,6 @@ def bench_mfu(args):
 
 MFU_MODELS = [("dense", "configs/llama3.py:1b"), ("moe", "configs/deepseek_v3.py:small")]
 NOT_FAMILIES = ("__init__", "base", "moved")
-MOE_MATMULS = ("blocks", "ragged_dot")  # compute.moe_matmul without auto
 
 
 def bench_dispatch(args):
