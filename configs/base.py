@@ -257,14 +257,14 @@ def get_config() -> ml_collections.ConfigDict:
   t = c.train = ml_collections.ConfigDict()
   t.steps = 200
   t.batch_size = 16  # global sequences per step.
+  t.microbatches = 1  # gradient accumulation: equal micro-batches per step, one update.
   t.seq_len = 256  # tokens per sequence.
   t.seed = 0  # params init, data order.
   t.init_std = 0.02  # normal init std of every matrix.
   t.log_every = 10  # steps between metrics records.
   t.eval_every = 0  # steps between evals; 0 = only at the end.
   t.eval_batches = 8  # held-out batches per eval.
-  t.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = from the device table
-  #   (trainer/metrics.py), which has a nominal CPU entry.
+  t.peak_flops = 0.0  # per-device peak FLOP/s for MFU; 0 = trainer/metrics.py's table.
 
   # ---------------------------------------------------------------- optim
   o = c.optim = ml_collections.ConfigDict()

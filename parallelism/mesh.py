@@ -101,6 +101,17 @@ def check_batch_fits(batch_size: int, sizes: dict):
     )
 
 
+def check_microbatches(batch_size: int, n: int, shape: dict):
+  """Micro-batches split the batch into equal parts that each split over the mesh."""
+  ways = shape["data"] * shape["fsdp"] * shape["expert"]
+  if n < 1 or batch_size % (n * ways):
+    raise ValueError(
+      f"train.microbatches={n} must be a positive divisor of train.batch_size={batch_size} "
+      f"that leaves each micro-batch divisible by the mesh's data*fsdp*expert={ways}; "
+      f"use one of {[d for d in range(1, batch_size + 1) if batch_size % (d * ways) == 0]}"
+    )
+
+
 def mesh_sizes(mesh_cfg, num_devices: int) -> dict[str, int]:
   """{axis: size} with the -1 axis resolved (see `mesh_shape`)."""
   return dict(zip(MESH_AXES, mesh_shape(mesh_cfg, num_devices), strict=True))

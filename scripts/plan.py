@@ -46,6 +46,9 @@ def _print_table(result: dict):
 
   mesh = " ".join(f"{k}={v}" for k, v in result["mesh"].items())
   print(f"{result['family']} on mesh {mesh}")
+  st = result["step"]
+  print(f"  step                batch {st['batch_size']} x seq {st['seq_len']} "
+        f"in {st['microbatches']} micro-batch(es)")  # fmt: skip
   print(f"  params total        {result['params_total'] / 1e9:10.3f} B")
   print(f"  params active       {result['params_active'] / 1e9:10.3f} B")
   if result["params_mtp"]:
@@ -88,6 +91,9 @@ def main(argv):
     check_model_fits(cfg, mesh_sizes)
     if _COMPILE.value:
       parallelism_mesh.check_batch_fits(config.train.batch_size, mesh_sizes)
+      parallelism_mesh.check_microbatches(
+        config.train.batch_size, config.train.microbatches, mesh_sizes
+      )
     rules.with_overrides(config.mesh.rules)
   except ValueError as e:
     sys.exit(f"error: {e}")

@@ -100,8 +100,8 @@ import jax, numpy as np
 from flax import traverse_util
 from tests.conftest import small_train_config
 from trainer.trainer import Trainer
-family, mesh, workdir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
-config = small_train_config(family, steps=3, log_every=1, batch_size=8)
+family, mesh, workdir, train = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
+config = small_train_config(family, steps=3, log_every=1, batch_size=8, **json.loads(train))
 config.model.update(num_heads=4, num_kv_heads=2 if family == "llama3" else 4)
 if family != "gemma3n":  # Gemma 3n keeps its 6: sparse, K/V-storing and K/V-reusing layers
   config.model.num_layers = 3
@@ -139,12 +139,15 @@ def fake_devices_env(devices: int) -> dict:
   return env
 
 
-def run_on_mesh(tmp_path, family: str, mesh: dict, devices: int) -> tuple[list[float], dict]:
+def run_on_mesh(
+  tmp_path, family: str, mesh: dict, devices: int, **train
+) -> tuple[list[float], dict]:
   """3 train steps of a 3-layer `family` preset on `mesh` in a subprocess with
-  `devices` fake CPU devices -> (losses, params by "/"-joined path)."""
+  `devices` fake CPU devices -> (losses, params by "/"-joined path); `train`
+  overrides config.train."""
   workdir = tmp_path / (family + "-" + "-".join(f"{k}{v}" for k, v in mesh.items()))
   result = subprocess.run(
-    [sys.executable, "-c", _RUN, family, json.dumps(mesh), str(workdir)],
+    [sys.executable, "-c", _RUN, family, json.dumps(mesh), str(workdir), json.dumps(train)],
     cwd=ROOT, env=fake_devices_env(devices), capture_output=True, text=True, timeout=400,
   )  # fmt: skip
   assert result.returncode == 0, result.stderr[-3000:]

@@ -7,7 +7,7 @@ from flax import traverse_util
 
 from configs import base, moved
 from parallelism import rules
-from parallelism.mesh import check_batch_fits, check_model_fits, mesh_sizes
+from parallelism.mesh import check_batch_fits, check_microbatches, check_model_fits, mesh_sizes
 from trainer import data, documents, metrics, objective, optim, precision
 
 
@@ -43,6 +43,7 @@ def validate(config):
       f"train.batch_size={t.batch_size}"
     )
   check_batch_fits(t.batch_size, shape)
+  check_microbatches(t.batch_size, t.microbatches, shape)
   return model_cfg
 
 

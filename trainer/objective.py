@@ -15,12 +15,12 @@ import dataclasses
 import re
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 
-from modeling import matformer
+from modeling import losses, matformer
 from modeling.attention.sparse import STAGES as INDEXER_STAGES
 from modeling.decoder import DecoderConfig, by_layer
-from modeling.losses import cross_entropy, mtp_losses
 from modeling.moe.config import MoeConfig
 
 ROUTER_BIAS_PATH = "mlp/router/aux_free_bias"  # what optim.trainable must match to move it
@@ -37,6 +37,30 @@ class Objective:
   bias_update_rate: float = 0.0  # the aux-free bias step after each update (0 = none)
   mtp: Callable | None = None  # step -> MTP weight; None: the MTP modules do not run
   matformer: tuple | None = None  # (per-layer widths, weight) of the jointly trained sub-model
+
+
+@dataclasses.dataclass(frozen=True)
+class Shares:
+  """How one micro-batch's loss adds up to its step's (`train.microbatches`): the
+  weighted means (CE, z-loss, each MTP depth) divide by the whole batch's weights,
+  so the micro-batches' values sum to the batch's; the per-token and per-sequence
+  means (MoE balance terms, router z, dropped fraction, indexer KL) count `mean`
+  = 1 / micro-batches of their own."""
+
+  ce: jax.Array  # the batch's CE denominator
+  mtp: jax.Array | None  # [depth] the batch's MTP denominators
+  mean: float
+
+
+def batch_shares(batch, mtp_depth: int, microbatches: int) -> Shares:
+  """The shares of one of `microbatches` equal parts of `batch` (the whole batch)."""
+  w, seg = batch["weights"], batch["segment_ids"]
+  depths = [losses.mtp_weights(k, w, seg) for k in range(1, mtp_depth + 1)]
+  return Shares(
+    ce=losses.weight_denominator(w),
+    mtp=jnp.stack([losses.weight_denominator(d) for d in depths]) if depths else None,
+    mean=1.0 / microbatches,
+  )
 
 
 def mtp_weight_schedule(o, depth: int, steps: int):
@@ -114,10 +138,10 @@ def _count(aux: dict, name: str) -> int:
   return sum(st[name].size for st in aux["layers"].values() if name in st)
 
 
-def moe_terms(obj: Objective, cfg: DecoderConfig, aux: dict) -> dict:
+def moe_terms(obj: Objective, cfg: DecoderConfig, aux: dict, share: float = 1.0) -> dict:
   """The weighted MoE balance loss and the MoE metrics (empty without MoE layers):
   `expert_load` [moe_layers, E] raw counts in layer order, means over layers of
-  `dropped_frac` and `router_z`."""
+  `dropped_frac` and `router_z`; all but the counts times `share` (Shares.mean)."""
   layers = _count(aux, "seq_aux")
   if not layers:
     return {}
@@ -127,33 +151,38 @@ def moe_terms(obj: Objective, cfg: DecoderConfig, aux: dict) -> dict:
     + obj.router_z * _sum(aux, "router_z")
   )
   return {
-    "aux_loss": aux_loss,
+    "aux_loss": aux_loss * share,
     "expert_load": by_layer(cfg, aux, "mlp", "load"),
-    "dropped_frac": _sum(aux, "dropped_frac") / layers,
-    "router_z": _sum(aux, "router_z") / layers,
+    "dropped_frac": _sum(aux, "dropped_frac") / layers * share,
+    "router_z": _sum(aux, "router_z") / layers * share,
   }
 
 
-def loss(obj: Objective, cfg: DecoderConfig, run_model, batch, step, *, mtp: bool, train: bool):
+def loss(obj: Objective, cfg: DecoderConfig, run_model, batch, step, *, mtp: bool, train: bool,
+         shares: Shares | None = None):  # fmt: skip
   """(total loss, (CE, aux, terms)): run_model(mlp_widths, mtp) -> (logits, aux).
-  terms: the reported parts (MoE metrics, indexer KLs, MTP and MatFormer losses)."""
+  terms: the reported parts (MoE metrics, indexer KLs, MTP and MatFormer losses).
+  shares: this batch's part of a step over micro-batches (None: the whole step)."""
+  ce_denom, mtp_denoms, share = (None, None, 1.0) if shares is None else (
+    shares.ce, shares.mtp, shares.mean)  # fmt: skip
+  targets, weights = batch["targets"], batch["weights"]
   logits, aux = run_model(None, mtp)
-  total, ce = cross_entropy(logits, batch["targets"], batch["weights"], obj.z_loss)
-  terms = moe_terms(obj, cfg, aux)
+  total, ce = losses.cross_entropy(logits, targets, weights, obj.z_loss, ce_denom)
+  terms = moe_terms(obj, cfg, aux, share)
   total = total + terms.get("aux_loss", 0.0)
   kl = by_layer(cfg, aux, "attn", "indexer_kl")
   if kl is not None:
-    terms["indexer_kl"] = kl  # [dsa_layers]
-    total = total + obj.indexer_kl * kl.sum()
+    terms["indexer_kl"] = kl * share  # [dsa_layers]
+    total = total + obj.indexer_kl * terms["indexer_kl"].sum()
   if "mtp_logits" in aux:
-    terms["mtp_loss"] = mtp_losses(
-      aux.pop("mtp_logits"), batch["targets"], batch["weights"], batch["segment_ids"]
+    terms["mtp_loss"] = losses.mtp_losses(
+      aux.pop("mtp_logits"), targets, weights, batch["segment_ids"], mtp_denoms
     )
     total = total + obj.mtp(step) * terms["mtp_loss"].mean()
   if obj.matformer is not None and train:
     widths, weight = obj.matformer
     sub_logits, _ = run_model(widths, False)
-    sub_loss, sub_ce = cross_entropy(sub_logits, batch["targets"], batch["weights"], obj.z_loss)
+    sub_loss, sub_ce = losses.cross_entropy(sub_logits, targets, weights, obj.z_loss, ce_denom)
     total = total + weight * sub_loss
     terms["matformer_loss"] = sub_ce["ce"]
   return total, (ce["ce"], aux, terms)

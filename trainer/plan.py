@@ -84,6 +84,7 @@ def plan(config, cfg: DecoderConfig, mesh_sizes: dict) -> dict:
   return {
     "family": config.model.family,
     "mesh": dict(mesh_sizes),
+    "step": {k: config.train[k] for k in ("batch_size", "seq_len", "microbatches")},
     "params_total": state_lib.param_count(cfg),
     "params_active": state_lib.active_param_count(cfg),
     "params_mtp": state_lib.param_count(cfg, include_mtp=True) - state_lib.param_count(cfg),

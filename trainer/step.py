@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 from modeling import matformer
 from modeling.decoder import DecoderConfig
 from parallelism import rules
-from trainer import hooks, objective, optim, precision
+from trainer import hooks, microbatch, objective, optim, precision
 from trainer import state as state_lib
 
 # The step's metrics besides loss, grad_norm, lr (and max_logit), when the objective has them.
@@ -92,14 +92,17 @@ def build(config, mesh, model_cfg: DecoderConfig | None = None) -> Program:
   )
   obj = objective.from_config(config, cfg)
   loss_fn = make_loss_fn(graphdef, cfg, obj, mesh, table)
-  train_step = make_train_step(
-    graphdef, cfg, tx, lr, obj, loss_fn, config.optim, precision.wants_max_logit(config)
-  )
   abstract = abstract_state(cfg, mesh, tx, table)
-  replicated = NamedSharding(mesh, P())
   # The step returns the state in the layout it takes (left to XLA, a replicated
   # param can come back sharded, and the next step would compile again).
   shardings = jax.tree.map(lambda s: s.sharding, abstract)
+  batch_sharding = rules.batch_sharding(mesh, table)
+  n = config.train.microbatches
+  micro = microbatch.Plan(n, batch_sharding, shardings["params"]) if n > 1 else None
+  train_step = make_train_step(
+    graphdef, cfg, tx, lr, obj, loss_fn, config.optim, precision.wants_max_logit(config), micro
+  )
+  replicated = NamedSharding(mesh, P())
   return Program(
     config=config,
     model_cfg=cfg,
@@ -110,9 +113,9 @@ def build(config, mesh, model_cfg: DecoderConfig | None = None) -> Program:
     lr=lr,
     objective=obj,
     abstract_state=abstract,
-    batch_sharding=rules.batch_sharding(mesh, table),
+    batch_sharding=batch_sharding,
     train_step=jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, replicated)),
-    eval_step=jax.jit(functools.partial(eval_step, loss_fn)),
+    eval_step=jax.jit(functools.partial(eval_step, loss_fn, micro)),
   )
 
 
@@ -143,11 +146,12 @@ def abstract_state(cfg: DecoderConfig, mesh, tx, table) -> dict:
 
 
 def make_loss_fn(graphdef, cfg: DecoderConfig, obj, mesh, table):
-  """loss_fn(params, model_state, batch, step, *, mtp, train) -> (loss, (CE, aux,
-  terms)); the model runs under `rules.activate(mesh, table)`, so activations are
-  constrained and MoE layers run expert parallel on the mesh."""
+  """loss_fn(params, model_state, batch, step, *, mtp, train, shares) -> (loss, (CE,
+  aux, terms)); the model runs under `rules.activate(mesh, table)`, so activations
+  are constrained and MoE layers run expert parallel on the mesh. shares: a
+  micro-batch's part of its step (`objective.Shares`)."""
 
-  def loss_fn(params, model_state, batch, step, *, mtp: bool, train: bool = True):
+  def loss_fn(params, model_state, batch, step, *, mtp: bool, train: bool = True, shares=None):
     model = nnx.merge(graphdef, params, model_state)
 
     def run_model(mlp_widths, with_mtp):
@@ -157,24 +161,25 @@ def make_loss_fn(graphdef, cfg: DecoderConfig, obj, mesh, table):
           mtp=with_mtp, layer_inputs=None if mlp_widths is None else matformer.layer_inputs(mlp_widths),
         )  # fmt: skip
 
-    return objective.loss(obj, cfg, run_model, batch, step, mtp=mtp, train=train)
+    return objective.loss(obj, cfg, run_model, batch, step, mtp=mtp, train=train, shares=shares)
 
   return loss_fn
 
 
-def make_train_step(graphdef, cfg: DecoderConfig, tx, lr, obj, loss_fn, o, log_max_logit=False):
+def make_train_step(graphdef, cfg: DecoderConfig, tx, lr, obj, loss_fn, o, log_max_logit=False,
+                    micro: microbatch.Plan | None = None):  # fmt: skip
   """The pure train step; `o` is config.optim (QK-clip's tau and measure);
-  `log_max_logit`: report the forward's largest attention logit as `max_logit`."""
+  `log_max_logit`: report the forward's largest attention logit as `max_logit`;
+  `micro`: accumulate the gradients of micro-batches (None: one batch)."""
   mtp = obj.mtp is not None
   on_host = cfg.stream is not None and cfg.stream.on_host
+
+  gradients = make_gradients(loss_fn, cfg, mtp, micro)
 
   def train_step(state, batch):
     if on_host:  # the step computes on the device; out_shardings put host leaves back
       state = jax.tree.map(lambda x: jax.device_put(x, jax.memory.Space.Device), state)
-    grad_fn = jax.value_and_grad(functools.partial(loss_fn, mtp=mtp), has_aux=True)
-    (total, (ce, aux, terms)), grads = grad_fn(
-      state["params"], state["model_state"], batch, state["step"]
-    )
+    (total, (ce, aux, terms)), grads = gradients(state, batch)
     updates, opt = tx.update(grads, state["opt"], state["params"])
     params = optax.apply_updates(state["params"], updates)
     model_state = state["model_state"]
@@ -186,10 +191,11 @@ def make_train_step(graphdef, cfg: DecoderConfig, tx, lr, obj, loss_fn, o, log_m
       seen = aux["layers"]
       if o.qk_clip_measure == "updated":  # a forward of what the step returns, new router
         # biases included (they route tokens elsewhere); XLA drops its unused loss
-        _, (_, updated, _) = loss_fn(
-          params, model_state, batch, state["step"], mtp=mtp, train=False
-        )
-        seen = updated["layers"]
+        def stats(mb):
+          _, (_, updated, _) = loss_fn(params, model_state, mb, state["step"], mtp=mtp, train=False)
+          return updated["layers"]
+
+        seen = stats(batch) if micro is None else microbatch.forward_stats(stats, batch, micro)
       params = hooks.clip_attention(graphdef, params, model_state, seen, o.qk_clip_tau)
     grad_norm = optax.tree.norm(grads)
     # The loop never saves a state after a step whose flag is False (nan/inf in the
@@ -207,14 +213,36 @@ def make_train_step(graphdef, cfg: DecoderConfig, tx, lr, obj, loss_fn, o, log_m
   return train_step
 
 
+def make_gradients(loss_fn, cfg: DecoderConfig, mtp: bool, micro: microbatch.Plan | None):
+  """gradients(state, batch) -> ((total, (CE, aux, terms)), grads) of the step's
+  batch: one pass, or under `micro` the sum over its micro-batches."""
+
+  def gradients(state, batch):
+    model_state, step = state["model_state"], state["step"]
+    if micro is None:
+      grad_fn = jax.value_and_grad(functools.partial(loss_fn, mtp=mtp), has_aux=True)
+      return grad_fn(state["params"], model_state, batch, step)
+    shares = objective.batch_shares(batch, cfg.mtp_depth if mtp else 0, micro.n)
+    part = lambda p, mb: loss_fn(p, model_state, mb, step, mtp=mtp, shares=shares)
+    grad_fn = jax.value_and_grad(part, has_aux=True)
+    return microbatch.accumulate(grad_fn, state["params"], batch, micro)
+
+  return gradients
+
+
 def max_logit(aux: dict):
   """The largest pre-softmax attention logit of the forward (0 if none reported)."""
   values = [jnp.max(st["max_logits"]) for st in aux["layers"].values() if "max_logits" in st]
   return jnp.max(jnp.stack(values)) if values else jnp.zeros((), jnp.float32)
 
 
-def eval_step(loss_fn, params, model_state, batch):
-  """(sum of the CE over weighted positions, their weight) of one held-out batch."""
-  _, (ce, _, _) = loss_fn(params, model_state, batch, 0, mtp=False, train=False)
-  weight = batch["weights"].sum()
-  return ce * weight, weight
+def eval_step(loss_fn, micro, params, model_state, batch):
+  """(sum of the CE over weighted positions, their weight) of one held-out batch,
+  a micro-batch at a time under `micro`."""
+
+  def sums(batch):
+    _, (ce, _, _) = loss_fn(params, model_state, batch, 0, mtp=False, train=False)
+    weight = batch["weights"].sum()
+    return ce * weight, weight
+
+  return sums(batch) if micro is None else microbatch.summed(sums, batch, micro)

@@ -170,6 +170,9 @@ class Trainer:
     if self.primary:
       print(f"attention kernels: {kernels.describe(self.model_cfg.blocks)}", flush=True)
       print(f"layers: {self.layers_note}", flush=True)
+      if t.microbatches > 1:
+        print(f"step: batch {t.batch_size} in {t.microbatches} micro-batches of "
+              f"{t.batch_size // t.microbatches} (gradients accumulated)", flush=True)  # fmt: skip
       if self.data_note:
         print(self.data_note, flush=True)
     self.program = step_lib.build(config, self.mesh, self.model_cfg)
