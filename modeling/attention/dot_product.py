@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from modeling.attention import blockwise
 from modeling.layers import params, rope
 from modeling.layers.fp8 import Fp8, project
 from modeling.layers.norms import NormConfig, RMSNorm
@@ -88,9 +89,10 @@ def dot_product_attention(
   logit per head (before any softcap; no gradient), which MuonClip's QK-clip reads.
   K/V heads are shared by groups of h/k query heads without being repeated in
   memory. v's head dim may differ from d (MLA: 192 vs 128). kernel (decided by
-  modeling/attention/kernels.py): "xla"; "pallas" / "pallas_interpret" for the
-  flash-attention kernels (not chunked); "cudnn" (no sinks, soft-cap or chunks;
-  max_logits None).
+  modeling/attention/kernels.py): "xla" (plain JAX: sequences longer than
+  BLOCKWISE run `blockwise.attention`, O(seq x block) memory); "pallas" /
+  "pallas_interpret" for the flash-attention kernels (not chunked); "cudnn" (no
+  sinks, soft-cap or chunks; max_logits None).
   """
   if kernel == "cudnn":
     out = fused_attention(q, k, v, segment_ids=segment_ids, scale=scale, window=window)
@@ -99,6 +101,11 @@ def dot_product_attention(
     return flash_ops.flash_attention(
       q, k, v, segment_ids=segment_ids, scale=scale, window=window, softcap=softcap,
       sinks=sinks, implementation="pallas", interpret=kernel == "pallas_interpret",
+    )  # fmt: skip
+  if q.shape[1] > BLOCKWISE:
+    return blockwise.attention(
+      q, k, v, segment_ids=segment_ids, positions=positions, scale=scale, window=window,
+      chunk=chunk, softcap=softcap, sinks=sinks, block=BLOCKWISE,
     )  # fmt: skip
   mask = attention_mask(segment_ids, window, chunk, positions)  # [b, 1, 1, q, t]
   parts = [
@@ -111,9 +118,13 @@ def dot_product_attention(
   return out, jnp.max(jnp.stack([m for _, m in parts]), axis=0)
 
 
-# The XLA path splits the queries into blocks, each attending only to the keys it
-# can see (causal, and the window): the masked-out upper triangle of the logits is
-# mostly never computed (3/8 of the work at 4 blocks, 7/16 at 8; more with a window).
+# Longer sequences than this run blockwise (online softmax over key blocks of this
+# many positions, a flash-attention backward): the [seq, seq] scores never exist.
+BLOCKWISE = 512
+
+# Up to BLOCKWISE positions the XLA path splits the queries into blocks, each
+# attending only to the keys it can see (causal, and the window): the masked-out
+# upper triangle of the logits is mostly never computed (3/8 of the work at 4 blocks, 7/16 at 8; more with a window).
 # Blocks of at least MIN_QUERY_BLOCK positions, at most MAX_QUERY_BLOCKS of them
 # (each is its own matmuls in the program: compile time grows with their number).
 MIN_QUERY_BLOCK = 64

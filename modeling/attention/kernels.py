@@ -3,7 +3,8 @@
 `compute.attention_kernel` asks for one of KERNELS; `choose` turns the request
 into what one layer runs, from the layer's features and the platform:
 
-- auto (the default): on CPU, XLA. On GPU, cuDNN's fused attention
+- auto (the default): on CPU, XLA (blockwise past 512 positions, see
+  dot_product.BLOCKWISE). On GPU, cuDNN's fused attention
   (`jax.nn.dot_product_attention(implementation="cudnn")`) where its features
   suffice (GQA/MHA with equal q/k/v head dims, bf16 or fp16, no sinks, no
   soft-cap, no chunked mask, no per-head max logits needed), else our Pallas
