@@ -249,8 +249,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.fsdp = -1  # ZeRO-3 style: params and batch sharded. -1 fills the rest.
   c.mesh.tensor = 1  # Megatron-style heads / mlp / vocab sharding.
   c.mesh.expert = 1  # expert parallelism (MoE).
-  # Overrides of the logical -> mesh axis table (parallelism/rules.py), e.g.
-  # "vocab=tensor+fsdp,heads=" (an empty right side replicates that axis).
+  c.mesh.context = 1  # context parallelism: the sequence split (train.seq_len % 2x it == 0).
+  # Logical -> mesh axis overrides (parallelism/rules.py): "vocab=tensor+fsdp,heads=" (= none).
   c.mesh.rules = ""
 
   # ---------------------------------------------------------------- train

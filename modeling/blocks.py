@@ -27,7 +27,7 @@ from modeling.moe.layer import MoE
 from parallelism import rules
 
 # Activations [b, s, e] between blocks: rows split like the batch, the rest whole.
-ACTIVATION_AXES = ("batch", None, None)
+ACTIVATION_AXES = ("batch", "length", None)
 
 
 @dataclasses.dataclass(frozen=True)

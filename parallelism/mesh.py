@@ -30,7 +30,7 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   if math.prod(sizes) != num_devices:
     raise ValueError(
       f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
-      f"{num_devices} are available; make mesh.data*fsdp*tensor*expert match"
+      f"{num_devices} are available; make mesh.data*fsdp*tensor*expert*context match"
     )
   return tuple(sizes)
 
@@ -109,6 +109,15 @@ def check_microbatches(batch_size: int, n: int, shape: dict):
       f"train.microbatches={n} must be a positive divisor of train.batch_size={batch_size} "
       f"that leaves each micro-batch divisible by the mesh's data*fsdp*expert={ways}; "
       f"use one of {[d for d in range(1, batch_size + 1) if batch_size % (d * ways) == 0]}"
+    )
+
+
+def check_context(seq_len: int, sizes: dict):
+  """Context parallelism gives each device a chunk from the front of the sequence
+  and one from the back: the length splits into 2 x context equal chunks."""
+  if sizes["context"] > 1 and seq_len % (2 * sizes["context"]):
+    raise ValueError(
+      f"train.seq_len={seq_len} must be divisible by 2 x mesh.context = {2 * sizes['context']}"
     )
 
 

@@ -1,7 +1,8 @@
 """The one table that maps logical axis names to mesh axes.
 
 Model code names logical axes only (`embed`, `heads`, `mlp`, ...); this table
-decides where they live on the mesh (`data`, `fsdp`, `tensor`, `expert`).
+decides where they live on the mesh (`data`, `fsdp`, `tensor`, `expert`,
+`context`).
 A dimension that a mesh axis does not divide is left unsharded.
 
 Inside `activate(mesh, table)` (the trainer enters it while tracing a step)
@@ -17,15 +18,17 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor", "expert")
+MESH_AXES = ("data", "fsdp", "tensor", "expert", "context")
 
 RULES: dict[str, tuple[str, ...]] = {
   "batch": ("data", "fsdp", "expert"),
+  "length": ("context",),  # activations' sequence axis (context parallelism)
   "vocab": ("tensor",),
   # ZeRO-3 over every axis the batch is split on but `data`: the expert axis holds
   # different experts, and shards the dense weights like fsdp (expert weights
   # take `expert` on their experts axis first, so their embed axis gets fsdp only).
-  "embed": ("fsdp", "expert"),
+  # `context` splits the sequence, and the weights like fsdp, as torchtitan does.
+  "embed": ("fsdp", "expert", "context"),
   "heads": ("tensor",),
   "kv_heads": ("tensor",),
   "mlp": ("tensor",),
@@ -73,7 +76,7 @@ def partition_spec(axes: tuple, shape: tuple, mesh: jax.sharding.Mesh, rules=RUL
   for name, size in zip(axes, shape):
     mesh_axes = []
     for axis in rules.get(name, ()):
-      n = mesh.shape[axis]
+      n = mesh.shape.get(axis, 1)  # an axis the mesh lacks splits nothing
       if n > 1 and axis not in used and size % (n * _product(mesh, mesh_axes)) == 0:
         mesh_axes.append(axis)
     used.update(mesh_axes)
@@ -89,8 +92,11 @@ def _product(mesh, axes) -> int:
 
 
 def batch_sharding(mesh, rules=RULES) -> NamedSharding:
-  """Sharding of [batch, seq] inputs: batch over every data-like axis that divides it."""
-  return NamedSharding(mesh, P(tuple(a for a in rules["batch"] if mesh.shape[a] > 1) or None))
+  """Sharding of [batch, seq] inputs: batch over every data-like axis, the sequence
+  over `length`'s (context parallelism)."""
+  split = lambda name: tuple(a for a in rules[name] if mesh.shape.get(a, 1) > 1) or None
+  length = split("length")
+  return NamedSharding(mesh, P(split("batch"), length) if length else P(split("batch")))
 
 
 _ACTIVE = contextvars.ContextVar("jaxfrontier_mesh", default=None)

@@ -4,7 +4,7 @@ mesh, without allocating the model.
   python scripts/plan.py --config configs/deepseek_v3.py:full --mesh fsdp=64,expert=8
       [--devices N] [--compile] [--json] [--config.train.batch_size=...]
 
---mesh overrides config.mesh (axes data, fsdp, tensor, expert; one may be -1,
+--mesh overrides config.mesh (axes data, fsdp, tensor, expert, context; one may be -1,
 then --devices says how many there are). --compile AOT-compiles one train step
 for that mesh on fake CPU devices and reports XLA's memory analysis per device
 and the collectives in the compiled HLO.
@@ -89,6 +89,7 @@ def main(argv):
     cfg = precision.model_config(config)
     mesh_sizes = parallelism_mesh.mesh_sizes(config.mesh, devices)
     check_model_fits(cfg, mesh_sizes)
+    parallelism_mesh.check_context(config.train.seq_len, mesh_sizes)
     if _COMPILE.value:
       parallelism_mesh.check_batch_fits(config.train.batch_size, mesh_sizes)
       parallelism_mesh.check_microbatches(

@@ -100,11 +100,13 @@ import jax, numpy as np
 from flax import traverse_util
 from tests.conftest import small_train_config
 from trainer.trainer import Trainer
-family, mesh, workdir, train = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], sys.argv[4]
-config = small_train_config(family, steps=3, log_every=1, batch_size=8, **json.loads(train))
+family, mesh, workdir = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+overrides = json.loads(sys.argv[4])
+config = small_train_config(family, steps=3, log_every=1, batch_size=8, **overrides["train"])
 config.model.update(num_heads=4, num_kv_heads=2 if family == "llama3" else 4)
 if family != "gemma3n":  # Gemma 3n keeps its 6: sparse, K/V-storing and K/V-reusing layers
   config.model.num_layers = 3
+config.model.update(overrides["model"])
 config.optim.warmup_steps = 1
 config.mesh.update(mesh)
 trainer = Trainer(config, workdir)
@@ -124,6 +126,7 @@ MESHES = [  # (data, fsdp, tensor, expert)
   dict(data=2, fsdp=1, tensor=1, expert=4),
 ]
 SINGLE = dict(data=1, fsdp=1, tensor=1, expert=1)
+CONTEXT = dict(data=2, fsdp=1, tensor=1, expert=1, context=4)  # the sequence split 4 ways
 
 
 def fake_devices_env(devices: int) -> dict:
@@ -140,14 +143,15 @@ def fake_devices_env(devices: int) -> dict:
 
 
 def run_on_mesh(
-  tmp_path, family: str, mesh: dict, devices: int, **train
+  tmp_path, family: str, mesh: dict, devices: int, train=None, model=None
 ) -> tuple[list[float], dict]:
   """3 train steps of a 3-layer `family` preset on `mesh` in a subprocess with
-  `devices` fake CPU devices -> (losses, params by "/"-joined path); `train`
-  overrides config.train."""
+  `devices` fake CPU devices -> (losses, params by "/"-joined path); `train` and
+  `model` override those config sections."""
   workdir = tmp_path / (family + "-" + "-".join(f"{k}{v}" for k, v in mesh.items()))
   result = subprocess.run(
-    [sys.executable, "-c", _RUN, family, json.dumps(mesh), str(workdir), json.dumps(train)],
+    [sys.executable, "-c", _RUN, family, json.dumps(mesh), str(workdir),
+     json.dumps({"train": train or {}, "model": model or {}})],
     cwd=ROOT, env=fake_devices_env(devices), capture_output=True, text=True, timeout=400,
   )  # fmt: skip
   assert result.returncode == 0, result.stderr[-3000:]

@@ -7,7 +7,13 @@ from flax import traverse_util
 
 from configs import base, moved
 from parallelism import rules
-from parallelism.mesh import check_batch_fits, check_microbatches, check_model_fits, mesh_sizes
+from parallelism.mesh import (
+  check_batch_fits,
+  check_context,
+  check_microbatches,
+  check_model_fits,
+  mesh_sizes,
+)
 from trainer import data, documents, metrics, objective, optim, precision
 
 
@@ -44,6 +50,7 @@ def validate(config):
     )
   check_batch_fits(t.batch_size, shape)
   check_microbatches(t.batch_size, t.microbatches, shape)
+  check_context(t.seq_len, shape)
   return model_cfg
 
 

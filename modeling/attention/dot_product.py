@@ -20,6 +20,7 @@ from modeling.layers.fp8 import Fp8, project
 from modeling.layers.norms import NormConfig, RMSNorm
 from modeling.layers.rope import RopeConfig
 from pallas_kernels.flash_attention import ops as flash_ops
+from parallelism import context
 
 QK_NORMS = ("none", "head", "full", "l2")
 
@@ -94,6 +95,11 @@ def dot_product_attention(
   "pallas_interpret" for the flash-attention kernels (not chunked); "cudnn" (no
   sinks, soft-cap or chunks; max_logits None).
   """
+  if context.size() > 1:  # the sequence split over the mesh: every kernel's layers
+    return context.attention(
+      q, k, v, segment_ids=segment_ids, positions=positions, scale=scale, window=window,
+      chunk=chunk, softcap=softcap, sinks=sinks,
+    )  # fmt: skip
   if kernel == "cudnn":
     out = fused_attention(q, k, v, segment_ids=segment_ids, scale=scale, window=window)
     return out, None

@@ -21,6 +21,7 @@ positions (i, j inside a chunk).
 """
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,7 @@ from flax import nnx
 from modeling.layers import params
 from modeling.layers.norms import NormConfig, RMSNorm
 from pallas_kernels.chunked_delta import ops as delta_ops
+from parallelism import context
 
 KINDS = ("gated_deltanet", "kda", "lightning")
 
@@ -193,9 +195,13 @@ def chunked(
   terms = [jnp.moveaxis(t, 0, 2) for t in terms]  # [b, h, n, ...]
   state = jnp.zeros((b, h, dk, dv), f32) if initial_state is None else initial_state.astype(f32)
   implementation, interpret = STATE_PASS[kernel]
-  o, state = delta_ops.state_pass(
-    *terms, state, implementation=implementation, interpret=interpret, unroll=unroll
+  state_pass = functools.partial(
+    delta_ops.state_pass, implementation=implementation, interpret=interpret, unroll=unroll
   )
+  if context.splits_chunks(s + pad, chunk):  # the chunks split over devices: pass the state
+    o, state = context.linear_state_pass(state_pass, terms, state)
+  else:
+    o, state = state_pass(*terms, state)
   o = o.reshape(b, h, n * chunk, dv)[:, :, :s]  # [b, h, s, v]
   return jnp.moveaxis(o, 1, 2), state
 
