@@ -226,7 +226,7 @@ def get_config() -> ml_collections.ConfigDict:
   r.scan_layers = "auto"
   r.remat = "none"  # scanned layers' backward recomputes the forward except what it keeps:
   #   none (keeps all) | full (keeps nothing) | save_dots (keeps weight matmul outputs)
-  #   | save_attention_outputs (keeps each attention output).
+  #   | save_attention_outputs (attention outputs) | offload_dots (save_dots, in host RAM).
   r.mla_absorbed = False  # MLA in latent space (MQA over [c_kv, k_pe]): same weights
   #   and function, the decode-time layout.
   r.moe_dispatch = "dropless"  # dropless (sort + grouped matmul) | capacity (drops overflow).

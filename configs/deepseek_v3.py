@@ -104,6 +104,7 @@ PRESETS = {
       norm_eps=1e-6,
     ),
     objective=OBJECTIVE,
+    compute=dict(remat="full"),  # activations: each layer recomputed in the backward
   ),
 }
 

@@ -48,6 +48,7 @@ PRESETS = {
       ),
     ),
     objective=DEEPSEEK_V3["full"]["objective"],
+    compute=dict(remat="full"),  # activations: each layer recomputed in the backward
   ),
 }
 

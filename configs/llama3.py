@@ -51,7 +51,8 @@ PRESETS = {
       rope_theta=500_000.0,
       rope_scaling=_LLAMA3_ROPE,
       norm_eps=1e-5,
-    )
+    ),
+    compute=dict(remat="full"),  # activations: each layer recomputed in the backward
   ),
   # Llama 3.1 70B: 70.6B params.
   "70b": dict(
@@ -65,7 +66,8 @@ PRESETS = {
       rope_theta=500_000.0,
       rope_scaling=_LLAMA3_ROPE,
       norm_eps=1e-5,
-    )
+    ),
+    compute=dict(remat="full"),  # activations: each layer recomputed in the backward
   ),
 }
 

@@ -38,6 +38,7 @@ PRESETS = {
       mlp_dim=6144,
       moe=dict(num_experts=128, top_k=8, expert_mlp_dim=768, router="softmax", norm_topk=True),
     ),
+    compute=dict(remat="full"),  # activations: each layer recomputed in the backward
   ),
   # Qwen3-235B-A22B: 235B total, 22B active.
   "235b_a22b": dict(
@@ -49,6 +50,7 @@ PRESETS = {
       mlp_dim=12_288,
       moe=dict(num_experts=128, top_k=8, expert_mlp_dim=1536, router="softmax", norm_topk=True),
     ),
+    compute=dict(remat="full"),  # activations: each layer recomputed in the backward
   ),
 }
 

@@ -39,7 +39,7 @@ QK_NORMS = ("none", "head", "full", "l2_rope_layers")
 ATTENTION_KINDS = ("global", "local", "chunked", "linear")
 ROPE_KINDS = ("rope", "nope")
 DTYPES = ("float32", "bfloat16", "float16")
-REMATS = ("none", "full", "save_dots", "save_attention_outputs")
+REMATS = ("none", "full", "save_dots", "save_attention_outputs", "offload_dots")
 
 
 @dataclasses.dataclass(frozen=True)

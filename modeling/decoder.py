@@ -36,6 +36,9 @@ REMAT_POLICIES = {
   "full": None,  # keep only each layer's input
   "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls
   "save_attention_outputs": jax.checkpoint_policies.save_only_these_names("attention_out"),
+  # save_dots' outputs parked in pinned host memory until the backward (GPU/TPU move
+  # them over PCIe; on CPU the host is the device, so it saves nothing there).
+  "offload_dots": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
 }
 
 

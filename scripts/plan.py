@@ -8,6 +8,11 @@ mesh, without allocating the model.
 then --devices says how many there are). --compile AOT-compiles one train step
 for that mesh on fake CPU devices and reports XLA's memory analysis per device
 and the collectives in the compiled HLO.
+
+  python scripts/plan.py --table full --out benchmarks/results/fit.md
+
+compiles every row of the fit table (benchmarks/fit.py: real presets on the
+clusters they should train on) and writes it as markdown.
 """
 
 import json
@@ -29,6 +34,12 @@ _MESH = flags.DEFINE_string("mesh", "", "Mesh sizes, e.g. data=2,fsdp=4 (overrid
 _DEVICES = flags.DEFINE_integer("devices", 0, "Device count; 0 = the mesh's product.")
 _COMPILE = flags.DEFINE_bool("compile", False, "AOT-compile one train step on fake devices.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
+_TABLE = flags.DEFINE_enum(
+  "table", "", ["", "full", "tiny"],
+  "Compile every row of benchmarks/fit.py's table (full: the real presets on their "
+  "clusters; tiny: the same on tiny presets) and print it as markdown (--out: a file).",
+)  # fmt: skip
+_OUT = flags.DEFINE_string("out", "", "With --table: write the markdown here.")
 
 
 def _mesh_overrides(text: str) -> dict:
@@ -67,8 +78,34 @@ def _print_table(result: dict):
     print("  collectives: " + (", ".join(f"{k} x{v}" for k, v in collectives.items()) or "none"))
 
 
+def _table(name: str, out: str):
+  """The fit table: each row compiled on fake CPU devices, then markdown."""
+  from benchmarks import fit  # noqa: PLC0415
+
+  rows = fit.ROWS[name]
+  devices = max(row.devices for row in rows)
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+  )
+  import jax  # noqa: PLC0415
+
+  measured = []
+  for row in rows:
+    print(f"compiling {row.name} on {row.mesh} ...", file=sys.stderr, flush=True)
+    try:
+      measured.append(fit.measure(row, jax.devices()))
+    except ValueError as e:
+      sys.exit(f"error: {row.name}: {e}")
+  text = fit.markdown(measured, f"Fit table ({name} presets)")
+  if out:
+    pathlib.Path(out).write_text(text)
+  print(text)
+
+
 def main(argv):
   del argv
+  if _TABLE.value:
+    return _table(_TABLE.value, _OUT.value)
   config = cli.config_or_exit(_CONFIG)
   config.unlock()
   config.mesh.update(_mesh_overrides(_MESH.value))

@@ -113,3 +113,27 @@ def test_bad_moe_matmul_is_one_error_naming_the_field():
     ValueError, match=r"compute.moe_matmul='megablox' is not valid; use one of auto"
   ):
     precision.model_config(config)
+
+
+def test_blocks_past_the_gather_limit_loop_with_the_same_values_and_less_memory(monkeypatch):
+  """Where a per-block copy of the weights would pass grouped.GATHER_LIMIT, the
+  blocks run one at a time: the same values and gradients, and no [blocks, K, N]
+  buffer in the compiled forward + backward."""
+  m, E, K, N = 2048, 4, 128, 1024
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(m, K)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(E, K, N)), jnp.float32)
+  sizes = jnp.asarray([700, 0, 1000, 348], jnp.int32)
+  loss = lambda x, w: jnp.sum(jnp.sin(grouped.ragged_dot(x, w, sizes, "blocks")))
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  batched = grad(x, w)
+  batched_temp = grad.lower(x, w).compile().memory_analysis().temp_size_in_bytes
+  monkeypatch.setattr(grouped, "GATHER_LIMIT", 0)
+  grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+  looped = grad(x, w)
+  looped_temp = grad.lower(x, w).compile().memory_analysis().temp_size_in_bytes
+  np.testing.assert_allclose(looped[0], batched[0], rtol=1e-5)
+  for a, b in zip(looped[1], batched[1], strict=True):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  blocks = m // grouped.block_rows(m, E) + E
+  assert looped_temp < batched_temp - blocks * K * N * 4 // 2, (looped_temp, batched_temp)

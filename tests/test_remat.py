@@ -14,7 +14,7 @@ from modeling.losses import cross_entropy
 from tests.conftest import family_config
 from trainer.objective import Objective, moe_terms
 
-POLICIES = ("none", "full", "save_dots", "save_attention_outputs")
+POLICIES = ("none", "full", "save_dots", "save_attention_outputs", "offload_dots")
 
 
 def _loss_and_grad(family: str, remat: str, seq: int = 32):

@@ -70,7 +70,7 @@ class Experts(nnx.Module):
     cfg, dt = self.cfg, xs.dtype
     if cfg.fp8 is None:
       lay = grouped.layout(cfg.matmul, sizes, xs.shape[0], expert_ids)
-      mm = lambda a, name: lay.matmul(a, w[name].astype(dt))
+      mm = lambda a, name: lay.matmul(a, w[name], dtype=dt)
     else:  # FP8 scales tile the sorted rows: each matmul pads and unpads itself
       lay = grouped.Ragged(sizes, expert_ids)
       mm = lambda a, name: fp8.ragged_matmul(a, w[name], sizes, cfg.fp8, cfg.matmul)
