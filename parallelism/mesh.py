@@ -12,7 +12,7 @@ from parallelism.rules import MESH_AXES
 
 def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   """Resolves one -1 entry to fill the devices; validates the product."""
-  sizes = [int(mesh_cfg[a]) for a in MESH_AXES]
+  sizes = [int(mesh_cfg[a]) if a in mesh_cfg else 1 for a in MESH_AXES]  # absent: 1
   fill = [a for a, s in zip(MESH_AXES, sizes) if s == -1]
   if len(fill) > 1 or any(s == 0 or s < -1 for s in sizes):
     raise ValueError(
