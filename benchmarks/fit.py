@@ -4,7 +4,9 @@
 (the run's own step, `trainer/plan.py`) and writes a markdown table: per-device
 peak from XLA's memory analysis, the state's share of it, the collectives, and the
 preset's choices (remat, micro-batches, layer scan). A row gives only its mesh,
-`train.seq_len` and `train.batch_size`: everything else is the preset's default.
+`train.seq_len` and `train.batch_size`, plus any overrides it names (shown in the
+table, e.g. the MoE rows' expert-parallel buffer capacity): everything else is the
+preset's default.
 A row over the limit says why: the state alone (more devices, pipeline stages or
 offload would fit it) or the step's temporaries (measured, with the largest kind).
 """
@@ -12,10 +14,27 @@ offload would fit it) or the step's temporaries (measured, with the largest kind
 import dataclasses
 import importlib
 import math
+import os
+import subprocess
+import sys
 
 from trainer.plan import human_bytes
 
 LIMIT = 70 * 2**30  # per-device budget on an 80 GB device (the rest: runtime, fragmentation)
+EP_BUFFERS = {"compute.moe_ep_capacity_factor": 2.0}
+# XLA:CPU's default scheduler orders the program for concurrency, keeping independent
+# ops' buffers live together (a 5-layer DeepSeek-V3 on 256 devices: 128.8 GiB of
+# temporaries, 81.9 GiB in memory order); GPU and TPU schedulers bound memory, so the
+# table compiles in memory order where this XLA has the flag (read at backend start).
+MEMORY_ORDER = "--xla_cpu_enable_concurrency_optimized_scheduler=false"
+
+
+def cpu_flags() -> str:
+  """MEMORY_ORDER if this jaxlib knows the flag (an unknown XLA flag is fatal), else ''."""
+  env = dict(os.environ, XLA_FLAGS=MEMORY_ORDER, JAX_PLATFORMS="cpu")
+  probe = subprocess.run([sys.executable, "-c", "import jax; jax.devices()"], env=env,
+                         capture_output=True, timeout=300)  # fmt: skip
+  return MEMORY_ORDER if probe.returncode == 0 else ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,6 +44,7 @@ class Row:
   mesh: dict
   seq_len: int
   batch_size: int
+  overrides: dict = dataclasses.field(default_factory=dict)  # {"section.field": value}
 
   @property
   def devices(self) -> int:
@@ -36,15 +56,28 @@ ROWS = {
     Row("Llama-3 8B", "llama3:8b", dict(fsdp=8), 8192, 8),
     Row("Llama-3 70B", "llama3:70b", dict(fsdp=64), 8192, 64),
     Row("Llama-3 8B, 128k context", "llama3:8b", dict(fsdp=8, context=8), 131_072, 8),
-    Row("Qwen3-235B-A22B", "qwen3_moe:235b_a22b", dict(fsdp=8, expert=8), 4096, 64),
-    Row("DeepSeek-V3 (with MTP)", "deepseek_v3:full", dict(fsdp=32, expert=8), 4096, 256),
-    Row("Kimi K2", "kimi_k2:full", dict(fsdp=64, expert=8), 4096, 512),
+    # MoE rows: 64-way expert parallelism (as DeepSeek-V3 trained), all-to-all buffers
+    # at twice the mean load per device (overflow is dropped and logged).
+    # Qwen3-235B's float32 state alone is 54.7 GiB on 64 devices: first moments in
+    # bfloat16 (DeepSeek-V3's recipe; the V3 preset's default) bring it to 47.9.
+    Row(
+      "Qwen3-235B-A22B",
+      "qwen3_moe:235b_a22b",
+      dict(expert=64),
+      4096,
+      64,
+      EP_BUFFERS | {"precision.opt_state_dtype": "bfloat16"},
+    ),
+    Row(
+      "DeepSeek-V3 (with MTP)", "deepseek_v3:full", dict(fsdp=4, expert=64), 4096, 256, EP_BUFFERS
+    ),
+    Row("Kimi K2", "kimi_k2:full", dict(fsdp=8, expert=64), 4096, 512, EP_BUFFERS),
   ],
   # The same program on tiny presets: what CI runs to keep the command working.
   "tiny": [
     Row("Llama-3 tiny", "llama3:tiny", dict(fsdp=2), 256, 4),
     Row("Llama-3 tiny, context 2", "llama3:tiny", dict(data=2, context=2), 1024, 2),
-    Row("DeepSeek-V3 tiny", "deepseek_v3:tiny", dict(fsdp=2, expert=2), 256, 4),
+    Row("DeepSeek-V3 tiny", "deepseek_v3:tiny", dict(fsdp=2, expert=2), 256, 4, EP_BUFFERS),
   ],
 }
 
@@ -56,6 +89,9 @@ def load(row: Row):
   config.unlock()
   config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, "expert": 1, "context": 1} | row.mesh)
   config.train.update(seq_len=row.seq_len, batch_size=row.batch_size)
+  for key, value in row.overrides.items():
+    section, field = key.split(".")
+    config[section][field] = value
   return config
 
 
@@ -82,6 +118,7 @@ def measure(row: Row, devices) -> dict:
     "mesh": mesh,
     "rows_per_microbatch": row.batch_size // ways // config.train.microbatches,
     "moe": any(hasattr(b.mlp, "num_experts") for b in cfg.blocks),
+    "ep_buffers": config.compute.moe_ep_capacity_factor > 0,
     "remat": config.compute.remat,
     "microbatches": config.train.microbatches,
     "peak": memory["peak"],
@@ -104,10 +141,10 @@ def verdict(m: dict) -> str:
   fixes = [] if m["remat"] == "full" else ["remat=full"]
   if m.get("rows_per_microbatch", 1) > 1:
     fixes.append("more train.microbatches")
-  if m.get("moe"):
+  if m.get("moe") and not m.get("ep_buffers"):
     fixes.append("a compute.moe_ep_capacity_factor (the all-to-all buffers are sized for "
                  "every token going to one device)")  # fmt: skip
-  fixes.append("pipeline stages (not built yet)")
+  fixes.append("a loss over vocabulary chunks or pipeline stages (neither built yet)")
   why = f"no: the step's temporaries are {human_bytes(m['temp'])} per device"
   if m["whole_expert_gathers"]:
     why += f" ({m['whole_expert_gathers']} all-gathers of whole expert weights)"
@@ -120,28 +157,56 @@ def markdown(measured: list[dict], title: str) -> str:
     "",
     "Each row: `scripts/plan.py --table` AOT-compiling one train step on fake CPU "
     "devices (XLA's memory analysis per device; budget 70 GiB of an 80 GB device). "
-    "A row gives only mesh, seq_len and batch_size; remat and micro-batches are the "
-    "preset's defaults.",
+    "A row gives mesh, seq_len, batch_size and the overrides shown; remat and "
+    "micro-batches are the preset's defaults.",
     "",
-    "| model | mesh | seq x batch | remat | micro-batches | peak / device | state / device "
-    "| fits? | collectives |",
-    "|---|---|---|---|---|---|---|---|---|",
+    "| model | mesh | seq x batch | overrides | remat | micro-batches | peak / device "
+    "| state / device | fits? | collectives |",
+    "|---|---|---|---|---|---|---|---|---|---|",
   ]
   for m in measured:
     row = m["row"]
     mesh = ",".join(f"{k}={v}" for k, v in row.mesh.items())
     coll = ", ".join(f"{k} x{v}" for k, v in m["collectives"].items()) or "none"
+    overrides = ", ".join(f"{k}={v}" for k, v in row.overrides.items()) or "none"
     lines.append(
-      f"| {row.name} | {mesh} | {row.seq_len} x {row.batch_size} | {m['remat']} "
+      f"| {row.name} | {mesh} | {row.seq_len} x {row.batch_size} | {overrides} | {m['remat']} "
       f"| {m['microbatches']} | {human_bytes(m['peak'])} | {human_bytes(m['state'])} "
       f"| {verdict(m)} | {coll} |"
     )
   return "\n".join(lines + ["", NOTES]) + "\n"
 
 
-NOTES = """MoE rows: the experts' grouped matmul no longer multiplies by a per-block copy of
-the weights (past 256 MiB it scans over the blocks, `modeling/layers/grouped.py`).
-What remains over budget is the expert-parallel dispatch: its all-to-all buffers
-are sized so that every token could go to one device (dropless), and each layer's
-experts are all-gathered over `fsdp` before their matmuls. Keeping the expert
-weights sharded along `expert_mlp` inside the expert-parallel region is still to do."""
+NOTES = """How the MoE rows run: 64-way expert parallelism (DeepSeek-V3's own EP size) with
+all-to-all buffers of twice a device's mean load (`compute.moe_ep_capacity_factor=2.0`;
+pairs past it are dropped and reported as `dropped_frac`; dropless buffers must hold
+every token going to one device, 64 times the mean). Each layer all-gathers only the
+device's own experts over `fsdp` (no row has an all-gather of all experts), in the
+compute dtype, and reduce-scatters their gradients in float32. MLA's latent axes
+shard like embed (over fsdp and expert): DeepSeek-V3's state on 256 devices is
+34.8 GiB (params 9.9, grads 9.9, AdamW 14.9 with the preset's bfloat16 first moments).
+
+What the numbers are: XLA:CPU's memory analysis of the program a GPU would run,
+scheduled in memory order (XLA:CPU's default concurrency order keeps more buffers
+live: a 5-layer DeepSeek-V3 on fsdp=32,expert=8 needs 128.8 GiB of temporaries in
+it, 81.9 in memory order). They overstate a GPU's peak: XLA:CPU computes bfloat16
+gathers, scatters and elementwise ops in float32 (that 5-layer step needs 81.9 GiB
+with bfloat16 compute and 94.6 with float32, where activations alone would halve),
+so DeepSeek-V3's remat-saved layer inputs (58 x 4096 x 7168) count 6.3 GiB, not 3.2.
+No GPU was lent to check a GPU compile.
+
+What is over budget and what would fit it. DeepSeek-V3: of its 55.0 GiB of
+temporaries, 9.9 are the gradients; measured on the same row (at 57.1 GiB, before
+the step's finite check moved from the updates to the new params), the MTP module
+cost 11 GiB (46.1 without it: its MoE block and head sit outside the remat'd layer
+scan, and per-layer remat of unrolled blocks did not lower XLA's peak), a 1.25
+buffer factor 6.8 (50.3), and each head's float32 [4096, 129280] logits are 2 GiB.
+With a 1,024-token vocabulary the same row needs 45.8 GiB (peak 70.6): the heads
+and their loss cost 9.2. A loss computed over vocabulary or sequence chunks (not
+built) and pipeline stages (not built: fewer layers' saved inputs per device) are
+what would fit it.
+Qwen3-235B: its float32 state alone is 54.7 GiB on 64 devices (peak 72.6);
+bfloat16 first moments (the row's override) bring the state to 47.9, and the
+gradient clip, now one multiply by a scalar that fuses into AdamW (optax's
+per-element divide left a params-sized buffer of clipped gradients), took 5 GiB
+off the optimizer step, where this row peaks."""

@@ -105,6 +105,7 @@ PRESETS = {
     ),
     objective=OBJECTIVE,
     compute=dict(remat="full"),  # activations: each layer recomputed in the backward
+    precision=dict(opt_state_dtype="bfloat16"),  # V3 keeps AdamW moments in BF16 (here: mu)
   ),
 }
 

@@ -19,13 +19,19 @@ the [n, E/n, C, e] slices of its experts.
 
 The expert FFN's hidden dim may also be split (over `tensor`): each device
 then holds partial down projections, summed by psum before the trip home.
-Expert weights enter with their embed dim gathered (ZeRO-3 over fsdp gathers
-E/n local experts, never all E). Buffers are padded because XLA:CPU has no
-ragged all-to-all. Letters: t local tokens, k slots, e embed, n devices on the
+Expert weights enter the shard_map as stored, embed dim split over fsdp, and
+each layer all-gathers only its device's E/n experts there (ZeRO-3, never all
+E), cast to the compute dtype first (bfloat16 moves half the bytes); their
+gradients are reduce-scattered back in the weights' float32. Gathering the
+weights beats keeping the embed/hidden dims split and gathering tokens instead
+whenever a device's buffer rows (c t k of width e, c the buffer factor) outnumber
+its experts' 3 l f rows of width e: DeepSeek-V3 on expert=64, 65,536 vs 24,576.
+Buffers are padded because XLA:CPU has no ragged all-to-all. Letters: t local tokens, k slots, e embed, n devices on the
 expert axis, S rows per (source, destination) pair, E experts, l = E/n.
 """
 
 import dataclasses
+import functools
 import math
 
 import jax
@@ -43,50 +49,78 @@ class Layout:
   tokens: tuple[str, ...]  # mesh axes splitting the token rows
   experts: tuple[str, ...]  # mesh axes splitting the experts (the EP group)
   hidden: tuple[str, ...]  # mesh axes splitting each expert's hidden dim
+  embed: tuple[str, ...] = ()  # mesh axes splitting the stored weights' embed dim
 
   @property
   def n(self) -> int:
     return math.prod(self.mesh.shape[a] for a in self.experts)
 
   def weight_spec(self, axes: tuple) -> P:
-    """In-spec of one expert weight: experts and hidden split, embed gathered."""
-    split = {"experts": self.experts, "expert_mlp": self.hidden}
+    """In-spec of one expert weight: experts, hidden and embed split as stored."""
+    split = {"experts": self.experts, "expert_mlp": self.hidden, "embed": self.embed}
     return P(*(split.get(a) or None for a in axes))
 
 
-def layout(num_experts: int, hidden_dim: int, num_tokens: int) -> Layout | None:
+def layout(num_experts: int, hidden_dim: int, num_tokens: int, embed_dim: int) -> Layout | None:
   """The EP layout under the active mesh, or None when experts are not split."""
   ctx = rules.active()
   if ctx is None:
     return None
   mesh, table = ctx
-  experts, hidden = map(
-    rules.spec_axes,
-    rules.partition_spec(("experts", "expert_mlp"), (num_experts, hidden_dim), mesh, table),
+  shape = (num_experts, embed_dim, hidden_dim)
+  experts, embed, hidden = map(
+    rules.spec_axes, rules.partition_spec(("experts", "embed", "expert_mlp"), shape, mesh, table)
   )
   if not experts:
     return None
   tokens = rules.spec_axes(rules.partition_spec(("batch",), (num_tokens,), mesh, table)[0])
   # A hidden split must not also split tokens: the psum would mix different tokens.
   hidden = tuple(a for a in hidden if a not in tokens)
-  return Layout(mesh, tokens, experts, hidden)
+  return Layout(mesh, tokens, experts, hidden, embed)
 
 
-def _run(lay: Layout, body, weights: dict, weight_axes: dict, x, indices, scale):
-  """shard_map of body(weights, x, indices, scale, psum_hidden) -> (out [t, k, e], dropped)."""
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _gather(w, axes: tuple, dim: int, dtype):
+  """One weight's shard along `dim` -> whole along dim, cast to dtype before the
+  all-gather; the gradient goes back by reduce-scatter in w's own dtype."""
+  return jax.lax.all_gather(w.astype(dtype), axes, axis=dim, tiled=True)
+
+
+def _gather_fwd(w, axes, dim, dtype):
+  return _gather(w, axes, dim, dtype), jnp.zeros((0,), w.dtype)  # w's dtype, for the grads
+
+
+def _gather_bwd(axes, dim, dtype, like, g):
+  return (jax.lax.psum_scatter(g.astype(like.dtype), axes, scatter_dimension=dim, tiled=True),)
+
+
+_gather.defvjp(_gather_fwd, _gather_bwd)
+
+
+def _run(lay: Layout, body, weights: dict, weight_axes: dict, x, indices, scale, dtype):
+  """shard_map of body(weights, x, indices, scale, psum_hidden) -> (out [t, k, e], dropped).
+
+  Weights split along embed are gathered inside, in `dtype` (None: their own)."""
   tok = P(lay.tokens or None)
   has_scale = scale is not None
   scale = scale.reshape(indices.shape) if has_scale else jnp.zeros(indices.shape, x.dtype)
+  # Inside a scan the arrays are one layer's slices: the leading `layers` name drops.
+  axes = {n: weight_axes[n][-w.ndim :] for n, w in weights.items()}
 
   def local(w, x, indices, scale):
+    if lay.embed:
+      w = {
+        n: _gather(a, lay.embed, axes[n].index("embed"), dtype or a.dtype)
+        if "embed" in axes[n] else a
+        for n, a in w.items()
+      }  # fmt: skip
     reduce = (lambda y: jax.lax.psum(y, lay.hidden)) if lay.hidden else (lambda y: y)
     out, dropped = body(w, x, indices, scale.reshape(-1, 1) if has_scale else None, reduce)
     if lay.tokens:
       dropped = jax.lax.pmean(dropped, lay.tokens)
     return out, dropped
 
-  # Inside a scan the arrays are one layer's slices: the leading `layers` name drops.
-  specs = {n: lay.weight_spec(weight_axes[n][-w.ndim :]) for n, w in weights.items()}
+  specs = {n: lay.weight_spec(a) for n, a in axes.items()}
   return jax.shard_map(local, mesh=lay.mesh, in_specs=(specs, tok, tok, tok), out_specs=(tok, P()))(
     weights, x, indices, scale
   )
@@ -98,8 +132,9 @@ def _exchange(buf, lay: Layout):
 
 
 def dropless(
-  lay: Layout, ffn, weights, weight_axes, x, indices, scale, *, num_experts, buffer_factor
-):
+  lay: Layout, ffn, weights, weight_axes, x, indices, scale, *, num_experts, buffer_factor,
+  dtype=None,
+):  # fmt: skip
   """Per-pair outputs [t, k, e] (sharded like x) and the dropped fraction.
 
   ffn(w, rows [m, e] sorted by local expert, sizes [l], local ids [m], reduce) -> [m, e];
@@ -135,10 +170,10 @@ def dropless(
     pairs = jnp.zeros_like(back).at[order].set(back)
     return pairs.reshape(t, k, e), 1.0 - jnp.mean(keep.astype(jnp.float32))
 
-  return _run(lay, body, weights, weight_axes, x, indices, scale)
+  return _run(lay, body, weights, weight_axes, x, indices, scale, dtype)
 
 
-def capacity(lay: Layout, fill, ffn, weights, weight_axes, x, indices, scale):
+def capacity(lay: Layout, fill, ffn, weights, weight_axes, x, indices, scale, dtype=None):
   """Capacity dispatch with each device's buffer split by expert owner.
 
   fill(x, indices, scale, run) -> (out [t, k, e], dropped) builds the local
@@ -158,4 +193,4 @@ def capacity(lay: Layout, fill, ffn, weights, weight_axes, x, indices, scale):
 
     return fill(x, indices, scale, run)
 
-  return _run(lay, body, weights, weight_axes, x, indices, scale)
+  return _run(lay, body, weights, weight_axes, x, indices, scale, dtype)

@@ -34,9 +34,9 @@ RULES: dict[str, tuple[str, ...]] = {
   "mlp": ("tensor",),
   "head_dim": (),
   # MLA's latent axes: q_b / kv_b ([latent, heads, head_dim], 38M params a layer in
-  # DeepSeek-V3) need an fsdp axis when heads are not tensor-sharded.
-  "q_lora": ("fsdp",),
-  "kv_lora": ("fsdp",),
+  # DeepSeek-V3) shard like embed when heads are not tensor-sharded.
+  "q_lora": ("fsdp", "expert", "context"),
+  "kv_lora": ("fsdp", "expert", "context"),
   # DSA indexer heads: small (64 x 128 per layer in V3.2), replicated.
   "index_heads": (),
   "index_head_dim": (),

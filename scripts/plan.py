@@ -84,9 +84,10 @@ def _table(name: str, out: str):
 
   rows = fit.ROWS[name]
   devices = max(row.devices for row in rows)
-  os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
-  )
+  os.environ["XLA_FLAGS"] = " ".join([
+    os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={devices}",
+    fit.cpu_flags(),
+  ])  # fmt: skip
   import jax  # noqa: PLC0415
 
   measured = []

@@ -4,7 +4,8 @@ round-off), capacity mode matches the same layer run on each device's tokens
 alone (capacity is per token shard, as in GShard), and a capped EP buffer
 drops exactly the pairs past the cap. The compiled train step of the tiny
 DeepSeek-V3 preset moves tokens with all-to-all and never gathers whole
-expert weights."""
+expert weights; with bfloat16 compute each layer's experts are gathered in
+bfloat16 and their gradients reduce-scattered in float32."""
 
 import json
 import subprocess
@@ -206,3 +207,35 @@ def test_expert_and_tensor_split_together_move_tokens_not_experts():
   compiled = _compile("fsdp=2,tensor=2,expert=2")
   assert compiled["collectives"].get("all-to-all", 0) > 0
   assert compiled["whole_expert_gathers"] == 0
+
+
+_GATHER_DTYPES = r"""
+import re, jax
+from configs import deepseek_v3
+from parallelism import mesh as mesh_lib
+from trainer import precision, step
+config = deepseek_v3.get_config("tiny"); config.unlock()
+config.mesh.update(fsdp=2, expert=2); config.precision.compute_dtype = "bfloat16"
+config.train.update(batch_size=4, seq_len=64)
+mesh = mesh_lib.make_mesh(config.mesh, jax.devices()[:4])
+text = step.build(config, mesh, precision.model_config(config)).lower().as_text()
+for op in ("all_gather", "reduce_scatter"):
+  found = re.findall(op + r".*?\) -> tensor<(\d+x\d+x\d+x\w+)>", text, re.S)
+  print(op, " ".join(sorted(set(found))))
+"""
+
+
+def test_experts_are_gathered_in_the_compute_dtype():
+  """E=16 on expert=2: a device's 8 experts, [8, 128, 64] and [8, 64, 128] (embed
+  128, hidden 64), cross fsdp in bfloat16 (XLA:CPU's own passes then widen them);
+  the weight gradients go back in float32."""
+  proc = subprocess.run(
+    [sys.executable, "-c", _GATHER_DTYPES], cwd=ROOT, env=fake_devices_env(4),
+    capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  found = dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+  assert {"8x128x64xbf16", "8x64x128xbf16"} <= set(found["all_gather"].split())
+  assert not {"8x128x64xf32", "8x64x128xf32"} & set(found["all_gather"].split())
+  assert "8x64x64xf32" in found["reduce_scatter"].split()  # every projection's embed half
+  assert "8x64x64xbf16" not in found["reduce_scatter"].split()

@@ -29,7 +29,7 @@ def test_a_compiled_row_reports_the_steps_memory_and_a_verdict():
   want = plan.compile_step(config, precision.model_config(config), measured["mesh"])
   assert measured["peak"] == want["memory_per_device"]["peak"]
   text = fit.markdown([measured], "t")
-  assert "| one device | fsdp=1 | 128 x 2 | none | 1 |" in text and "| fits |" in text
+  assert "| one device | fsdp=1 | 128 x 2 | none | none | 1 |" in text and "| fits |" in text
 
 
 def test_a_row_over_budget_says_why():
@@ -40,3 +40,15 @@ def test_a_row_over_budget_says_why():
   assert temp_bound.startswith("no: the step's temporaries are 80.0 GiB")
   assert "remat=full, or more train.microbatches" in temp_bound
   assert fit.verdict(base | dict(peak=70 * 2**30, state=1)) == "fits"
+
+
+def test_a_row_sets_its_overrides_and_shows_them():
+  row = fit.ROWS["tiny"][-1]  # DeepSeek-V3 tiny with the MoE rows' EP buffers
+  assert (
+    fit.load(row).compute.moe_ep_capacity_factor
+    == 2.0
+    == fit.EP_BUFFERS["compute.moe_ep_capacity_factor"]
+  )
+  m = dict(row=row, remat="none", microbatches=1, peak=1, state=1, temp=0, collectives={},
+           whole_expert_gathers=0)  # fmt: skip
+  assert "| 256 x 4 | compute.moe_ep_capacity_factor=2.0 | none |" in fit.markdown([m], "t")

@@ -143,3 +143,30 @@ def test_bad_optimizer_fields_are_one_clear_error():
     optim.validate(_optim(name="lion"), 100)
   with pytest.raises(ValueError, match="optim.decay_fraction=0.95"):
     optim.validate(_optim(schedule="wsd", decay_fraction=0.95, warmup_steps=10), 100)
+
+
+def test_clip_by_global_norm_matches_optax_and_fuses_into_adamw():
+  """Our clip is optax's (to f32 rounding, clipped or not), and an AdamW step with
+  it keeps no clipped-gradient buffer: optax's per-element divide does."""
+  import optax  # noqa: PLC0415
+
+  grads = {"a": jnp.arange(6.0).reshape(2, 3), "b": -jnp.ones(4)}
+  for max_norm in (0.5, 100.0):
+    ours, _ = optim.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    want, _ = optax.clip_by_global_norm(max_norm).update(grads, optax.EmptyState())
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(want), strict=True):
+      np.testing.assert_allclose(a, b, rtol=1e-6)
+  shape = jax.ShapeDtypeStruct((256, 1024), jnp.float32)
+  temp = {}
+  for name, clip in (("ours", optim.clip_by_global_norm), ("optax", optax.clip_by_global_norm)):
+    tx = optax.chain(clip(1.0), optax.adamw(1e-3, weight_decay=0.1))
+
+    def step(p, s, g, tx=tx):
+      u, s = tx.update(g, s, p)
+      return optax.apply_updates(p, u), s
+
+    lowered = jax.jit(step, donate_argnums=(0, 1)).lower(
+      shape, jax.eval_shape(tx.init, shape), shape
+    )
+    temp[name] = lowered.compile().memory_analysis().temp_size_in_bytes
+  assert temp["ours"] < 256 * 1024 * 4 <= temp["optax"], temp

@@ -199,9 +199,11 @@ def make_train_step(graphdef, cfg: DecoderConfig, tx, lr, obj, loss_fn, o, log_m
       params = hooks.clip_attention(graphdef, params, model_state, seen, o.qk_clip_tau)
     grad_norm = optax.tree.norm(grads)
     # The loop never saves a state after a step whose flag is False (nan/inf in the
-    # loss, the gradients or the update it applied).
+    # loss, the gradients or the params it returns: an inf/nan update lands there).
+    # Reading the new params, not the updates, lets XLA write each update straight
+    # into its param instead of keeping a params-sized updates tree for a norm.
     finite = jnp.isfinite(total) & jnp.isfinite(ce) & jnp.isfinite(grad_norm)
-    finite &= jnp.isfinite(optax.tree.norm(updates))
+    finite &= jnp.isfinite(optax.tree.norm(params))
     metrics = {"loss": ce, "grad_norm": grad_norm, "lr": lr(state["step"]), "finite": finite}
     reported = any("max_logits" in st for st in aux["layers"].values())  # cuDNN: none
     if log_max_logit and reported:

@@ -109,14 +109,17 @@ class Experts(nnx.Module):
     if cfg.scale_inputs:  # each pair's input is weighted; outputs are summed as they are
       scale, weights = weights.reshape(-1, 1).astype(x.dtype), jnp.ones_like(weights)
     w, axes = self._weights()
-    ep = expert.layout(cfg.num_experts, cfg.expert_mlp_dim, x.shape[0])
+    ep = expert.layout(cfg.num_experts, cfg.expert_mlp_dim, x.shape[0], cfg.embed_dim)
+    gather_dtype = None if cfg.fp8 else x.dtype  # FP8 quantizes from the float32 weights
     if ep is not None and cfg.dispatch == "capacity":
       fill = self._capacity_dispatch
-      out, dropped = expert.capacity(ep, fill, self._batched, w, axes, x, indices, scale)
+      out, dropped = expert.capacity(
+        ep, fill, self._batched, w, axes, x, indices, scale, gather_dtype
+      )
     elif ep is not None:
       out, dropped = expert.dropless(
         ep, self._grouped, w, axes, x, indices, scale,
-        num_experts=cfg.num_experts, buffer_factor=cfg.ep_capacity_factor,
+        num_experts=cfg.num_experts, buffer_factor=cfg.ep_capacity_factor, dtype=gather_dtype,
       )  # fmt: skip
     elif cfg.dispatch == "capacity":
       out, dropped = self._capacity_dispatch(x, indices, scale, lambda buf: self._batched(w, buf))
