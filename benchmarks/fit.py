@@ -4,9 +4,8 @@
 (the run's own step, `trainer/plan.py`) and writes a markdown table: per-device
 peak from XLA's memory analysis, the state's share of it, the collectives, and the
 preset's choices (remat, micro-batches, layer scan). A row gives only its mesh,
-`train.seq_len` and `train.batch_size`, plus any overrides it names (shown in the
-table, e.g. the MoE rows' expert-parallel buffer capacity): everything else is the
-preset's default.
+`train.seq_len` and `train.batch_size` (and any overrides it names, shown in the
+table; the full rows name none): everything else is the preset's default.
 A row over the limit says why: the state alone (more devices, pipeline stages or
 offload would fit it) or the step's temporaries (measured, with the largest kind).
 """
@@ -21,7 +20,7 @@ import sys
 from trainer.plan import human_bytes
 
 LIMIT = 70 * 2**30  # per-device budget on an 80 GB device (the rest: runtime, fragmentation)
-EP_BUFFERS = {"compute.moe_ep_capacity_factor": 2.0}
+EP_BUFFERS = {"compute.moe_ep_capacity_factor": 2.0}  # the large MoE presets' own choice
 # XLA:CPU's default scheduler orders the program for concurrency, keeping independent
 # ops' buffers live together (a 5-layer DeepSeek-V3 on 256 devices: 128.8 GiB of
 # temporaries, 81.9 GiB in memory order); GPU and TPU schedulers bound memory, so the
@@ -56,22 +55,11 @@ ROWS = {
     Row("Llama-3 8B", "llama3:8b", dict(fsdp=8), 8192, 8),
     Row("Llama-3 70B", "llama3:70b", dict(fsdp=64), 8192, 64),
     Row("Llama-3 8B, 128k context", "llama3:8b", dict(fsdp=8, context=8), 131_072, 8),
-    # MoE rows: 64-way expert parallelism (as DeepSeek-V3 trained), all-to-all buffers
-    # at twice the mean load per device (overflow is dropped and logged).
-    # Qwen3-235B's float32 state alone is 54.7 GiB on 64 devices: first moments in
-    # bfloat16 (DeepSeek-V3's recipe; the V3 preset's default) bring it to 47.9.
-    Row(
-      "Qwen3-235B-A22B",
-      "qwen3_moe:235b_a22b",
-      dict(expert=64),
-      4096,
-      64,
-      EP_BUFFERS | {"precision.opt_state_dtype": "bfloat16"},
-    ),
-    Row(
-      "DeepSeek-V3 (with MTP)", "deepseek_v3:full", dict(fsdp=4, expert=64), 4096, 256, EP_BUFFERS
-    ),
-    Row("Kimi K2", "kimi_k2:full", dict(fsdp=8, expert=64), 4096, 512, EP_BUFFERS),
+    # MoE rows: 64-way expert parallelism, as DeepSeek-V3 trained; the presets size
+    # the all-to-all buffers at 2x a device's mean load (moe_ep_capacity_factor).
+    Row("Qwen3-235B-A22B", "qwen3_moe:235b_a22b", dict(expert=64), 4096, 64),
+    Row("DeepSeek-V3 (with MTP)", "deepseek_v3:full", dict(fsdp=4, expert=64), 4096, 256),
+    Row("Kimi K2", "kimi_k2:full", dict(fsdp=8, expert=64), 4096, 512),
   ],
   # The same program on tiny presets: what CI runs to keep the command working.
   "tiny": [
@@ -178,7 +166,7 @@ def markdown(measured: list[dict], title: str) -> str:
 
 
 NOTES = """How the MoE rows run: 64-way expert parallelism (DeepSeek-V3's own EP size) with
-all-to-all buffers of twice a device's mean load (`compute.moe_ep_capacity_factor=2.0`;
+all-to-all buffers of twice a device's mean load (the presets' `compute.moe_ep_capacity_factor=2.0`;
 pairs past it are dropped and reported as `dropped_frac`; dropless buffers must hold
 every token going to one device, 64 times the mean). Each layer all-gathers only the
 device's own experts over `fsdp` (no row has an all-gather of all experts), in the
@@ -206,7 +194,7 @@ and their loss cost 9.2. A loss computed over vocabulary or sequence chunks (not
 built) and pipeline stages (not built: fewer layers' saved inputs per device) are
 what would fit it.
 Qwen3-235B: its float32 state alone is 54.7 GiB on 64 devices (peak 72.6);
-bfloat16 first moments (the row's override) bring the state to 47.9, and the
+bfloat16 first moments (the preset's default) bring the state to 47.9, and the
 gradient clip, now one multiply by a scalar that fuses into AdamW (optax's
 per-element divide left a params-sized buffer of clipped gradients), took 5 GiB
 off the optimizer step, where this row peaks."""

@@ -104,7 +104,9 @@ PRESETS = {
       norm_eps=1e-6,
     ),
     objective=OBJECTIVE,
-    compute=dict(remat="full"),  # activations: each layer recomputed in the backward
+    # Expert-parallel all-to-all buffers at 2x a device's mean load (dropless ones hold
+    # every token going to one device: 64x on expert=64); overflow is dropped and logged.
+    compute=dict(remat="full", moe_ep_capacity_factor=2.0),  # remat: each layer recomputed
     precision=dict(opt_state_dtype="bfloat16"),  # V3 keeps AdamW moments in BF16 (here: mu)
   ),
 }

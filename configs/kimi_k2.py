@@ -48,7 +48,9 @@ PRESETS = {
       ),
     ),
     objective=DEEPSEEK_V3["full"]["objective"],
-    compute=dict(remat="full"),  # activations: each layer recomputed in the backward
+    # Expert-parallel all-to-all buffers at 2x a device's mean load (dropless ones hold
+    # every token going to one device: 64x on expert=64); overflow is dropped and logged.
+    compute=dict(remat="full", moe_ep_capacity_factor=2.0),  # remat: each layer recomputed
   ),
 }
 
