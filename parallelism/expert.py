@@ -26,8 +26,9 @@ gradients are reduce-scattered back in the weights' float32. Gathering the
 weights beats keeping the embed/hidden dims split and gathering tokens instead
 whenever a device's buffer rows (c t k of width e, c the buffer factor) outnumber
 its experts' 3 l f rows of width e: DeepSeek-V3 on expert=64, 65,536 vs 24,576.
-Buffers are padded because XLA:CPU has no ragged all-to-all. Letters: t local tokens, k slots, e embed, n devices on the
-expert axis, S rows per (source, destination) pair, E experts, l = E/n.
+Buffers are padded because XLA:CPU has no ragged all-to-all. Letters: t local
+tokens, k slots, e embed, f expert hidden, n devices on the expert axis, S rows
+per (source, destination) pair, E experts, l = E/n.
 """
 
 import dataclasses
