@@ -3,7 +3,7 @@
 `scripts/plan.py --table` AOT-compiles one train step per row on fake CPU devices
 (the run's own step, `trainer/plan.py`) and writes a markdown table: per-device
 peak from XLA's memory analysis, the state's share of it, the collectives, and the
-preset's choices (remat, micro-batches, layer scan). A row gives only its mesh,
+preset's choices (remat, micro-batches, loss chunks). A row gives only its mesh,
 `train.seq_len` and `train.batch_size` (and any overrides it names, shown in the
 table; the full rows name none): everything else is the preset's default.
 A row over the limit says why: the state alone (more devices, pipeline stages or
@@ -59,6 +59,8 @@ ROWS = {
     # the all-to-all buffers at 2x a device's mean load (moe_ep_capacity_factor).
     Row("Qwen3-235B-A22B", "qwen3_moe:235b_a22b", dict(expert=64), 4096, 64),
     Row("DeepSeek-V3 (with MTP)", "deepseek_v3:full", dict(fsdp=4, expert=64), 4096, 256),
+    # The same 256 devices with 8-way expert parallelism: 32 experts a device.
+    Row("DeepSeek-V3 (with MTP), 8-way EP", "deepseek_v3:full", dict(fsdp=32, expert=8), 4096, 256),
     Row("Kimi K2", "kimi_k2:full", dict(fsdp=8, expert=64), 4096, 512),
   ],
   # The same program on tiny presets: what CI runs to keep the command working.
@@ -94,9 +96,7 @@ def measure(row: Row, devices) -> dict:
   mesh = mesh_lib.make_mesh(config.mesh, devices[: row.devices])
   sizes = dict(mesh.shape)
   mesh_lib.check_model_fits(cfg, sizes)
-  mesh_lib.check_batch_fits(row.batch_size, sizes)
-  mesh_lib.check_microbatches(row.batch_size, config.train.microbatches, sizes)
-  mesh_lib.check_context(row.seq_len, sizes)
+  mesh_lib.check_step(config, sizes)
   state = plan.memory_plan(config, cfg, sizes)["total"]
   compiled = plan.compile_step(config, cfg, mesh)
   memory = compiled["memory_per_device"]
@@ -109,6 +109,7 @@ def measure(row: Row, devices) -> dict:
     "ep_buffers": config.compute.moe_ep_capacity_factor > 0,
     "remat": config.compute.remat,
     "microbatches": config.train.microbatches,
+    "loss_chunks": config.compute.loss_chunks,
     "peak": memory["peak"],
     "state": state,
     "temp": memory["temp"],
@@ -132,7 +133,11 @@ def verdict(m: dict) -> str:
   if m.get("moe") and not m.get("ep_buffers"):
     fixes.append("a compute.moe_ep_capacity_factor (the all-to-all buffers are sized for "
                  "every token going to one device)")  # fmt: skip
-  fixes.append("a loss over vocabulary chunks or pipeline stages (neither built yet)")
+  if m.get("moe") and m["row"].mesh.get("expert", 1) < 64:
+    fixes.append("more expert parallelism (fewer experts a device to gather and reduce)")
+  if m.get("loss_chunks", 1) == 1:
+    fixes.append("compute.loss_chunks (the head's logits a sequence chunk at a time)")
+  fixes.append("pipeline stages (not built yet)")
   why = f"no: the step's temporaries are {human_bytes(m['temp'])} per device"
   if m["whole_expert_gathers"]:
     why += f" ({m['whole_expert_gathers']} all-gathers of whole expert weights)"
@@ -145,12 +150,12 @@ def markdown(measured: list[dict], title: str) -> str:
     "",
     "Each row: `scripts/plan.py --table` AOT-compiling one train step on fake CPU "
     "devices (XLA's memory analysis per device; budget 70 GiB of an 80 GB device). "
-    "A row gives mesh, seq_len, batch_size and the overrides shown; remat and "
-    "micro-batches are the preset's defaults.",
+    "A row gives mesh, seq_len, batch_size and the overrides shown; remat, "
+    "micro-batches and loss chunks are the preset's defaults.",
     "",
-    "| model | mesh | seq x batch | overrides | remat | micro-batches | peak / device "
-    "| state / device | fits? | collectives |",
-    "|---|---|---|---|---|---|---|---|---|---|",
+    "| model | mesh | seq x batch | overrides | remat | micro-batches | loss chunks "
+    "| peak / device | state / device | fits? | collectives |",
+    "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for m in measured:
     row = m["row"]
@@ -159,7 +164,8 @@ def markdown(measured: list[dict], title: str) -> str:
     overrides = ", ".join(f"{k}={v}" for k, v in row.overrides.items()) or "none"
     lines.append(
       f"| {row.name} | {mesh} | {row.seq_len} x {row.batch_size} | {overrides} | {m['remat']} "
-      f"| {m['microbatches']} | {human_bytes(m['peak'])} | {human_bytes(m['state'])} "
+      f"| {m['microbatches']} | {m['loss_chunks']} | {human_bytes(m['peak'])} "
+      f"| {human_bytes(m['state'])} "
       f"| {verdict(m)} | {coll} |"
     )
   return "\n".join(lines + ["", NOTES]) + "\n"
@@ -183,16 +189,18 @@ with bfloat16 compute and 94.6 with float32, where activations alone would halve
 so DeepSeek-V3's remat-saved layer inputs (58 x 4096 x 7168) count 6.3 GiB, not 3.2.
 No GPU was lent to check a GPU compile.
 
-What is over budget and what would fit it. DeepSeek-V3: of its 55.0 GiB of
-temporaries, 9.9 are the gradients; measured on the same row (at 57.1 GiB, before
-the step's finite check moved from the updates to the new params), the MTP module
-cost 11 GiB (46.1 without it: its MoE block and head sit outside the remat'd layer
-scan, and per-layer remat of unrolled blocks did not lower XLA's peak), a 1.25
-buffer factor 6.8 (50.3), and each head's float32 [4096, 129280] logits are 2 GiB.
-With a 1,024-token vocabulary the same row needs 45.8 GiB (peak 70.6): the heads
-and their loss cost 9.2. A loss computed over vocabulary or sequence chunks (not
-built) and pipeline stages (not built: fewer layers' saved inputs per device) are
-what would fit it.
+What brought DeepSeek-V3 under budget (its 64-way row, `plan.py --compile`): 79.8
+GiB with neither of these; remat of the unrolled layers too (the 3 dense prefix
+layers and the MTP module had kept every activation; remat covered only the
+scanned periods) 71.2; the head and its loss over 8 sequence chunks
+(`compute.loss_chunks`, the preset's default; 2 GiB of float32 [4096, 129280]
+logits per head otherwise) 72.4; both 63.7. XLA's own partitioning of the same
+chunked scan needs 1.6 GiB less but all-gathers the head inside every chunk and
+all-reduces the whole head gradient per chunk, so the loss runs in shard_map
+(one head gather, a reduce-scatter per chunk). The 8-way EP row (the same 256
+devices, 32 experts a device) needs 71.1: each layer gathers 8 times more expert
+weights over fsdp, with their float32 gradients; 64-way EP fits it (pipeline
+stages, not built, would cut the layers' saved inputs instead).
 Qwen3-235B: its float32 state alone is 54.7 GiB on 64 devices (peak 72.6);
 bfloat16 first moments (the preset's default) bring the state to 47.9, and the
 gradient clip, now one multiply by a scalar that fuses into AdamW (optax's

@@ -206,29 +206,27 @@ def get_config() -> ml_collections.ConfigDict:
   obj.indexer_stage = "sparse"
   obj.indexer_kl_weight = 1.0  # weight of the indexers' KL (summed over layers).
   # MatFormer (Gemma 3n): per-layer FFN widths of a nested sub-model trained jointly
-  # with the full one (modeling/matformer.py): loss = full + matformer_weight * sub,
-  # both on every batch. () = off.
+  # (modeling/matformer.py): loss = full + matformer_weight * sub, every batch. () = off.
   obj.matformer_dims = ()
   obj.matformer_weight = 1.0
 
   # -------------------------------------------------------------- compute
   # How the step runs, not what it computes: speed and memory.
   r = c.compute = ml_collections.ConfigDict()
-  # Attention implementation, decided per layer (modeling/attention/kernels.py):
-  # auto (CPU: XLA; GPU: cuDNN where it can, our Pallas kernels where it cannot;
-  # TPU: Pallas) | xla | cudnn | pallas | pallas_interpret (Pallas emulated on CPU,
-  # for tests). A choice a layer cannot run is an error before any compile.
+  # Attention implementation, per layer (modeling/attention/kernels.py): auto (CPU:
+  # XLA; GPU: cuDNN where it can, else our Pallas kernels; TPU: Pallas) | xla | cudnn |
+  # pallas | pallas_interpret (Pallas emulated on CPU, for tests). A choice a layer
+  # cannot run is an error before any compile.
   r.attention_kernel = "auto"
   # Repeating layers: scan (one layer body under jax.lax.scan: compile time flat in
   #   depth) | unroll (each layer its own code: faster steps, XLA optimises across
   #   layers) | auto (unroll up to 16 layers on CPU and 4 elsewhere, scan deeper
   #   models; a resumed run keeps its checkpoint's layout). The first log line says which.
   r.scan_layers = "auto"
-  r.remat = "none"  # scanned layers' backward recomputes the forward except what it keeps:
+  r.remat = "none"  # each layer's backward recomputes its forward except what it keeps:
   #   none (keeps all) | full (keeps nothing) | save_dots (keeps weight matmul outputs)
   #   | save_attention_outputs (attention outputs) | offload_dots (save_dots, in host RAM).
-  r.mla_absorbed = False  # MLA in latent space (MQA over [c_kv, k_pe]): same weights
-  #   and function, the decode-time layout.
+  r.mla_absorbed = False  # MLA as MQA over [c_kv, k_pe]: same function, decode's layout.
   r.moe_dispatch = "dropless"  # dropless (sort + grouped matmul) | capacity (drops overflow).
   # Dropless grouped matmuls: ragged_dot (XLA's op: a grouped GEMM on TPU, but CPU and
   # CUDA run it densely over every expert) | blocks (each expert's rows padded to
@@ -239,8 +237,10 @@ def get_config() -> ml_collections.ConfigDict:
   # other device. 0 = tokens * top_k (nothing dropped, n-times the mean); f > 0 =
   # f * tokens * top_k / n (less memory and traffic; overflow dropped, counted).
   r.moe_ep_capacity_factor = 0.0
-  # Gemma 3n: keep the per-layer embedding table (and its optimizer state) in pinned
-  # host memory; each step moves it to the device.
+  # Output head + CE (and MTP's) over this many sequence chunks, each recomputed in
+  # the backward: one chunk's [batch, seq/chunks, vocab] logits at a time.
+  r.loss_chunks = 1
+  # Gemma 3n: the per-layer embedding table (+ optimizer state) in pinned host memory.
   r.ple_host_memory = False
 
   # ----------------------------------------------------------------- mesh

@@ -104,9 +104,11 @@ PRESETS = {
       norm_eps=1e-6,
     ),
     objective=OBJECTIVE,
-    # Expert-parallel all-to-all buffers at 2x a device's mean load (dropless ones hold
-    # every token going to one device: 64x on expert=64); overflow is dropped and logged.
-    compute=dict(remat="full", moe_ep_capacity_factor=2.0),  # remat: each layer recomputed
+    # Each layer recomputed in the backward; expert-parallel all-to-all buffers at 2x a
+    # device's mean load (dropless ones hold every token going to one device: 64x on
+    # expert=64; overflow is dropped and logged); the head and its loss in 8 sequence
+    # chunks (one chunk's [seq / 8, vocab] logits at a time).
+    compute=dict(remat="full", moe_ep_capacity_factor=2.0, loss_chunks=8),
     precision=dict(opt_state_dtype="bfloat16"),  # V3 keeps AdamW moments in BF16 (here: mu)
   ),
 }

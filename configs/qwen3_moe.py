@@ -50,9 +50,11 @@ PRESETS = {
       mlp_dim=12_288,
       moe=dict(num_experts=128, top_k=8, expert_mlp_dim=1536, router="softmax", norm_topk=True),
     ),
-    # Expert-parallel all-to-all buffers at 2x a device's mean load (dropless ones hold
-    # every token going to one device: 64x on expert=64); overflow is dropped and logged.
-    compute=dict(remat="full", moe_ep_capacity_factor=2.0),  # remat: each layer recomputed
+    # Each layer recomputed in the backward; expert-parallel all-to-all buffers at 2x a
+    # device's mean load (dropless ones hold every token going to one device: 64x on
+    # expert=64; overflow is dropped and logged); the head and its loss in 8 sequence
+    # chunks (one chunk's [seq / 8, vocab] logits at a time).
+    compute=dict(remat="full", moe_ep_capacity_factor=2.0, loss_chunks=8),
     # First moments in bfloat16 (DeepSeek-V3's recipe): the float32 state alone is
     # 54.7 GiB a device on 64 (fit table), 47.9 with them.
     precision=dict(opt_state_dtype="bfloat16"),

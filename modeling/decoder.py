@@ -89,6 +89,17 @@ def by_layer(cfg: DecoderConfig, aux: dict, sublayer: str, name: str):
   return jnp.stack(rows) if rows else None
 
 
+def project(cfg: DecoderConfig, x, head):
+  """The output head: normed hidden [..., e] -> float32 logits [..., vocab] (the
+  head [e, vocab] cast to x's dtype, then logit scale and final soft-cap)."""
+  out = jnp.einsum("...e,ev->...v", x, head.astype(x.dtype), preferred_element_type=jnp.float32)
+  if cfg.logit_scale != 1.0:
+    out = out * cfg.logit_scale
+  if cfg.final_softcap > 0:
+    out = cfg.final_softcap * jnp.tanh(out / cfg.final_softcap)
+  return out
+
+
 class Period(nnx.Module):
   """One repetition of the layer pattern: `period` consecutive blocks."""
 
@@ -147,19 +158,23 @@ class Decoder(nnx.Module):
     )
 
   def __call__(
-    self, tokens, *, positions=None, segment_ids=None, mtp: bool = True, layer_inputs=None
-  ):
+    self, tokens, *, positions=None, segment_ids=None, mtp: bool = True, layer_inputs=None,
+    logits: bool = True,
+  ):  # fmt: skip
     """tokens: [b, s] int -> (logits [b, s, vocab] float32, aux).
 
     mtp=False skips the multi-token-prediction modules (eval, or an MTP loss
     weight of 0 for the whole run). layer_inputs: {name: [layers, ...]} more
     per-layer inputs beside the stream's; layer i finds its slice in
-    ctx.inputs (e.g. a nested sub-model's FFN widths).
+    ctx.inputs (e.g. a nested sub-model's FFN widths). logits=False stops
+    before the output head: (normed hidden [b, s, e], aux) for `output_head`,
+    so a loss can project a chunk at a time.
 
     aux: `layers` {sublayer path: stats} (see the module docstring): attention
     `max_logits` [heads] and with DSA `indexer_kl`; MoE `load` [experts] token
     counts, `seq_aux`, `switch_aux`, `router_z`, `dropped_frac`; with MTP,
-    `mtp_logits` (one [b, s, vocab] per depth).
+    `mtp_logits` (one [b, s, vocab] per depth; with logits=False `mtp_hidden`,
+    one normed [b, s, e] per depth).
     """
     cfg = self.cfg
     b, s = tokens.shape
@@ -178,12 +193,20 @@ class Decoder(nnx.Module):
     first_tail = cfg.prefix + self.num_periods * cfg.period
     x = self._unrolled(x, ctx, "tail", first_tail, inputs, stats)
     x = self.stream.exit(x)
-    head = (self.embed[...].T if cfg.tie_embeddings else self.lm_head[...]).astype(x.dtype)
-    logits = self._logits(self.final_norm(x), head)
-    aux = {"layers": stats}
+    hidden, aux = self.final_norm(x), {"layers": stats}
     if mtp and self.mtp:
-      aux["mtp_logits"] = self._mtp(tokens, x, head, ctx, stats)
-    return logits, aux
+      aux["mtp_hidden"] = self._mtp(tokens, x, ctx, stats)
+    if not logits:
+      return hidden, aux
+    to_logits = lambda h: project(cfg, h, self.head())
+    if "mtp_hidden" in aux:
+      aux["mtp_logits"] = [to_logits(h) for h in aux.pop("mtp_hidden")]
+    return to_logits(hidden), aux
+
+  def head(self):
+    """The output head's weights [embed, vocab] as stored (the tied embedding's
+    transpose), for `project`."""
+    return self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
 
   def _embed(self, tokens):
     cfg = self.cfg
@@ -197,24 +220,34 @@ class Decoder(nnx.Module):
     `first`; what a block leaves for later layers joins ctx.shared."""
     for j, block in enumerate(getattr(self, group)):
       layer = first + j
-      x, block_stats = block(x, ctx.at_layer(layer, {k: v[layer] for k, v in inputs.items()}))
+      layer_ctx = ctx.at_layer(layer, {k: v[layer] for k, v in inputs.items()})
+      x, block_stats = self._remat(lambda b, x: b(x, layer_ctx), block, x)
       for sublayer, st in block_stats.items():
         ctx.shared.update(st.pop("shared", {}))
         if st:
           stats[f"{group}/{j}/{sublayer}"] = st
     return x
 
-  def _mtp(self, tokens, x, head, ctx, stats) -> list:
+  def _mtp(self, tokens, x, ctx, stats) -> list:
     """Each depth k at position i sees token i+k (wrapped positions are masked in
-    the loss); returns the [b, s, vocab] logits per depth."""
+    the loss); returns the normed [b, s, e] output per depth, for the head."""
     cfg, out = self.cfg, []
     ctx = ctx.at_layer(cfg.num_layers - 1, {})
     for k, module in enumerate(self.mtp):
       emb = self._embed(jnp.roll(tokens, -(k + 1), axis=1)).astype(x.dtype)
-      x, normed, block_stats = module(x, emb, ctx)
-      out.append(self._logits(normed, head))
+      x, normed, block_stats = self._remat(lambda m, x, emb: m(x, emb, ctx), module, x, emb)
+      out.append(normed)
       stats.update({f"mtp/{k}/block/{n}": st for n, st in block_stats.items() if st})
     return out
+
+  def _remat(self, f, module, *arrays):
+    """f(module, *arrays), under jax.checkpoint with the remat policy when remat is
+    on: the backward recomputes what the policy does not keep (as for scanned layers)."""
+    if self.cfg.remat == "none":
+      return f(module, *arrays)
+    graphdef, state = nnx.split(module)
+    run = lambda state, *arrays: f(nnx.merge(graphdef, state), *arrays)
+    return jax.checkpoint(run, policy=REMAT_POLICIES[self.cfg.remat])(state, *arrays)
 
   def layers(self) -> list[tuple[nnx.Module, int | None]]:
     """(block, period index into its stacked params or None) per layer, in the
@@ -224,14 +257,6 @@ class Decoder(nnx.Module):
       blocks += [(b, p) for p in range(self.num_periods) for b in self.stack.blocks]
     blocks += [(b, None) for b in self.tail]
     return blocks + [(m.block, None) for m in self.mtp]
-
-  def _logits(self, x, head):
-    logits = jnp.einsum("bse,ev->bsv", x, head, preferred_element_type=jnp.float32)
-    if self.cfg.logit_scale != 1.0:
-      logits = logits * self.cfg.logit_scale
-    if self.cfg.final_softcap > 0:
-      logits = self.cfg.final_softcap * jnp.tanh(logits / self.cfg.final_softcap)
-    return logits
 
   def _scan(self, x, ctx, inputs, stats):
     """Runs the stacked periods with jax.lax.scan over their split state (the

@@ -74,7 +74,7 @@ def layout(num_experts: int, hidden_dim: int, num_tokens: int, embed_dim: int) -
   )
   if not experts:
     return None
-  tokens = rules.spec_axes(rules.partition_spec(("batch",), (num_tokens,), mesh, table)[0])
+  tokens = rules.spec_axes(rules.token_spec((num_tokens,), mesh, table)[0])
   # A hidden split must not also split tokens: the psum would mix different tokens.
   hidden = tuple(a for a in hidden if a not in tokens)
   return Layout(mesh, tokens, experts, hidden, embed)

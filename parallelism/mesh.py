@@ -121,6 +121,28 @@ def check_context(seq_len: int, sizes: dict):
     )
 
 
+def check_loss_chunks(seq_len: int, chunks: int, sizes: dict):
+  """The loss's sequence chunks are strided (positions j, j + chunks, ...): each
+  chunk has seq_len / chunks positions, which split over the context axis."""
+  c = sizes["context"]
+  if chunks < 1 or seq_len % (chunks * c):
+    ok = [n for n in range(1, seq_len // c + 1) if seq_len % (n * c) == 0][:12]
+    raise ValueError(
+      f"compute.loss_chunks={chunks} must be a positive divisor of train.seq_len={seq_len} "
+      f"that leaves each chunk divisible by mesh.context={c}; use one of {ok}"
+    )
+
+
+def check_step(config, sizes: dict):
+  """The step's batch and sequence against the mesh: batch, micro-batches, context
+  chunks and loss chunks, each one error naming the field."""
+  t = config.train
+  check_batch_fits(t.batch_size, sizes)
+  check_microbatches(t.batch_size, t.microbatches, sizes)
+  check_context(t.seq_len, sizes)
+  check_loss_chunks(t.seq_len, config.compute.loss_chunks, sizes)
+
+
 def mesh_sizes(mesh_cfg, num_devices: int) -> dict[str, int]:
   """{axis: size} with the -1 axis resolved (see `mesh_shape`)."""
   return dict(zip(MESH_AXES, mesh_shape(mesh_cfg, num_devices), strict=True))

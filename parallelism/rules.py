@@ -127,13 +127,57 @@ def constrain(x: jax.Array, axes: tuple):
   return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
 
 
-def top_k(x: jax.Array, k: int):
-  """`jax.lax.top_k` over the last axis of row-major [tokens, ...] data, kept
-  split by rows under the active mesh: XLA's SPMD partitioner does not
-  partition TopK and would gather every token's row onto every device."""
+def token_spec(lead: tuple, mesh: jax.sharding.Mesh, rules=RULES) -> P:
+  """How token data is split, by its leading dims: [b, s, ...] over the batch's and
+  the sequence's (context) axes; row-major [b * s, ...] rows over both in turn (the
+  flattening keeps each device's tokens in one contiguous block of rows)."""
+  if len(lead) == 2:
+    return partition_spec(("batch", "length"), lead, mesh, rules)
+  return partition_spec(("tokens",), lead, mesh, {"tokens": rules["batch"] + rules["length"]})
+
+
+def over_tokens(fn, head: jax.Array, *arrays):
+  """fn(head, *arrays, gather=...) -> sums, run on each device's own tokens and
+  summed over the mesh. arrays: [b, s, ...] token data; head: an [embed, vocab]
+  weight, entering as stored (embed split like FSDP) with `gather` = (all-gather
+  in arrays[0]'s dtype, reduce-scatter of its float32 gradient), so each device
+  keeps its gradient's partial sums to itself until one reduce-scatter. Without a
+  mesh, or where the vocab is split too: fn(..., gather=None) under XLA's partitioner."""
   ctx = _ACTIVE.get()
-  spec = None if ctx is None else partition_spec(("batch",), x.shape[:1], ctx[0], ctx[1])
-  if spec is None or spec[0] is None:
+  if ctx is None:
+    return fn(head, *arrays, gather=None)
+  mesh, rules = ctx
+  tok = token_spec(arrays[0].shape[:2], mesh, rules)
+  tokens = tuple(a for entry in tok for a in spec_axes(entry))
+  head_spec = partition_spec(("embed", "vocab"), head.shape, mesh, rules)
+  embed, vocab = map(spec_axes, tuple(head_spec) + (None,) * (2 - len(head_spec)))
+  if not tokens or vocab or not set(embed) <= set(tokens):
+    return fn(head, *arrays, gather=None)
+  dtype, rest = arrays[0].dtype, tuple(a for a in tokens if a not in embed)
+
+  def gather(w):
+    return (
+      jax.lax.all_gather(w.astype(dtype), embed, axis=0, tiled=True) if embed else w.astype(dtype)
+    )
+
+  def scatter(g):
+    g = jax.lax.psum_scatter(g, embed, scatter_dimension=0, tiled=True) if embed else g
+    return jax.lax.psum(g, rest) if rest else g
+
+  def local(head, *arrays):
+    return jax.lax.psum(fn(head, *arrays, gather=(gather, scatter)), tokens)
+
+  specs = (head_spec,) + (tok,) * len(arrays)
+  return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P())(head, *arrays)
+
+
+def top_k(x: jax.Array, k: int):
+  """`jax.lax.top_k` over the last axis of token data ([tokens, ...] rows or [b, s,
+  ...]), kept split by tokens under the active mesh: XLA's SPMD partitioner does
+  not partition TopK and would gather every token's row onto every device."""
+  ctx = _ACTIVE.get()
+  spec = None if ctx is None else token_spec(x.shape[: 2 if x.ndim > 2 else 1], ctx[0], ctx[1])
+  if spec is None or not any(spec):
     return jax.lax.top_k(x, k)
   return jax.shard_map(
     lambda rows: tuple(jax.lax.top_k(rows, k)), mesh=ctx[0], in_specs=spec, out_specs=(spec, spec)

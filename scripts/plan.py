@@ -7,7 +7,8 @@ mesh, without allocating the model.
 --mesh overrides config.mesh (axes data, fsdp, tensor, expert, context; one may be -1,
 then --devices says how many there are). --compile AOT-compiles one train step
 for that mesh on fake CPU devices and reports XLA's memory analysis per device
-and the collectives in the compiled HLO.
+and the collectives in the compiled HLO (in XLA:CPU's memory-minimising order, as
+the fit table).
 
   python scripts/plan.py --table full --out benchmarks/results/fit.md
 
@@ -114,10 +115,13 @@ def main(argv):
   devices = _DEVICES.value or (0 if -1 in sizes else math.prod(sizes))
   if devices <= 0:
     sys.exit("error: --mesh has a -1 axis; give --devices")
-  if _COMPILE.value:  # before JAX starts its CPU backend
-    os.environ["XLA_FLAGS"] = (
-      os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
-    )
+  if _COMPILE.value:  # before JAX starts its CPU backend; compiled as the fit table is
+    from benchmarks import fit  # noqa: PLC0415
+
+    os.environ["XLA_FLAGS"] = " ".join([
+      os.environ.get("XLA_FLAGS", ""), f"--xla_force_host_platform_device_count={devices}",
+      fit.cpu_flags(),
+    ])  # fmt: skip
   from parallelism import mesh as parallelism_mesh  # noqa: PLC0415
   from parallelism import rules  # noqa: PLC0415
   from parallelism.mesh import check_model_fits  # noqa: PLC0415
@@ -129,10 +133,7 @@ def main(argv):
     check_model_fits(cfg, mesh_sizes)
     parallelism_mesh.check_context(config.train.seq_len, mesh_sizes)
     if _COMPILE.value:
-      parallelism_mesh.check_batch_fits(config.train.batch_size, mesh_sizes)
-      parallelism_mesh.check_microbatches(
-        config.train.batch_size, config.train.microbatches, mesh_sizes
-      )
+      parallelism_mesh.check_step(config, mesh_sizes)
     rules.with_overrides(config.mesh.rules)
   except ValueError as e:
     sys.exit(f"error: {e}")

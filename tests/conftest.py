@@ -107,6 +107,7 @@ config.model.update(num_heads=4, num_kv_heads=2 if family == "llama3" else 4)
 if family != "gemma3n":  # Gemma 3n keeps its 6: sparse, K/V-storing and K/V-reusing layers
   config.model.num_layers = 3
 config.model.update(overrides["model"])
+config.compute.update(overrides["compute"])
 config.optim.warmup_steps = 1
 config.mesh.update(mesh)
 trainer = Trainer(config, workdir)
@@ -127,6 +128,7 @@ MESHES = [  # (data, fsdp, tensor, expert)
 ]
 SINGLE = dict(data=1, fsdp=1, tensor=1, expert=1)
 CONTEXT = dict(data=2, fsdp=1, tensor=1, expert=1, context=4)  # the sequence split 4 ways
+EXPERT_CONTEXT = dict(data=1, fsdp=2, tensor=1, expert=2, context=2)  # MoE, sequence split
 
 
 def fake_devices_env(devices: int) -> dict:
@@ -143,15 +145,15 @@ def fake_devices_env(devices: int) -> dict:
 
 
 def run_on_mesh(
-  tmp_path, family: str, mesh: dict, devices: int, train=None, model=None
+  tmp_path, family: str, mesh: dict, devices: int, train=None, model=None, compute=None
 ) -> tuple[list[float], dict]:
   """3 train steps of a 3-layer `family` preset on `mesh` in a subprocess with
-  `devices` fake CPU devices -> (losses, params by "/"-joined path); `train` and
-  `model` override those config sections."""
+  `devices` fake CPU devices -> (losses, params by "/"-joined path); `train`,
+  `model` and `compute` override those config sections."""
   workdir = tmp_path / (family + "-" + "-".join(f"{k}{v}" for k, v in mesh.items()))
   result = subprocess.run(
     [sys.executable, "-c", _RUN, family, json.dumps(mesh), str(workdir),
-     json.dumps({"train": train or {}, "model": model or {}})],
+     json.dumps({"train": train or {}, "model": model or {}, "compute": compute or {}})],
     cwd=ROOT, env=fake_devices_env(devices), capture_output=True, text=True, timeout=400,
   )  # fmt: skip
   assert result.returncode == 0, result.stderr[-3000:]

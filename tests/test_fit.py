@@ -16,9 +16,7 @@ def test_every_full_row_is_a_valid_run_on_its_mesh(row):
   cfg = precision.model_config(config)
   sizes = mesh_lib.mesh_sizes(config.mesh, row.devices)
   mesh_lib.check_model_fits(cfg, sizes)
-  mesh_lib.check_batch_fits(row.batch_size, sizes)
-  mesh_lib.check_microbatches(row.batch_size, config.train.microbatches, sizes)
-  mesh_lib.check_context(row.seq_len, sizes)
+  mesh_lib.check_step(config, sizes)
   assert config.train.seq_len == row.seq_len and config.train.batch_size == row.batch_size
 
 
@@ -39,6 +37,12 @@ def test_a_row_over_budget_says_why():
   temp_bound = fit.verdict(base | dict(peak=90 * 2**30, state=10 * 2**30, temp=80 * 2**30))
   assert temp_bound.startswith("no: the step's temporaries are 80.0 GiB")
   assert "remat=full, or more train.microbatches" in temp_bound
+  assert "compute.loss_chunks" in temp_bound
+  row = fit.Row("MoE", "deepseek_v3:full", dict(fsdp=32, expert=8), 4096, 256)
+  moe = fit.verdict(base | dict(peak=71 * 2**30, state=1, temp=40 * 2**30, moe=True,
+                                ep_buffers=True, loss_chunks=8, remat="full", row=row))  # fmt: skip
+  assert moe.endswith("more expert parallelism (fewer experts a device to gather and "
+                      "reduce), or pipeline stages (not built yet)")  # fmt: skip
   assert fit.verdict(base | dict(peak=70 * 2**30, state=1)) == "fits"
 
 
@@ -49,6 +53,6 @@ def test_a_row_sets_its_overrides_and_shows_them():
     == 2.0
     == fit.EP_BUFFERS["compute.moe_ep_capacity_factor"]
   )
-  m = dict(row=row, remat="none", microbatches=1, peak=1, state=1, temp=0, collectives={},
-           whole_expert_gathers=0)  # fmt: skip
+  m = dict(row=row, remat="none", microbatches=1, loss_chunks=1, peak=1, state=1, temp=0,
+           collectives={}, whole_expert_gathers=0)  # fmt: skip
   assert "| 256 x 4 | compute.moe_ep_capacity_factor=2.0 | none |" in fit.markdown([m], "t")

@@ -111,14 +111,21 @@ def test_eval_over_microbatches_sums_the_whole_batch():
     _close(got, want)
 
 
-def test_compiled_temporaries_fall_with_more_microbatches():
-  config = small_train_config("llama3", batch_size=16, seq_len=128)
+def _compiled_temps(config, section: str, field: str, counts) -> list[int]:
+  """The compiled step's temporary bytes on one device with config.section.field
+  set to each of `counts`."""
   mesh = make_mesh(config.mesh, jax.devices()[:1])
   temps = []
-  for n in (1, 4):
-    config.train.microbatches = n
-    temps.append(plan.compile_step(config, precision.model_config(config), mesh))
-  one, four = (t["memory_per_device"]["temp"] for t in temps)
+  for n in counts:
+    config[section][field] = n
+    compiled = plan.compile_step(config, precision.model_config(config), mesh)
+    temps.append(compiled["memory_per_device"]["temp"])
+  return temps
+
+
+def test_compiled_temporaries_fall_with_more_microbatches():
+  config = small_train_config("llama3", batch_size=16, seq_len=128)
+  one, four = _compiled_temps(config, "train", "microbatches", (1, 4))
   assert four < 0.5 * one, (one, four)
 
 

@@ -22,13 +22,16 @@ def test_mtp_loss_shifts_targets_and_masks_document_ends():
   # Depth-1 logits that are right exactly where position i predicts targets[i+1].
   want = jnp.roll(targets, -1, axis=1)
   logits = 10.0 * jnp.eye(vocab)[want]
-  (loss,) = mtp_losses([logits], targets, weights, segment_ids)
+  identity = lambda h, head: h  # the "hidden" are the logits themselves
+  (loss,) = mtp_losses(identity, None, [logits], targets, weights, segment_ids)
   # Valid positions: i=0,1 (doc 1) and i=3,4 (doc 2); i=2 crosses into doc 2, i=5 runs off the end.
   mask = jnp.asarray([[1, 1, 0, 1, 1, 0]], jnp.float32)
   expected = cross_entropy(logits, want, mask)[1]["ce"]
   np.testing.assert_allclose(loss, expected, rtol=1e-6)
   wrong = logits.at[0, 2].set(-logits[0, 2])  # a masked position cannot change the loss
-  np.testing.assert_allclose(mtp_losses([wrong], targets, weights, segment_ids)[0], loss)
+  np.testing.assert_allclose(
+    mtp_losses(identity, None, [wrong], targets, weights, segment_ids)[0], loss
+  )
 
 
 def _run(tmp_path, name, depth, weight, steps=6, late_weight=0.1):

@@ -1,6 +1,6 @@
 """Remat policies change what the backward pass stores, never the numbers: every
 policy gives the no-remat loss and gradients, and full remat needs less scratch
-memory in the compiled step."""
+memory in the compiled step, with the layers scanned or unrolled."""
 
 import jax
 import jax.numpy as jnp
@@ -17,10 +17,10 @@ from trainer.objective import Objective, moe_terms
 POLICIES = ("none", "full", "save_dots", "save_attention_outputs", "offload_dots")
 
 
-def _loss_and_grad(family: str, remat: str, seq: int = 32):
+def _loss_and_grad(family: str, remat: str, seq: int = 32, scan: bool = True):
   config = family_config(family)
   config.model.update(num_layers=4)
-  cfg = decoder_config(config.model, Options(remat=remat))
+  cfg = decoder_config(config.model, Options(remat=remat, scan_layers=scan))
   graphdef, params, rest = nnx.split(Decoder(cfg, rngs=nnx.Rngs(0)), nnx.Param, ...)
   tokens = jax.random.randint(jax.random.key(1), (2, seq + 1), 0, cfg.vocab_size)
 
@@ -44,9 +44,14 @@ def test_every_policy_gives_the_same_loss_and_grads(family):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7, err_msg=policy)
 
 
-def test_full_remat_needs_less_scratch_memory():
+@pytest.mark.parametrize("scan", [True, False], ids=["scanned", "unrolled"])
+def test_full_remat_needs_less_scratch_memory(scan):
+  """Scanned periods and unrolled layers (DeepSeek's dense prefix, `scan_layers=unroll`)
+  alike. Unrolled, XLA keeps less of the no-remat step's activations to begin with
+  (79.1 MB of temporaries, 72.9 with full remat); without remat on unrolled layers
+  the two compile to the same program."""
   temp = {}
   for policy in ("none", "full"):
-    fn, args = _loss_and_grad("llama3", policy, seq=256)
+    fn, args = _loss_and_grad("llama3", policy, seq=256, scan=scan)
     temp[policy] = fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
-  assert temp["full"] < 0.8 * temp["none"], temp
+  assert temp["full"] < (0.8 if scan else 0.95) * temp["none"], temp

@@ -9,12 +9,12 @@ gemma3), MLA + DSA (deepseek_v32) and gated DeltaNet (qwen3_next)."""
 import numpy as np
 import pytest
 
-from tests.conftest import CONTEXT, MESHES, SINGLE, run_on_mesh
+from tests.conftest import CONTEXT, EXPERT_CONTEXT, MESHES, SINGLE, run_on_mesh
 
 # Llama 3 over every mesh; the MoE model over the meshes with an expert axis (pure
 # data and pure fsdp shard it like the dense model, and cost CI minutes).
 CASES = [("llama3", m) for m in MESHES] + [("deepseek_v3", m) for m in MESHES if m["expert"] > 1]
-CASES += [("llama3", CONTEXT), ("gemma3", CONTEXT)]
+CASES += [("llama3", CONTEXT), ("gemma3", CONTEXT), ("deepseek_v3", EXPERT_CONTEXT)]
 # Windows that cut across the context chunks (8 positions each at seq 64); DeltaNet
 # chunks that tile each device's 16 positions, so the state passes between devices.
 MODEL = {"gemma3": dict(sliding_window=12), "qwen3_next": dict(linear=dict(chunk=8))}
@@ -40,12 +40,17 @@ def single(tmp_path_factory):
 )
 def test_sharded_steps_match_single_device(tmp_path, single, family, mesh):
   """The MoE model on the mixed mesh also runs its batch as 2 micro-batches
-  (gradient accumulation with expert parallelism): still the 1-device whole batch."""
+  (gradient accumulation with expert parallelism) and its loss in 2 sequence chunks
+  (the vocab split over `tensor`: XLA's partitioner), and with the sequence split
+  in 4 loss chunks (each device's own tokens against the gathered head): still the
+  1-device whole batch and whole-logits loss."""
   losses, params = single(family)
   micro = family == "deepseek_v3" and mesh == MESHES[2]
+  chunks = 2 if micro else 4 if mesh == EXPERT_CONTEXT else None
   sharded_losses, sharded_params = run_on_mesh(
     tmp_path, family, mesh, devices=8, model=MODEL.get(family),
     train=dict(microbatches=2) if micro else None,
+    compute=dict(loss_chunks=chunks) if chunks else None,
   )  # fmt: skip
   assert len(losses) == 3
   np.testing.assert_allclose(sharded_losses, losses, rtol=1e-5)

@@ -7,13 +7,7 @@ from flax import traverse_util
 
 from configs import base, moved
 from parallelism import rules
-from parallelism.mesh import (
-  check_batch_fits,
-  check_context,
-  check_microbatches,
-  check_model_fits,
-  mesh_sizes,
-)
+from parallelism.mesh import check_model_fits, check_step, mesh_sizes
 from trainer import data, documents, metrics, objective, optim, precision
 
 
@@ -48,9 +42,7 @@ def validate(config):
       f"data.shards={config.data.shards} must be 0 (one per process) or a divisor of "
       f"train.batch_size={t.batch_size}"
     )
-  check_batch_fits(t.batch_size, shape)
-  check_microbatches(t.batch_size, t.microbatches, shape)
-  check_context(t.seq_len, shape)
+  check_step(config, shape)
   return model_cfg
 
 

@@ -12,13 +12,14 @@ here, so changing one never changes the model config.
 """
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 
-from modeling import losses, matformer
+from modeling import decoder, losses, matformer
 from modeling.attention.sparse import STAGES as INDEXER_STAGES
 from modeling.decoder import DecoderConfig, by_layer
 from modeling.moe.config import MoeConfig
@@ -37,6 +38,7 @@ class Objective:
   bias_update_rate: float = 0.0  # the aux-free bias step after each update (0 = none)
   mtp: Callable | None = None  # step -> MTP weight; None: the MTP modules do not run
   matformer: tuple | None = None  # (per-layer widths, weight) of the jointly trained sub-model
+  loss_chunks: int = 1  # sequence chunks the output head and its CE run in (compute.loss_chunks)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +127,7 @@ def from_config(config, cfg: DecoderConfig) -> Objective:
     bias_update_rate=rate,
     mtp=mtp_weight_schedule(o, cfg.mtp_depth, config.train.steps),
     matformer=(widths, float(o.matformer_weight)) if widths else None,
+    loss_chunks=config.compute.loss_chunks,
   )
 
 
@@ -160,29 +163,37 @@ def moe_terms(obj: Objective, cfg: DecoderConfig, aux: dict, share: float = 1.0)
 
 def loss(obj: Objective, cfg: DecoderConfig, run_model, batch, step, *, mtp: bool, train: bool,
          shares: Shares | None = None):  # fmt: skip
-  """(total loss, (CE, aux, terms)): run_model(mlp_widths, mtp) -> (logits, aux).
-  terms: the reported parts (MoE metrics, indexer KLs, MTP and MatFormer losses).
-  shares: this batch's part of a step over micro-batches (None: the whole step)."""
+  """(total loss, (CE, aux, terms)): run_model(mlp_widths, mtp) -> (normed hidden,
+  aux, the output head's weights); the head and its CE run in `obj.loss_chunks`
+  sequence chunks. terms: the reported parts (MoE metrics,
+  indexer KLs, MTP and MatFormer losses). shares: this batch's part of a step over
+  micro-batches (None: the whole step)."""
   ce_denom, mtp_denoms, share = (None, None, 1.0) if shares is None else (
     shares.ce, shares.mtp, shares.mean)  # fmt: skip
-  targets, weights = batch["targets"], batch["weights"]
-  logits, aux = run_model(None, mtp)
-  total, ce = losses.cross_entropy(logits, targets, weights, obj.z_loss, ce_denom)
+  targets, weights, chunks = batch["targets"], batch["weights"], obj.loss_chunks
+  project = functools.partial(decoder.project, cfg)
+  hidden, aux, head = run_model(None, mtp)
+  total, ce = losses.chunked_cross_entropy(
+    project, head, hidden, targets, weights, obj.z_loss, ce_denom, chunks
+  )
   terms = moe_terms(obj, cfg, aux, share)
   total = total + terms.get("aux_loss", 0.0)
   kl = by_layer(cfg, aux, "attn", "indexer_kl")
   if kl is not None:
     terms["indexer_kl"] = kl * share  # [dsa_layers]
     total = total + obj.indexer_kl * terms["indexer_kl"].sum()
-  if "mtp_logits" in aux:
+  if "mtp_hidden" in aux:
     terms["mtp_loss"] = losses.mtp_losses(
-      aux.pop("mtp_logits"), targets, weights, batch["segment_ids"], mtp_denoms
-    )
+      project, head, aux.pop("mtp_hidden"), targets, weights, batch["segment_ids"], mtp_denoms,
+      chunks,
+    )  # fmt: skip
     total = total + obj.mtp(step) * terms["mtp_loss"].mean()
   if obj.matformer is not None and train:
     widths, weight = obj.matformer
-    sub_logits, _ = run_model(widths, False)
-    sub_loss, sub_ce = losses.cross_entropy(sub_logits, targets, weights, obj.z_loss, ce_denom)
+    sub_hidden, _, _ = run_model(widths, False)
+    sub_loss, sub_ce = losses.chunked_cross_entropy(
+      project, head, sub_hidden, targets, weights, obj.z_loss, ce_denom, chunks
+    )
     total = total + weight * sub_loss
     terms["matformer_loss"] = sub_ce["ce"]
   return total, (ce["ce"], aux, terms)

@@ -147,21 +147,24 @@ def abstract_state(cfg: DecoderConfig, mesh, tx, table) -> dict:
 
 def make_loss_fn(graphdef, cfg: DecoderConfig, obj, mesh, table):
   """loss_fn(params, model_state, batch, step, *, mtp, train, shares) -> (loss, (CE,
-  aux, terms)); the model runs under `rules.activate(mesh, table)`, so activations
-  are constrained and MoE layers run expert parallel on the mesh. shares: a
+  aux, terms)); model and loss run under `rules.activate(mesh, table)`, so
+  activations are constrained, MoE layers run expert parallel on the mesh and the
+  loss over chunks on each device's own tokens. shares: a
   micro-batch's part of its step (`objective.Shares`)."""
 
   def loss_fn(params, model_state, batch, step, *, mtp: bool, train: bool = True, shares=None):
     model = nnx.merge(graphdef, params, model_state)
 
     def run_model(mlp_widths, with_mtp):
-      with rules.activate(mesh, table) if mesh is not None else contextlib.nullcontext():
-        return model(
-          batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"],
-          mtp=with_mtp, layer_inputs=None if mlp_widths is None else matformer.layer_inputs(mlp_widths),
-        )  # fmt: skip
+      hidden, aux = model(
+        batch["inputs"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+        mtp=with_mtp, layer_inputs=None if mlp_widths is None else matformer.layer_inputs(mlp_widths),
+        logits=False,
+      )  # fmt: skip
+      return hidden, aux, model.head()
 
-    return objective.loss(obj, cfg, run_model, batch, step, mtp=mtp, train=train, shares=shares)
+    with rules.activate(mesh, table) if mesh is not None else contextlib.nullcontext():
+      return objective.loss(obj, cfg, run_model, batch, step, mtp=mtp, train=train, shares=shares)
 
   return loss_fn
 
