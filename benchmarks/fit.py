@@ -194,11 +194,13 @@ GiB with neither of these; remat of the unrolled layers too (the 3 dense prefix
 layers and the MTP module had kept every activation; remat covered only the
 scanned periods) 71.2; the head and its loss over 8 sequence chunks
 (`compute.loss_chunks`, the preset's default; 2 GiB of float32 [4096, 129280]
-logits per head otherwise) 72.4; both 63.7. XLA's own partitioning of the same
-chunked scan needs 1.6 GiB less but all-gathers the head inside every chunk and
+logits per head otherwise; main and MTP heads in separate passes) 72.4; both
+63.7; with the main and MTP heads in one pass, as now (half the head gathers and
+reduce-scatters), 64.9. XLA's own partitioning of the chunked scan needed 1.6 GiB
+less than the shard_map one but all-gathers the head inside every chunk and
 all-reduces the whole head gradient per chunk, so the loss runs in shard_map
 (one head gather, a reduce-scatter per chunk). The 8-way EP row (the same 256
-devices, 32 experts a device) needs 71.1: each layer gathers 8 times more expert
+devices, 32 experts a device) needs 71.0: each layer gathers 8 times more expert
 weights over fsdp, with their float32 gradients; 64-way EP fits it (pipeline
 stages, not built, would cut the layers' saved inputs instead).
 Qwen3-235B: its float32 state alone is 54.7 GiB on 64 devices (peak 72.6);

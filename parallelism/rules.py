@@ -138,7 +138,7 @@ def token_spec(lead: tuple, mesh: jax.sharding.Mesh, rules=RULES) -> P:
 
 def over_tokens(fn, head: jax.Array, *arrays):
   """fn(head, *arrays, gather=...) -> sums, run on each device's own tokens and
-  summed over the mesh. arrays: [b, s, ...] token data; head: an [embed, vocab]
+  summed over the mesh. arrays: [n, b, s, ...] token data; head: an [embed, vocab]
   weight, entering as stored (embed split like FSDP) with `gather` = (all-gather
   in arrays[0]'s dtype, reduce-scatter of its float32 gradient), so each device
   keeps its gradient's partial sums to itself until one reduce-scatter. Without a
@@ -147,7 +147,7 @@ def over_tokens(fn, head: jax.Array, *arrays):
   if ctx is None:
     return fn(head, *arrays, gather=None)
   mesh, rules = ctx
-  tok = token_spec(arrays[0].shape[:2], mesh, rules)
+  tok = token_spec(arrays[0].shape[1:3], mesh, rules)
   tokens = tuple(a for entry in tok for a in spec_axes(entry))
   head_spec = partition_spec(("embed", "vocab"), head.shape, mesh, rules)
   embed, vocab = map(spec_axes, tuple(head_spec) + (None,) * (2 - len(head_spec)))
@@ -167,7 +167,7 @@ def over_tokens(fn, head: jax.Array, *arrays):
   def local(head, *arrays):
     return jax.lax.psum(fn(head, *arrays, gather=(gather, scatter)), tokens)
 
-  specs = (head_spec,) + (tok,) * len(arrays)
+  specs = (head_spec,) + (P(None, *tok),) * len(arrays)
   return jax.shard_map(local, mesh=mesh, in_specs=specs, out_specs=P())(head, *arrays)
 
 

@@ -37,37 +37,37 @@ def _data(b, s, e, v, seed=0):
 
 @pytest.mark.parametrize("chunks", [2, 4, 16])
 @pytest.mark.parametrize("softcap", [0.0, 5.0])
-def test_chunked_cross_entropy_equals_the_whole_logits_loss(chunks, softcap):
+def test_head_losses_over_chunks_equal_the_whole_logits(chunks, softcap):
+  """The main head with z-loss and two MTP depths (documents cut the shifts), values
+  and gradients of head, hidden and the depths' outputs, against `cross_entropy`
+  of whole logits."""
   hidden, targets, weights = _data(3, 32, 16, 50)
+  segment_ids = jnp.ones((3, 32), jnp.int32).at[1, 10:].set(2)
+  depths = [jnp.tanh(hidden), hidden * 0.5]
   w, project = _head(16, 50, softcap)
 
-  def loss(w, hidden, chunks):
-    return losses.chunked_cross_entropy(project, w, hidden, targets, weights, 1e-3, None, chunks)
+  def loss(w, hidden, depths, chunks):
+    total, parts, mtp = losses.head_losses(
+      project, w, hidden, targets, weights, mtp_hidden=depths, segment_ids=segment_ids,
+      z_loss=1e-3, chunks=chunks,
+    )  # fmt: skip
+    return total + mtp.mean(), (parts, mtp)
 
-  (want, want_parts), want_grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(w, hidden, 1)
-  (got, got_parts), got_grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(w, hidden, chunks)
-  plain = losses.cross_entropy(project(hidden, w), targets, weights, 1e-3)[0]
-  _close(want, plain, rtol=1e-6)
+  grad = lambda n: jax.value_and_grad(loss, (0, 1, 2), has_aux=True)(w, hidden, depths, n)
+  (want, (want_parts, want_mtp)), want_grads = grad(1)
+  (got, (got_parts, got_mtp)), got_grads = grad(chunks)
+  main, main_parts = losses.cross_entropy(project(hidden, w), targets, weights, 1e-3)
+  mtp = [
+    losses.cross_entropy(project(h, w), *losses.mtp_targets(k, targets, weights, segment_ids))
+    for k, h in enumerate(depths, start=1)
+  ]
+  _close(want, main + jnp.mean(jnp.stack([m[1]["ce"] for m in mtp])), rtol=1e-6)
+  _close(want_parts["z"], main_parts["z"], rtol=1e-6)
   _close(got, want, rtol=1e-6)
+  _close(got_mtp, want_mtp, rtol=1e-6)
   for name in ("ce", "z"):
     _close(got_parts[name], want_parts[name], rtol=1e-6)
-  for g, h in zip(got_grads, want_grads, strict=True):
-    _close(g, h, rtol=1e-5)
-
-
-def test_mtp_losses_over_chunks_equal_the_whole_logits():
-  hidden, targets, weights = _data(2, 24, 8, 30)
-  segment_ids = jnp.ones((2, 24), jnp.int32).at[1, 10:].set(2)
-  w, project = _head(8, 30)
-  depths = [hidden, hidden * 0.5]
-  want = jnp.stack([
-    losses.cross_entropy(
-      project(h, w), jnp.roll(targets, -k, 1), losses.mtp_weights(k, weights, segment_ids)
-    )[1]["ce"]
-    for k, h in enumerate(depths, start=1)
-  ])  # fmt: skip
-  got = losses.mtp_losses(project, w, depths, targets, weights, segment_ids, chunks=4)
-  _close(got, want, rtol=1e-6)
+  jax.tree.map(lambda g, h: _close(g, h, rtol=1e-5), got_grads, want_grads)
 
 
 def test_the_gradient_of_a_chunked_loss_never_holds_the_whole_logits():
@@ -80,9 +80,7 @@ def test_the_gradient_of_a_chunked_loss_never_holds_the_whole_logits():
 
   def temp(chunks):
     def loss(w, hidden):
-      return losses.chunked_cross_entropy(project, w, hidden, targets, weights, 0.0, None, chunks)[
-        0
-      ]
+      return losses.head_losses(project, w, hidden, targets, weights, chunks=chunks)[0]
 
     compiled = jax.jit(jax.grad(loss, (0, 1))).lower(w, hidden).compile()
     return compiled.memory_analysis().temp_size_in_bytes

@@ -8,7 +8,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from modeling.losses import cross_entropy, mtp_losses
+from modeling.losses import cross_entropy, head_losses
 from tests.conftest import small_train_config
 from trainer.objective import mtp_weight_schedule
 from trainer.trainer import Trainer
@@ -23,15 +23,18 @@ def test_mtp_loss_shifts_targets_and_masks_document_ends():
   want = jnp.roll(targets, -1, axis=1)
   logits = 10.0 * jnp.eye(vocab)[want]
   identity = lambda h, head: h  # the "hidden" are the logits themselves
-  (loss,) = mtp_losses(identity, None, [logits], targets, weights, segment_ids)
+
+  def mtp_loss(logits):
+    kw = dict(mtp_hidden=[logits], segment_ids=segment_ids)
+    return head_losses(identity, None, jnp.zeros_like(logits), targets, weights, **kw)[2]
+
+  (loss,) = mtp_loss(logits)
   # Valid positions: i=0,1 (doc 1) and i=3,4 (doc 2); i=2 crosses into doc 2, i=5 runs off the end.
   mask = jnp.asarray([[1, 1, 0, 1, 1, 0]], jnp.float32)
   expected = cross_entropy(logits, want, mask)[1]["ce"]
   np.testing.assert_allclose(loss, expected, rtol=1e-6)
   wrong = logits.at[0, 2].set(-logits[0, 2])  # a masked position cannot change the loss
-  np.testing.assert_allclose(
-    mtp_losses(identity, None, [wrong], targets, weights, segment_ids)[0], loss
-  )
+  np.testing.assert_allclose(mtp_loss(wrong)[0], loss)
 
 
 def _run(tmp_path, name, depth, weight, steps=6, late_weight=0.1):

@@ -164,35 +164,34 @@ def moe_terms(obj: Objective, cfg: DecoderConfig, aux: dict, share: float = 1.0)
 def loss(obj: Objective, cfg: DecoderConfig, run_model, batch, step, *, mtp: bool, train: bool,
          shares: Shares | None = None):  # fmt: skip
   """(total loss, (CE, aux, terms)): run_model(mlp_widths, mtp) -> (normed hidden,
-  aux, the output head's weights); the head and its CE run in `obj.loss_chunks`
-  sequence chunks. terms: the reported parts (MoE metrics,
-  indexer KLs, MTP and MatFormer losses). shares: this batch's part of a step over
+  aux, the output head's weights); the head and its CE (the MTP depths' too, in
+  the same pass) run in `obj.loss_chunks` sequence chunks. terms: the reported
+  parts (MoE metrics, indexer KLs, MTP and MatFormer losses). shares: this batch's part of a step over
   micro-batches (None: the whole step)."""
   ce_denom, mtp_denoms, share = (None, None, 1.0) if shares is None else (
     shares.ce, shares.mtp, shares.mean)  # fmt: skip
   targets, weights, chunks = batch["targets"], batch["weights"], obj.loss_chunks
   project = functools.partial(decoder.project, cfg)
   hidden, aux, head = run_model(None, mtp)
-  total, ce = losses.chunked_cross_entropy(
-    project, head, hidden, targets, weights, obj.z_loss, ce_denom, chunks
-  )
+  total, ce, mtp_loss = losses.head_losses(
+    project, head, hidden, targets, weights, mtp_hidden=aux.pop("mtp_hidden", ()),
+    segment_ids=batch["segment_ids"], z_loss=obj.z_loss, denom=ce_denom, mtp_denoms=mtp_denoms,
+    chunks=chunks,
+  )  # fmt: skip
   terms = moe_terms(obj, cfg, aux, share)
   total = total + terms.get("aux_loss", 0.0)
   kl = by_layer(cfg, aux, "attn", "indexer_kl")
   if kl is not None:
     terms["indexer_kl"] = kl * share  # [dsa_layers]
     total = total + obj.indexer_kl * terms["indexer_kl"].sum()
-  if "mtp_hidden" in aux:
-    terms["mtp_loss"] = losses.mtp_losses(
-      project, head, aux.pop("mtp_hidden"), targets, weights, batch["segment_ids"], mtp_denoms,
-      chunks,
-    )  # fmt: skip
-    total = total + obj.mtp(step) * terms["mtp_loss"].mean()
+  if mtp_loss is not None:
+    terms["mtp_loss"] = mtp_loss
+    total = total + obj.mtp(step) * mtp_loss.mean()
   if obj.matformer is not None and train:
     widths, weight = obj.matformer
     sub_hidden, _, _ = run_model(widths, False)
-    sub_loss, sub_ce = losses.chunked_cross_entropy(
-      project, head, sub_hidden, targets, weights, obj.z_loss, ce_denom, chunks
+    sub_loss, sub_ce, _ = losses.head_losses(
+      project, head, sub_hidden, targets, weights, z_loss=obj.z_loss, denom=ce_denom, chunks=chunks
     )
     total = total + weight * sub_loss
     terms["matformer_loss"] = sub_ce["ce"]
