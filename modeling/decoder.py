@@ -167,8 +167,8 @@ class Decoder(nnx.Module):
     weight of 0 for the whole run). layer_inputs: {name: [layers, ...]} more
     per-layer inputs beside the stream's; layer i finds its slice in
     ctx.inputs (e.g. a nested sub-model's FFN widths). logits=False stops
-    before the output head: (normed hidden [b, s, e], aux) for `output_head`,
-    so a loss can project a chunk at a time.
+    before the output head: (normed hidden [b, s, e], aux) for `project` with
+    `head()`, so a loss can project a chunk at a time.
 
     aux: `layers` {sublayer path: stats} (see the module docstring): attention
     `max_logits` [heads] and with DSA `indexer_kl`; MoE `load` [experts] token

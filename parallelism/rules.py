@@ -140,9 +140,9 @@ def over_tokens(fn, head: jax.Array, *arrays):
   """fn(head, *arrays, gather=...) -> sums, run on each device's own tokens and
   summed over the mesh. arrays: [n, b, s, ...] token data; head: an [embed, vocab]
   weight, entering as stored (embed split like FSDP) with `gather` = (all-gather
-  in arrays[0]'s dtype, reduce-scatter of its float32 gradient), so each device
-  keeps its gradient's partial sums to itself until one reduce-scatter. Without a
-  mesh, or where the vocab is split too: fn(..., gather=None) under XLA's partitioner."""
+  in arrays[0]'s dtype, reduce-scatter of a float32 gradient of it), so no device
+  ever all-reduces a whole head's gradient. Without a mesh, or where the vocab is
+  split too: fn(..., gather=None) under XLA's partitioner."""
   ctx = _ACTIVE.get()
   if ctx is None:
     return fn(head, *arrays, gather=None)

@@ -166,8 +166,8 @@ def loss(obj: Objective, cfg: DecoderConfig, run_model, batch, step, *, mtp: boo
   """(total loss, (CE, aux, terms)): run_model(mlp_widths, mtp) -> (normed hidden,
   aux, the output head's weights); the head and its CE (the MTP depths' too, in
   the same pass) run in `obj.loss_chunks` sequence chunks. terms: the reported
-  parts (MoE metrics, indexer KLs, MTP and MatFormer losses). shares: this batch's part of a step over
-  micro-batches (None: the whole step)."""
+  parts (MoE metrics, indexer KLs, MTP and MatFormer losses). shares: this batch's
+  part of a step over micro-batches (None: the whole step)."""
   ce_denom, mtp_denoms, share = (None, None, 1.0) if shares is None else (
     shares.ce, shares.mtp, shares.mean)  # fmt: skip
   targets, weights, chunks = batch["targets"], batch["weights"], obj.loss_chunks
