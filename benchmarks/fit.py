@@ -199,10 +199,13 @@ logits per head otherwise; main and MTP heads in separate passes) 72.4; both
 reduce-scatters), 64.9. XLA's own partitioning of the chunked scan needed 1.6 GiB
 less than the shard_map one but all-gathers the head inside every chunk and
 all-reduces the whole head gradient per chunk, so the loss runs in shard_map
-(one head gather, a reduce-scatter per chunk). The 8-way EP row (the same 256
-devices, 32 experts a device) needs 71.0: each layer gathers 8 times more expert
-weights over fsdp, with their float32 gradients; 64-way EP fits it (pipeline
-stages, not built, would cut the layers' saved inputs instead).
+(one head gather, a reduce-scatter per chunk). Then expert parallelism moved its
+token rows by gathers both ways instead of scatters (`grouped.move`: packing the
+send buffer, the local sort and its undoing, the trip home; XLA:CPU had widened
+the bfloat16 scatters' [65536, 7168] buffers to 32 bits): 64.9 -> 60.0 here; the
+8-way EP row (the same 256 devices, 32 experts a device, each layer gathering 8
+times more expert weights over fsdp) 71.0 -> 67.5; Qwen3-235B 62.3 -> 60.1; Kimi
+K2 54.2 -> 50.6.
 Qwen3-235B: its float32 state alone is 54.7 GiB on 64 devices (peak 72.6);
 bfloat16 first moments (the preset's default) bring the state to 47.9, and the
 gradient clip, now one multiply by a scalar that fuses into AdamW (optax's

@@ -2,7 +2,8 @@
 single-device experts: dropless outputs and gradients match exactly (float32
 round-off), capacity mode matches the same layer run on each device's tokens
 alone (capacity is per token shard, as in GShard), and a capped EP buffer
-drops exactly the pairs past the cap. The compiled train step of the tiny
+drops exactly the pairs past the cap (which get no gradient). Tokens travel by
+gathers both ways: no floating-point scatter in the compiled gradient. The compiled train step of the tiny
 DeepSeek-V3 preset moves tokens with all-to-all and never gathers whole
 expert weights; with bfloat16 compute each layer's experts are gathered in
 bfloat16 and their gradients reduce-scattered in float32."""
@@ -18,7 +19,7 @@ from tests.conftest import ROOT, fake_devices_env, family_config
 from trainer.plan import whole_expert_gathers
 
 _SCRIPT = r"""
-import dataclasses, json, math
+import dataclasses, json, math, re
 import jax, jax.numpy as jnp, numpy as np
 from flax import nnx
 from modeling.moe.config import MoeConfig
@@ -115,7 +116,26 @@ for s in range(shards):
       keep[s * t + p // K, p % K] = True
     rank[dest] = rank.get(dest, 0) + 1
 ref_y = jnp.einsum("tke,tk->te", pairs * keep[..., None], w)
-out["buffer_cap"] = dict(y=rel(y, ref_y), dropped=float(dropped), ref_dropped=1 - keep.mean())
+
+
+def capped_ref_loss(st, x):
+  module = nnx.merge(gd, st)
+  pairs = module._dropless_dispatch(module._weights()[0], x, idx)
+  return jnp.sum(jnp.sin(jnp.einsum("tke,tk->te", pairs * keep[..., None], w)))
+
+
+ref_g = jax.jit(jax.grad(capped_ref_loss, argnums=(0, 1)))(st, x)
+g = grads(gd, st, x, mesh)
+out["buffer_cap"] = dict(
+  y=rel(y, ref_y), dropped=float(dropped), ref_dropped=1 - keep.mean(),
+  grads=max(jax.tree.leaves(jax.tree.map(rel, g, ref_g))),
+)
+loss = lambda st, x: jnp.sum(jnp.sin(call(gd, st, x, mesh)[0]))
+hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(st, x).compile().as_text()
+scatters = set(re.findall(r"= (f32\[[\d,]*\])\S* scatter\(", hlo))
+weight_grads = {f"f32[2,{a},{b}]" for a, b in ((16, 12), (12, 16))}  # [E/n, e, f] / [E/n, f, e]
+out["float_scatters"] = sorted(scatters - weight_grads)
+out["int_scatters"] = sorted(set(re.findall(r"= (s32\[[\d,]*\])\S* scatter\(", hlo)))
 print("RESULT " + json.dumps(out))
 """
 
@@ -151,7 +171,15 @@ def test_capped_buffer_drops_exactly_the_overflow(results):
   r = results["buffer_cap"]
   assert r["dropped"] > 0.05
   assert r["dropped"] == pytest.approx(r["ref_dropped"], abs=1e-6)
-  assert r["y"] < 1e-5, r
+  assert r["y"] < 1e-5 and r["grads"] < 1e-5, r  # dropped pairs get no gradient
+
+
+def test_tokens_move_by_gathers_both_ways(results):
+  """Dispatch and return (and their gradients) are gathers: besides integer
+  permutation inverses, the EP layer's compiled gradient scatters only into the
+  expert weights' gradient (blocks of one expert summed into it)."""
+  assert results["float_scatters"] == [], results["float_scatters"]
+  assert results["int_scatters"], "the probe found no scatters at all: is the HLO regex stale?"
 
 
 def _config(**moe):

@@ -47,21 +47,21 @@ def block_rows(m: int, num_experts: int) -> int:
 
 
 @jax.custom_vjp
-def _move(x, index, inverse):
+def move(x, index, inverse):
   """x[index] with out-of-range rows zero; its gradient is g[inverse], where
   `inverse` undoes `index` on every row `index` reads."""
   return jnp.take(x, index, axis=0, mode="fill", fill_value=0)
 
 
 def _move_fwd(x, index, inverse):
-  return _move(x, index, inverse), inverse
+  return move(x, index, inverse), inverse
 
 
 def _move_bwd(inverse, g):
   return jnp.take(g, inverse, axis=0, mode="fill", fill_value=0), None, None
 
 
-_move.defvjp(_move_fwd, _move_bwd)
+move.defvjp(_move_fwd, _move_bwd)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,11 +117,11 @@ class Blocks:
   def pad(self, x):
     """[m, K] sorted rows -> [n, b, K] blocks."""
     n = self.block_expert.shape[0]
-    return _move(x, self.src, self.dest).reshape(n, -1, x.shape[-1])
+    return move(x, self.src, self.dest).reshape(n, -1, x.shape[-1])
 
   def unpad(self, y):
     """[n, b, N] blocks -> [m, N] sorted rows (unused rows zero)."""
-    return _move(y.reshape(-1, y.shape[-1]), self.dest, self.src)
+    return move(y.reshape(-1, y.shape[-1]), self.dest, self.src)
 
   def matmul(self, x, w, preferred_element_type=None, dtype=None):
     """Blocks [n, b, K] times their experts' w [E, K, N] (cast to `dtype`): one
