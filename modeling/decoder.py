@@ -107,11 +107,13 @@ class Period(nnx.Module):
     self.blocks = nnx.List([block(s, rngs=rngs, param_dtype=param_dtype) for s in specs])
 
   def __call__(self, x, ctx: Context):
-    """ctx.layer: the period's first layer; ctx.inputs: per-layer inputs [period, ...]."""
+    """ctx.layer: the period's first layer; ctx.inputs: per-layer inputs [period, ...];
+    ctx.cache: each block's cache (a tuple) when decoding."""
     stats = []
     for j, block in enumerate(self.blocks):
       inputs = {name: value[j] for name, value in ctx.inputs.items()}
-      x, block_stats = block(x, ctx.at_layer(ctx.layer + j, inputs))
+      cache = ctx.cache[j] if ctx.cache else None
+      x, block_stats = block(x, ctx.at_layer(ctx.layer + j, inputs, cache))
       if any("shared" in st for st in block_stats.values()):
         raise NotImplementedError("a layer that leaves K/V for later layers cannot be scanned")
       stats.append(block_stats)
@@ -159,7 +161,7 @@ class Decoder(nnx.Module):
 
   def __call__(
     self, tokens, *, positions=None, segment_ids=None, mtp: bool = True, layer_inputs=None,
-    logits: bool = True,
+    logits: bool = True, cache_len: int = 0, cache: dict | None = None,
   ):  # fmt: skip
     """tokens: [b, s] int -> (logits [b, s, vocab] float32, aux).
 
@@ -169,6 +171,12 @@ class Decoder(nnx.Module):
     ctx.inputs (e.g. a nested sub-model's FFN widths). logits=False stops
     before the output head: (normed hidden [b, s, e], aux) for `project` with
     `head()`, so a loss can project a chunk at a time.
+
+    Generation (modeling/generate.py): cache_len > 0 makes it a prefill, each
+    attention layer returning its cache for up to cache_len positions in its
+    stats (`cache`); given those caches ({sublayer path: cache}, e.g.
+    "stack/blocks/0/attn"), it is a decode step of new positions against them
+    and returns them updated the same way.
 
     aux: `layers` {sublayer path: stats} (see the module docstring): attention
     `max_logits` [heads] and with DSA `indexer_kl`; MoE `load` [experts] token
@@ -185,13 +193,13 @@ class Decoder(nnx.Module):
     x = self._embed(tokens)
     x, inputs = self.stream.enter(tokens, x)  # per-layer inputs: [layers, ...] each
     inputs |= layer_inputs or {}
-    ctx = Context(positions, segment_ids)
-    stats = {}
-    x = self._unrolled(x, ctx, "prefix", 0, inputs, stats)
+    ctx = Context(positions, segment_ids, cache_len=cache_len, decode=cache is not None)
+    cache, stats = cache or {}, {}
+    x = self._unrolled(x, ctx, "prefix", 0, inputs, cache, stats)
     if self.num_periods:
-      x = self._scan(x, ctx, inputs, stats)
+      x = self._scan(x, ctx, inputs, cache, stats)
     first_tail = cfg.prefix + self.num_periods * cfg.period
-    x = self._unrolled(x, ctx, "tail", first_tail, inputs, stats)
+    x = self._unrolled(x, ctx, "tail", first_tail, inputs, cache, stats)
     x = self.stream.exit(x)
     hidden, aux = self.final_norm(x), {"layers": stats}
     if mtp and self.mtp:
@@ -215,12 +223,13 @@ class Decoder(nnx.Module):
       x = x * jnp.asarray(cfg.embed_dim**0.5, cfg.compute_dtype)
     return rules.constrain(x, ACTIVATION_AXES)
 
-  def _unrolled(self, x, ctx, group: str, first: int, inputs, stats):
+  def _unrolled(self, x, ctx, group: str, first: int, inputs, cache: dict, stats):
     """Runs the unrolled blocks of `group` ("prefix" or "tail"), whose first is layer
     `first`; what a block leaves for later layers joins ctx.shared."""
     for j, block in enumerate(getattr(self, group)):
       layer = first + j
-      layer_ctx = ctx.at_layer(layer, {k: v[layer] for k, v in inputs.items()})
+      layer_inputs = {k: v[layer] for k, v in inputs.items()}
+      layer_ctx = ctx.at_layer(layer, layer_inputs, cache.get(f"{group}/{j}/attn"))
       x, block_stats = self._remat(lambda b, x: b(x, layer_ctx), block, x)
       for sublayer, st in block_stats.items():
         ctx.shared.update(st.pop("shared", {}))
@@ -258,7 +267,7 @@ class Decoder(nnx.Module):
     blocks += [(b, None) for b in self.tail]
     return blocks + [(m.block, None) for m in self.mtp]
 
-  def _scan(self, x, ctx, inputs, stats):
+  def _scan(self, x, ctx, inputs, cache: dict, stats):
     """Runs the stacked periods with jax.lax.scan over their split state (the
     forward mutates no variable), under jax.checkpoint when remat is on. Period p
     starts at layer prefix + p * period (scanned too: depth-dependent attention)
@@ -272,14 +281,16 @@ class Decoder(nnx.Module):
       for k, v in inputs.items()
     }
 
+    caches = tuple(cache.get(f"stack/blocks/{j}/attn") for j in range(cfg.period))
+
     def step(x, xs):
-      period_state, first_layer, layer_inputs = xs
+      period_state, first_layer, layer_inputs, caches = xs
       period = nnx.merge(graphdef, period_state)
-      return period(x, ctx.at_layer(first_layer, layer_inputs))
+      return period(x, ctx.at_layer(first_layer, layer_inputs, caches if ctx.decode else None))
 
     if cfg.remat != "none":
       step = jax.checkpoint(step, policy=REMAT_POLICIES[cfg.remat])
-    x, stacked = jax.lax.scan(step, x, (state, first_layers, period_inputs))
+    x, stacked = jax.lax.scan(step, x, (state, first_layers, period_inputs, caches))
     for j, block_stats in enumerate(stacked):  # [periods, ...] per block j of the period
       stats.update({f"stack/blocks/{j}/{n}": st for n, st in block_stats.items() if st})
     return x

@@ -67,6 +67,17 @@ class Tokenizer:
     tokens[-1] = self.eos_id
     return tokens
 
+  def ids(self, text: str) -> list[int]:
+    """Token ids of `text` without EOS (a prompt)."""
+    return self.encode(text)[:-1].tolist()
+
+  def decode(self, ids) -> str:
+    """The text of token ids; EOS and other special tokens are left out (invalid
+    UTF-8 from a byte model shows as U+FFFD)."""
+    if self._hf is None:
+      return bytes(int(i) for i in ids if i < 256).decode("utf-8", errors="replace")
+    return self._hf.decode([int(i) for i in ids], skip_special_tokens=True)
+
 
 @functools.cache
 def tokenizer(spec: str, eos_token: str = "") -> Tokenizer:

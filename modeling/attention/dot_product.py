@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from modeling.attention import blockwise
+from modeling.attention import cache as kv_cache
 from modeling.layers import params, rope
 from modeling.layers.fp8 import Fp8, project
 from modeling.layers.norms import NormConfig, RMSNorm
@@ -240,7 +241,10 @@ class Attention(nnx.Module):
   def __call__(self, x, ctx):
     """x: [b, s, e] -> (out [b, s, e], stats): `max_logits` [h], the largest
     pre-softmax logit per head; with kv_share "store", `shared` {key: (k, v)} that
-    later layers find in ctx.shared (kv_share "reuse": no K/V of its own)."""
+    later layers find in ctx.shared (kv_share "reuse": no K/V of its own).
+    Generation: a prefill (ctx.cache_len) also returns the layer's `cache`
+    (modeling/attention/cache.py); a decode step (ctx.decode) attends from the new
+    positions to ctx.cache after writing them into it, and returns it."""
     cfg, dt = self.cfg, x.dtype
     positions, segment_ids = ctx.positions, ctx.segment_ids
     q = project(x, self.q_proj[...], cfg.fp8)  # [b, s, h, d] (or [b, s, h, 2d]: query | gate)
@@ -252,34 +256,57 @@ class Attention(nnx.Module):
       q = self._norm("q_norm", q)
     if cfg.rope is not None:
       q = rope.apply(q, positions, cfg.rope)
-    if cfg.kv_share == "reuse":
-      k, v = ctx.shared[self.kv_key]
-    else:
-      k, v = self._kv(x, positions)
     if cfg.temperature_scale > 0:
       q = self._temperature(q, positions)
-    out, max_logits = dot_product_attention(
-      q,
-      k,
-      v,
-      segment_ids=segment_ids,
-      scale=cfg.scale,
-      window=cfg.window,
-      chunk=cfg.chunk,
-      positions=positions,
-      softcap=cfg.softcap,
-      sinks=self.sinks[...] if cfg.sinks else None,
-      kernel=cfg.kernel,
-    )
+    sinks = self.sinks[...] if cfg.sinks else None
+    stats = {}
+    if ctx.decode:
+      out, max_logits, stats = self._decode(x, q, ctx, sinks)
+    else:
+      k, v = ctx.shared[self.kv_key] if cfg.kv_share == "reuse" else self._kv(x, positions)
+      out, max_logits = dot_product_attention(
+        q,
+        k,
+        v,
+        segment_ids=segment_ids,
+        scale=cfg.scale,
+        window=cfg.window,
+        chunk=cfg.chunk,
+        positions=positions,
+        softcap=cfg.softcap,
+        sinks=sinks,
+        kernel=cfg.kernel,
+      )
+      if cfg.kv_share == "store":
+        stats["shared"] = {self.kv_key: (k, v)}
+      if ctx.cache_len > 0 and cfg.kv_share != "reuse":  # a prefill: this layer's cache
+        size = kv_cache.slots(cfg.window, cfg.chunk, ctx.cache_len)
+        stats["cache"] = kv_cache.constrain(kv_cache.fill(k, v, segment_ids, size))
     if cfg.gate:
       out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
     out = project(out, self.o_proj[...], cfg.fp8, n_in=2)  # [b, s, e]
     if cfg.out_bias:
       out = out + self.o_bias[...].astype(dt)
-    stats = {} if max_logits is None else {"max_logits": max_logits}
-    if cfg.kv_share == "store":
-      stats["shared"] = {self.kv_key: (k, v)}
+    if max_logits is not None:
+      stats["max_logits"] = max_logits
     return out, stats
+
+  def _decode(self, x, q, ctx, sinks):
+    """New positions [b, q] against the cache: this layer's own, updated with the
+    new keys and values first, or (kv_share "reuse") the storing layer's, left by
+    it in ctx.shared. -> (out [b, q, h, v], max_logits, stats)."""
+    cfg, stats = self.cfg, {}
+    if cfg.kv_share == "reuse":
+      cache = ctx.shared[self.kv_key]
+    else:
+      cache = kv_cache.append(ctx.cache, *self._kv(x, ctx.positions), ctx.positions)
+      stats["cache"] = kv_cache.constrain(cache)
+    if cfg.kv_share == "store":
+      stats["shared"] = {self.kv_key: cache}
+    mask = kv_cache.mask(cache, ctx.positions, cfg.window, cfg.chunk)
+    k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
+    out, max_logits = _attend(q, k, v, mask, cfg.scale, cfg.softcap, sinks)
+    return out, max_logits, stats
 
   @property
   def kv_key(self) -> tuple:

@@ -1,0 +1,216 @@
+"""Specs for modeling/generate.py and the attention caches (modeling/attention/cache.py).
+
+Prefill + one-token decode steps give the full forward's logits at every
+position (float32, random weights) for every softmax-attention family, with
+windows and chunks shorter than the sequence so the ring buffers wrap, scanned
+and unrolled; greedy decoding of a batch of prompts of different lengths gives
+Hugging Face `generate`'s tokens."""
+
+import numpy as np
+import pytest
+
+from tests.conftest import family_config, random_module
+
+# Every family whose layers are all softmax attention, and which of its windowed
+# fields to shrink below the test's 40 tokens.
+SOFTMAX_FAMILIES = (
+  "llama3", "qwen3", "gemma3", "gemma3n", "olmo2", "olmo3", "smollm3", "qwen2", "mistral",
+  "mixtral", "gpt_oss", "llama4", "glm4_moe", "minimax_m2", "qwen3_moe", "qwen2_moe", "grok2",
+)  # fmt: skip
+SEQ = 40
+LENGTHS = (13, 6)  # the prompts: the first tokens of each row
+
+
+def _model(family: str, layers: int | None = None, scan: str = "auto"):
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from modeling.decoder import Decoder  # noqa: PLC0415
+  from trainer import precision  # noqa: PLC0415
+
+  config = family_config(family)
+  for field in ("sliding_window", "attention_chunk"):
+    if config.model.get(field):
+      config.model[field] = 8
+  if layers:
+    config.model.num_layers = layers
+  config.compute.scan_layers = scan
+  config.precision.compute_dtype = "float32"
+  cfg = precision.model_config(config)
+  assert cfg.compute_dtype == jnp.float32
+  return random_module(Decoder, cfg, std=0.1)
+
+
+def _max_error(model) -> tuple[float, float]:
+  """Teacher-forced prefill + decode against the full forward: (max |logit diff|,
+  max |logit|) over every decoded position of both rows."""
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from modeling import generate  # noqa: PLC0415
+
+  rng = np.random.default_rng(0)
+  tokens = rng.integers(0, model.cfg.vocab_size, (2, SEQ)).astype(np.int32)
+  full = np.asarray(model(jnp.asarray(tokens), mtp=False)[0])
+  lengths = np.array(LENGTHS, np.int32)
+  prompts = np.where(np.arange(16)[None] < lengths[:, None], tokens[:, :16], 0)
+  logits, caches = generate.prefill(model, jnp.asarray(prompts), jnp.asarray(lengths), cache_len=64)
+  rows = np.arange(2)
+  errors = [np.abs(np.asarray(logits) - full[rows, lengths - 1]).max()]
+  positions = lengths.copy()
+  for _ in range(SEQ - max(LENGTHS)):
+    new = tokens[rows, positions]
+    logits, caches = generate.decode(model, caches, jnp.asarray(new), jnp.asarray(positions))
+    errors.append(np.abs(np.asarray(logits) - full[rows, positions]).max())
+    positions += 1
+  return float(max(errors)), float(np.abs(full).max())
+
+
+@pytest.mark.parametrize("family", SOFTMAX_FAMILIES)
+def test_prefill_and_decode_equal_the_full_forward(family):
+  error, scale = _max_error(_model(family))
+  assert error <= 1e-4 * max(1.0, scale), (family, error, scale)
+
+
+@pytest.mark.parametrize("family,layers", [("gemma3", 13), ("llama4", 8)])
+def test_scanned_layers_decode_with_stacked_caches(family, layers):
+  """Gemma 3: 2 scanned periods of 5 ring buffers + 1 global cache, then a tail
+  layer; Llama 4: chunked ring buffers and a global layer per period."""
+  model = _model(family, layers, scan="scan")
+  assert model.cfg.num_periods == 2
+  error, scale = _max_error(model)
+  assert error <= 1e-4 * max(1.0, scale), (family, error, scale)
+
+
+def test_window_layers_keep_only_their_window():
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from modeling import generate  # noqa: PLC0415
+
+  model = _model("gpt_oss")  # alternating window-8 and global layers
+  prompts = jnp.ones((2, 16), jnp.int32)
+  _, caches = generate.prefill(model, prompts, jnp.array([16, 3]), cache_len=64)
+  sizes = [caches[p]["k"].shape[1] for p in sorted(caches)]
+  assert sorted(set(sizes)) == [8, 64], sizes
+  ring = next(c for c in caches.values() if c["k"].shape[1] == 8)
+  # Row 0 holds positions 8..15 (slot p % 8); row 1 only 0..2.
+  assert np.asarray(ring["pos"][0]).tolist() == [8, 9, 10, 11, 12, 13, 14, 15]
+  assert np.asarray(ring["pos"][1]).tolist() == [0, 1, 2, -1, -1, -1, -1, -1]
+
+
+def test_sampling_settings():
+  import jax  # noqa: PLC0415
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from modeling.generate import Sampling, check, sample  # noqa: PLC0415
+
+  logits = jnp.asarray(np.random.default_rng(0).standard_normal((4, 50)), jnp.float32)
+  greedy = np.asarray(sample(logits, None, Sampling(greedy=True)))
+  key = jax.random.key(0)
+  assert (np.asarray(sample(logits, key, Sampling(top_k=1))) == greedy).all()
+  assert (np.asarray(sample(logits, key, Sampling(top_p=1e-6))) == greedy).all()
+  # top-k 3: every draw is one of each row's 3 largest logits.
+  top3 = np.argsort(-np.asarray(logits), axis=-1)[:, :3]
+  for seed in range(20):
+    drawn = np.asarray(sample(logits, jax.random.key(seed), Sampling(top_k=3)))
+    assert all(d in row for d, row in zip(drawn, top3))
+  for bad, message in [
+    (Sampling(top_p=0.0), "top_p=0.0 is outside"),
+    (Sampling(top_p=1.5), "top_p=1.5 is outside"),
+    (Sampling(top_k=-1), "top_k=-1"),
+    (Sampling(temperature=0.0), "temperature=0.0"),
+  ]:
+    with pytest.raises(ValueError, match=message):
+      check(bad)
+
+
+def test_generate_stops_rows_at_eos_and_rejects_bad_prompts():
+  from modeling import generate  # noqa: PLC0415
+
+  model = _model("llama3")
+  prompts = [[5, 6, 7], [9]]
+  free = generate.generate(model, prompts, 12)
+  assert [len(r) for r in free] == [12, 12]
+  eos = free[0][4]  # row 0 stops at its 5th token (or earlier if it appeared before)
+  stopped = generate.generate(model, prompts, 12, eos_id=eos)
+  first = free[0].index(eos)
+  assert stopped[0] == free[0][: first + 1]
+  cut = free[1].index(eos) + 1 if eos in free[1] else 12
+  assert stopped[1] == free[1][:cut]
+  with pytest.raises(ValueError, match="at least one token"):
+    generate.generate(model, [[1], []], 4)
+
+
+def test_attention_without_a_cache_is_named():
+  from modeling import generate  # noqa: PLC0415
+
+  with pytest.raises(ValueError, match="layer 0 uses MLA attention"):
+    generate.check_model(_model("deepseek_v3").cfg)
+
+
+@pytest.mark.parametrize("case", ["llama", "gemma3", "qwen3", "mistral"])
+def test_greedy_tokens_equal_hf_generate(case, tmp_path):
+  """Three prompts of different lengths decoded as one batch give the tokens HF's
+  greedy `generate` gives each prompt (20 new tokens, or fewer ending at EOS).
+  Gemma 3 and Mistral's windows (8) are shorter than prompt + new tokens."""
+  import torch  # noqa: PLC0415
+
+  from modeling import generate, hf  # noqa: PLC0415
+  from tests import test_hf_parity  # noqa: PLC0415
+  from tests.hf_common import TINY, VOCAB  # noqa: PLC0415
+
+  hf_model = test_hf_parity._build(case, tmp_path)
+  _, model = hf.load(tmp_path)
+  rng = np.random.default_rng(1)
+  prompts = [rng.integers(3, VOCAB, n).tolist() for n in (11, 4, 7)]
+  ours = generate.generate(model, prompts, 20, eos_id=TINY["eos_token_id"])
+  for prompt, tokens in zip(prompts, ours):
+    with torch.no_grad():
+      out = hf_model.generate(
+        torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
+        max_new_tokens=20, do_sample=False, pad_token_id=TINY["pad_token_id"],
+      )  # fmt: skip
+    assert tokens == out[0, len(prompt) :].tolist(), (case, prompt)
+  assert sum(map(len, ours)) >= 30, ours  # not all cut short by EOS
+
+
+def _script(*args, cwd=None):
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  from tests.conftest import ROOT  # noqa: PLC0415
+
+  return subprocess.run(
+    [sys.executable, str(ROOT / "scripts" / "generate.py"), *args], capture_output=True,
+    text=True, timeout=600, cwd=cwd or ROOT,
+  )  # fmt: skip
+
+
+def test_script_decodes_a_workdir_as_the_library_does(tmp_path):
+  """A 2-step run's workdir: the script's greedy ids equal `generate` on the loaded
+  model; text prompts go through the run's byte tokenizer; another family's
+  --config and a bad top_p are one-line errors."""
+  from modeling import generate  # noqa: PLC0415
+  from tests.conftest import ROOT, small_train_config  # noqa: PLC0415
+  from trainer import inference  # noqa: PLC0415
+  from trainer.trainer import Trainer  # noqa: PLC0415
+
+  workdir = str(tmp_path / "run")
+  config = small_train_config("llama3", steps=2, log_every=1)
+  config.optim.warmup_steps = 1
+  Trainer(config, workdir).run()
+  _, model = inference.load(workdir)
+  expected = generate.generate(model, [[5, 17, 99], [7]], 6)
+  out = _script("--checkpoint", workdir, "--prompt_ids", "5,17,99", "--prompt_ids", "7",
+                "--greedy", "--max_new_tokens", "6", "--print_ids")  # fmt: skip
+  assert out.returncode == 0, out.stderr[-2000:]
+  lines = [[int(t) for t in line.split()] for line in out.stdout.strip().splitlines()]
+  assert lines == expected
+  text = _script("--checkpoint", workdir, "--prompt", "def f(", "--max_new_tokens", "4")
+  assert text.returncode == 0, text.stderr[-2000:]
+  wrong = _script("--config", str(ROOT / "configs" / "qwen3.py"), "--checkpoint", workdir,
+                  "--prompt", "x")  # fmt: skip
+  assert wrong.returncode != 0
+  assert "holds a llama3 model, not qwen3" in wrong.stderr
+  bad = _script("--checkpoint", workdir, "--prompt", "x", "--top_p", "1.5")
+  assert bad.returncode != 0 and "error: top_p=1.5 is outside (0, 1]" in bad.stderr
+  empty = _script("--checkpoint", str(tmp_path), "--prompt", "x")
+  assert "is neither a run's workdir" in empty.stderr
