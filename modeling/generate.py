@@ -10,6 +10,7 @@ each new token (for streaming).
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
@@ -17,8 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from modeling.attention.dot_product import AttentionConfig
-from modeling.decoder import Decoder, DecoderConfig, project
+from modeling.decoder import Decoder, project
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,18 +37,6 @@ def check(s: Sampling):
     raise ValueError(f"top_k={s.top_k} is negative; 0 keeps every token")
   if not s.greedy and s.temperature <= 0:
     raise ValueError(f"temperature={s.temperature} must be > 0; use greedy decoding for argmax")
-
-
-def check_model(cfg: DecoderConfig):
-  """Decoding needs a cache for every attention layer's kind."""
-  for i, block in enumerate(cfg.blocks):
-    if not isinstance(block.attention, AttentionConfig):
-      kind = getattr(block.attention, "kind", None) or "MLA"  # DeltaNet kinds, else MLA
-      raise ValueError(
-        f"layer {i} uses {kind} attention, which has no decoding cache yet; generation "
-        "runs models whose layers are all softmax GQA/MHA (full, sliding-window, "
-        "chunked, with sinks)"
-      )
 
 
 def sample(logits, key, s: Sampling):
@@ -82,10 +70,9 @@ def _caches(aux) -> dict:
   return {path: st["cache"] for path, st in aux["layers"].items() if "cache" in st}
 
 
-@nnx.jit(static_argnames=("cache_len",))
-def prefill(model: Decoder, tokens, lengths, *, cache_len: int):
-  """tokens [b, P] (row r's prompt in its first lengths[r] places) -> (the logits
-  after each prompt [b, vocab] float32, caches for cache_len positions)."""
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
+def _prefill(graphdef, state, tokens, lengths, cache_len: int):
+  model = nnx.merge(graphdef, state)
   b, p = tokens.shape
   segment_ids = (jnp.arange(p)[None] < lengths[:, None]).astype(jnp.int32)
   positions = jnp.broadcast_to(jnp.arange(p), (b, p))
@@ -97,15 +84,38 @@ def prefill(model: Decoder, tokens, lengths, *, cache_len: int):
   return project(model.cfg, last, model.head()), _caches(aux)
 
 
-@nnx.jit
-def decode(model: Decoder, caches: dict, tokens, positions):
-  """One new token per row: tokens, positions [b] -> (logits [b, vocab], caches)."""
+def _decode_logits(graphdef, state, caches, tokens, positions):
+  model = nnx.merge(graphdef, state)
   tokens, positions = tokens[:, None], positions[:, None]
   hidden, aux = model(
     tokens, positions=positions, segment_ids=jnp.ones_like(tokens), mtp=False,
     logits=False, cache=caches,
   )  # fmt: skip
   return project(model.cfg, hidden[:, 0], model.head()), _caches(aux)
+
+
+_decode = jax.jit(_decode_logits, static_argnames="graphdef", donate_argnames="caches")
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "sampling"), donate_argnames="caches")
+def _decode_and_sample(graphdef, state, caches, tokens, positions, key, sampling: Sampling):
+  """One decode step and the next tokens it samples (one dispatch per token)."""
+  logits, caches = _decode_logits(graphdef, state, caches, tokens, positions)
+  return sample(logits, jax.random.fold_in(key, positions[0]), sampling), caches
+
+
+def prefill(model: Decoder, tokens, lengths, *, cache_len: int):
+  """tokens [b, P] (row r's prompt in its first lengths[r] places) -> (the logits
+  after each prompt [b, vocab] float32, caches for cache_len positions)."""
+  graphdef, state = nnx.split(model)
+  return _prefill(graphdef, state, tokens, lengths, cache_len)
+
+
+def decode(model: Decoder, caches: dict, tokens, positions):
+  """One new token per row: tokens, positions [b] -> (logits [b, vocab], caches);
+  the caches passed in are donated (reuse the returned ones)."""
+  graphdef, state = nnx.split(model)
+  return _decode(graphdef, state, caches, tokens, positions)
 
 
 _sample = jax.jit(sample, static_argnums=2)
@@ -124,7 +134,6 @@ def generate(
   """The new tokens of each prompt: up to max_new_tokens, ending at (and with)
   eos_id. on_token(row, token) sees each one as it is chosen."""
   check(sampling)
-  check_model(model.cfg)
   if not prompts or any(len(p) == 0 for p in prompts):
     raise ValueError("every prompt needs at least one token")
   lengths = np.array([len(p) for p in prompts], np.int32)
@@ -133,13 +142,15 @@ def generate(
   for r, p in enumerate(prompts):
     tokens[r, : len(p)] = p
   cache_len = bucket(int(lengths.max()) + max_new_tokens)
-  logits, caches = prefill(model, jnp.asarray(tokens), jnp.asarray(lengths), cache_len=cache_len)
+  graphdef, state = nnx.split(model)
+  logits, caches = _prefill(
+    graphdef, state, jnp.asarray(tokens), jnp.asarray(lengths), cache_len=cache_len
+  )
   key = jax.random.key(seed)
+  new = np.asarray(_sample(logits, key, sampling))
   positions, done = lengths.copy(), np.zeros(len(prompts), bool)
   out = [[] for _ in prompts]
   for i in range(max_new_tokens):
-    key, sub = jax.random.split(key)
-    new = np.asarray(_sample(logits, sub, sampling))
     for r in np.flatnonzero(~done):
       out[r].append(int(new[r]))
       if on_token is not None:
@@ -147,6 +158,9 @@ def generate(
     done |= new == eos_id if eos_id is not None else False
     if done.all() or i == max_new_tokens - 1:
       break
-    logits, caches = decode(model, caches, jnp.asarray(new), jnp.asarray(positions))
+    new, caches = _decode_and_sample(
+      graphdef, state, caches, jnp.asarray(new), jnp.asarray(positions), key, sampling
+    )
+    new = np.asarray(new)
     positions += 1
   return out

@@ -8,6 +8,7 @@
   python scripts/bench.py dispatch [--config configs/llama3.py:tiny] [--steps 10] [--dtype bfloat16]
   python scripts/bench.py flops [--families llama3,deepseek_v3] [--steps 3]
   python scripts/bench.py mfu [--steps 30] [--batch 4] [--remat save_dots]   (on a GPU)
+  python scripts/bench.py decode [--config configs/llama3.py:tiny] [--batch 8] [--new_tokens 64]
 
 `moe`: tokens/s of the full train step with dropless (sort + ragged_dot)
 versus capacity-factor dispatch, same model, same batch, same process.
@@ -46,6 +47,8 @@ the layer layout and the attention kernels chosen; on a CPU the tiny presets.
 dispatch picks on this device, printed per attention kind) against `xla`, same
 model, same batch, same process: tokens/s of each, the ratio, and how far the
 first step's loss moved (on CPU auto is XLA: ratio ~1, loss equal).
+`decode`: greedy decode tokens/s against Hugging Face `generate`, same weights
+(benchmarks/decode.py).
 """
 
 import argparse
@@ -60,7 +63,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import attention, kernels, moe_twin  # noqa: E402
+from benchmarks import attention, decode, kernels, moe_twin  # noqa: E402
 from modeling.moe.config import MATMULS  # noqa: E402
 from parallelism.mesh import make_mesh  # noqa: E402
 from trainer import data, step  # noqa: E402
@@ -383,11 +386,11 @@ def main():
   flt.add_argument("--trials", type=int, default=20)
   flt.add_argument("--seed", type=int, default=0)
   flt.add_argument("--workdir", default="", help="where the runs go (default: a temp dir)")
+  decode.add_parser(sub)
   args = parser.parse_args()
-  benches = {"moe": bench_moe, "optim": bench_optim, "attention": attention.bench,
-             "kernels": kernels.bench, "muonclip": bench_muonclip,
-             "dispatch": bench_dispatch, "faults": bench_faults, "flops": bench_flops,
-             "mfu": bench_mfu}  # fmt: skip
+  benches = {"decode": decode.bench, "moe": bench_moe, "optim": bench_optim, "flops": bench_flops,
+             "attention": attention.bench, "kernels": kernels.bench, "mfu": bench_mfu,
+             "muonclip": bench_muonclip, "dispatch": bench_dispatch, "faults": bench_faults}  # fmt: skip
   benches[args.bench](args)
 
 

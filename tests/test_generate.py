@@ -1,9 +1,9 @@
 """Specs for modeling/generate.py and the attention caches (modeling/attention/cache.py).
 
 Prefill + one-token decode steps give the full forward's logits at every
-position (float32, random weights) for every softmax-attention family, with
-windows and chunks shorter than the sequence so the ring buffers wrap, scanned
-and unrolled; greedy decoding of a batch of prompts of different lengths gives
+position (float32, random weights) for every family's tiny preset (softmax
+GQA, MLA, DSA, DeltaNet, KDA, lightning), with windows and chunks shorter than
+the sequence so the ring buffers wrap, scanned and unrolled; greedy decoding of a batch of prompts of different lengths gives
 Hugging Face `generate`'s tokens."""
 
 import numpy as np
@@ -11,17 +11,17 @@ import pytest
 
 from tests.conftest import family_config, random_module
 
-# Every family whose layers are all softmax attention, and which of its windowed
-# fields to shrink below the test's 40 tokens.
-SOFTMAX_FAMILIES = (
+# Every family, and which of its windowed fields to shrink below the test's 40 tokens.
+FAMILIES = (
   "llama3", "qwen3", "gemma3", "gemma3n", "olmo2", "olmo3", "smollm3", "qwen2", "mistral",
   "mixtral", "gpt_oss", "llama4", "glm4_moe", "minimax_m2", "qwen3_moe", "qwen2_moe", "grok2",
+  "deepseek_v3", "kimi_k2", "deepseek_v32", "glm5", "qwen3_next", "kimi_linear", "minimax01",
 )  # fmt: skip
 SEQ = 40
 LENGTHS = (13, 6)  # the prompts: the first tokens of each row
 
 
-def _model(family: str, layers: int | None = None, scan: str = "auto"):
+def _model(family: str, layers: int | None = None, scan: str = "auto", topk: int = 8):
   import jax.numpy as jnp  # noqa: PLC0415
 
   from modeling.decoder import Decoder  # noqa: PLC0415
@@ -31,6 +31,8 @@ def _model(family: str, layers: int | None = None, scan: str = "auto"):
   for field in ("sliding_window", "attention_chunk"):
     if config.model.get(field):
       config.model[field] = 8
+  if config.model.mla.indexer.num_heads:  # DSA: each query keeps 8 of up to 40 keys
+    config.model.mla.indexer.topk = topk
   if layers:
     config.model.num_layers = layers
   config.compute.scan_layers = scan
@@ -64,18 +66,32 @@ def _max_error(model) -> tuple[float, float]:
   return float(max(errors)), float(np.abs(full).max())
 
 
-@pytest.mark.parametrize("family", SOFTMAX_FAMILIES)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_prefill_and_decode_equal_the_full_forward(family):
   error, scale = _max_error(_model(family))
   assert error <= 1e-4 * max(1.0, scale), (family, error, scale)
 
 
-@pytest.mark.parametrize("family,layers", [("gemma3", 13), ("llama4", 8)])
+def test_dsa_decode_is_sparse():
+  """The DSA case above selects: its logits with top-8 differ from dense ones."""
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  tokens = jnp.asarray(np.random.default_rng(0).integers(0, 384, (2, SEQ)), jnp.int32)
+  sparse = _model("deepseek_v32")(tokens, mtp=False)[0]
+  dense = _model("deepseek_v32", topk=SEQ)(tokens, mtp=False)[0]
+  assert float(jnp.abs(sparse - dense).max()) > 1e-3
+
+
+@pytest.mark.parametrize(
+  "family,layers", [("gemma3", 13), ("llama4", 8), ("qwen3_next", 8), ("minimax01", 8)]
+)
 def test_scanned_layers_decode_with_stacked_caches(family, layers):
   """Gemma 3: 2 scanned periods of 5 ring buffers + 1 global cache, then a tail
-  layer; Llama 4: chunked ring buffers and a global layer per period."""
+  layer; Llama 4: chunked ring buffers and a global layer per period; Qwen3-Next:
+  DeltaNet states and conv rows; MiniMax-01: lightning states (decay by the
+  scanned layer index)."""
   model = _model(family, layers, scan="scan")
-  assert model.cfg.num_periods == 2
+  assert model.cfg.num_periods >= 2
   error, scale = _max_error(model)
   assert error <= 1e-4 * max(1.0, scale), (family, error, scale)
 
@@ -139,25 +155,28 @@ def test_generate_stops_rows_at_eos_and_rejects_bad_prompts():
     generate.generate(model, [[1], []], 4)
 
 
-def test_attention_without_a_cache_is_named():
-  from modeling import generate  # noqa: PLC0415
-
-  with pytest.raises(ValueError, match="layer 0 uses MLA attention"):
-    generate.check_model(_model("deepseek_v3").cfg)
+HF_CASES = [("dense", c) for c in ("llama", "gemma3", "qwen3", "mistral")] + [
+  ("moe", c) for c in ("deepseek_v3", "gpt_oss", "llama4", "qwen3_next", "minimax01")
+]
 
 
-@pytest.mark.parametrize("case", ["llama", "gemma3", "qwen3", "mistral"])
-def test_greedy_tokens_equal_hf_generate(case, tmp_path):
+@pytest.mark.parametrize("suite,case", HF_CASES)
+def test_greedy_tokens_equal_hf_generate(suite, case, tmp_path):
   """Three prompts of different lengths decoded as one batch give the tokens HF's
   greedy `generate` gives each prompt (20 new tokens, or fewer ending at EOS).
-  Gemma 3 and Mistral's windows (8) are shorter than prompt + new tokens."""
+  Gemma 3, Mistral and gpt-oss windows (8) and Llama 4's chunks are shorter than
+  prompt + new tokens; DeepSeek-V3 decodes MLA, Qwen3-Next DeltaNet, MiniMax-01
+  lightning attention. MiniMax-01's reference is HF generating without its cache:
+  with it (transformers' MiniMax cache path) HF's own tokens differ from its
+  uncached ones from the 6th token on, for all three prompts, while ours equal the
+  uncached ones."""
   import torch  # noqa: PLC0415
 
   from modeling import generate, hf  # noqa: PLC0415
-  from tests import test_hf_parity  # noqa: PLC0415
+  from tests import test_hf_parity, test_hf_parity_moe  # noqa: PLC0415
   from tests.hf_common import TINY, VOCAB  # noqa: PLC0415
 
-  hf_model = test_hf_parity._build(case, tmp_path)
+  hf_model = (test_hf_parity if suite == "dense" else test_hf_parity_moe)._build(case, tmp_path)
   _, model = hf.load(tmp_path)
   rng = np.random.default_rng(1)
   prompts = [rng.integers(3, VOCAB, n).tolist() for n in (11, 4, 7)]
@@ -167,6 +186,7 @@ def test_greedy_tokens_equal_hf_generate(case, tmp_path):
       out = hf_model.generate(
         torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long),
         max_new_tokens=20, do_sample=False, pad_token_id=TINY["pad_token_id"],
+        use_cache=case != "minimax01",
       )  # fmt: skip
     assert tokens == out[0, len(prompt) :].tolist(), (case, prompt)
   assert sum(map(len, ours)) >= 30, ours  # not all cut short by EOS
@@ -184,10 +204,15 @@ def _script(*args, cwd=None):
   )  # fmt: skip
 
 
-def test_script_decodes_a_workdir_as_the_library_does(tmp_path):
-  """A 2-step run's workdir: the script's greedy ids equal `generate` on the loaded
-  model; text prompts go through the run's byte tokenizer; another family's
-  --config and a bad top_p are one-line errors."""
+def test_scripts_decode_and_evaluate_a_workdir_as_the_library_does(tmp_path):
+  """A 2-step run's workdir: its held-out loss through `inference.evaluate` is the
+  train loop's, and scripts/evaluate.py runs; the generate script's greedy ids
+  equal `generate` on the loaded model; text prompts go through the run's byte
+  tokenizer; another family's --config and a bad top_p are one-line errors."""
+  import json  # noqa: PLC0415
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
   from modeling import generate  # noqa: PLC0415
   from tests.conftest import ROOT, small_train_config  # noqa: PLC0415
   from trainer import inference  # noqa: PLC0415
@@ -196,8 +221,20 @@ def test_script_decodes_a_workdir_as_the_library_does(tmp_path):
   workdir = str(tmp_path / "run")
   config = small_train_config("llama3", steps=2, log_every=1)
   config.optim.warmup_steps = 1
-  Trainer(config, workdir).run()
-  _, model = inference.load(workdir)
+  run = Trainer(config, workdir).run()
+  saved, model = inference.load(workdir)
+  # scripts/evaluate.py's numbers: the train loop's eval loss on the same batches.
+  t = config.train
+  result = inference.evaluate(saved, model, batch_size=t.batch_size, seq_len=t.seq_len,
+                              max_batches=t.eval_batches, progress=False)  # fmt: skip
+  assert result["nats_per_token"] == pytest.approx(run["eval"]["eval_loss"], rel=1e-5)
+  assert 0 < result["bytes"] <= result["tokens"]  # a byte per target but EOS
+  assert result["perplexity"] == pytest.approx(np.exp(result["nats_per_token"]))
+  ev = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate.py"), "--checkpoint",
+                       workdir, "--json", "--batches", "1"], capture_output=True, text=True,
+                      timeout=600)  # fmt: skip
+  assert ev.returncode == 0, ev.stderr[-2000:]
+  assert json.loads(ev.stdout.strip().splitlines()[-1])["batches"] == 1
   expected = generate.generate(model, [[5, 17, 99], [7]], 6)
   out = _script("--checkpoint", workdir, "--prompt_ids", "5,17,99", "--prompt_ids", "7",
                 "--greedy", "--max_new_tokens", "6", "--print_ids")  # fmt: skip

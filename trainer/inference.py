@@ -76,3 +76,57 @@ def tokenizer(path: str, config) -> documents.Tokenizer | None:
   except ValueError:
     return None
   return tok if tok.vocab_size <= config.model.vocab_size else None
+
+
+def byte_lengths(tok: documents.Tokenizer, vocab_size: int) -> np.ndarray:
+  """UTF-8 bytes each token id stands for (EOS and ids past the tokenizer: 0); with
+  a tokenizer.json, each id decoded on its own (byte-level BPE pieces of one
+  character count as U+FFFD's 3 bytes: per-byte numbers there are approximate)."""
+  if tok.spec == "byte":
+    lengths = np.zeros(vocab_size, np.int64)
+    lengths[:256] = 1
+    return lengths
+  return np.array(
+    [len(tok.decode([i]).encode()) if i < tok.vocab_size else 0 for i in range(vocab_size)]
+  )
+
+
+def evaluate(config, model, *, batch_size: int, seq_len: int, max_batches: int, progress=True):
+  """Held-out loss of `model` on config.data's eval split, batch-split over every
+  local device (the train step's eval step on a data-parallel mesh) -> dict of
+  nats_per_token, nats_per_byte, perplexity, tokens, bytes, batches."""
+  import tqdm  # noqa: PLC0415
+
+  from parallelism.mesh import make_mesh  # noqa: PLC0415
+  from trainer import data, step  # noqa: PLC0415
+
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.mesh.update(data=jax.device_count(), fsdp=1, tensor=1, expert=1, context=1)
+  config.train.update(batch_size=batch_size, seq_len=seq_len, microbatches=1)
+  program = step.build(config, make_mesh(config.mesh, jax.devices()))
+  _, params, rest = nnx.split(model, nnx.Param, ...)
+  shardings = {k: jax.tree.map(lambda s: s.sharding, program.abstract_state[k])
+               for k in ("params", "model_state")}  # fmt: skip
+  params = jax.device_put(nnx.to_pure_dict(params), shardings["params"])
+  rest = jax.device_put(nnx.to_pure_dict(rest), shardings["model_state"])
+  batches = data.eval_batches(
+    config.data, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches
+  )
+  if not batches:
+    raise ValueError(f"data.path={config.data.path!r} has no eval split to evaluate on")
+  lengths = byte_lengths(documents.data_tokenizer(config.data), config.model.vocab_size)
+  nats, tokens, nbytes = 0.0, 0.0, 0
+  for batch in tqdm.tqdm(batches, disable=not progress, desc="evaluate"):
+    loss_sum, weight = program.eval_step(
+      params, rest, jax.device_put(batch, program.batch_sharding)
+    )
+    nats, tokens = nats + float(loss_sum), tokens + float(weight)
+    nbytes += int(np.sum(lengths[batch["targets"]] * (batch["weights"] > 0)))
+  return {
+    "nats_per_token": nats / max(tokens, 1.0),
+    "nats_per_byte": nats / max(nbytes, 1),
+    "perplexity": float(np.exp(nats / max(tokens, 1.0))),
+    "tokens": int(tokens),
+    "bytes": nbytes,
+    "batches": len(batches),
+  }

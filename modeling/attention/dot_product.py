@@ -116,7 +116,7 @@ def dot_product_attention(
     )  # fmt: skip
   mask = attention_mask(segment_ids, window, chunk, positions)  # [b, 1, 1, q, t]
   parts = [
-    _attend(q[:, a:b], k[:, c:b], v[:, c:b], mask[..., a:b, c:b], scale, softcap, sinks)
+    attend(q[:, a:b], k[:, c:b], v[:, c:b], mask[..., a:b, c:b], scale, softcap, sinks)
     for a, b, c in query_blocks(q.shape[1], window)
   ]
   out = jnp.concatenate([o for o, _ in parts], axis=1) if len(parts) > 1 else parts[0][0]
@@ -145,7 +145,7 @@ def query_blocks(s: int, window: int = 0) -> list[tuple[int, int, int]]:
   return [(a, min(s, a + size), max(0, a - window + 1) if window else 0) for a in range(0, s, size)]
 
 
-def _attend(q, k, v, mask, scale: float, softcap: float, sinks):
+def attend(q, k, v, mask, scale: float, softcap: float, sinks):
   """Softmax attention of one query block over its keys -> (out [b, q, h, v], max
   logits [h]); mask [b, 1, 1, q, t]."""
   b, s, h, d = q.shape
@@ -281,7 +281,7 @@ class Attention(nnx.Module):
         stats["shared"] = {self.kv_key: (k, v)}
       if ctx.cache_len > 0 and cfg.kv_share != "reuse":  # a prefill: this layer's cache
         size = kv_cache.slots(cfg.window, cfg.chunk, ctx.cache_len)
-        stats["cache"] = kv_cache.constrain(kv_cache.fill(k, v, segment_ids, size))
+        stats["cache"] = kv_cache.constrain(kv_cache.fill({"k": k, "v": v}, segment_ids, size))
     if cfg.gate:
       out = out * jax.nn.sigmoid(gate.astype(jnp.float32)).astype(out.dtype)
     out = project(out, self.o_proj[...], cfg.fp8, n_in=2)  # [b, s, e]
@@ -299,13 +299,14 @@ class Attention(nnx.Module):
     if cfg.kv_share == "reuse":
       cache = ctx.shared[self.kv_key]
     else:
-      cache = kv_cache.append(ctx.cache, *self._kv(x, ctx.positions), ctx.positions)
+      k, v = self._kv(x, ctx.positions)
+      cache = kv_cache.append(ctx.cache, {"k": k, "v": v}, ctx.positions)
       stats["cache"] = kv_cache.constrain(cache)
     if cfg.kv_share == "store":
       stats["shared"] = {self.kv_key: cache}
     mask = kv_cache.mask(cache, ctx.positions, cfg.window, cfg.chunk)
     k, v = cache["k"].astype(q.dtype), cache["v"].astype(q.dtype)
-    out, max_logits = _attend(q, k, v, mask, cfg.scale, cfg.softcap, sinks)
+    out, max_logits = attend(q, k, v, mask, cfg.scale, cfg.softcap, sinks)
     return out, max_logits, stats
 
   @property

@@ -90,6 +90,16 @@ def chunked(q, k, v, rates, *, chunk: int, segment_ids):
   return jnp.moveaxis(o, (0, 2), (1, 3)).reshape(b, n * chunk, h, dv)[:, :s]
 
 
+def prompt_state(k, v, rates, segment_ids):
+  """The state [b, h, d, v] after each row's last real token (right-padded prompts
+  of one document each): sum over its tokens t of exp(-r (last - t)) k_t v_t^T."""
+  t = jnp.arange(k.shape[1])
+  last = jnp.sum(segment_ids > 0, axis=1)[:, None, None] - 1  # [b, 1, 1]
+  age = (last - t[None, None]).astype(jnp.float32)  # [b, 1, s]
+  w = jnp.where(age >= 0, jnp.exp(-rates[None, :, None] * jnp.maximum(age, 0.0)), 0.0)
+  return jnp.einsum("bht,bthd,bthv->bhdv", w, k.astype(jnp.float32), v.astype(jnp.float32))
+
+
 class LightningAttention(nnx.Module):
   """Lightning attention layer (MiniMax-01): x -> SiLU(x W_qkv) split per head
   into q, k, v; the decayed linear attention above; RMSNorm over all heads at
@@ -119,8 +129,16 @@ class LightningAttention(nnx.Module):
     qkv = jax.nn.silu(jnp.einsum("bse,ehx->bshx", x, self.qkv_proj[...].astype(dt)).astype(f32))
     q, k, v = jnp.split(qkv, 3, axis=-1)  # [b, s, h, d] each
     rates = decay_rates(h, ctx.layer, cfg.num_layers)
-    o = chunked(q, k, v, rates, chunk=cfg.chunk, segment_ids=segment_ids)
+    stats = {}
+    if ctx.decode:  # S_t = exp(-r) S_{t-1} + k_t v_t^T, o_t = q_t S_t; one new token a row
+      state = jnp.exp(-rates)[:, None, None] * ctx.cache["state"]
+      state = state + jnp.einsum("bhd,bhv->bhdv", k[:, 0], v[:, 0])
+      o, stats["cache"] = jnp.einsum("bhd,bhdv->bhv", q[:, 0], state)[:, None], {"state": state}
+    else:
+      o = chunked(q, k, v, rates, chunk=cfg.chunk, segment_ids=segment_ids)
+    if ctx.cache_len:  # a prefill: the state after each prompt's last token
+      stats["cache"] = {"state": prompt_state(k, v, rates, segment_ids)}
     o = self.norm(o.reshape(b, s, h * d)).reshape(b, s, h, d)
     gate = jnp.einsum("bse,ehd->bshd", x, self.output_gate[...].astype(dt)).astype(f32)
     o = o * jax.nn.sigmoid(gate)
-    return jnp.einsum("bshd,hde->bse", o.astype(dt), self.out_proj[...].astype(dt)), {}
+    return jnp.einsum("bshd,hde->bse", o.astype(dt), self.out_proj[...].astype(dt)), stats

@@ -219,6 +219,46 @@ def causal_conv(x, weight, segment_ids):
   return out
 
 
+def conv_cached(x, weight, ctx):
+  """`causal_conv` as a layer runs it under generation -> (out [b, s, ...ch], what the
+  cache keeps of its input: the last kernel - 1 rows [b, kernel - 1, ...ch], or
+  None outside generation). A decode step convolves its new rows with the cached
+  ones; a prefill keeps each prompt's last rows (zeros before its start)."""
+  kernel = weight.shape[0]
+  if ctx.decode:
+    window = jnp.concatenate([ctx.cache["conv"].astype(x.dtype), x], axis=1)
+    s = x.shape[1]
+    out = sum(window[:, i : i + s].astype(jnp.float32) * weight[i].astype(jnp.float32)
+              for i in range(kernel))  # fmt: skip
+    return out, window[:, s:]
+  out = causal_conv(x, weight, ctx.segment_ids)
+  if not ctx.cache_len:
+    return out, None
+  lengths = jnp.sum(ctx.segment_ids > 0, axis=1)
+  rows = lengths[:, None] - (kernel - 1) + jnp.arange(kernel - 1)  # [b, kernel - 1]
+  tail = jnp.take_along_axis(x, jnp.maximum(rows, 0)[..., None], axis=1)
+  return out, jnp.where(rows[..., None] >= 0, tail, 0)
+
+
+def delta_cached(q, k, v, g, beta, ctx, cfg: DeltaNetConfig):
+  """The delta rule as a layer runs it -> (o, the final state [b, h, k, v] under
+  generation, else None). A decode step runs `recurrent` from the cached state; a
+  prefill runs `chunked` with each prompt's padding made inert (k, g, beta zero: no
+  write, no decay), so its final state is the state after the prompt's last token."""
+  if ctx.decode:
+    return recurrent(q, k, v, g, beta, initial_state=ctx.cache["state"])
+  if not ctx.cache_len:
+    run = chunked(q, k, v, g, beta, chunk=cfg.chunk, segment_ids=ctx.segment_ids,
+                  kernel=cfg.kernel)  # fmt: skip
+    return run[0], None
+  real = ctx.segment_ids > 0
+  inert = lambda t: jnp.where(real.reshape(real.shape + (1,) * (t.ndim - 2)), t, 0.0)
+  return chunked(
+    q, inert(k), v, inert(g), inert(beta), chunk=cfg.chunk,
+    segment_ids=jnp.ones_like(ctx.segment_ids), kernel=cfg.kernel,
+  )  # fmt: skip
+
+
 def l2_normalize(x, eps: float = 1e-6):
   return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True) + eps)
 
@@ -259,9 +299,9 @@ class GatedDeltaNet(nnx.Module):
     self.out_proj = normal((hv, dv, e), ("heads", "head_dim", "embed"))
 
   def __call__(self, x, ctx):
-    """x: [b, s, e] -> (out [b, s, e], stats {}): no softmax, so no max logits.
-    Reads ctx.segment_ids (the recurrence orders tokens itself)."""
-    segment_ids = ctx.segment_ids
+    """x: [b, s, e] -> (out [b, s, e], stats): no softmax, so no max logits; under
+    generation the `cache` {state, conv}. Reads ctx.segment_ids (the recurrence
+    orders tokens itself)."""
     cfg, f32 = self.cfg, jnp.float32
     b, s, _ = x.shape
     hk, hv, dk, dv = cfg.num_k_heads, cfg.num_v_heads, cfg.k_head_dim, cfg.v_head_dim
@@ -270,7 +310,8 @@ class GatedDeltaNet(nnx.Module):
     q, k, v, z = jnp.split(proj(self.in_proj_qkvz), [dk, 2 * dk, 2 * dk + r * dv], axis=-1)
     beta, a = jnp.split(proj(self.in_proj_ba), [r], axis=-1)  # [b, s, hk, r] each
     mixed = jnp.concatenate([q.reshape(b, s, -1), k.reshape(b, s, -1), v.reshape(b, s, -1)], -1)
-    mixed = jax.nn.silu(causal_conv(mixed, self.conv[...], segment_ids))
+    mixed, conv_tail = conv_cached(mixed, self.conv[...], ctx)
+    mixed = jax.nn.silu(mixed)
     q, k, v = jnp.split(mixed, [hk * dk, 2 * hk * dk], axis=-1)
     q = l2_normalize(q.reshape(b, s, hk, dk)) * dk**-0.5
     k = l2_normalize(k.reshape(b, s, hk, dk))
@@ -278,13 +319,10 @@ class GatedDeltaNet(nnx.Module):
     beta = jax.nn.sigmoid(beta.reshape(b, s, hv))
     a = a.reshape(b, s, hv) + self.dt_bias[...].astype(f32)
     g = -jnp.exp(self.A_log[...].astype(f32)) * jax.nn.softplus(a)
-    o, _ = chunked(
-      q, k, v.reshape(b, s, hv, dv), g, beta, chunk=cfg.chunk, segment_ids=segment_ids,
-      kernel=cfg.kernel,
-    )  # fmt: skip
+    o, state = delta_cached(q, k, v.reshape(b, s, hv, dv), g, beta, ctx, cfg)
     o = self.norm(o) * jax.nn.silu(z.reshape(b, s, hv, dv))  # [b, s, hv, dv]
     out = jnp.einsum("bshv,hve->bse", o.astype(x.dtype), self.out_proj[...].astype(x.dtype))
-    return out, {}
+    return out, {} if state is None else {"cache": {"state": state, "conv": conv_tail}}
 
 
 class KimiDeltaAttention(nnx.Module):
@@ -326,9 +364,9 @@ class KimiDeltaAttention(nnx.Module):
     self.o_proj = normal((h, d, e), ("heads", "head_dim", "embed"))
 
   def __call__(self, x, ctx):
-    """x: [b, s, e] -> (out [b, s, e], stats {}): no softmax, so no max logits.
-    Reads ctx.segment_ids (the recurrence orders tokens itself)."""
-    segment_ids = ctx.segment_ids
+    """x: [b, s, e] -> (out [b, s, e], stats): no softmax, so no max logits; under
+    generation the `cache` {state, conv}. Reads ctx.segment_ids (the recurrence
+    orders tokens itself)."""
     cfg, f32, dt = self.cfg, jnp.float32, x.dtype
     b, s, _ = x.shape
     h, d = cfg.num_v_heads, cfg.v_head_dim
@@ -336,17 +374,18 @@ class KimiDeltaAttention(nnx.Module):
     low_rank = lambda a, w: jnp.einsum("bsr,rhd->bshd", x @ a[...].astype(dt), w[...].astype(dt))
     mixed = jnp.concatenate([heads(self.q_proj), heads(self.k_proj), heads(self.v_proj)], -1)
     conv = jnp.concatenate([self.q_conv[...], self.k_conv[...], self.v_conv[...]], axis=-1)
-    mixed = jax.nn.silu(causal_conv(mixed, conv, segment_ids))
+    mixed, conv_tail = conv_cached(mixed, conv, ctx)
+    mixed = jax.nn.silu(mixed)
     q, k, v = (t.reshape(b, s, h, d) for t in jnp.split(mixed, 3, axis=-1))
     q, k = l2_normalize(q) * d**-0.5, l2_normalize(k)
     beta = jax.nn.sigmoid((x @ self.b_proj[...].astype(dt)).astype(f32))  # [b, s, h]
     a = low_rank(self.f_a_proj, self.f_b_proj).astype(f32) + self.dt_bias[...].astype(f32)
     g = -jnp.exp(self.A_log[...].astype(f32))[:, None] * jax.nn.softplus(a)  # [b, s, h, d]
-    o, _ = chunked(q, k, v, g, beta, chunk=cfg.chunk, segment_ids=segment_ids, kernel=cfg.kernel)
+    o, state = delta_cached(q, k, v, g, beta, ctx, cfg)
     gate = jax.nn.sigmoid(low_rank(self.g_a_proj, self.g_b_proj).astype(f32))
     o = self.norm(o) * gate  # [b, s, h, d]
     out = jnp.einsum("bshd,hde->bse", o.astype(dt), self.o_proj[...].astype(dt))
-    return out, {}
+    return out, {} if state is None else {"cache": {"state": state, "conv": conv_tail}}
 
 
 # model.linear.kind -> the layer it builds.

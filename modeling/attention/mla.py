@@ -19,8 +19,9 @@ import math
 import jax.numpy as jnp
 from flax import nnx
 
+from modeling.attention import cache as kv_cache
 from modeling.attention import sparse
-from modeling.attention.dot_product import dot_product_attention
+from modeling.attention.dot_product import attend, dot_product_attention
 from modeling.attention.sparse import IndexerConfig
 from modeling.layers import params, rope
 from modeling.layers.fp8 import Fp8, project
@@ -135,6 +136,8 @@ class MLA(nnx.Module):
     positions, segment_ids = ctx.positions, ctx.segment_ids
     c_q, q_nope, q_pe = self._query(x, positions)
     c_kv, k_pe = self._latent(x, positions)
+    if ctx.decode:
+      return self._decode(x, ctx, c_q, q_nope, q_pe, c_kv, k_pe)
     q, k, v = (self._absorbed_qkv if self.cfg.absorbed else self._naive_qkv)(
       q_nope, q_pe, c_kv, k_pe
     )
@@ -145,11 +148,47 @@ class MLA(nnx.Module):
       out, stats["max_logits"], stats["indexer_kl"] = self._indexed(
         x, c_q, positions, segment_ids, q, k, v
       )
-    if self.cfg.absorbed:  # latent outputs [b, s, h, c] -> values through W_UV
-      w_uv = self.kv_b_proj[...].astype(jnp.float32)[..., self.cfg.qk_nope_head_dim :]
-      out = jnp.einsum("bshc,chv->bshv", out, w_uv)
+    if self.cfg.absorbed:
+      out = self._values(out)
+    if ctx.cache_len > 0:  # a prefill: this layer's cache
+      size = kv_cache.slots(self.cfg.window, 0, ctx.cache_len)
+      entries = self._cached(x, positions, c_kv, k_pe)
+      stats["cache"] = kv_cache.constrain(kv_cache.fill(entries, segment_ids, size))
     out = project(out.astype(x.dtype), self.o_proj[...], self.cfg.fp8, n_in=2)  # [b, s, e]
     return out, stats
+
+  def _values(self, out):
+    """Latent outputs [b, s, h, c] -> values [b, s, h, v] through W_UV (absorbed form)."""
+    w_uv = self.kv_b_proj[...].astype(jnp.float32)[..., self.cfg.qk_nope_head_dim :]
+    return jnp.einsum("bshc,chv->bshv", out, w_uv)
+
+  def _cached(self, x, positions, c_kv, k_pe) -> dict:
+    """What a decode cache keeps per position: the latent key [c_kv | k_pe]
+    [b, s, 1, c + r] (576 wide in V3, against 128 heads x 2 x 128 for GQA-style
+    K/V), and with DSA the indexer's keys [b, s, 1, d]."""
+    entries = {"k": jnp.concatenate([c_kv, k_pe], axis=-1)[:, :, None, :]}
+    if self.cfg.indexer is not None:
+      entries["index_k"] = self.indexer.keys(x, positions)[:, :, None, :]
+    return entries
+
+  def _decode(self, x, ctx, c_q, q_nope, q_pe, c_kv, k_pe):
+    """New positions against the cache (after writing them into it), in the
+    absorbed form whatever `absorbed` says: MQA of [q_nope W_UK, q_pe] over the
+    cached latent keys, W_UV after. With DSA in its sparse stage each query sees
+    only the indexer's top-k cached keys. -> (out [b, q, e], {"cache": ...})."""
+    cfg, positions = self.cfg, ctx.positions
+    cache = kv_cache.append(ctx.cache, self._cached(x, positions, c_kv, k_pe), positions)
+    q, _, _ = self._absorbed_qkv(q_nope, q_pe, c_kv, k_pe)
+    mask = kv_cache.mask(cache, positions, cfg.window)  # [b, 1, 1, q, T]
+    if cfg.indexer is not None and cfg.indexer.stage == "sparse":
+      scores = self.indexer.scores(x, c_q, positions, cache["index_k"][:, :, 0], mask[:, 0, 0])
+      slots = scores.shape[-1]
+      chosen = sparse.select(scores, min(cfg.indexer.topk, slots))  # [b, q, k]
+      mask &= jnp.any(chosen[..., None] == jnp.arange(slots), axis=-2)[:, None, None]
+    keys = cache["k"].astype(jnp.float32)
+    out, _ = attend(q, keys, keys[..., : cfg.kv_lora_rank], mask, cfg.scale, 0.0, None)
+    out = project(self._values(out).astype(x.dtype), self.o_proj[...], cfg.fp8, n_in=2)
+    return out, {"cache": kv_cache.constrain(cache)}
 
   def _naive_qkv(self, q_nope, q_pe, c_kv, k_pe):
     """Per-head q, k [b, s, h, n + r] and v [b, s, h, v] (d_qk != d_v)."""

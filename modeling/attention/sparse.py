@@ -51,6 +51,7 @@ class IndexerConfig:
   fp8: bool = False  # Hadamard-rotate q/k, then E4M3 with one scale per D-vector.
   init_std: float = 0.02
 
+
 NEG = -1e30  # a masked score: finite, so log-softmax never meets -inf - -inf
 
 
@@ -79,13 +80,24 @@ class Indexer(nnx.Module):
   def __call__(self, x, c_q, positions, valid):
     """x: [b, s, e], c_q: [b, s, l], valid: [b, s, t] bool -> scores [b, s, t] float32,
     NEG where not valid. Inputs are detached: only the indexer's own loss trains it."""
+    return self.scores(x, c_q, positions, self.keys(x, positions), valid)
+
+  def keys(self, x, positions):
+    """x: [b, t, e] -> the indexer's keys [b, t, d] float32 (what a decode cache holds)."""
+    x = jax.lax.stop_gradient(x).astype(jnp.float32)
+    k = self.k_norm(x @ self.wk[...].astype(jnp.float32))[:, :, None, :]  # [b, t, 1, d]
+    k = rope.apply(k, positions, self.cfg.rope)[:, :, 0]
+    return self._fp8(k) if self.cfg.fp8 else k
+
+  def scores(self, x, c_q, positions, k, valid):
+    """Queries of x [b, s, e] / c_q [b, s, l] at `positions` against keys k
+    [b, t, d] -> scores [b, s, t], NEG where not valid [b, s, t]."""
     cfg, f32 = self.cfg, jnp.float32
     x, c_q = jax.lax.stop_gradient(x).astype(f32), jax.lax.stop_gradient(c_q).astype(f32)
     q = jnp.einsum("bsl,ljd->bsjd", c_q, self.wq_b[...].astype(f32))
-    k = self.k_norm(x @ self.wk[...].astype(f32))[:, :, None, :]  # [b, t, 1, d]
-    q, k = rope.apply(q, positions, cfg.rope), rope.apply(k, positions, cfg.rope)[:, :, 0]
+    q = rope.apply(q, positions, cfg.rope)
     if cfg.fp8:
-      q, k = self._fp8(q), self._fp8(k)
+      q = self._fp8(q)
     logits = jnp.einsum("bsjd,btd->bsjt", q, k) * cfg.head_dim**-0.5
     w = (x @ self.weights_proj[...].astype(f32)) * cfg.num_heads**-0.5  # [b, s, j]
     scores = jnp.einsum("bsj,bsjt->bst", w, jax.nn.relu(logits))
