@@ -155,18 +155,24 @@ def test_generate_stops_rows_at_eos_and_rejects_bad_prompts():
     generate.generate(model, [[1], []], 4)
 
 
-HF_CASES = [("dense", c) for c in ("llama", "gemma3", "qwen3", "mistral")] + [
-  ("moe", c) for c in ("deepseek_v3", "gpt_oss", "llama4", "qwen3_next", "minimax01")
-]
+HF_CASES = [
+  ("dense", c)
+  for c in ("llama", "gemma3", "gemma3n", "qwen3", "qwen2", "mistral", "olmo2", "olmo3", "smollm3")
+] + [
+  ("moe", c)
+  for c in ("deepseek_v3", "deepseek_v32", "glm5", "gpt_oss", "llama4", "qwen3_next",
+            "kimi_linear", "minimax01", "qwen3_moe", "qwen2_moe", "mixtral", "glm4_moe",
+            "minimax_m2")
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("suite,case", HF_CASES)
 def test_greedy_tokens_equal_hf_generate(suite, case, tmp_path):
   """Three prompts of different lengths decoded as one batch give the tokens HF's
   greedy `generate` gives each prompt (20 new tokens, or fewer ending at EOS).
-  Gemma 3, Mistral and gpt-oss windows (8) and Llama 4's chunks are shorter than
-  prompt + new tokens; DeepSeek-V3 decodes MLA, Qwen3-Next DeltaNet, MiniMax-01
-  lightning attention. MiniMax-01's reference is HF generating without its cache:
+  Every HF parity case: sliding windows (8) and Llama 4's chunks shorter than
+  prompt + new tokens, Gemma 3n's KV sharing, MLA, DSA (DeepSeek-V3.2, GLM-5),
+  DeltaNet (Qwen3-Next), KDA (Kimi Linear), lightning attention (MiniMax-01). MiniMax-01's reference is HF generating without its cache:
   with it (transformers' MiniMax cache path) HF's own tokens differ from its
   uncached ones from the 6th token on, for all three prompts, while ours equal the
   uncached ones."""
