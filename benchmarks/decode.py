@@ -3,10 +3,14 @@ Hugging Face `generate` on the same weights, in the same process.
 
 The preset's model (random init, float32) is exported with `modeling.hf.export`
 and loaded by `transformers`; both decode the same batch of prompts greedily for
-the same number of new tokens with their caches (ours: one prefill, then one
-jitted decode step per token; each side runs once untimed first, so compiles and
-warm-ups are not counted). Tokens/s counts new tokens of the whole batch; the
-tokens both produce must be equal, which the output says. Needs `torch` and
+the same number of new tokens with their caches (ours: one prefill, then bursts
+of decode steps in a device loop; each side runs once untimed first, so compiles
+and warm-ups are not counted). Tokens/s counts new tokens of the whole batch; the
+tokens both produce must be equal, which the output says. A third line times the
+model's weight matmuls alone (every torch Linear layer on a [batch, in] input,
+once per new token; no attention, cache or sampling): at small batches decoding
+is bound by reading the weights, so that rate over HF's is the most any
+implementation of these matmuls could gain on HF. Needs `torch` and
 `transformers` (the test extra).
 """
 
@@ -69,9 +73,21 @@ def bench(args):
     return out[:, args.prompt :].tolist()
 
   hf_s, theirs = _timed(hf_generate, args.repeats)
+  linears = [m for m in hf_model.modules() if isinstance(m, torch.nn.Linear)]
+  inputs = [torch.randn(args.batch, m.in_features) for m in linears]
+
+  def matmuls_only():
+    with torch.no_grad():
+      for _ in range(new):
+        for m, x in zip(linears, inputs):
+          m(x)
+
+  floor_s, _ = _timed(matmuls_only, args.repeats)
   tokens = args.batch * new
   print(f"{args.config}: batch {args.batch}, prompt {args.prompt}, {new} new tokens, greedy, "
         f"float32, {jax.devices()[0].device_kind}, best of {args.repeats}")  # fmt: skip
   print(f"  ours      {tokens / ours_s:10.1f} tokens/s ({ours_s:.3f} s)")
   print(f"  HF        {tokens / hf_s:10.1f} tokens/s ({hf_s:.3f} s)")
+  print(f"  matmuls   {tokens / floor_s:10.1f} tokens/s ({floor_s:.3f} s; the weights' "
+        f"matmuls alone, at most {hf_s / floor_s:.2f}x HF)")  # fmt: skip
   print(f"  ours / HF {hf_s / ours_s:10.2f}x; same tokens: {ours == theirs}")

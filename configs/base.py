@@ -25,6 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
   m = c.model = ml_collections.ConfigDict()
   m.family = ""  # HF name-map key ("llama3", "qwen3", ...); informational.
   m.vocab_size = 512  # rows of the embedding table (>= tokenizer vocab).
+  m.max_len = 0  # longest prompt + generation served (HF max_position_embeddings); 0: no limit.
   m.embed_dim = 256  # residual stream width d.
   m.num_layers = 4
   m.num_heads = 8  # query heads.
@@ -33,8 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
   m.mlp_dim = 1024  # gated-MLP hidden width.
   m.activation = "silu"  # silu (SwiGLU) | gelu_tanh (GeGLU).
   m.mlp_bias = False
-  m.norm = "rms"  # rms: x/rms(x)*w | rms_one_plus: x/rms(x)*(1+w), weights
-  #   stored zero-centred (Gemma, Qwen3-Next).
+  m.norm = "rms"  # rms: x/rms(x)*w | rms_one_plus: x/rms(x)*(1+w) (Gemma, Qwen3-Next).
   m.norm_eps = 1e-6
   m.norm_placement = "pre"  # pre (Llama) | post (OLMo 2: norm after each sublayer,
   #   inside the residual) | sandwich (Gemma 3: both) | deepnorm (MiniMax-01: the

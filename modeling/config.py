@@ -85,6 +85,7 @@ def _check_model(m):
   choice("model.rope_scaling.type", m.rope_scaling.type, ROPE_SCALINGS)
   choice("model.attention", m.attention, ("gqa", "mla"))
   check(m.mtp.depth >= 0, f"model.mtp.depth={m.mtp.depth} must be >= 0")
+  check(m.max_len >= 0, f"model.max_len={m.max_len} must be >= 0 (0: no limit)")
   check(m.logit_scale > 0, f"model.logit_scale={m.logit_scale} must be positive (1.0 = off)")
   check(
     m.nope_temperature_floor > 0,

@@ -4,7 +4,7 @@
 
 --checkpoint is a run's workdir (its latest committed step, its saved data and
 tokenizer settings) or a local Hugging Face directory (the data and tokenizer
-then come from --data and --tokenizer). The data's eval split (data.eval_fraction
+then come from --config FAMILY.py[:PRESET], if given, and --data, --tokenizer). The data's eval split (data.eval_fraction
 of the documents, as in training) is cut into batches of --batch_size x --seq_len
 tokens, split over every local device. Prints nats per token (the train loop's
 eval_loss), nats per byte (UTF-8 bytes of the targets, EOS counted as none) and
@@ -18,9 +18,11 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 from trainer import cli  # noqa: E402
 
+_CONFIG = config_flags.DEFINE_config_file("config", None, "configs/FAMILY.py[:PRESET]")
 _CHECKPOINT = flags.DEFINE_string("checkpoint", None, "Workdir or local HF directory.")
 _DATA = flags.DEFINE_string("data", "", "data.path override: text/JSONL files or a glob.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", "", "data.tokenizer override: byte or a file.")
@@ -37,7 +39,7 @@ def main(argv):
   if not _CHECKPOINT.value:
     sys.exit("error: --checkpoint (a workdir or HF directory) is required")
   try:
-    config, model = inference.load(_CHECKPOINT.value)
+    config, model = inference.load(_CHECKPOINT.value, _CONFIG.value)
     config.unlock()
     if _DATA.value:
       config.data.path = _DATA.value

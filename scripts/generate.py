@@ -5,8 +5,10 @@
 
 --checkpoint is a run's workdir (its latest committed step and saved config) or a
 local Hugging Face directory (config.json + safetensors; its tokenizer.json if
-there). --config FAMILY.py[:PRESET] only names the family the checkpoint must be;
-without --checkpoint it generates from the preset's random init. One prompt
+there). --config FAMILY.py[:PRESET] names the family the checkpoint must be; with
+a Hugging Face directory its other sections (precision, compute, data, ...) apply
+while the dimensions come from config.json. Without --checkpoint it generates
+from the preset's random init. One prompt
 streams its text as it is produced; several (--prompts FILE: one per line, or
 --prompt_ids given more than once) decode as one batch and print a line each.
 """
@@ -53,8 +55,7 @@ def _model():
 
   config = _CONFIG.value
   if _CHECKPOINT.value:
-    family = config.model.family if config is not None else ""
-    config, model = inference.load(_CHECKPOINT.value, family)
+    config, model = inference.load(_CHECKPOINT.value, config)
   elif config is not None:
     from flax import nnx  # noqa: PLC0415
 
@@ -85,18 +86,23 @@ def main(argv):
   eos = tok.eos_id if tok is not None else None
   print_ids = _PRINT_IDS.value or tok is None
   stream = len(prompts) == 1 and not print_ids
-  new, shown = [], [""]
+  line, shown = [], [""]  # the current line's tokens and the text printed of them
 
   def on_token(row, token):  # prints the text the new token adds
-    new.append(token)
-    text = tok.decode(new)
+    line.append(token)
+    text = tok.decode(line)
+    if text.endswith("\ufffd"):  # a character whose other bytes are still to come
+      return
     print(text[len(shown[0]) :], end="", flush=True)
     shown[0] = text
+    if text.endswith("\n"):  # re-decode only the current line
+      line.clear()
+      shown[0] = ""
 
   try:
     out = generate.generate(
       model, prompts, _MAX_NEW.value, sampling, seed=_SEED.value, eos_id=eos,
-      on_token=on_token if stream else None,
+      on_token=on_token if stream else None, max_len=config.model.max_len,
     )  # fmt: skip
   except ValueError as e:
     sys.exit(f"error: {e}")

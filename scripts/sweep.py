@@ -7,8 +7,11 @@ Each --sweep KEY=V1,V2,... is one grid axis (the first varies slowest); --list F
 gives the cells instead, one per line: `[NAME:] KEY=VALUE ...`. Other --config.*
 flags go to every cell. Cell <name> trains in <workdir>/<name> (log: train.log);
 running the same command again skips finished cells and resumes the others. At
-the end: <workdir>/summary.csv, summary.md and loss_curves.png. --dry-run prints
-the commands, --emit FILE writes them one per line (a cluster array job's tasks).
+the end: <workdir>/summary.csv, summary.md and loss_curves.png; --evaluate adds each
+finished cell's held-out nats_per_token, nats_per_byte and perplexity (its latest
+checkpoint on --eval_batches batches of its data's eval split, in this process).
+--dry-run prints the commands, --emit FILE writes them one per line (a cluster
+array job's tasks).
 """
 
 import pathlib
@@ -30,6 +33,10 @@ _LIST = flags.DEFINE_string("list", None, "File of cells, one per line: [NAME:] 
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Cells trained at once.", lower_bound=1)
 _DRY_RUN = flags.DEFINE_bool("dry-run", False, "Print each cell's command; run nothing.")
 _EMIT = flags.DEFINE_string("emit", None, "Write each cell's command to this file; run nothing.")
+_EVALUATE = flags.DEFINE_bool("evaluate", False, "Add each finished cell's held-out loss.")
+_EVAL_BATCHES = flags.DEFINE_integer(
+  "eval_batches", 8, "Held-out batches per cell with --evaluate.", lower_bound=1
+)
 
 
 def parse_flags(argv):
@@ -63,7 +70,8 @@ def main(argv):
     print(f"wrote {len(commands)} commands to {_EMIT.value}")
     return
   failed = sweep.run(jobs, _PARALLEL.value)
-  print(sweep.write_summary(_WORKDIR.value, jobs, failed))
+  evaluations = sweep.evaluate_cells(jobs, failed, _EVAL_BATCHES.value) if _EVALUATE.value else None
+  print(sweep.write_summary(_WORKDIR.value, jobs, failed, evaluations))
   if failed:
     names = ", ".join(job.cell.name for job in jobs if job.cell.name in failed)
     sys.exit(f"error: {len(failed)} of {len(jobs)} cells failed: {names}")

@@ -153,6 +153,115 @@ def test_generate_stops_rows_at_eos_and_rejects_bad_prompts():
   assert stopped[1] == free[1][:cut]
   with pytest.raises(ValueError, match="at least one token"):
     generate.generate(model, [[1], []], 4)
+  # Bursts of 1 or 5 device steps per call (EOS inside a burst) give the same tokens.
+  assert generate.generate(model, prompts, 12, steps_per_call=5) == free
+  assert generate.generate(model, prompts, 12, eos_id=eos, steps_per_call=1) == stopped
+  assert generate.generate(model, prompts, 12, eos_id=eos, steps_per_call=5) == stopped
+  with pytest.raises(ValueError, match=r"3 tokens is longer than .* \(model.max_len=2\)"):
+    generate.generate(model, prompts, 4, max_len=2)
+  with pytest.raises(ValueError, match="ask for at most 7 new tokens"):
+    generate.generate(model, prompts, 8, max_len=10)
+  assert len(generate.generate(model, prompts, 7, max_len=10)[0]) == 7
+
+
+_ON_MESH = """
+import jax, jax.numpy as jnp, numpy as np
+from flax import nnx
+from modeling import generate
+from modeling.decoder import Decoder
+from parallelism.mesh import make_mesh
+from tests.conftest import family_config
+from trainer import inference, precision
+
+prompts = [[5, 17, 99, 3, 8], [7], [1, 2, 3], [9, 9]]
+tokens = jnp.asarray([p + [0] * (8 - len(p)) for p in prompts], jnp.int32)
+lengths = jnp.asarray([len(p) for p in prompts], jnp.int32)
+for family in ("llama3", "deepseek_v3"):
+  config = family_config(family)
+  config.mesh.update(data=2, fsdp=2, tensor=2, expert=1)
+  model = Decoder(precision.model_config(config), rngs=nnx.Rngs(0))
+  mesh = make_mesh(config.mesh, jax.devices())
+  sharded = inference.shard(model, mesh)
+  ref, _ = generate.prefill(model, tokens, lengths, cache_len=32)
+  got, caches = generate.prefill(sharded, tokens, lengths, cache_len=32, mesh=mesh)
+  np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+  for cache in caches.values():
+    assert cache["pos"].sharding.spec[0] == ("data", "fsdp"), cache["pos"].sharding
+    if family == "llama3":  # [b, T, kv_heads, d]: kv heads over tensor
+      assert tuple(cache["k"].sharding.spec)[:3] == (("data", "fsdp"), None, "tensor")
+  alone = generate.generate(model, prompts, 12)
+  assert generate.generate(sharded, prompts, 12, mesh=mesh) == alone, family
+print("ok")
+"""
+
+
+def test_generate_on_a_mesh_equals_one_device(root):
+  """On data=2, fsdp=2, tensor=2 fake devices (weights laid out as in training):
+  the prefill's logits equal one device's, the caches shard batch over data and
+  fsdp and (GQA) kv heads over tensor, and greedy tokens are one device's, for
+  Llama 3 and DeepSeek-V3 (MLA's latent cache)."""
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  from tests.conftest import fake_devices_env  # noqa: PLC0415
+
+  result = subprocess.run(
+    [sys.executable, "-c", _ON_MESH], cwd=root, env=fake_devices_env(8),
+    capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert result.stdout.strip().splitlines()[-1] == "ok"
+
+
+def test_a_hugging_face_directory_takes_the_other_sections_from_the_config(tmp_path):
+  """--checkpoint HF_DIR --config PRESET: the model (dimensions, max_len from
+  max_position_embeddings) is config.json's, the other sections the preset's; a
+  preset of another family is refused before any weight is read; a prompt longer
+  than max_len is one error line from the script."""
+  import jax.numpy as jnp  # noqa: PLC0415
+
+  from modeling.hf import export  # noqa: PLC0415
+  from tests.conftest import ROOT  # noqa: PLC0415
+  from trainer import inference  # noqa: PLC0415
+
+  model = _model("llama3")
+  exported = family_config("llama3")
+  exported.model.max_len = 24
+  export.save(model, exported.model, tmp_path)
+  user = family_config("llama3")
+  user.model.num_layers = 1  # the preset's dimensions do not apply
+  user.data.path = "held_out/*.txt"
+  user.compute.scan_layers = "unroll"  # (hf.load alone scans)
+  config, loaded = inference.load(str(tmp_path), user)
+  assert config.model.num_layers == exported.model.num_layers
+  assert config.model.max_len == 24 and config.data.path == "held_out/*.txt"
+  assert loaded.cfg.num_periods == 0  # compute.scan_layers=unroll applied
+  tokens = jnp.asarray([[5, 17, 99, 3]])
+  np.testing.assert_allclose(loaded(tokens)[0], model(tokens)[0], atol=1e-5)
+  with pytest.raises(ValueError, match="holds a llama3 model, not qwen3"):
+    inference.load(str(tmp_path), family_config("qwen3"))
+  ids = ",".join(["5"] * 30)
+  out = _script("--config", str(ROOT / "configs" / "llama3.py") + ":tiny", "--checkpoint",
+                str(tmp_path), "--prompt_ids", ids, "--print_ids")  # fmt: skip
+  assert out.returncode != 0
+  assert "error: a prompt of 30 tokens is longer than the model's maximum length" in out.stderr
+
+
+def test_nats_per_byte_counts_a_bpe_tokenizers_bytes_exactly(tmp_path):
+  """Byte-level BPE pieces of one character (a tokenizer trained on ASCII text
+  splits 'é' and '✓') are decoded together, so the targets' bytes are the text's."""
+  from tests.test_data_sources import _tokenizer_json  # noqa: PLC0415
+  from trainer import documents, inference  # noqa: PLC0415
+
+  tok = documents.tokenizer(_tokenizer_json(tmp_path))
+  text = "héllo wörld ✓ def f(x): return x"
+  ids = tok.encode(text)  # ends with EOS (no bytes)
+  batch = {"targets": np.stack([ids, ids]), "weights": np.ones((2, len(ids)), np.float32)}
+  batch["weights"][1, : len(ids) // 2] = 0  # row 1: only its second half counts
+  half = len(tok.decode(ids[len(ids) // 2 :]).encode())
+  assert inference.target_bytes(tok, batch) == len(text.encode()) + half
+  per_token = sum(len(tok.decode([i]).encode()) for i in ids)
+  assert per_token != len(text.encode())  # what counting each token alone would say
 
 
 HF_CASES = [

@@ -122,3 +122,9 @@ def test_mfu_bench_runs_the_dense_and_moe_models_on_cpu_shapes():
   rows = [line for line in out.splitlines() if "MFU" in line]
   assert [r.split()[0] for r in rows] == ["dense", "moe"]
   assert "configs/deepseek_v3.py:tiny" in rows[1] and "layers unrolled" in rows[1]
+
+
+def test_decode_bench_runs_ours_hf_and_the_matmul_floor():
+  out = _bench("decode", "--batch", "2", "--prompt", "4", "--new_tokens", "4", "--repeats", "1")
+  assert "same tokens: True" in out
+  assert [line.split()[0] for line in out.splitlines()[1:]] == ["ours", "HF", "matmuls", "ours"]

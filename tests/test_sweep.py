@@ -2,6 +2,7 @@
 
 import csv
 import json
+import math
 import shlex
 import subprocess
 import sys
@@ -247,7 +248,25 @@ def test_summary_has_one_row_per_cell_from_its_metrics(tmp_path):
   check_png(tmp_path / "loss_curves.png")
 
 
-def test_sweep_trains_each_cell_summarises_and_skips_finished_cells(tmp_path):
+def check_evaluations(workdir, rows, max_batches):
+  """Each row's held-out numbers are finite, positive, in summary.md, and what
+  inference.evaluate gives for the cell's workdir when called directly."""
+  from trainer import inference  # noqa: PLC0415 - jax; only the tests that evaluate need it.
+
+  table = (workdir / "summary.md").read_text()
+  for row in rows:
+    values = [float(row[column]) for column in sweep.EVAL_COLUMNS]
+    assert all(math.isfinite(v) and v > 0 for v in values), row
+    assert "| {:.4f} | {:.4f} | {:.4f} |".format(*values) in table
+    config, model = inference.load(str(workdir / row["cell"]))
+    direct = inference.evaluate(
+      config, model, batch_size=config.train.batch_size, seq_len=config.train.seq_len,
+      max_batches=max_batches, progress=False,
+    )  # fmt: skip
+    assert float(row["nats_per_token"]) == pytest.approx(direct["nats_per_token"], abs=1e-5)
+
+
+def test_sweep_trains_summarises_then_skips_finished_cells_and_evaluates_them(tmp_path):
   workdir = tmp_path / "sweep"
   result = run_sweep(workdir, *GRID, *TINY)
   assert result.returncode == 0, result.stdout + result.stderr
@@ -274,14 +293,18 @@ def test_sweep_trains_each_cell_summarises_and_skips_finished_cells(tmp_path):
   assert all(f"| {name} |" in table and f"| {name} |" in result.stdout for name in NAMES)
   check_png(workdir / "loss_curves.png")
 
+  assert not set(sweep.EVAL_COLUMNS) & set(rows[0])  # only with --evaluate
+
   before = {name: (workdir / name / "metrics.jsonl").read_bytes() for name in NAMES}
-  again = run_sweep(workdir, *GRID, *TINY)
+  again = run_sweep(workdir, *GRID, *TINY, "--evaluate", "--eval_batches=2")
   assert again.returncode == 0, again.stdout + again.stderr
   skipped = [line for line in again.stdout.splitlines() if line.startswith("skip ")]
   assert skipped == [f"skip {name} (finished at step 6)" for name in NAMES]
   assert "run:" not in again.stdout and "resume" not in again.stdout
   assert before == {name: (workdir / name / "metrics.jsonl").read_bytes() for name in NAMES}
-  assert read_csv(workdir / "summary.csv") == rows
+  evaluated = read_csv(workdir / "summary.csv")
+  assert [{key: r[key] for key in rows[0]} for r in evaluated] == rows
+  check_evaluations(workdir, evaluated, max_batches=2)
 
 
 def test_rerun_with_more_steps_resumes_each_cell(tmp_path):
@@ -301,7 +324,7 @@ def test_rerun_with_more_steps_resumes_each_cell(tmp_path):
 
 def test_failing_cells_are_reported_and_the_sweep_goes_on(tmp_path):
   workdir = tmp_path / "sweep"
-  result = run_sweep(workdir, "--sweep", "model.num_kv_heads=3,5", *TINY)
+  result = run_sweep(workdir, "--sweep", "model.num_kv_heads=3,5", *TINY, "--evaluate")
   assert result.returncode != 0
   for name in ("num_kv_heads=3", "num_kv_heads=5"):
     log = workdir / name / "train.log"
@@ -310,4 +333,6 @@ def test_failing_cells_are_reported_and_the_sweep_goes_on(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == (
     "error: 2 of 2 cells failed: num_kv_heads=3, num_kv_heads=5"
   )
-  assert [r["status"] for r in read_csv(workdir / "summary.csv")] == ["failed", "failed"]
+  rows = read_csv(workdir / "summary.csv")
+  assert [r["status"] for r in rows] == ["failed", "failed"]
+  assert [[r[column] for column in sweep.EVAL_COLUMNS] for r in rows] == [["", "", ""]] * 2

@@ -2,6 +2,7 @@
 committed checkpoint and saved config) or from a local Hugging Face directory
 (config.json + safetensors), with the tokenizer that goes with it."""
 
+import json
 import pathlib
 
 import jax
@@ -20,50 +21,68 @@ def _one_device_mesh():
   return jax.sharding.Mesh(devices, MESH_AXES)
 
 
-def _from_workdir(workdir: pathlib.Path):
-  saved = checkpoint.Checkpointer(str(workdir), every=0, keep=1).saved_config()
+def _check_family(path: str, found: str, family: str):
+  if family and found != family:
+    raise ValueError(
+      f"--checkpoint={path!r} holds a {found} model, not {family}; "
+      f"pass --config configs/{found}.py (or leave --config out)"
+    )
+
+
+def _from_workdir(path: str, family: str):
+  saved = checkpoint.Checkpointer(path, every=0, keep=1).saved_config()
   config = checkpoint.config_from_saved(saved)
+  _check_family(path, config.model.family, family)
   cfg = precision.model_config(config)
-  graphdef, params, rest = state_lib.abstract(cfg)
-  param_shardings, rest_shardings = state_lib.shardings(cfg, _one_device_mesh())
-  struct = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)
-  abstract = {
-    "params": jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, cfg.param_dtype, sharding=sh),
-      state_lib.nested(params, struct), param_shardings,
-    ),
-    "model_state": jax.tree.map(
-      lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-      state_lib.nested(rest, struct), rest_shardings,
-    ),
-  }  # fmt: skip
-  restored, missing = checkpoint.restore_weights(str(workdir), abstract)
+  graphdef = state_lib.abstract(cfg)[0]
+  abstract = state_lib.abstract_weights(cfg, _one_device_mesh())
+  restored, missing = checkpoint.restore_weights(path, abstract)
   if missing:
-    raise ValueError(f"{workdir}'s checkpoint lacks {len(missing)} arrays, e.g. {missing[0]}")
+    raise ValueError(f"{path}'s checkpoint lacks {len(missing)} arrays, e.g. {missing[0]}")
   return config, nnx.merge(graphdef, restored["params"], restored.get("model_state", {}))
 
 
-def load(path: str, family: str = "") -> tuple[ml_collections.ConfigDict, nnx.Module]:
-  """(config, model) of a workdir or a local Hugging Face directory; family, if
-  given, must be the checkpoint's."""
-  where = pathlib.Path(path).expanduser()
-  if checkpoint.committed_steps(where.absolute() / "checkpoints"):
-    config, model = _from_workdir(where)
-  elif (where / "config.json").is_file():  # (a workdir has one too: checked first)
-    from modeling import hf  # noqa: PLC0415
+def _from_hf(path: str, config):
+  """The model of config.json with the safetensors weights; the other sections
+  (precision, compute, data, ...) are `config`'s (float32 without one)."""
+  from modeling import hf  # noqa: PLC0415
+  from modeling.decoder import Decoder  # noqa: PLC0415
 
-    config, model = hf.load(where)
-  else:
-    raise ValueError(
-      f"--checkpoint={path!r} is neither a run's workdir with a committed checkpoint "
-      "nor a Hugging Face directory with a config.json"
-    )
-  if family and config.model.family != family:
-    raise ValueError(
-      f"--checkpoint={path!r} holds a {config.model.family} model, not {family}; "
-      f"pass --config configs/{config.model.family}.py (or leave --config out)"
-    )
-  return config, model
+  if config is None:
+    return hf.load(path)
+  imported = hf.model_config_from_hf(json.loads((pathlib.Path(path) / "config.json").read_text()))
+  _check_family(path, imported.model.family, config.model.family)
+  merged = ml_collections.ConfigDict(config.to_dict())
+  merged.model = imported.model
+  cfg = precision.model_config(merged)
+  model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
+  return merged, hf.load_params(model, path)
+
+
+def load(path: str, config=None) -> tuple[ml_collections.ConfigDict, nnx.Module]:
+  """(config, model) of a workdir (its saved config) or of a local Hugging Face
+  directory (its config.json's model, the other sections from `config`). The
+  checkpoint must be of `config`'s family, if one is given."""
+  where = pathlib.Path(path).expanduser()
+  family = config.model.family if config is not None else ""
+  if checkpoint.committed_steps(where.absolute() / "checkpoints"):
+    return _from_workdir(str(where), family)
+  if (where / "config.json").is_file():  # (a workdir has one too: checked first)
+    return _from_hf(str(where), config)
+  raise ValueError(
+    f"--checkpoint={path!r} is neither a run's workdir with a committed checkpoint "
+    "nor a Hugging Face directory with a config.json"
+  )
+
+
+def shard(model: nnx.Module, mesh) -> nnx.Module:
+  """The model with its weights laid out on `mesh` by their logical axes, as the
+  train step lays them out (for `generate.generate(..., mesh=mesh)`)."""
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  param_shardings, rest_shardings = state_lib.shardings(model.cfg, mesh)
+  params = jax.device_put(nnx.to_pure_dict(params), param_shardings)
+  rest = jax.device_put(nnx.to_pure_dict(rest), rest_shardings)
+  return nnx.merge(graphdef, params, rest)
 
 
 def tokenizer(path: str, config) -> documents.Tokenizer | None:
@@ -78,17 +97,14 @@ def tokenizer(path: str, config) -> documents.Tokenizer | None:
   return tok if tok.vocab_size <= config.model.vocab_size else None
 
 
-def byte_lengths(tok: documents.Tokenizer, vocab_size: int) -> np.ndarray:
-  """UTF-8 bytes each token id stands for (EOS and ids past the tokenizer: 0); with
-  a tokenizer.json, each id decoded on its own (byte-level BPE pieces of one
-  character count as U+FFFD's 3 bytes: per-byte numbers there are approximate)."""
+def target_bytes(tok: documents.Tokenizer, batch) -> int:
+  """UTF-8 bytes the weighted targets stand for (EOS: none). With a tokenizer.json
+  each row's targets are decoded together, so byte-level pieces of one character
+  join up (only a character cut at a row's edge is counted as U+FFFD)."""
+  weighted = batch["weights"] > 0
   if tok.spec == "byte":
-    lengths = np.zeros(vocab_size, np.int64)
-    lengths[:256] = 1
-    return lengths
-  return np.array(
-    [len(tok.decode([i]).encode()) if i < tok.vocab_size else 0 for i in range(vocab_size)]
-  )
+    return int(np.sum((batch["targets"] < 256) & weighted))
+  return sum(len(tok.decode(row[w]).encode()) for row, w in zip(batch["targets"], weighted))
 
 
 def evaluate(config, model, *, batch_size: int, seq_len: int, max_batches: int, progress=True):
@@ -114,14 +130,14 @@ def evaluate(config, model, *, batch_size: int, seq_len: int, max_batches: int, 
   )
   if not batches:
     raise ValueError(f"data.path={config.data.path!r} has no eval split to evaluate on")
-  lengths = byte_lengths(documents.data_tokenizer(config.data), config.model.vocab_size)
+  tok = documents.data_tokenizer(config.data)
   nats, tokens, nbytes = 0.0, 0.0, 0
   for batch in tqdm.tqdm(batches, disable=not progress, desc="evaluate"):
     loss_sum, weight = program.eval_step(
       params, rest, jax.device_put(batch, program.batch_sharding)
     )
     nats, tokens = nats + float(loss_sum), tokens + float(weight)
-    nbytes += int(np.sum(lengths[batch["targets"]] * (batch["weights"] > 0)))
+    nbytes += target_bytes(tok, batch)
   return {
     "nats_per_token": nats / max(tokens, 1.0),
     "nats_per_byte": nats / max(nbytes, 1),

@@ -52,6 +52,21 @@ def shardings(cfg: DecoderConfig, mesh, table=rules.RULES) -> tuple[dict, dict]:
   return nested(params, one), nested(rest, one)
 
 
+def abstract_weights(cfg: DecoderConfig, mesh, table=rules.RULES) -> dict:
+  """{"params", "model_state"} as ShapeDtypeStructs carrying their NamedShardings
+  (params in cfg.param_dtype): what a checkpoint restores the weights into."""
+  param_shardings, rest_shardings = shardings(cfg, mesh, table)
+  _, params, rest = abstract(cfg)
+  struct = lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype)
+  with_sharding = lambda dtype: (
+    lambda s, sh: jax.ShapeDtypeStruct(s.shape, dtype or s.dtype, sharding=sh)
+  )
+  return {
+    "params": jax.tree.map(with_sharding(cfg.param_dtype), nested(params, struct), param_shardings),
+    "model_state": jax.tree.map(with_sharding(None), nested(rest, struct), rest_shardings),
+  }
+
+
 def masked(leaf) -> bool:
   """optax.partition's stand-in for a param another branch owns (no state here)."""
   return isinstance(leaf, optax.MaskedNode)

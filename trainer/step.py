@@ -122,19 +122,9 @@ def build(config, mesh, model_cfg: DecoderConfig | None = None) -> Program:
 def abstract_state(cfg: DecoderConfig, mesh, tx, table) -> dict:
   """The train state as ShapeDtypeStructs carrying their NamedShardings: optimizer
   moments laid out like their params, step and counts replicated."""
-  param_shardings, rest_shardings = state_lib.shardings(cfg, mesh, table)
-  _, params, rest = state_lib.abstract(cfg)
-  struct = lambda v, dtype=None: jax.ShapeDtypeStruct(v.shape, dtype or v.dtype)
-  params = jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, cfg.param_dtype, sharding=sh),
-    state_lib.nested(params, struct),
-    param_shardings,
-  )
-  rest = jax.tree.map(
-    lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
-    state_lib.nested(rest, struct),
-    rest_shardings,
-  )
+  weights = state_lib.abstract_weights(cfg, mesh, table)
+  params, rest = weights["params"], weights["model_state"]
+  param_shardings = jax.tree.map(lambda s: s.sharding, params)
   opt = jax.eval_shape(tx.init, params)
   opt = jax.tree.map(
     lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),

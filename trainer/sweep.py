@@ -2,7 +2,8 @@
 
 A cell is a name and its `--config.KEY=VALUE` overrides; it trains in
 <workdir>/<name>, so running the sweep again skips finished cells and resumes the
-others from their last checkpoint. No jax here: planning and summarising stay fast.
+others from their last checkpoint. No jax here: planning and summarising stay fast
+(evaluate_cells imports it when called).
 """
 
 import concurrent.futures
@@ -23,6 +24,7 @@ from trainer import cli
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._+-]+")  # runs of these become "-" in derived names
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")  # names given in a --list file
+EVAL_COLUMNS = ("nats_per_token", "nats_per_byte", "perplexity")  # from inference.evaluate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,14 +232,44 @@ def read_metrics(workdir) -> tuple[list[dict], list[dict]]:
   return [train[s] for s in sorted(train)], [evals[s] for s in sorted(evals)]
 
 
-def write_summary(workdir, jobs: list[Job], failed: set[str] = frozenset()) -> str:
-  """summary.csv, summary.md and loss_curves.png in `workdir`; returns the Markdown table."""
+def evaluate_cells(jobs: list[Job], failed: set[str], max_batches: int) -> dict[str, dict]:
+  """{cell name: inference.evaluate's dict} for each finished cell, from its latest
+  checkpoint on its data's eval split in batches of its train batch_size x seq_len.
+  A cell that cannot be evaluated is reported and left out."""
+  from trainer import inference  # noqa: PLC0415 - jax; a sweep without --evaluate stays light.
+
+  results = {}
+  for job in jobs:
+    if job.cell.name in failed or not finished(job):
+      continue
+    try:
+      config, model = inference.load(str(job.workdir))
+      results[job.cell.name] = inference.evaluate(
+        config, model, batch_size=config.train.batch_size, seq_len=config.train.seq_len,
+        max_batches=max_batches, progress=False,
+      )  # fmt: skip
+    except ValueError as e:
+      print(f"failed: evaluating {job.cell.name}: {e}", flush=True)
+      continue
+    print(f"evaluated: {job.cell.name}", flush=True)
+  return results
+
+
+def write_summary(
+  workdir, jobs: list[Job], failed: set[str] = frozenset(), evaluations: dict | None = None
+) -> str:
+  """summary.csv, summary.md and loss_curves.png in `workdir`; returns the Markdown table.
+  With `evaluations` (evaluate_cells' dict) the table gains the EVAL_COLUMNS."""
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   keys = list(dict.fromkeys(key for job in jobs for key, _ in job.cell.overrides))
-  columns = ["cell", *keys, "steps", "train_loss", "eval_loss", "tokens_per_s", "status"]
+  held_out = list(EVAL_COLUMNS) if evaluations is not None else []
+  columns = ["cell", *keys, "steps", "train_loss", "eval_loss", *held_out, "tokens_per_s", "status"]
   curves = {job.cell.name: read_metrics(job.workdir) for job in jobs}
   rows = [_row(job, *curves[job.cell.name], failed) for job in jobs]
+  for row in rows:
+    result = (evaluations or {}).get(row["cell"], {})
+    row.update({column: result[column] for column in held_out if result})
   with (workdir / "summary.csv").open("w", newline="") as f:
     writer = csv.DictWriter(f, columns, restval="")
     writer.writeheader()

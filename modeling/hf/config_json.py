@@ -37,6 +37,7 @@ def model_config_from_hf(hf_config: dict) -> ml_collections.ConfigDict:
   types = _layer_patterns(m, hf, fam)
   _ffn_patterns(m, hf, fam)
   _rope(m, hf, fam, types)
+  m.max_len = int(hf.get("max_position_embeddings") or 0)
   config.lock()
   return config
 

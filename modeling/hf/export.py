@@ -198,6 +198,8 @@ def hf_config(model_cfg, dtype: str = "float32") -> dict:
   hf["sliding_window"] = m.sliding_window if SLIDING in lay.types else None
   hf.update(_rope(m, fam, lay))
   hf.update(fam.layout(m, lay))
+  if m.max_len:  # (else the HF class's default)
+    hf["max_position_embeddings"] = m.max_len
   _check_reads_back(m, hf, model_type)
   return hf
 
