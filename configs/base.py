@@ -300,12 +300,11 @@ def get_config() -> ml_collections.ConfigDict:
 
   # ----------------------------------------------------------------- data
   d = c.data = ml_collections.ConfigDict()
-  d.path = ""  # glob of text / JSONL files, or a directory from scripts/prepare_data.py;
-  #   "" = the default corpus (Python stdlib sources).
-  d.format = "auto"  # auto (JSONL for *.jsonl / *.json, a prepared directory by its
-  #   meta.json, else text) | text (a file is a document) | jsonl (a line is a document)
-  #   | arrayrecord (a prepared directory).
-  d.field = "text"  # JSONL: the key holding each document's text.
+  d.path = ""  # glob of text / JSONL / Parquet / Arrow files, a `datasets.save_to_disk` or a
+  #   scripts/prepare_data.py directory; "" = the default corpus (Python stdlib sources).
+  d.format = "auto"  # auto (by suffix: .jsonl/.json, .parquet, .arrow; else text) | text (a
+  #   file is a document) | jsonl (a line is) | parquet | arrow (a row is) | arrayrecord.
+  d.field = "text"  # JSONL key / Parquet or Arrow column holding each document's text.
   d.tokenizer = "byte"  # byte: UTF-8 bytes 0..255 plus EOS 256 | path to a tokenizer.json.
   d.eos_token = ""  # tokenizer.json: the end-of-document token; "" = the first of
   #   <|endoftext|>, </s>, <eos>, <|end_of_text|> it has.

@@ -1,4 +1,4 @@
-"""Tokenize text / JSONL files into ArrayRecord shards for training.
+"""Tokenize text / JSONL / Parquet / Arrow input into ArrayRecord shards for training.
 
   python scripts/prepare_data.py --out data/stdlib                     # the default corpus
   python scripts/prepare_data.py --path '/data/**/*.jsonl' --field text \
@@ -17,7 +17,11 @@ from absl import app, flags  # noqa: E402
 
 from trainer import cli  # noqa: E402
 
-_PATH = flags.DEFINE_string("path", "", "Glob of text / JSONL files; '' = the default corpus.")
+_PATH = flags.DEFINE_string(
+  "path",
+  "",
+  "Glob of text / JSONL / Parquet / Arrow files, or a save_to_disk dir; '' = the default corpus.",
+)
 _FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "text", "jsonl"], "Input format.")
 _FIELD = flags.DEFINE_string("field", "text", "JSONL key holding each document's text.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", "byte", "'byte' or a tokenizer.json path.")

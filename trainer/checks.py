@@ -27,7 +27,7 @@ def validate(config):
   objective.validate(config, model_cfg)
   metrics.check_logging(config.logging)
   _check_qk_clip(config)
-  data.resolve_files(config.data)
+  data.split_items(config.data)  # (reads Parquet / Arrow schemas: a missing column fails here)
   vocab = documents.data_tokenizer(config.data).vocab_size
   if config.model.vocab_size < vocab:
     raise ValueError(

@@ -1,9 +1,12 @@
 """Text data: sources, tokenizers, deterministic splits, packed grain batches.
 
 Sources (`data.format`): text files (a file is one document), JSONL (a line is
-one document: the string under `data.field`), both by glob, or a directory of
-tokenized ArrayRecord shards written by `scripts/prepare_data.py` (a record is
-one document). Tokenizers (`data.tokenizer`): `byte` (UTF-8 bytes 0..255, EOS
+one document: the string under `data.field`), Parquet and Arrow files (a row is
+one document: its column `data.field`; read a row group / record batch at a
+time, trainer/columnar.py), all by glob; a Hugging Face `datasets` directory
+written by `save_to_disk` (its Arrow files); or a directory of tokenized
+ArrayRecord shards written by `scripts/prepare_data.py` (a record is one
+document). Tokenizers (`data.tokenizer`): `byte` (UTF-8 bytes 0..255, EOS
 256) or a local `tokenizer.json` (the `tokenizers` package). A document is its
 tokens followed by EOS. Documents are concatenated and split into rows of
 `seq_len + 1` tokens by grain's ConcatThenSplitIterDataset, which also gives
@@ -27,9 +30,10 @@ import sysconfig
 import grain
 import numpy as np
 
-from trainer.documents import Skipped, data_tokenizer, read_documents
+from trainer import columnar
+from trainer.documents import Skipped, data_tokenizer, file_format, read_documents
 
-FORMATS = ("auto", "text", "jsonl", "arrayrecord")
+FORMATS = ("auto", "text", "jsonl", *columnar.FORMATS, "arrayrecord")
 META_FILE = "meta.json"  # a prepared directory's description (scripts/prepare_data.py)
 
 _EXCLUDED_DIRS = ("site-packages", "dist-packages")
@@ -57,13 +61,17 @@ def _is_eval(rel_path: str, eval_fraction: float) -> bool:
 
 
 def split_files(files, root, eval_fraction: float) -> tuple[list, list]:
-  """(train, eval) file lists; eval iff sha1(relative posix path) % 10_000 < eval_fraction * 10_000."""
+  """(train, eval) item lists; eval iff sha1(relative posix path, ":unit" added for a
+  Parquet / Arrow unit) % 10_000 < eval_fraction * 10_000."""
   if not 0.0 <= eval_fraction <= 1.0:
     raise ValueError(f"data.eval_fraction={eval_fraction!r} must be in [0, 1]")
   root = pathlib.Path(root)
   train, evals = [], []
   for f in files:
-    rel = pathlib.Path(f).relative_to(root).as_posix()
+    if isinstance(f, tuple):  # (path, unit) of a Parquet / Arrow file
+      rel = f"{pathlib.Path(f[0]).relative_to(root).as_posix()}:{f[1]}"
+    else:
+      rel = pathlib.Path(f).relative_to(root).as_posix()
     (evals if _is_eval(rel, eval_fraction) else train).append(f)
   return train, evals
 
@@ -92,6 +100,9 @@ def resolve_files(data_cfg) -> tuple[list[pathlib.Path], pathlib.Path]:
     root = pathlib.Path(os.path.expanduser(path))
     return sorted(root.glob("*.array_record")), root
   pattern = os.path.expanduser(path)
+  arrow = columnar.dataset_files(pattern) if os.path.isdir(pattern) else None
+  if arrow is not None:  # a Hugging Face `save_to_disk` directory
+    return arrow, pathlib.Path(pattern)
   root = _glob_root(pattern)
   files = [pathlib.Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
   if not files and os.path.isdir(pattern):
@@ -154,11 +165,27 @@ def split_shards(files) -> tuple[list, list]:
   return train, [f for f in files if f.name.startswith("eval-")]
 
 
+def to_items(files, data_cfg) -> list:
+  """What the pipeline reads one at a time: text / JSONL files as they are, and
+  each Parquet row group or Arrow record batch as (path, unit)."""
+  out = []
+  for f in files:
+    fmt = file_format(f, data_cfg.format)
+    out += columnar.units(f, fmt, data_cfg.field) if fmt in columnar.FORMATS else [f]
+  return out
+
+
+def item_bytes(item, data_cfg) -> int:
+  if isinstance(item, tuple):
+    return columnar.unit_bytes(item, file_format(item[0], data_cfg.format))
+  return os.path.getsize(item)
+
+
 def split_items(data_cfg) -> tuple[list, list]:
   files, root = resolve_files(data_cfg)
   if is_prepared(data_cfg):
     return split_shards(files)
-  return split_files(files, root, data_cfg.eval_fraction)
+  return split_files(to_items(files, data_cfg), root, data_cfg.eval_fraction)
 
 
 def _shift(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -206,7 +233,7 @@ def _source(data_cfg, items, skipped: Skipped) -> tuple[grain.MapDataset, object
     tok=data_tokenizer(data_cfg),
     skipped=skipped,
   )
-  return grain.MapDataset.source([str(f) for f in items]), read
+  return grain.MapDataset.source([f if isinstance(f, tuple) else str(f) for f in items]), read
 
 
 def _packed(
@@ -310,7 +337,7 @@ def _train_blocks(data_cfg, items, batch_size, seq_len, seed, shards, rows, skip
     whole, read = _source(data_cfg, items, skipped)
     size = _meta(data_cfg)["splits"]["train"]["tokens"]
   else:  # bytes: at least the tokens
-    size = sum(os.path.getsize(f) for f in items)
+    size = sum(item_bytes(item, data_cfg) for item in items)
   # A shuffle window holds at most about one pass over a block's input: a small
   # corpus would otherwise repeat thousands of times to fill it, and gain nothing.
   # Any window (of one row too) keeps the shuffle's place in the iterator state.

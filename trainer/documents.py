@@ -1,11 +1,12 @@
-"""What a document is: how a text or JSONL file becomes documents, their
-tokenizer, and the input skipped on the way.
+"""What a document is: how a text or JSONL file (or a Parquet / Arrow row,
+trainer/columnar.py) becomes documents, their tokenizer, and the input skipped
+on the way.
 
 Tokenizers (`data.tokenizer`): `byte` (UTF-8 bytes 0..255, EOS 256) or a local
 `tokenizer.json` (the `tokenizers` package); a document is its tokens followed by
 EOS. Input that cannot be a document is skipped and counted by reason
 (`Skipped`): empty files or texts, invalid UTF-8, JSONL lines that are not JSON,
-records without a string `data.field`.
+records or rows without a string `data.field`.
 """
 
 import functools
@@ -16,6 +17,8 @@ import pathlib
 import threading
 
 import numpy as np
+
+from trainer import columnar
 
 EOS_ID = 256
 BYTE_VOCAB_SIZE = 257
@@ -166,9 +169,25 @@ def _jsonl_documents(raw: bytes, path: str, field: str, tok: Tokenizer, skipped:
       yield tok.encode(value)
 
 
-def read_documents(path, fmt: str, field: str, tok: Tokenizer, skipped: Skipped) -> list:
-  """One text or JSONL file -> its documents' token arrays (int32, EOS last)."""
-  path = str(path)
+def _column_documents(item, fmt: str, field: str, tok: Tokenizer, skipped: Skipped):
+  first, values = columnar.read(item, fmt, field)
+  for row, value in enumerate(values, first + 1):
+    if not isinstance(value, str):
+      skipped.add("missing_field", item[0], row)
+    elif not value:
+      skipped.add("empty", item[0], row)
+    else:
+      yield tok.encode(value)
+
+
+def read_documents(item, fmt: str, field: str, tok: Tokenizer, skipped: Skipped) -> list:
+  """One item -> its documents' token arrays (int32, EOS last): a text or JSONL
+  file, or (path, unit) of a Parquet / Arrow file (trainer/columnar.py; skipped
+  rows are counted at path:row)."""
+  if isinstance(item, tuple):
+    fmt = file_format(item[0], fmt)
+    return list(_column_documents(item, fmt, field, tok, skipped))
+  path = str(item)
   with open(path, "rb") as f:
     raw = f.read()
   if file_format(path, fmt) == "jsonl":
@@ -180,8 +199,10 @@ def read_documents(path, fmt: str, field: str, tok: Tokenizer, skipped: Skipped)
   return [] if text is None else [tok.encode(text, raw)]
 
 
-def file_format(path: str, fmt: str) -> str:
-  """text | jsonl for one input file (`auto`: JSONL by a .jsonl / .json suffix)."""
+def file_format(path, fmt: str) -> str:
+  """text | jsonl | parquet | arrow for one input file (`auto`: by its suffix:
+  .jsonl / .json, .parquet, .arrow; else text)."""
   if fmt == "auto":
-    return "jsonl" if str(path).endswith(_JSONL_SUFFIXES) else "text"
+    suffix = pathlib.Path(path).suffix
+    return "jsonl" if suffix in _JSONL_SUFFIXES else columnar.SUFFIXES.get(suffix, "text")
   return fmt

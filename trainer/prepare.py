@@ -1,4 +1,4 @@
-"""Text / JSONL files -> a directory of tokenized ArrayRecord shards.
+"""Text / JSONL / Parquet / Arrow input -> a directory of tokenized ArrayRecord shards.
 
 `scripts/prepare_data.py` is the command. The input files are split into train
 and eval by the same path hash as at training time (`data.eval_fraction`) and
@@ -27,15 +27,15 @@ from trainer import data, documents
 _worker = {}  # per worker process: the data config and its tokenizer
 
 
-def _init_worker(fmt: str, field: str, tokenizer: str, eos_token: str):
-  _worker.update(fmt=fmt, field=field, tok=documents.tokenizer(tokenizer, eos_token))
+def _init_worker(fmt: str, field: str, tokenizer: str, eos_token: str, sizes: dict):
+  _worker.update(fmt=fmt, field=field, tok=documents.tokenizer(tokenizer, eos_token), sizes=sizes)
 
 
-def _tokenize_file(path: str):
+def _tokenize_item(item):
   """-> (documents, skipped counts, first skipped place per reason, input bytes)."""
   skipped = documents.Skipped()
-  docs = documents.read_documents(path, _worker["fmt"], _worker["field"], _worker["tok"], skipped)
-  return docs, skipped.counts, skipped.first, os.path.getsize(path)
+  docs = documents.read_documents(item, _worker["fmt"], _worker["field"], _worker["tok"], skipped)
+  return docs, skipped.counts, skipped.first, _worker["sizes"][item]
 
 
 def prepare(data_cfg, out, *, num_shards: int = 8, workers: int = 0, progress: bool = True):
@@ -48,8 +48,9 @@ def prepare(data_cfg, out, *, num_shards: int = 8, workers: int = 0, progress: b
   out = pathlib.Path(out)
   if out.exists() and any(out.iterdir()):
     raise ValueError(f"{out} is not empty; prepare into a new directory")
-  files, root = data.resolve_files(data_cfg)
-  train, evals = data.split_files(files, root, data_cfg.eval_fraction)
+  train, evals = data.split_items(data_cfg)
+  items = [f if isinstance(f, tuple) else str(f) for f in train + evals]
+  sizes = {item: data.item_bytes(item, data_cfg) for item in items}
   tok = documents.data_tokenizer(data_cfg)
   dtype = np.dtype(np.uint16 if tok.vocab_size <= 2**16 else np.uint32)
   partial = out.with_name(out.name + ".partial")
@@ -57,9 +58,9 @@ def prepare(data_cfg, out, *, num_shards: int = 8, workers: int = 0, progress: b
   partial.mkdir(parents=True)
   skipped, counts = documents.Skipped(), {}
   start = time.perf_counter()
-  total = sum(os.path.getsize(f) for f in files)
+  total = sum(sizes.values())
   bar = tqdm.tqdm(total=total, unit="B", unit_scale=True, disable=not progress)
-  init = (data_cfg.format, data_cfg.field, data_cfg.tokenizer, data_cfg.eos_token)
+  init = (data_cfg.format, data_cfg.field, data_cfg.tokenizer, data_cfg.eos_token, sizes)
   context = multiprocessing.get_context("spawn")  # fork would copy tokenizers' threads
   with context.Pool(workers or os.cpu_count(), _init_worker, init) as pool:
     for split, split_files, n in (("train", train, num_shards), ("eval", evals, 1)):
@@ -69,7 +70,7 @@ def prepare(data_cfg, out, *, num_shards: int = 8, workers: int = 0, progress: b
       writers = [ArrayRecordWriter(str(partial / name), "group_size:1") for name in names]
       docs = tokens = 0
       for file_docs, file_counts, first, size in pool.imap(
-        _tokenize_file, [str(f) for f in split_files], chunksize=4
+        _tokenize_item, [f if isinstance(f, tuple) else str(f) for f in split_files], chunksize=4
       ):
         for doc in file_docs:
           writers[docs % n].write(doc.astype(dtype).tobytes())
