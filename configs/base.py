@@ -305,15 +305,16 @@ def get_config() -> ml_collections.ConfigDict:
   d.format = "auto"  # auto (by suffix: .jsonl/.json, .parquet, .arrow; else text) | text (a
   #   file is a document) | jsonl (a line is) | parquet | arrow (a row is) | arrayrecord.
   d.field = "text"  # JSONL key / Parquet or Arrow column holding each document's text.
+  d.sources = ()  # instead of path, a weighted mixture: ({path, weight, format, field, name}, ...)
   d.tokenizer = "byte"  # byte: UTF-8 bytes 0..255 plus EOS 256 | path to a tokenizer.json.
   d.eos_token = ""  # tokenizer.json: the end-of-document token; "" = the first of
   #   <|endoftext|>, </s>, <eos>, <|end_of_text|> it has.
   d.eval_fraction = 0.02  # fraction of files held out for eval (by a hash of the path);
   #   a prepared directory has its own eval shards.
-  # Each train batch is `shards` blocks of rows, block j packed from files[j::shards];
-  # a process reads only the blocks of its own rows. 0 = one block per process. Fix it
-  # (to a multiple of every process count you will use) to get the same batches on
-  # any number of processes.
+  d.skip_bad_records = False  # JSONL lines that are not JSON / UTF-8: error (False) or skip+count.
+  # Each train batch is `shards` blocks of rows, block j packed from files[j::shards]; a
+  # process reads only its own rows' blocks. 0 = one block per process. Fix it (to a multiple
+  # of every process count you will use) to get the same batches on any number of processes.
   d.shards = 0
   # Train rows are shuffled after packing, in windows of this many tokens per block
   # (at most a pass over its input; ~12 bytes a token; 0 = off): else a long

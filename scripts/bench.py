@@ -9,6 +9,7 @@
   python scripts/bench.py flops [--families llama3,deepseek_v3] [--steps 3]
   python scripts/bench.py mfu [--steps 30] [--batch 4] [--remat save_dots]   (on a GPU)
   python scripts/bench.py decode [--config configs/llama3.py:tiny] [--batch 8] [--new_tokens 64]
+  python scripts/bench.py data [--config configs/llama3.py:tiny] [--mb 32] [--vocab 32000]
 
 `moe`: tokens/s of the full train step with dropless (sort + ragged_dot)
 versus capacity-factor dispatch, same model, same batch, same process.
@@ -47,8 +48,7 @@ the layer layout and the attention kernels chosen; on a CPU the tiny presets.
 dispatch picks on this device, printed per attention kind) against `xla`, same
 model, same batch, same process: tokens/s of each, the ratio, and how far the
 first step's loss moved (on CPU auto is XLA: ratio ~1, loss equal).
-`decode`: greedy decode tokens/s against Hugging Face `generate`, same weights
-(benchmarks/decode.py).
+`decode`, `data`: decode vs HF generate, the loader vs the step (benchmarks/decode.py, loader.py).
 """
 
 import argparse
@@ -63,10 +63,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks import attention, decode, kernels, moe_twin  # noqa: E402
+from benchmarks import attention, decode, kernels, loader, moe_twin  # noqa: E402
 from modeling.moe.config import MATMULS  # noqa: E402
 from parallelism.mesh import make_mesh  # noqa: E402
-from trainer import data, step  # noqa: E402
+from trainer import pipeline, step  # noqa: E402
 
 
 def load_config(spec: str):
@@ -106,7 +106,7 @@ def step_tokens_per_s(config, batch, steps: int, out: dict | None = None) -> tup
 def train_batch(config) -> dict:
   """The run's first training batch (the default corpus unless config.data says)."""
   t = config.train
-  ds = data.make_dataset(
+  ds = pipeline.make_dataset(
     config.data, split="train", batch_size=t.batch_size, seq_len=t.seq_len, seed=0
   )
   return next(iter(ds))
@@ -257,7 +257,7 @@ def _clip_run(config, steps: int, stretch: int, label: str) -> dict:
       )
       return max_logit(aux)
 
-    eval_data = data.eval_batches(
+    eval_data = pipeline.eval_batches(
       config.data, batch_size=config.train.batch_size, seq_len=config.train.seq_len,
       max_batches=config.train.eval_batches,
     )  # fmt: skip
@@ -386,11 +386,13 @@ def main():
   flt.add_argument("--trials", type=int, default=20)
   flt.add_argument("--seed", type=int, default=0)
   flt.add_argument("--workdir", default="", help="where the runs go (default: a temp dir)")
-  decode.add_parser(sub)
+  for module in (decode, loader):  # benchmarks/*.py with their own flags
+    module.add_parser(sub)
   args = parser.parse_args()
   benches = {"decode": decode.bench, "moe": bench_moe, "optim": bench_optim, "flops": bench_flops,
              "attention": attention.bench, "kernels": kernels.bench, "mfu": bench_mfu,
-             "muonclip": bench_muonclip, "dispatch": bench_dispatch, "faults": bench_faults}  # fmt: skip
+             "muonclip": bench_muonclip, "dispatch": bench_dispatch, "faults": bench_faults,
+             "data": loader.bench}  # fmt: skip
   benches[args.bench](args)
 
 

@@ -22,8 +22,11 @@ _PATH = flags.DEFINE_string(
   "",
   "Glob of text / JSONL / Parquet / Arrow files, or a save_to_disk dir; '' = the default corpus.",
 )
-_FORMAT = flags.DEFINE_enum("format", "auto", ["auto", "text", "jsonl"], "Input format.")
-_FIELD = flags.DEFINE_string("field", "text", "JSONL key holding each document's text.")
+_FORMAT = flags.DEFINE_enum(
+  "format", "auto", ["auto", "text", "jsonl", "parquet", "arrow"], "Input format."
+)
+_FIELD = flags.DEFINE_string("field", "text", "JSONL key / column holding each document's text.")
+_SKIP_BAD = flags.DEFINE_bool("skip_bad_records", False, "Skip and count unparsable JSONL lines.")
 _TOKENIZER = flags.DEFINE_string("tokenizer", "byte", "'byte' or a tokenizer.json path.")
 _EOS = flags.DEFINE_string("eos_token", "", "tokenizer.json end-of-document token.")
 _EVAL = flags.DEFINE_float("eval_fraction", 0.02, "Fraction of files held out for eval.")
@@ -42,7 +45,7 @@ def main(argv):
   cfg = base.get_config().data
   cfg.update(
     dict(path=_PATH.value, format=_FORMAT.value, field=_FIELD.value, tokenizer=_TOKENIZER.value,
-         eos_token=_EOS.value, eval_fraction=_EVAL.value)
+         eos_token=_EOS.value, eval_fraction=_EVAL.value, skip_bad_records=_SKIP_BAD.value)
   )  # fmt: skip
   try:
     meta = prepare.prepare(cfg, _OUT.value, num_shards=_SHARDS.value, workers=_WORKERS.value)

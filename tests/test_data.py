@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs import base
-from trainer import data, documents
+from trainer import data, documents, pipeline
 
 
 def _cfg(path="", eval_fraction=0.02, tokenizer="byte", **kw):
@@ -19,7 +19,9 @@ def _cfg(path="", eval_fraction=0.02, tokenizer="byte", **kw):
 
 
 def _first_batches(cfg, n, *, split="train", seed=0, batch_size=2, seq_len=64, **kw):
-  ds = data.make_dataset(cfg, split=split, batch_size=batch_size, seq_len=seq_len, seed=seed, **kw)
+  ds = pipeline.make_dataset(
+    cfg, split=split, batch_size=batch_size, seq_len=seq_len, seed=seed, **kw
+  )
   return list(itertools.islice(iter(ds), n))
 
 
@@ -140,7 +142,7 @@ def test_empty_files_are_skipped(tmp_path):
 def test_eval_batches_pad_the_last_batch_instead_of_dropping_it(tmp_path):
   # 20 bytes + EOS fill three rows of seq_len + 1 = 9 tokens; the fourth row is padding.
   cfg = _cfg(_write_docs(tmp_path, {"a.txt": b"x" * 20}), eval_fraction=1.0)
-  (batch,) = data.eval_batches(cfg, batch_size=4, seq_len=8, max_batches=10)
+  (batch,) = pipeline.eval_batches(cfg, batch_size=4, seq_len=8, max_batches=10)
   assert all(v.shape[0] == 4 for v in batch.values())
   assert (batch["weights"][:3].sum(axis=1) > 0).all()
   assert not batch["weights"][3].any() and not batch["segment_ids"][3].any()
@@ -198,7 +200,7 @@ def test_reading_a_processs_rows_gives_those_rows_of_the_global_batch():
 )
 def test_bad_shards_are_one_clear_error(kw, message):
   with pytest.raises(ValueError, match=message):
-    data.make_dataset(_cfg(), split="train", batch_size=4, seq_len=64, seed=0, **kw)
+    pipeline.make_dataset(_cfg(), split="train", batch_size=4, seq_len=64, seed=0, **kw)
 
 
 @pytest.mark.parametrize(
@@ -214,7 +216,7 @@ def test_bad_shards_are_one_clear_error(kw, message):
 )
 def test_train_iterator_resumes_from_its_checkpoint_state(shuffle_tokens, shards, taken):
   kw = {} if shuffle_tokens is None else dict(shuffle_tokens=shuffle_tokens)
-  ds = data.make_dataset(
+  ds = pipeline.make_dataset(
     _cfg(**kw), split="train", batch_size=4, seq_len=256, seed=0, shards=shards
   )
   it = iter(ds)

@@ -11,7 +11,7 @@ import tokenizers
 
 from configs import base
 from tests.conftest import ROOT, small_train_config
-from trainer import data, documents, prepare
+from trainer import data, documents, pipeline, prepare
 from trainer.trainer import Trainer
 
 GOOD = ["first record", "second: caf\u00e9", "third \u2603", "fourth"]
@@ -19,7 +19,8 @@ GOOD = ["first record", "second: caf\u00e9", "third \u2603", "fourth"]
 
 def _cfg(path, **kw):
   cfg = base.get_config().data
-  cfg.update(dict(path=str(path), eval_fraction=1.0) | kw)  # eval: every file, in order
+  # eval: every file, in order; bad records counted (the tests of skipping)
+  cfg.update(dict(path=str(path), eval_fraction=1.0, skip_bad_records=True) | kw)
   return cfg
 
 
@@ -51,7 +52,7 @@ def _documents(batches) -> list[list[int]]:
 
 def _eval(cfg, skipped=None):
   kw = dict(batch_size=2, seq_len=512, max_batches=100, skipped=skipped)
-  return data.eval_batches(cfg, **kw)
+  return pipeline.eval_batches(cfg, **kw)
 
 
 def test_jsonl_and_text_documents_are_read_and_bad_input_is_counted(tmp_path):
@@ -114,6 +115,9 @@ def test_a_local_tokenizer_json_tokenizes_and_ends_documents_with_its_eos(tmp_pa
     data.check(_cfg(tmp_path / "in" / "*.txt", tokenizer=path, eos_token="<eos>"))
   with pytest.raises(ValueError, match="data.tokenizer='nope.json'"):
     data.check(_cfg(tmp_path / "in" / "*.txt", tokenizer="nope.json"))
+  (tmp_path / "broken.json").write_text("{not a tokenizer")
+  with pytest.raises(ValueError, match="broken.json' does not parse as a tokenizer.json"):
+    data.check(_cfg(tmp_path / "in" / "*.txt", tokenizer=str(tmp_path / "broken.json")))
 
 
 def test_prepared_arrayrecord_holds_the_same_documents_as_the_raw_files(tmp_path):
@@ -142,7 +146,7 @@ def test_prepared_arrayrecord_holds_the_same_documents_as_the_raw_files(tmp_path
   # Train: record shards j::2 read by two row blocks are disjoint and cover the split.
   seen = []
   for j in (0, 1):
-    ds = data.make_dataset(
+    ds = pipeline.make_dataset(
       prepared, split="train", batch_size=2, seq_len=512, seed=0, shards=2, rows=slice(j, j + 1)
     )
     batch = next(iter(ds))
@@ -163,7 +167,8 @@ def test_training_reads_a_prepared_directory_and_reports_skipped_input(tmp_path)
   for i in range(20):
     (inputs / f"t{i:02d}.txt").write_text(f"training text number {i} " * 20)
   out = tmp_path / "prep"
-  cmd = [sys.executable, "scripts/prepare_data.py", f"--path={inputs}/*", f"--out={out}"]
+  cmd = [sys.executable, "scripts/prepare_data.py", f"--path={inputs}/*", f"--out={out}",
+         "--skip_bad_records"]  # fmt: skip
   result = subprocess.run(cmd + ["--workers=2"], cwd=ROOT, capture_output=True, text=True)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "MB/s" in result.stdout and "skipped: 2 empty" in result.stdout
@@ -171,8 +176,7 @@ def test_training_reads_a_prepared_directory_and_reports_skipped_input(tmp_path)
   for path in (f"{inputs}/*", str(out)):
     config = small_train_config("llama3", steps=4, log_every=2, eval_batches=1)
     config.optim.warmup_steps = 1
-    config.data.path = path
-    config.data.eval_fraction = 0.3
+    config.data.update(path=path, eval_fraction=0.3, skip_bad_records=True)
     workdir = tmp_path / ("raw" if "*" in path else "prepared")
     trainer = Trainer(config, str(workdir))
     trainer.run()
@@ -186,3 +190,43 @@ def test_training_reads_a_prepared_directory_and_reports_skipped_input(tmp_path)
       assert reported and all(n <= everything[r] for r, n in reported.items())
     else:
       assert not any(k.startswith("skipped_") for k in train[-1])
+
+
+def test_a_record_that_does_not_parse_is_an_error_unless_skipped(tmp_path):
+  """data.skip_bad_records=False (the default): a JSONL line that is not JSON is
+  one error naming file and line, before training (check_yields), while reading
+  (a strict Skipped) and while preparing; True skips and counts it."""
+  from trainer import data_check  # noqa: PLC0415
+
+  (tmp_path / "a.jsonl").write_text('{"text": "fine"}\n{"text": "also fine"}\n{not json\n')
+  cfg = _cfg(tmp_path / "a.jsonl", skip_bad_records=False, eval_fraction=0.0)
+  message = r"a.jsonl:3 is not JSON; fix the record, or set data.skip_bad_records=True"
+  with pytest.raises(ValueError, match=message):
+    data_check.check_yields(cfg, batch_size=2, seq_len=64, shards=1, rows=slice(0, 2))
+  cfg.eval_fraction = 1.0
+  with pytest.raises(ValueError, match=message):
+    _eval(cfg, documents.Skipped(strict=True))
+  with pytest.raises(ValueError, match=message):
+    prepare.prepare(cfg, tmp_path / "prep", workers=1, progress=False)
+  cfg.skip_bad_records = True
+  skipped = documents.Skipped(strict=False)
+  assert len(_documents(_eval(cfg, skipped))) == 2 and skipped.counts["bad_json"] == 1
+
+
+def test_a_tokenizer_json_adds_its_own_bos_and_documents_end_with_one_eos(tmp_path):
+  """The tokenizer's post-processor decides the specials (Llama 3 puts
+  <|begin_of_text|> first); EOS ends each document once, even when the
+  post-processor adds it too."""
+  path = _tokenizer_json(tmp_path)
+  hf = tokenizers.Tokenizer.from_file(path)
+  hf.add_special_tokens(["<|begin_of_text|>"])
+  bos, eos = hf.token_to_id("<|begin_of_text|>"), hf.token_to_id("<|endoftext|>")
+  plain = hf.encode("def f(x):", add_special_tokens=False).ids
+  for template, first in (("<|begin_of_text|> $A", [bos]), ("$A <|endoftext|>", [])):
+    hf.post_processor = tokenizers.processors.TemplateProcessing(
+      single=template, special_tokens=[("<|begin_of_text|>", bos), ("<|endoftext|>", eos)]
+    )
+    hf.save(str(tmp_path / "t.json"))
+    tok = documents.Tokenizer(str(tmp_path / "t.json"))
+    assert tok.encode("def f(x):").tolist() == first + plain + [eos]
+    assert tok.decode(tok.ids("def f(x):")) == "def f(x):"

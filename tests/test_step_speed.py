@@ -128,3 +128,13 @@ def test_decode_bench_runs_ours_hf_and_the_matmul_floor():
   out = _bench("decode", "--batch", "2", "--prompt", "4", "--new_tokens", "4", "--repeats", "1")
   assert "same tokens: True" in out
   assert [line.split()[0] for line in out.splitlines()[1:]] == ["ours", "HF", "matmuls", "ours"]
+
+
+def test_data_bench_times_every_source_kind_with_both_tokenizers():
+  out = _bench("data", "--mb", "0.3", "--vocab", "400", "--batches", "3", "--train_steps", "0")
+  kinds = ("text", "jsonl", "parquet", "arrow", "arrayrecord")
+  rows = [line.split() for line in out.splitlines() if line.split()[:1] in ([k] for k in kinds)]
+  assert sorted((r[0], r[1]) for r in rows) == sorted(
+    (k, t) for k in kinds for t in ("byte", "bpe")
+  )
+  assert all(float(r[2]) > 0 for r in rows)

@@ -15,7 +15,8 @@ from jax.sharding import NamedSharding
 
 from tests.conftest import small_train_config
 from trainer import step
-from trainer.trainer import Trainer, resolve_shuffle
+from trainer.checks import resolve_shuffle
+from trainer.trainer import Trainer
 
 
 def test_short_run_writes_metrics_and_loss_falls(tmp_path):

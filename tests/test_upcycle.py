@@ -66,9 +66,9 @@ def test_upcycled_run_starts_at_the_dense_loss(tmp_path):
   upcycled = Trainer(moe_cfg, str(tmp_path / "moe"))
   assert int(upcycled.state["step"]) == 0
   dense = Trainer(upcycle.dense_config(moe_cfg), str(tmp_path / "dense"))
-  from trainer import data  # noqa: PLC0415
+  from trainer import pipeline  # noqa: PLC0415
 
-  batches = data.eval_batches(moe_cfg.data, batch_size=4, seq_len=64, max_batches=2)
+  batches = pipeline.eval_batches(moe_cfg.data, batch_size=4, seq_len=64, max_batches=2)
   np.testing.assert_allclose(upcycled.evaluate(batches), dense.evaluate(batches), rtol=1e-5)
   result = upcycled.run()
   assert result["train"]["step"] == 10 and np.isfinite(result["train"]["loss"])

@@ -27,7 +27,8 @@ def validate(config):
   objective.validate(config, model_cfg)
   metrics.check_logging(config.logging)
   _check_qk_clip(config)
-  data.split_items(config.data)  # (reads Parquet / Arrow schemas: a missing column fails here)
+  for source in data.source_configs(config.data):  # (Parquet / Arrow schemas: columns fail here)
+    data.split_items(source)
   vocab = documents.data_tokenizer(config.data).vocab_size
   if config.model.vocab_size < vocab:
     raise ValueError(
@@ -122,3 +123,22 @@ def resume_changes(saved: dict, current: dict) -> list[str]:
       effect = "applies from this step on"
     notes.append(f"resuming with {key} changed from {before[key]!r} to {now[key]!r}: {effect}")
   return notes
+
+
+def resolve_shuffle(config, saved: dict | None, workdir: str) -> str | None:
+  """The data iterator's saved state has the shape of its pipeline, with or without
+  the row shuffle: a checkpoint from before data.shuffle_tokens existed resumes
+  unshuffled (returns that note); turning the shuffle on or off in a resume is an
+  error naming the field."""
+  data_was, now = (saved or {}).get("data"), config.data.shuffle_tokens
+  if data_was is None or (data_was.get("shuffle_tokens", 0) > 0) == (now > 0):
+    return None
+  if "shuffle_tokens" not in data_was:
+    config.data.shuffle_tokens = 0
+    return "data.shuffle_tokens=0: the checkpoint predates the row shuffle (its data position is in unshuffled rows)"
+  raise ValueError(
+    f"data.shuffle_tokens={now} but the checkpoints in {workdir} were written with "
+    f"{data_was['shuffle_tokens']}: turning the row shuffle on or off changes the saved "
+    f"data position's shape; resume with --config.data.shuffle_tokens="
+    f"{data_was['shuffle_tokens']}, or train in a new workdir"
+  )

@@ -28,7 +28,8 @@ def _why(files: list, skipped: Skipped, field: str) -> str:
 
 def _tokens(data_cfg, files: list, want: int) -> tuple[int, Skipped]:
   """Tokens the files give, reading in order and stopping at `want`."""
-  tok, skipped, total = data_tokenizer(data_cfg), Skipped(), 0
+  tok, total = data_tokenizer(data_cfg), 0
+  skipped = Skipped(strict=not data_cfg.skip_bad_records)
   for path in files:
     for doc in read_documents(path, data_cfg.format, data_cfg.field, tok, skipped):
       total += len(doc)
@@ -39,8 +40,14 @@ def _tokens(data_cfg, files: list, want: int) -> tuple[int, Skipped]:
 
 def check_yields(data_cfg, *, batch_size: int, seq_len: int, shards: int, rows: slice,
                  warn=print):  # fmt: skip
-  """ValueError if a train block this process reads gives no document; warnings
-  for a corpus smaller than one batch and a missing eval split."""
+  """ValueError if a train block this process reads gives no document (of any
+  source of a mixture); warnings for a corpus smaller than one batch and a
+  missing eval split."""
+  for cfg in data.source_configs(data_cfg):
+    _check_source(cfg, batch_size, seq_len, shards, rows, warn)
+
+
+def _check_source(data_cfg, batch_size: int, seq_len: int, shards: int, rows: slice, warn):
   train, evals = data.split_items(data_cfg)
   where = f"data.path={data_cfg.path!r}"
   if not train:

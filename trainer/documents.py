@@ -3,8 +3,9 @@ trainer/columnar.py) becomes documents, their tokenizer, and the input skipped
 on the way.
 
 Tokenizers (`data.tokenizer`): `byte` (UTF-8 bytes 0..255, EOS 256) or a local
-`tokenizer.json` (the `tokenizers` package); a document is its tokens followed by
-EOS. Input that cannot be a document is skipped and counted by reason
+`tokenizer.json` (the `tokenizers` package); a document is its tokens, with the
+special tokens the tokenizer's own post-processor adds (a BOS such as Llama 3's
+<|begin_of_text|>), followed by EOS. Input that cannot be a document is skipped and counted by reason
 (`Skipped`): empty files or texts, invalid UTF-8, JSONL lines that are not JSON,
 records or rows without a string `data.field`.
 """
@@ -46,7 +47,13 @@ class Tokenizer:
       )
     import tokenizers  # noqa: PLC0415 - only runs that use a tokenizer.json need it
 
-    self._hf = tokenizers.Tokenizer.from_file(str(path))
+    try:
+      self._hf = tokenizers.Tokenizer.from_file(str(path))
+    except Exception as e:  # tokenizers raises a bare Exception
+      raise ValueError(
+        f"data.tokenizer={spec!r} does not parse as a tokenizer.json ({e}); point it at the "
+        "tokenizer.json of a Hugging Face tokenizer"
+      ) from e
     self.vocab_size = self._hf.get_vocab_size(with_added_tokens=True)
     self.fingerprint = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     candidates = [eos_token] if eos_token else _EOS_TOKENS
@@ -64,7 +71,10 @@ class Tokenizer:
       raw = text.encode("utf-8") if raw is None else raw
       ids = np.frombuffer(raw, np.uint8)
     else:
-      ids = self._hf.encode(text, add_special_tokens=False).ids
+      # With the special tokens the tokenizer's own post-processor adds (Llama 3's
+      # <|begin_of_text|> first, Gemma's <bos>); EOS ends the document once, below.
+      ids = self._hf.encode(text).ids
+      ids = ids[:-1] if ids and ids[-1] == self.eos_id else ids
     tokens = np.empty(len(ids) + 1, np.int32)
     tokens[:-1] = ids
     tokens[-1] = self.eos_id
@@ -94,13 +104,20 @@ def data_tokenizer(data_cfg) -> Tokenizer:
 # ---------------------------------------------------------- skipped input
 
 
+class BadRecord(ValueError):
+  """A JSONL record that does not parse, with data.skip_bad_records off."""
+
+
 class Skipped:
   """Counts of skipped input by reason, with the first place (in input order)
   each was seen. Each place (file, or file:line) counts once, however many
   epochs re-read it. Thread-safe: grain reads files on several threads, so
   `first` keeps the earliest (path, line), not the first reported."""
 
-  def __init__(self):
+  def __init__(self, strict: bool = False):
+    self.strict = (
+      strict  # records that do not parse raise BadRecord instead (data.skip_bad_records)
+    )
     self._lock = threading.Lock()
     self._seen = set()
     self._first_at = {}  # reason -> (path, line) of the earliest place
@@ -110,6 +127,12 @@ class Skipped:
   def add(self, reason: str, path: str, line: int = 0):
     """One skipped file (line 0) or JSONL line (1-based)."""
     where = f"{path}:{line}" if line else path
+    if self.strict and (reason == "bad_json" or (reason == "invalid_utf8" and line)):
+      what = "not JSON" if reason == "bad_json" else "not UTF-8"
+      raise BadRecord(
+        f"{where} is {what}; fix the record, or set data.skip_bad_records=True to skip and "
+        "count such records"
+      )
     with self._lock:
       if where in self._seen:
         return

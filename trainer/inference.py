@@ -114,7 +114,7 @@ def evaluate(config, model, *, batch_size: int, seq_len: int, max_batches: int, 
   import tqdm  # noqa: PLC0415
 
   from parallelism.mesh import make_mesh  # noqa: PLC0415
-  from trainer import data, step  # noqa: PLC0415
+  from trainer import pipeline, step  # noqa: PLC0415
 
   config = ml_collections.ConfigDict(config.to_dict())
   config.mesh.update(data=jax.device_count(), fsdp=1, tensor=1, expert=1, context=1)
@@ -125,7 +125,7 @@ def evaluate(config, model, *, batch_size: int, seq_len: int, max_batches: int, 
                for k in ("params", "model_state")}  # fmt: skip
   params = jax.device_put(nnx.to_pure_dict(params), shardings["params"])
   rest = jax.device_put(nnx.to_pure_dict(rest), shardings["model_state"])
-  batches = data.eval_batches(
+  batches = pipeline.eval_batches(
     config.data, batch_size=batch_size, seq_len=seq_len, max_batches=max_batches
   )
   if not batches:

@@ -27,20 +27,26 @@ from trainer import data, documents
 _worker = {}  # per worker process: the data config and its tokenizer
 
 
-def _init_worker(fmt: str, field: str, tokenizer: str, eos_token: str, sizes: dict):
-  _worker.update(fmt=fmt, field=field, tok=documents.tokenizer(tokenizer, eos_token), sizes=sizes)
+def _init_worker(fmt, field, tokenizer, eos_token, sizes: dict, strict: bool):
+  tok = documents.tokenizer(tokenizer, eos_token)
+  _worker.update(fmt=fmt, field=field, tok=tok, sizes=sizes, strict=strict)
 
 
 def _tokenize_item(item):
   """-> (documents, skipped counts, first skipped place per reason, input bytes)."""
-  skipped = documents.Skipped()
+  skipped = documents.Skipped(strict=_worker["strict"])
   docs = documents.read_documents(item, _worker["fmt"], _worker["field"], _worker["tok"], skipped)
   return docs, skipped.counts, skipped.first, _worker["sizes"][item]
 
 
+def _key(item):
+  """An item as the workers see it: a path string, or (path, unit)."""
+  return item if isinstance(item, tuple) else str(item)
+
+
 def prepare(data_cfg, out, *, num_shards: int = 8, workers: int = 0, progress: bool = True):
   """Writes the prepared directory `out` (must not exist or be empty) from the
-  text / JSONL input of `data_cfg`; returns its meta dict (with `seconds`)."""
+  input of `data_cfg`; returns its meta dict (with `seconds`)."""
   if data.is_prepared(data_cfg):
     raise ValueError(f"data.path={data_cfg.path!r} is already a prepared directory")
   if num_shards < 1:
@@ -49,8 +55,7 @@ def prepare(data_cfg, out, *, num_shards: int = 8, workers: int = 0, progress: b
   if out.exists() and any(out.iterdir()):
     raise ValueError(f"{out} is not empty; prepare into a new directory")
   train, evals = data.split_items(data_cfg)
-  items = [f if isinstance(f, tuple) else str(f) for f in train + evals]
-  sizes = {item: data.item_bytes(item, data_cfg) for item in items}
+  sizes = {item: data.item_bytes(item, data_cfg) for item in map(_key, train + evals)}
   tok = documents.data_tokenizer(data_cfg)
   dtype = np.dtype(np.uint16 if tok.vocab_size <= 2**16 else np.uint32)
   partial = out.with_name(out.name + ".partial")
@@ -60,7 +65,8 @@ def prepare(data_cfg, out, *, num_shards: int = 8, workers: int = 0, progress: b
   start = time.perf_counter()
   total = sum(sizes.values())
   bar = tqdm.tqdm(total=total, unit="B", unit_scale=True, disable=not progress)
-  init = (data_cfg.format, data_cfg.field, data_cfg.tokenizer, data_cfg.eos_token, sizes)
+  init = (data_cfg.format, data_cfg.field, data_cfg.tokenizer, data_cfg.eos_token, sizes,
+          not data_cfg.skip_bad_records)  # fmt: skip
   context = multiprocessing.get_context("spawn")  # fork would copy tokenizers' threads
   with context.Pool(workers or os.cpu_count(), _init_worker, init) as pool:
     for split, split_files, n in (("train", train, num_shards), ("eval", evals, 1)):
@@ -70,7 +76,7 @@ def prepare(data_cfg, out, *, num_shards: int = 8, workers: int = 0, progress: b
       writers = [ArrayRecordWriter(str(partial / name), "group_size:1") for name in names]
       docs = tokens = 0
       for file_docs, file_counts, first, size in pool.imap(
-        _tokenize_item, [f if isinstance(f, tuple) else str(f) for f in split_files], chunksize=4
+        _tokenize_item, list(map(_key, split_files)), chunksize=4
       ):
         for doc in file_docs:
           writers[docs % n].write(doc.astype(dtype).tobytes())

@@ -18,7 +18,9 @@ from jax.experimental import multihost_utils
 from configs import moved
 from modeling.attention import kernels
 from parallelism.mesh import make_mesh
-from trainer import checkpoint, checks, data, data_check, documents, metrics, precision, stopping
+from trainer import checkpoint, checks, data_check, documents, metrics, precision, stopping
+from trainer import mixture as mixture_lib
+from trainer import pipeline as pipeline_lib
 from trainer import step as step_lib
 from trainer import workdir as workdir_lib
 from trainer.checkpoint import Checkpointer
@@ -96,25 +98,6 @@ def resolve_scan_layers(config, saved: dict | None) -> str:
   return f"{'scanned' if scan else 'unrolled'} ({why})"
 
 
-def resolve_shuffle(config, saved: dict | None, workdir: str) -> str | None:
-  """The data iterator's saved state has the shape of its pipeline, with or without
-  the row shuffle: a checkpoint from before data.shuffle_tokens existed resumes
-  unshuffled (returns that note); turning the shuffle on or off in a resume is an
-  error naming the field."""
-  data_was, now = (saved or {}).get("data"), config.data.shuffle_tokens
-  if data_was is None or (data_was.get("shuffle_tokens", 0) > 0) == (now > 0):
-    return None
-  if "shuffle_tokens" not in data_was:
-    config.data.shuffle_tokens = 0
-    return "data.shuffle_tokens=0: the checkpoint predates the row shuffle (its data position is in unshuffled rows)"
-  raise ValueError(
-    f"data.shuffle_tokens={now} but the checkpoints in {workdir} were written with "
-    f"{data_was['shuffle_tokens']}: turning the row shuffle on or off changes the saved "
-    f"data position's shape; resume with --config.data.shuffle_tokens="
-    f"{data_was['shuffle_tokens']}, or train in a new workdir"
-  )
-
-
 def saved_run_config(directory: pathlib.Path) -> dict | None:
   """The config of the newest readable committed step, in this version's layout
   (read from its file: no checkpoint manager before the run holds the workdir's lock)."""
@@ -137,7 +120,7 @@ class Trainer:
     saved = saved_run_config(pathlib.Path(workdir) / "checkpoints")
     self.layers_note = resolve_scan_layers(config, saved)
     self.model_cfg = validate(config)
-    self.data_note = resolve_shuffle(config, saved, workdir)
+    self.data_note = checks.resolve_shuffle(config, saved, workdir)
     self.primary = jax.process_index() == 0
     self.workdir = workdir_lib.prepare(workdir)
     self.lock = workdir_lib.Lock(self.workdir)
@@ -186,13 +169,16 @@ class Trainer:
       config.data, batch_size=t.batch_size, seq_len=t.seq_len, shards=shards, rows=self.rows,
       warn=self._say,
     )  # fmt: skip
-    self.skipped = documents.Skipped()  # input this process skipped (empty, invalid, ...)
+    # Input this process skipped (empty, invalid, ...); bad records raise unless skipped.
+    self.skipped = documents.Skipped(strict=not config.data.skip_bad_records)
     # Each process reads only its rows' blocks of every batch (see data.make_dataset).
-    self.dataset = data.make_dataset(
+    self.dataset = pipeline_lib.make_dataset(
       config.data, split="train", batch_size=t.batch_size, seq_len=t.seq_len, seed=t.seed,
       shards=shards, rows=self.rows, skipped=self.skipped,
     )  # fmt: skip
     self.data_iter = iter(self.dataset)
+    self.source_names = mixture_lib.names(config.data)  # (a mixture's sources)
+    self._tokens_seen, self._data_wait = None, 0.0
     if resumed:  # restored straight into the abstract state's shardings: no init first
       self.state = self.checkpointer.restore(
         self.program.abstract_state, self.data_iter, config.checkpoint.fallback, self._say
@@ -260,7 +246,7 @@ class Trainer:
     if self.primary:  # the config this run trains with (each checkpoint also holds its own)
       (self.workdir / "config.json").write_text(self.config.to_json_best_effort(indent=2))
     writer = metrics.Writer(str(self.workdir), self.primary, cfg.logging, self.config_dict)
-    eval_data = data.eval_batches(
+    eval_data = pipeline_lib.eval_batches(
       cfg.data, batch_size=t.batch_size, seq_len=t.seq_len, max_batches=t.eval_batches,
       skipped=self.skipped,
     )  # fmt: skip
@@ -286,7 +272,7 @@ class Trainer:
     tic = time.perf_counter()
     for step in range(start + 1, t.steps + 1):
       # The first call compiles ("setup": a signal then exits at once; nothing new yet).
-      self.state, step_metrics = self._train_step(self.state, self.put(next(self.data_iter)))
+      self.state, step_metrics = self._train_step(self.state, self.put(self._next_batch()))
       self.stopper.phase = "train"
       pending.append(step_metrics)
       self._unchecked.append((step, step_metrics))
@@ -295,6 +281,7 @@ class Trainer:
       if step % t.log_every == 0 or step == t.steps:
         last_train = self._train_record(step, jax.device_get(pending), time.perf_counter() - tic)
         reported = self._report_skipped(last_train, reported, bar)
+        last_train |= mixture_lib.logged(self.source_names, self._tokens_seen)
         writer.write(last_train)  # then stop if a step was nan/inf (the record shows it)
         self._check_finite()
         bar.set_postfix(progress_fields(last_train))
@@ -304,7 +291,7 @@ class Trainer:
         writer.write(last_eval)
         if self.primary:
           bar.write(f"step {step}: eval_loss {last_eval['eval_loss']:.4f}")
-        tic = time.perf_counter()
+        tic, self._data_wait = time.perf_counter(), 0.0
       preempted = self._preempted(step)
       if self.checkpointer.due(step) or step == t.steps or preempted:
         self._check_finite()  # never save a state after a nan/inf step
@@ -350,6 +337,15 @@ class Trainer:
                   f"(to step {step}): nothing is training; check optim.trainable, the data "
                   "weights and the learning rate")  # fmt: skip
 
+  def _next_batch(self) -> dict:
+    """The next batch; the time spent waiting for it adds to data_wait, and a
+    mixture's tokens_seen (per source) is kept aside for the log."""
+    tic = time.perf_counter()
+    batch = next(self.data_iter)
+    self._data_wait += time.perf_counter() - tic
+    self._tokens_seen = batch.pop("tokens_seen", None)
+    return batch
+
   def _train_record(self, step: int, fetched: list, elapsed: float) -> dict:
     """The metrics record of the steps since the last one."""
     t = self.config.train
@@ -362,7 +358,9 @@ class Trainer:
       "grad_norm": float(fetched[-1]["grad_norm"]),
       "tokens_per_s": tokens / elapsed,
       "mfu": flops / elapsed / (metrics.peak_flops(t.peak_flops) * jax.device_count()),
+      "data_wait": self._data_wait / elapsed,  # fraction of the time spent waiting for data
     }
+    self._data_wait = 0.0
     if "expert_load" in fetched[-1]:
       record["expert_load_max_over_mean"] = load_balance([m.pop("expert_load") for m in fetched])
     record |= {k: v for k, v in fetched[-1].items() if k not in record and k != "finite"}
