@@ -316,10 +316,10 @@ def get_config() -> ml_collections.ConfigDict:
   # process reads only its own rows' blocks. 0 = one block per process. Fix it (to a multiple
   # of every process count you will use) to get the same batches on any number of processes.
   d.shards = 0
-  # Train rows are shuffled after packing, in windows of this many tokens per block
-  # (at most a pass over its input; ~12 bytes a token; 0 = off): else a long
-  # document (a big source file) fills batch after batch.
+  # Train rows are shuffled after packing, in windows of this many tokens per block (at most a
+  # pass over its input; ~12 bytes a token; 0 = off): else a long document fills whole batches.
   d.shuffle_tokens = 1_048_576
+  d.workers = 0  # processes that read + tokenize raw input (grain mp_prefetch); 0 = threads here.
 
   # ----------------------------------------------------------- checkpoint
   k = c.checkpoint = ml_collections.ConfigDict()

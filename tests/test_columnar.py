@@ -110,3 +110,12 @@ def test_a_short_run_trains_on_parquet(tmp_path):
   config.data.update(path=str(tmp_path / "a.parquet"), eval_fraction=0.3)
   run = Trainer(config, str(tmp_path / "run")).run()
   assert np.isfinite(run["eval"]["eval_loss"])
+
+
+def test_data_path_takes_a_comma_separated_list_of_files_and_globs(tmp_path):
+  pq.write_table(_table(["p one", "p two"]), tmp_path / "a.parquet")
+  (tmp_path / "sub").mkdir()
+  (tmp_path / "sub" / "b.txt").write_text("text file")
+  (tmp_path / "sub" / "c.txt").write_text("another")
+  cfg = _cfg(f"{tmp_path / 'a.parquet'}, {tmp_path / 'sub' / '*.txt'}")
+  assert _documents(_eval(cfg)) == _tokens(["p one", "p two", "text file", "another"])

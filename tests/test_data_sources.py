@@ -230,3 +230,36 @@ def test_a_tokenizer_json_adds_its_own_bos_and_documents_end_with_one_eos(tmp_pa
     tok = documents.Tokenizer(str(tmp_path / "t.json"))
     assert tok.encode("def f(x):").tolist() == first + plain + [eos]
     assert tok.decode(tok.ids("def f(x):")) == "def f(x):"
+
+
+def test_worker_processes_read_and_tokenize_what_the_main_process_would(tmp_path):
+  """data.workers=2: the same documents and skipped counts as reading here (the
+  workers' share of the items interleaves, so the order may differ); the train
+  stream is deterministic and resumes from a saved state; a bad record raised in
+  a worker reaches the caller as itself."""
+  raw = _mixed_inputs(tmp_path)
+  for i in range(6):
+    (tmp_path / f"t{i}.txt").write_text(f"train doc {i} " * 20)
+  whole = dict(batch_size=1, seq_len=8192, max_batches=4)  # every document inside one row
+  got = {}
+  for workers in (0, 2):
+    skipped = documents.Skipped()
+    batches = pipeline.eval_batches(_cfg(raw, workers=workers), skipped=skipped, **whole)
+    got[workers] = (sorted(_documents(batches)), skipped.counts)
+  assert got[2] == got[0]
+  cfg = _cfg(raw, workers=2, eval_fraction=0.0)
+  ds = pipeline.make_dataset(cfg, split="train", batch_size=2, seq_len=64, seed=0)
+  it = iter(ds)
+  first = [next(it)["inputs"] for _ in range(3)]
+  state = it.get_state()
+  after = [next(it)["inputs"] for _ in range(3)]
+  again = iter(ds)
+  assert all((b == next(again)["inputs"]).all() for b in first)
+  resumed = iter(ds)
+  resumed.set_state(state)
+  assert all((b == next(resumed)["inputs"]).all() for b in after)
+  (tmp_path / "bad").mkdir()
+  (tmp_path / "bad" / "a.jsonl").write_text('{"text": "fine"}\n{not json\n')
+  with pytest.raises(documents.BadRecord, match=r"a.jsonl:2 is not JSON"):
+    pipeline.eval_batches(_cfg(tmp_path / "bad" / "*", workers=2),
+                          skipped=documents.Skipped(strict=True), **whole)  # fmt: skip

@@ -77,8 +77,9 @@ def _glob_root(pattern: str) -> pathlib.Path:
 
 
 def resolve_files(data_cfg) -> tuple[list[pathlib.Path], pathlib.Path]:
-  """(files sorted by relative path, root) for data_cfg.path ("" = stdlib corpus);
-  for a prepared directory, its ArrayRecord shards."""
+  """(files sorted by relative path, root) for data_cfg.path ("" = stdlib corpus):
+  a glob, or several globs / files separated by commas; for a prepared directory,
+  its ArrayRecord shards; for a `save_to_disk` directory, its Arrow files."""
   check(data_cfg)
   path = data_cfg.path
   if path == "":
@@ -90,8 +91,13 @@ def resolve_files(data_cfg) -> tuple[list[pathlib.Path], pathlib.Path]:
   arrow = columnar.dataset_files(pattern) if os.path.isdir(pattern) else None
   if arrow is not None:  # a Hugging Face `save_to_disk` directory
     return arrow, pathlib.Path(pattern)
-  root = _glob_root(pattern)
-  files = [pathlib.Path(p) for p in glob.glob(pattern, recursive=True) if os.path.isfile(p)]
+  patterns = [pattern]
+  if "," in pattern and not os.path.exists(pattern):  # files / globs: under their common root
+    patterns = [os.path.abspath(p.strip()) for p in pattern.split(",") if p.strip()]
+  roots = [_glob_root(p) for p in patterns]
+  root = pathlib.Path(os.path.commonpath(roots)) if len(roots) > 1 else roots[0]
+  found = {p for pat in patterns for p in glob.glob(pat, recursive=True)}
+  files = [pathlib.Path(p) for p in found if os.path.isfile(p)]
   if not files and os.path.isdir(pattern):
     raise ValueError(
       f"data.path={path!r} is a directory without {META_FILE}; give a glob of its files "
@@ -132,6 +138,8 @@ def check(data_cfg):
     return
   if data_cfg.format not in FORMATS:
     raise ValueError(f"data.format={data_cfg.format!r} is not valid; use one of {FORMATS}")
+  if data_cfg.workers < 0:
+    raise ValueError(f"data.workers={data_cfg.workers} must be >= 0 (0 = read in this process)")
   if data_cfg.shuffle_tokens < 0:
     raise ValueError(f"data.shuffle_tokens={data_cfg.shuffle_tokens} must be >= 0 (0 = off)")
   if data_cfg.eos_token and data_cfg.tokenizer == "byte":

@@ -69,12 +69,21 @@ class Tokenizer:
     """Token ids of `text` (its UTF-8 bytes `raw`, if at hand) followed by EOS."""
     if self._hf is None:
       raw = text.encode("utf-8") if raw is None else raw
-      ids = np.frombuffer(raw, np.uint8)
-    else:
-      # With the special tokens the tokenizer's own post-processor adds (Llama 3's
-      # <|begin_of_text|> first, Gemma's <bos>); EOS ends the document once, below.
-      ids = self._hf.encode(text).ids
-      ids = ids[:-1] if ids and ids[-1] == self.eos_id else ids
+      return self._ended(np.frombuffer(raw, np.uint8))
+    # With the special tokens the tokenizer's own post-processor adds (Llama 3's
+    # <|begin_of_text|> first, Gemma's <bos>); EOS ends the document once.
+    return self._ended(self._hf.encode(text).ids)
+
+  def encode_many(self, texts: list[str]) -> list[np.ndarray]:
+    """encode of each text; a tokenizer.json encodes them as one batch, in
+    parallel outside the GIL (a JSONL file's or a row group's documents)."""
+    if self._hf is None or len(texts) < 2:
+      return [self.encode(t) for t in texts]
+    return [self._ended(e.ids) for e in self._hf.encode_batch(texts)]
+
+  def _ended(self, ids) -> np.ndarray:
+    """int32 ids with one EOS last (a post-processor's own EOS is not doubled)."""
+    ids = ids[:-1] if len(ids) and self._hf is not None and ids[-1] == self.eos_id else ids
     tokens = np.empty(len(ids) + 1, np.int32)
     tokens[:-1] = ids
     tokens[-1] = self.eos_id
@@ -122,6 +131,7 @@ class Skipped:
     self._seen = set()
     self._first_at = {}  # reason -> (path, line) of the earliest place
     self.counts = dict.fromkeys(SKIP_REASONS, 0)
+    self.places = []  # (reason, path, line) of each place, in the order added
     self.first = {}
 
   def add(self, reason: str, path: str, line: int = 0):
@@ -137,6 +147,7 @@ class Skipped:
       if where in self._seen:
         return
       self._seen.add(where)
+      self.places.append((reason, path, line))
       self.counts[reason] += 1
       if reason not in self._first_at or (path, line) < self._first_at[reason]:
         self._first_at[reason] = (path, line)
@@ -171,7 +182,7 @@ def _decode(raw: bytes, skipped: Skipped, path: str, line: int = 0) -> str | Non
     return None
 
 
-def _jsonl_documents(raw: bytes, path: str, field: str, tok: Tokenizer, skipped: Skipped):
+def _jsonl_texts(raw: bytes, path: str, field: str, skipped: Skipped):
   for number, line in enumerate(raw.splitlines(), 1):
     if not line.strip():
       continue  # blank lines hold no record
@@ -189,10 +200,10 @@ def _jsonl_documents(raw: bytes, path: str, field: str, tok: Tokenizer, skipped:
     elif not value:
       skipped.add("empty", path, number)
     else:
-      yield tok.encode(value)
+      yield value
 
 
-def _column_documents(item, fmt: str, field: str, tok: Tokenizer, skipped: Skipped):
+def _column_texts(item, fmt: str, field: str, skipped: Skipped):
   first, values = columnar.read(item, fmt, field)
   for row, value in enumerate(values, first + 1):
     if not isinstance(value, str):
@@ -200,7 +211,7 @@ def _column_documents(item, fmt: str, field: str, tok: Tokenizer, skipped: Skipp
     elif not value:
       skipped.add("empty", item[0], row)
     else:
-      yield tok.encode(value)
+      yield value
 
 
 def read_documents(item, fmt: str, field: str, tok: Tokenizer, skipped: Skipped) -> list:
@@ -209,12 +220,12 @@ def read_documents(item, fmt: str, field: str, tok: Tokenizer, skipped: Skipped)
   rows are counted at path:row)."""
   if isinstance(item, tuple):
     fmt = file_format(item[0], fmt)
-    return list(_column_documents(item, fmt, field, tok, skipped))
+    return tok.encode_many(list(_column_texts(item, fmt, field, skipped)))
   path = str(item)
   with open(path, "rb") as f:
     raw = f.read()
   if file_format(path, fmt) == "jsonl":
-    return list(_jsonl_documents(raw, path, field, tok, skipped))
+    return tok.encode_many(list(_jsonl_texts(raw, path, field, skipped)))
   if not raw:
     skipped.add("empty", path)
     return []

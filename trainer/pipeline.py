@@ -18,6 +18,7 @@ import functools
 
 import grain
 import numpy as np
+from absl import flags
 
 from trainer import data, mixture
 from trainer.documents import Skipped, data_tokenizer, read_documents
@@ -54,37 +55,78 @@ class _Documents(grain.experimental.FlatMapTransform):
     return [{"tokens": d} for d in docs]
 
 
+class _KeptDocuments(grain.experimental.FlatMapTransform):
+  """A worker's {"docs", "skips"} of one item -> one element per document, the
+  item's skipped places riding on its first (an item of no documents gives one
+  empty element, dropped in the main process after its skips are counted)."""
+
+  max_fan_out = 2**31 - 1
+
+  def flat_map(self, result):
+    docs = result["docs"] or [np.zeros(0, np.int32)]
+    return [{"tokens": d, "skips": result["skips"] if i == 0 else []} for i, d in enumerate(docs)]
+
+
+def _read_in_worker(item, *, fmt: str, field: str, tok, strict: bool) -> dict:
+  """read_documents in a worker process: its skipped places come back with the
+  documents (the main process's Skipped cannot be shared)."""
+  kept = Skipped(strict)
+  docs = read_documents(item, fmt=fmt, field=field, tok=tok, skipped=kept)
+  return {"docs": docs, "skips": kept.places}
+
+
+class _CountSkips:
+  """Main process: adds a worker's skipped places to `skipped`; -> {"tokens"}."""
+
+  def __init__(self, skipped: Skipped):
+    self.skipped = skipped
+
+  def __call__(self, element):
+    for place in element["skips"]:
+      self.skipped.add(*place)
+    return {"tokens": element["tokens"]}
+
+
 def _record_documents(record: bytes, dtype) -> list:
   return [np.frombuffer(record, dtype).astype(np.int32)]
 
 
 def _source(data_cfg, items, skipped: Skipped) -> tuple[grain.MapDataset, object]:
-  """(MapDataset over files or records, item -> list of token arrays)."""
+  """(MapDataset over files or records, item -> list of token arrays; with
+  data.workers, item -> {"docs", "skips"} for a worker process)."""
   if data.is_prepared(data_cfg):
     meta = data.prepared_meta(data_cfg)
     records = grain.sources.ArrayRecordDataSource([str(f) for f in items])
     return grain.MapDataset.source(records), functools.partial(
       _record_documents, dtype=np.dtype(meta["dtype"])
     )
-  read = functools.partial(
-    read_documents,
-    fmt=data_cfg.format,
-    field=data_cfg.field,
-    tok=data_tokenizer(data_cfg),
-    skipped=skipped,
-  )
+  kw = dict(fmt=data_cfg.format, field=data_cfg.field, tok=data_tokenizer(data_cfg))
+  if data_cfg.workers:  # (a prepared directory has nothing to tokenize: read above)
+    read = functools.partial(_read_in_worker, strict=skipped.strict, **kw)
+  else:
+    read = functools.partial(read_documents, skipped=skipped, **kw)
   return grain.MapDataset.source([f if isinstance(f, tuple) else str(f) for f in items]), read
 
 
-def _rows(ds, read, *, split: str, seq_len: int, seed: int, window: int = 0) -> grain.IterDataset:
+def _rows(ds, read, *, split: str, seq_len: int, seed: int, window: int = 0, workers=None):
   """One packed stream of rows of the files or records in `ds`: train shuffles
   every epoch and never ends, and shuffles its rows within windows of `window`
-  rows; eval is one pass in order."""
+  rows; eval is one pass in order. workers (num_workers, the main process's
+  Skipped): read and tokenize in that many grain worker processes, each taking
+  its share of the items in turn (deterministic), and pack here."""
   if split == "train":
     ds = ds.shuffle(seed).repeat(None)  # each epoch is shuffled differently
-  docs = grain.experimental.FlatMapIterDataset(
-    ds.map(read).to_iter_dataset(_READ_OPTIONS), _Documents()
-  )
+  read_items = ds.map(read).to_iter_dataset(_READ_OPTIONS)
+  if workers:
+    num_workers, skipped = workers
+    if not flags.FLAGS.is_parsed():  # grain's worker start reads its absl flags
+      flags.FLAGS.mark_as_parsed()
+    docs = grain.experimental.FlatMapIterDataset(read_items, _KeptDocuments()).mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=64)
+    )
+    docs = docs.map(_CountSkips(skipped)).filter(lambda d: len(d["tokens"]) > 0)
+  else:
+    docs = grain.experimental.FlatMapIterDataset(read_items, _Documents())
   packed = _JsonSafeState(
     grain.experimental.ConcatThenSplitIterDataset(docs, length_struct={"tokens": seq_len + 1})
   )  # {"tokens", "tokens_segment_ids", "tokens_positions"}: [seq + 1] each
@@ -163,8 +205,16 @@ def make_dataset(
     if not eval_items:
       raise ValueError(f"the eval split of data.path={data_cfg.path!r} is empty")
     ds, read = _source(data_cfg, eval_items, skipped)
-    return _batched(_rows(ds, read, split=split, seq_len=seq_len, seed=seed), batch_size, split)
+    rows = _rows(
+      ds, read, split=split, seq_len=seq_len, seed=seed, workers=_workers(data_cfg, skipped)
+    )
+    return _batched(rows, batch_size, split)
   return _train_blocks(data_cfg, batch_size, seq_len, seed, shards, rows, skipped)
+
+
+def _workers(data_cfg, skipped: Skipped):
+  """_rows' workers: data.workers processes tokenize raw input (not a prepared directory)."""
+  return (data_cfg.workers, skipped) if data_cfg.workers else None
 
 
 def _block_rows(data_cfg, items, j: int, shards: int, seq_len: int, seed: int, skipped):
@@ -186,7 +236,8 @@ def _block_rows(data_cfg, items, j: int, shards: int, seq_len: int, seed: int, s
   # Any window (of one row too) keeps the shuffle's place in the iterator state.
   window = min(data_cfg.shuffle_tokens, size // shards) // (seq_len + 1)
   window = max(window, 1) if data_cfg.shuffle_tokens else 0
-  return _rows(ds, read, split="train", seq_len=seq_len, seed=seed, window=window)
+  workers = _workers(data_cfg, skipped)
+  return _rows(ds, read, split="train", seq_len=seq_len, seed=seed, window=window, workers=workers)
 
 
 def _train_blocks(data_cfg, batch_size, seq_len, seed, shards, rows, skipped):
