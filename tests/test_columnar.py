@@ -119,3 +119,26 @@ def test_data_path_takes_a_comma_separated_list_of_files_and_globs(tmp_path):
   (tmp_path / "sub" / "c.txt").write_text("another")
   cfg = _cfg(f"{tmp_path / 'a.parquet'}, {tmp_path / 'sub' / '*.txt'}")
   assert _documents(_eval(cfg)) == _tokens(["p one", "p two", "text file", "another"])
+
+
+def test_uri_paths_read_through_pyarrow_filesystems(tmp_path):
+  """data.path as a URI (file:// here; gs://, s3://, hdfs:// go the same way
+  through pyarrow.fs): globbed (** too), split, read and prepared like local paths."""
+  pq.write_table(_table(["p one", "p two"]), tmp_path / "a.parquet")
+  (tmp_path / "sub" / "deep").mkdir(parents=True)
+  (tmp_path / "sub" / "b.txt").write_text("text file")
+  (tmp_path / "sub" / "deep" / "c.txt").write_text("another")
+  (tmp_path / "sub" / "deep" / "d.jsonl").write_text('{"text": "a record"}\n')
+  uri = f"file://{tmp_path}"
+  local = _documents(_eval(_cfg(f"{tmp_path}/**/*.txt")))
+  assert _documents(_eval(_cfg(f"{uri}/**/*.txt"))) == local == _tokens(["text file", "another"])
+  cfg = _cfg(f"{uri}/a.parquet,{uri}/sub/deep/*.jsonl")
+  assert data.split_items(cfg)[1][0] == (f"{uri}/a.parquet", 0)
+  assert _documents(_eval(cfg)) == _tokens(["p one", "p two", "a record"])
+  # The eval split hashes paths relative to the root: the same split as local paths.
+  split = lambda p: [len(s) for s in data.split_items(_cfg(p, eval_fraction=0.5))]  # noqa: E731
+  assert split(f"{uri}/**/*.txt") == split(f"{tmp_path}/**/*.txt")
+  with pytest.raises(ValueError, match="matches no files"):
+    data.split_items(_cfg(f"{uri}/nothing/*.txt"))
+  _save_to_disk(tmp_path / "ds", [_table(["an arrow row"])])  # Arrow (stream) through the URI
+  assert _documents(_eval(_cfg(f"{uri}/ds/*.arrow"))) == _tokens(["an arrow row"])

@@ -8,9 +8,12 @@ never in memory whole, and units are what the splits, shards and shuffles move:
 an item is (path, unit index). Arrow files are memory-mapped.
 """
 
+import contextlib
 import functools
 import json
 import pathlib
+
+from trainer import paths
 
 FORMATS = ("parquet", "arrow")
 SUFFIXES = {".parquet": "parquet", ".arrow": "arrow"}
@@ -33,10 +36,20 @@ def dataset_files(directory) -> list[pathlib.Path] | None:
   return [directory / f["filename"] for f in state.get("_data_files", [])]
 
 
+@contextlib.contextmanager
 def _parquet(path: str):
   import pyarrow.parquet as pq  # noqa: PLC0415 - only columnar sources need pyarrow
 
-  return pq.ParquetFile(path)
+  with contextlib.ExitStack() as stack:
+    source = stack.enter_context(paths.open_input(path)) if paths.is_uri(path) else path
+    yield stack.enter_context(pq.ParquetFile(source))
+
+
+def _arrow_source(path: str):
+  """A local Arrow file memory-mapped; a URI's opened through its filesystem."""
+  import pyarrow as pa  # noqa: PLC0415
+
+  return paths.open_input(path) if paths.is_uri(path) else pa.memory_map(path)
 
 
 @functools.lru_cache(maxsize=16)
@@ -45,10 +58,10 @@ def _arrow_batches(path: str) -> tuple:
   import pyarrow as pa  # noqa: PLC0415
 
   try:
-    reader = pa.ipc.open_file(pa.memory_map(path))
+    reader = pa.ipc.open_file(_arrow_source(path))
     return tuple(reader.get_batch(i) for i in range(reader.num_record_batches))
   except pa.ArrowInvalid:  # `datasets` writes the stream format
-    return tuple(pa.ipc.open_stream(pa.memory_map(path)))
+    return tuple(pa.ipc.open_stream(_arrow_source(path)))
 
 
 def _schema(path: str, fmt: str):
@@ -58,9 +71,9 @@ def _schema(path: str, fmt: str):
   import pyarrow as pa  # noqa: PLC0415
 
   try:
-    return pa.ipc.open_file(pa.memory_map(path)).schema
+    return pa.ipc.open_file(_arrow_source(path)).schema
   except pa.ArrowInvalid:
-    return pa.ipc.open_stream(pa.memory_map(path)).schema
+    return pa.ipc.open_stream(_arrow_source(path)).schema
 
 
 def units(path, fmt: str, field: str) -> list[tuple[str, int]]:

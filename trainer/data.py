@@ -13,21 +13,19 @@ document). `data.sources` mixes several such sources by weight
 `tokenizer.json` (trainer/documents.py).
 """
 
-import glob
 import hashlib
 import json
 import os
 import pathlib
 import sysconfig
 
-from trainer import columnar, mixture
+from trainer import columnar, mixture, paths
 from trainer.documents import data_tokenizer, file_format
 
 FORMATS = ("auto", "text", "jsonl", *columnar.FORMATS, "arrayrecord")
 META_FILE = "meta.json"  # a prepared directory's description (scripts/prepare_data.py)
 
 _EXCLUDED_DIRS = ("site-packages", "dist-packages")
-_GLOB_CHARS = set("*?[")
 
 
 def default_corpus_files() -> list[pathlib.Path]:
@@ -52,28 +50,15 @@ def split_files(files, root, eval_fraction: float) -> tuple[list, list]:
   Parquet / Arrow unit) % 10_000 < eval_fraction * 10_000."""
   if not 0.0 <= eval_fraction <= 1.0:
     raise ValueError(f"data.eval_fraction={eval_fraction!r} must be in [0, 1]")
-  root = pathlib.Path(root)
+  root = root if paths.is_uri(root) else pathlib.Path(root)
   train, evals = [], []
   for f in files:
     if isinstance(f, tuple):  # (path, unit) of a Parquet / Arrow file
-      rel = f"{pathlib.Path(f[0]).relative_to(root).as_posix()}:{f[1]}"
+      rel = f"{paths.relative(f[0], root)}:{f[1]}"
     else:
-      rel = pathlib.Path(f).relative_to(root).as_posix()
+      rel = paths.relative(f, root)
     (evals if _is_eval(rel, eval_fraction) else train).append(f)
   return train, evals
-
-
-def _glob_root(pattern: str) -> pathlib.Path:
-  """Longest leading directory of `pattern` without glob characters."""
-  parts = pathlib.Path(pattern).parts
-  prefix = []
-  for part in parts:
-    if _GLOB_CHARS & set(part):
-      break
-    prefix.append(part)
-  if len(prefix) == len(parts):  # a literal file path: its directory is the root
-    prefix = prefix[:-1]
-  return pathlib.Path(*prefix) if prefix else pathlib.Path(".")
 
 
 def resolve_files(data_cfg) -> tuple[list[pathlib.Path], pathlib.Path]:
@@ -93,12 +78,13 @@ def resolve_files(data_cfg) -> tuple[list[pathlib.Path], pathlib.Path]:
     return arrow, pathlib.Path(pattern)
   patterns = [pattern]
   if "," in pattern and not os.path.exists(pattern):  # files / globs: under their common root
-    patterns = [os.path.abspath(p.strip()) for p in pattern.split(",") if p.strip()]
-  roots = [_glob_root(p) for p in patterns]
-  root = pathlib.Path(os.path.commonpath(roots)) if len(roots) > 1 else roots[0]
-  found = {p for pat in patterns for p in glob.glob(pat, recursive=True)}
-  files = [pathlib.Path(p) for p in found if os.path.isfile(p)]
-  if not files and os.path.isdir(pattern):
+    patterns = [p.strip() for p in pattern.split(",") if p.strip()]
+    patterns = [p if paths.is_uri(p) else os.path.abspath(p) for p in patterns]
+  roots = [paths.glob_root(p) for p in patterns]
+  root = paths.common_root(roots) if len(roots) > 1 else roots[0]
+  found = {p for pat in patterns for p in paths.glob_files(pat)}
+  files = [p if paths.is_uri(p) else pathlib.Path(p) for p in found]
+  if not files and paths.is_dir(pattern):
     raise ValueError(
       f"data.path={path!r} is a directory without {META_FILE}; give a glob of its files "
       f"(e.g. {os.path.join(path, '**', '*.txt')!r}) or prepare it with scripts/prepare_data.py"
@@ -108,7 +94,7 @@ def resolve_files(data_cfg) -> tuple[list[pathlib.Path], pathlib.Path]:
       f"data.path={path!r} matches no files; point it at existing text or JSONL files, "
       "a directory from scripts/prepare_data.py, or leave it empty for the default corpus"
     )
-  files.sort(key=lambda f: f.relative_to(root).as_posix())
+  files.sort(key=lambda f: paths.relative(f, root))
   return files, root
 
 
@@ -182,7 +168,7 @@ def to_items(files, data_cfg) -> list:
 def item_bytes(item, data_cfg) -> int:
   if isinstance(item, tuple):
     return columnar.unit_bytes(item, file_format(item[0], data_cfg.format))
-  return os.path.getsize(item)
+  return paths.size(item)
 
 
 def split_items(data_cfg) -> tuple[list, list]:

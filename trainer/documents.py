@@ -19,7 +19,7 @@ import threading
 
 import numpy as np
 
-from trainer import columnar
+from trainer import columnar, paths
 
 EOS_ID = 256
 BYTE_VOCAB_SIZE = 257
@@ -222,8 +222,7 @@ def read_documents(item, fmt: str, field: str, tok: Tokenizer, skipped: Skipped)
     fmt = file_format(item[0], fmt)
     return tok.encode_many(list(_column_texts(item, fmt, field, skipped)))
   path = str(item)
-  with open(path, "rb") as f:
-    raw = f.read()
+  raw = paths.read_bytes(path)
   if file_format(path, fmt) == "jsonl":
     return tok.encode_many(list(_jsonl_texts(raw, path, field, skipped)))
   if not raw:
