@@ -367,9 +367,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.logging.tensorboard = True  # event files in <workdir>/tensorboard (tensorboardX).
   c.logging.wandb = False  # also log to Weights & Biases (needs `pip install wandb`).
   c.logging.wandb_project = "jaxfrontier"
-  # Log `max_logit`, the forward's largest pre-softmax attention logit (always logged
-  # with QK-clip, which reads every head's; otherwise off: a reduction per layer).
-  c.logging.max_logit = False
+  c.logging.max_logit = False  # log the largest attention logit (always with QK-clip).
+  c.logging.profile_steps = ()  # (first, last): a jax.profiler trace in <workdir>/profile.
   return c
 
 

@@ -191,7 +191,7 @@ def bench_mfu(args):
   the tiny presets at seq 256, float32)."""
   from modeling.attention import kernels as dispatch  # noqa: PLC0415
   from trainer import precision  # noqa: PLC0415
-  from trainer.metrics import peak_flops, train_flops_per_token  # noqa: PLC0415
+  from trainer.metrics import mfu_text, peak_flops, train_flops_per_token  # noqa: PLC0415
 
   tiny = args.tiny or jax.default_backend() == "cpu"
   peak = peak_flops()
@@ -210,7 +210,7 @@ def bench_mfu(args):
     mfu = tokens_per_s * train_flops_per_token(cfg, t.seq_len) / peak
     print(f"  {name:5s} {spec:28s} batch {t.batch_size} x "
           f"{t.seq_len} {config.precision.compute_dtype}: {tokens_per_s:9.0f} tokens/s  MFU "
-          f"{mfu:6.1%}  (compile {compile_s:.0f}s; remat {config.compute.remat}; layers "
+          f"{mfu_text(mfu):>6s}  (compile {compile_s:.0f}s; remat {config.compute.remat}; layers "
           f"{'scanned' if scan else 'unrolled'}; {dispatch.describe(cfg.blocks)})")  # fmt: skip
 
 

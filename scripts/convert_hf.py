@@ -4,7 +4,9 @@
 
 Writes config.json (the family's HF model_type) and model.safetensors (sharded
 with an index past 5 GiB), which `transformers.AutoModelForCausalLM` and
-`modeling.hf.load` both read. The model config comes from the checkpoint.
+`modeling.hf.load` both read. The model config comes from the checkpoint; the
+training data is never read (it may have moved). Files are written world-readable
+(as the umask allows).
 """
 
 import pathlib
@@ -24,11 +26,8 @@ _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Tensor 
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  from flax import nnx  # noqa: PLC0415
-
   from modeling.hf import export  # noqa: PLC0415
-  from trainer import checkpoint  # noqa: PLC0415
-  from trainer.trainer import Trainer  # noqa: PLC0415
+  from trainer import checkpoint, inference  # noqa: PLC0415
 
   if None in (_WORKDIR.value, _OUT.value):
     sys.exit("error: --workdir and --out are required")
@@ -38,14 +37,11 @@ def main(argv):
   config = checkpoint.config_from_saved(saved)
   try:
     export.hf_config(config.model)  # fails before the restore if HF cannot express it
-    trainer = Trainer(config, _WORKDIR.value)
-    model = nnx.merge(trainer.graphdef, trainer.state["params"], trainer.state["model_state"])
+    config, model = inference.load(_WORKDIR.value)  # weights + saved config: no data read
     hf = export.save(model, config.model, _OUT.value, dtype=_DTYPE.value)
   except ValueError as e:
     sys.exit(f"error: {e}")
-  trainer.checkpointer.close()
-  trainer.close()
-  step = int(trainer.state["step"])
+  step = checkpoint.committed_steps(pathlib.Path(_WORKDIR.value).absolute() / "checkpoints")[0]
   print(f"exported step {step} of {_WORKDIR.value} to {_OUT.value} as {hf['model_type']}")
 
 

@@ -3,7 +3,8 @@
   python scripts/train.py --config configs/llama3.py:tiny --workdir runs/demo \
       [--config.train.steps=200 --config.optim.lr=3e-4 ...]
 
-Running it again with the same --workdir resumes from the last checkpoint.
+Running it again with the same --workdir resumes from the last checkpoint;
+--print_config prints the config (preset + overrides) and exits.
 """
 
 import logging as std_logging
@@ -29,6 +30,7 @@ _NUM_PROCESSES = flags.DEFINE_integer(
   "num_processes", 0, "Processes in the run (with --coordinator)."
 )
 _PROCESS_ID = flags.DEFINE_integer("process_id", -1, "This process's index (with --coordinator).")
+_PRINT_CONFIG = flags.DEFINE_bool("print_config", False, "Print the resolved config and exit.")
 
 
 def _quiet_orbax(record) -> bool:
@@ -45,6 +47,9 @@ def main(argv):
   from trainer import checkpoint
   from trainer.trainer import NonFinite, Trainer
 
+  if _CONFIG.value is not None and _PRINT_CONFIG.value:
+    print(cli.config_or_exit(_CONFIG))  # the preset with every --config.* override applied
+    return
   if _CONFIG.value is None or _WORKDIR.value is None:
     sys.exit("error: both --config and --workdir are required")
   config = cli.config_or_exit(_CONFIG)

@@ -7,6 +7,7 @@ loaded, exported and (1) imported again to bit-identical params, (2) loaded by
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 
@@ -141,18 +142,32 @@ def test_bfloat16_export_holds_the_rounded_params_and_never_overwrites(tmp_path)
 
 
 def test_export_script_writes_a_trained_run_transformers_loads(tmp_path):
+  """From the workdir alone (its training data deleted first); files world-readable."""
+  import shutil  # noqa: PLC0415
+
+  (tmp_path / "data").mkdir()
+  for i in range(8):
+    (tmp_path / "data" / f"{i}.txt").write_text(f"some training text {i} " * 40)
   config = small_train_config("qwen3", steps=4, log_every=2)
   config.optim.warmup_steps = 1
+  config.data.update(path=str(tmp_path / "data" / "*.txt"), eval_fraction=0.0)
   from trainer.trainer import Trainer  # noqa: PLC0415
 
   trainer = Trainer(config, str(tmp_path / "run"))
   trainer.run()
   model = nnx.merge(trainer.graphdef, trainer.state["params"], trainer.state["model_state"])
+  shutil.rmtree(tmp_path / "data")  # the data has moved: export needs none of it
   out = tmp_path / "hf"
   cmd = [sys.executable, "scripts/convert_hf.py", f"--workdir={tmp_path / 'run'}", f"--out={out}"]
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]
   assert "exported step 4" in result.stdout
+  umask = os.umask(0)
+  os.umask(umask)
+  assert {f.name: f.stat().st_mode & 0o777 for f in out.iterdir()} == {
+    "config.json": 0o666 & ~umask,
+    "model.safetensors": 0o666 & ~umask,
+  }
   tokens = hf_common.tokens(2, SEQ)
   diff = np.abs(_transformers_logits(out, tokens) - hf_common.ours(model, tokens)[0]).max()
   assert diff <= TOL

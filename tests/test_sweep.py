@@ -248,6 +248,15 @@ def test_summary_has_one_row_per_cell_from_its_metrics(tmp_path):
   check_png(tmp_path / "loss_curves.png")
 
 
+def test_without_matplotlib_the_summary_says_how_to_get_plots(tmp_path, monkeypatch, capsys):
+  monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # import fails: not installed
+  jobs = sweep.plan(sweep.grid(["optim.lr=1e-3"]), CONFIG, str(tmp_path), [], "train.py")
+  write_metrics(jobs[0].workdir, [{"step": 2, "loss": 6.0, "tokens_per_s": 100.0}], checkpoint=2)
+  sweep.write_summary(tmp_path, jobs)
+  assert (tmp_path / "summary.csv").is_file() and not (tmp_path / "loss_curves.png").exists()
+  assert "pip install 'jaxfrontier[plots]'" in capsys.readouterr().out
+
+
 def check_evaluations(workdir, rows, max_batches):
   """Each row's held-out numbers are finite, positive, in summary.md, and what
   inference.evaluate gives for the cell's workdir when called directly."""

@@ -138,3 +138,72 @@ def test_bfloat16_compute_trains_close_to_float32(tmp_path):
     losses[dtype] = Trainer(config, str(tmp_path / dtype)).run()["train"]["loss"]
   assert np.isfinite(losses["bfloat16"])
   np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.05)
+
+
+def test_a_smoke_run_shorter_than_its_warmup_warms_up_for_a_tenth_of_it(capsys):
+  from trainer import checks  # noqa: PLC0415
+  from trainer.trainer import progress_fields  # noqa: PLC0415
+
+  config = small_train_config("llama3", steps=3)
+  config.optim.warmup_steps = 30
+  assert "warmup_steps=30 is not below train.steps=3; warming up for 0 steps" in checks.cap_warmup(
+    config
+  )
+  assert config.optim.warmup_steps == 0
+  checks.validate(config)  # no error left
+  config.train.steps, config.optim.warmup_steps = 100, 30
+  assert checks.cap_warmup(config) is None and config.optim.warmup_steps == 30
+  # A device without a known peak FLOP/s: no MFU in the record, "unknown peak" shown.
+  assert progress_fields({"loss": 1.0, "tokens_per_s": 10.0})["mfu"] == "unknown peak"
+  assert progress_fields({"loss": 1.0, "tokens_per_s": 10.0, "mfu": 0.25})["mfu"] == "25.0%"
+
+
+def test_print_config_prints_the_preset_with_overrides_and_exits(tmp_path):
+  import subprocess  # noqa: PLC0415
+  import sys  # noqa: PLC0415
+
+  from tests.conftest import ROOT  # noqa: PLC0415
+
+  out = subprocess.run(
+    [sys.executable, "scripts/train.py", "--config", "configs/llama3.py:tiny",
+     "--config.train.steps=7", "--print_config"],
+    cwd=ROOT, capture_output=True, text=True, timeout=120,
+  )  # fmt: skip
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert "  steps: 7\n" in out.stdout and "family: llama3" in out.stdout
+
+
+def test_profile_steps_write_a_trace_under_the_workdir(tmp_path):
+  config = small_train_config("llama3", steps=4, log_every=2)
+  config.optim.warmup_steps = 1
+  config.logging.profile_steps = (2, 3)
+  Trainer(config, str(tmp_path / "run")).run()
+  for pattern in ("*.xplane.pb", "*.trace.json.gz"):  # TensorBoard's, Perfetto's
+    traces = list((tmp_path / "run" / "profile").rglob(pattern))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0
+  config.logging.profile_steps = (5, 2)
+  with pytest.raises(ValueError, match=r"logging.profile_steps=\(5, 2\) must be \(first, last\)"):
+    Trainer(config, str(tmp_path / "bad"))
+
+
+def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch):
+  """The W&B run id is kept in the workdir and passed with resume="allow"."""
+  import sys  # noqa: PLC0415
+  import types  # noqa: PLC0415
+
+  from trainer import metrics  # noqa: PLC0415
+
+  inits = []
+
+  class Run:
+    log = finish = lambda *a, **k: None  # noqa: E731
+
+  fake = types.ModuleType("wandb")
+  fake.init = lambda **kw: inits.append(kw) or Run()
+  monkeypatch.setitem(sys.modules, "wandb", fake)
+  cfg = small_train_config("llama3").logging
+  cfg.wandb = True
+  for _ in range(2):  # the run, then its resume in the same workdir
+    metrics.Writer(str(tmp_path), True, cfg, {}).close()
+  assert inits[0]["id"] == inits[1]["id"] == (tmp_path / "wandb_run_id").read_text()
+  assert inits[0]["resume"] == "allow"

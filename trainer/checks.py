@@ -2,6 +2,8 @@
 the checkpoint it continues: each a ValueError naming the field and the fix,
 or a notice of what changed."""
 
+import sys
+
 import jax
 from flax import traverse_util
 
@@ -142,3 +144,20 @@ def resolve_shuffle(config, saved: dict | None, workdir: str) -> str | None:
     f"data position's shape; resume with --config.data.shuffle_tokens="
     f"{data_was['shuffle_tokens']}, or train in a new workdir"
   )
+
+
+def cap_warmup(config, warn: bool = False) -> str | None:
+  """A run no longer than its warmup (a smoke run's --config.train.steps=3) warms
+  up for a tenth of its steps instead; returns the warning (printed to stderr
+  if `warn`), if any."""
+  o, steps = config.optim, config.train.steps
+  if steps < 1 or o.warmup_steps < steps:
+    return None
+  was, o.warmup_steps = o.warmup_steps, steps // 10
+  note = (
+    f"warning: optim.warmup_steps={was} is not below train.steps={steps}; warming up "
+    f"for {o.warmup_steps} steps (a tenth of the run)"
+  )
+  if warn:
+    print(note, file=sys.stderr, flush=True)
+  return note

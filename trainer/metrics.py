@@ -4,6 +4,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import uuid
 
 import jax
 import tensorboardX
@@ -39,6 +40,11 @@ def peak_flops(override: float = 0.0) -> float:
     if name in kind:
       return flops
   return PEAK_FLOPS["cpu"] if jax.devices()[0].platform == "cpu" else float("nan")
+
+
+def mfu_text(mfu: float) -> str:
+  """MFU for people: a percentage, or "unknown peak" on a device without one."""
+  return "unknown peak" if math.isnan(mfu) else f"{mfu:.1%}"
 
 
 def train_flops_per_token(cfg: DecoderConfig, seq_len: int) -> float:
@@ -121,6 +127,12 @@ def _ffn_params(m) -> int:
 
 def check_logging(logging_cfg):
   """Fails before anything compiles if a requested logger is not installed."""
+  steps = tuple(logging_cfg.profile_steps)
+  if steps and not (len(steps) == 2 and 1 <= steps[0] <= steps[1]):
+    raise ValueError(
+      f"logging.profile_steps={steps} must be (first, last) with 1 <= first <= last, "
+      "e.g. (10, 15); () for no trace"
+    )
   if logging_cfg.wandb and importlib.util.find_spec("wandb") is None:
     raise ValueError(
       "logging.wandb=True needs the wandb package: pip install wandb, or set logging.wandb=False"
@@ -146,9 +158,14 @@ class Writer:
     if logging_cfg is not None and logging_cfg.wandb:
       import wandb  # noqa: PLC0415 - optional dependency, checked by check_logging.
 
+      # The run's W&B id lives in the workdir: a resumed run continues the same W&B run.
+      id_file = self.path.parent / "wandb_run_id"
+      if not id_file.is_file():
+        id_file.write_text(uuid.uuid4().hex[:12])
       self._wandb = wandb.init(
-        project=logging_cfg.wandb_project, dir=str(self.path.parent), config=config
-      )
+        project=logging_cfg.wandb_project, dir=str(self.path.parent), config=config,
+        id=id_file.read_text().strip(), resume="allow",
+      )  # fmt: skip
 
   def write(self, record: dict):
     if not self._file:
@@ -209,3 +226,23 @@ def _strict(value):
   if isinstance(value, list):
     return [_strict(v) for v in value]
   return value
+
+
+class Profiler:
+  """A jax.profiler trace of steps (first, last) (`logging.profile_steps`) into
+  <workdir>/profile, for TensorBoard's profile tab or Perfetto: started before
+  the first step, stopped once the last (or the run's last) has run. Process 0
+  only; () traces nothing."""
+
+  def __init__(self, steps, run_steps: int, workdir, enabled: bool = True):
+    self.first, self.last = tuple(steps) if steps and enabled else (0, -1)
+    self.last, self.directory = min(self.last, run_steps), pathlib.Path(workdir) / "profile"
+
+  def before(self, step: int):
+    if step == self.first:
+      jax.profiler.start_trace(str(self.directory), create_perfetto_trace=True)
+
+  def after(self, step: int, step_metrics):
+    if self.first <= step == self.last:
+      jax.block_until_ready(step_metrics)
+      jax.profiler.stop_trace()

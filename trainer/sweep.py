@@ -276,7 +276,10 @@ def write_summary(
     writer.writerows(rows)
   table = _markdown(columns, rows)
   (workdir / "summary.md").write_text(table + "\n")
-  plot_losses(workdir / "loss_curves.png", curves)
+  try:
+    plot_losses(workdir / "loss_curves.png", curves)
+  except ImportError:
+    print("loss_curves.png skipped: matplotlib is missing (pip install 'jaxfrontier[plots]')")
   return table
 
 

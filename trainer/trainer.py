@@ -6,6 +6,7 @@ checkpoints live in the loop around it.
 """
 
 import json
+import math
 import pathlib
 import sys
 import time
@@ -72,7 +73,7 @@ def progress_fields(record: dict) -> dict:
   fields = {
     "loss": f"{record['loss']:.3f}",
     "tok_s": f"{record['tokens_per_s']:.0f}",
-    "mfu": f"{record['mfu']:.1%}",
+    "mfu": metrics.mfu_text(record.get("mfu", float("nan"))),
   }
   if "expert_load_max_over_mean" in record:
     fields["load_max"] = f"{max(record['expert_load_max_over_mean']):.2f}"
@@ -119,6 +120,7 @@ class Trainer:
     self.config = config
     saved = saved_run_config(pathlib.Path(workdir) / "checkpoints")
     self.layers_note = resolve_scan_layers(config, saved)
+    checks.cap_warmup(config, warn=jax.process_index() == 0)
     self.model_cfg = validate(config)
     self.data_note = checks.resolve_shuffle(config, saved, workdir)
     self.primary = jax.process_index() == 0
@@ -179,6 +181,9 @@ class Trainer:
     self.data_iter = iter(self.dataset)
     self.source_names = mixture_lib.names(config.data)  # (a mixture's sources)
     self._tokens_seen, self._data_wait = None, 0.0
+    self.profiler = metrics.Profiler(
+      config.logging.profile_steps, t.steps, self.workdir, self.primary
+    )
     if resumed:  # restored straight into the abstract state's shardings: no init first
       self.state = self.checkpointer.restore(
         self.program.abstract_state, self.data_iter, config.checkpoint.fallback, self._say
@@ -272,7 +277,9 @@ class Trainer:
     tic = time.perf_counter()
     for step in range(start + 1, t.steps + 1):
       # The first call compiles ("setup": a signal then exits at once; nothing new yet).
+      self.profiler.before(step)
       self.state, step_metrics = self._train_step(self.state, self.put(self._next_batch()))
+      self.profiler.after(step, step_metrics)
       self.stopper.phase = "train"
       pending.append(step_metrics)
       self._unchecked.append((step, step_metrics))
@@ -360,6 +367,8 @@ class Trainer:
       "mfu": flops / elapsed / (metrics.peak_flops(t.peak_flops) * jax.device_count()),
       "data_wait": self._data_wait / elapsed,  # fraction of the time spent waiting for data
     }
+    if math.isnan(record["mfu"]):  # a device without a known peak: no MFU (train.peak_flops)
+      del record["mfu"]
     self._data_wait = 0.0
     if "expert_load" in fetched[-1]:
       record["expert_load_max_over_mean"] = load_balance([m.pop("expert_load") for m in fetched])

@@ -15,6 +15,7 @@ precision), so there is nothing else to leave out.
 
 import json
 import math
+import os
 import pathlib
 import shutil
 
@@ -292,6 +293,12 @@ def _write_shards(named, directory: pathlib.Path, dtype, shard_bytes: int):
   (directory / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
+def _umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
 def save(model: Decoder, model_cfg, directory, dtype: str = "float32", shard_bytes=SHARD_BYTES):
   """Writes `model` (config.model `model_cfg`) to `directory`, which must not exist
   or be empty, as a HF checkpoint: config.json and model.safetensors (or
@@ -307,6 +314,9 @@ def save(model: Decoder, model_cfg, directory, dtype: str = "float32", shard_byt
   np_dtype = jnp.dtype(dtype)  # numpy has no bfloat16; jax's (ml_dtypes) does.
   _write_shards(hf_tensors(model, hf["model_type"]), partial, np_dtype, shard_bytes)
   (partial / "config.json").write_text(json.dumps(hf, indent=2) + "\n")
+  mode = 0o666 & ~_umask()  # as any other output: safetensors writes its files 0600
+  for f in partial.iterdir():
+    f.chmod(mode)
   if directory.exists():
     directory.rmdir()
   partial.rename(directory)
