@@ -250,8 +250,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.tensor = 1  # Megatron-style heads / mlp / vocab sharding.
   c.mesh.expert = 1  # expert parallelism (MoE).
   c.mesh.context = 1  # context parallelism: the sequence split (train.seq_len % 2x it == 0).
-  # Logical -> mesh axis overrides (parallelism/rules.py): "vocab=tensor+fsdp,heads=" (= none).
-  c.mesh.rules = ""
+  c.mesh.rules = ""  # logical -> mesh axis overrides: "vocab=tensor+fsdp,heads=" (= none).
+  # Slices (TPU) or nodes (GPU processes) the data / fsdp axes span over DCN; divide the axis.
+  c.mesh.dcn_data = 1
+  c.mesh.dcn_fsdp = 1
 
   # ---------------------------------------------------------------- train
   t = c.train = ml_collections.ConfigDict()
@@ -307,8 +309,7 @@ def get_config() -> ml_collections.ConfigDict:
   d.field = "text"  # JSONL key / Parquet or Arrow column holding each document's text.
   d.sources = ()  # instead of path, a weighted mixture: ({path, weight, format, field, name}, ...)
   d.tokenizer = "byte"  # byte: UTF-8 bytes 0..255 plus EOS 256 | path to a tokenizer.json.
-  d.eos_token = ""  # tokenizer.json: the end-of-document token; "" = the first of
-  #   <|endoftext|>, </s>, <eos>, <|end_of_text|> it has.
+  d.eos_token = ""  # tokenizer.json's end-of-document token; "": <|endoftext|>, </s>, ... it has.
   d.eval_fraction = 0.02  # fraction of files held out for eval (by a hash of the path);
   #   a prepared directory has its own eval shards.
   d.skip_bad_records = False  # JSONL lines that are not JSON / UTF-8: error (False) or skip+count.

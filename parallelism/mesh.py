@@ -148,7 +148,46 @@ def mesh_sizes(mesh_cfg, num_devices: int) -> dict[str, int]:
   return dict(zip(MESH_AXES, mesh_shape(mesh_cfg, num_devices), strict=True))
 
 
+def dcn_shape(mesh_cfg, shape: tuple[int, ...]) -> tuple[int, ...]:
+  """Per-axis counts of slices / nodes (mesh.dcn_data, mesh.dcn_fsdp; 1 elsewhere)."""
+  dcn = {"data": int(mesh_cfg.get("dcn_data", 1)), "fsdp": int(mesh_cfg.get("dcn_fsdp", 1))}
+  for axis, n in dcn.items():
+    size = shape[MESH_AXES.index(axis)]
+    if n < 1 or size % n:
+      raise ValueError(
+        f"mesh.dcn_{axis}={n} must be a positive divisor of mesh.{axis}={size} (the slices "
+        f"or nodes that axis spans)"
+      )
+  return tuple(dcn.get(axis, 1) for axis in MESH_AXES)
+
+
 def make_mesh(mesh_cfg, devices=None) -> jax.sharding.Mesh:
+  """The mesh, devices in the hardware's order: `jax.make_mesh` within a slice,
+  and `create_hybrid_device_mesh` across slices (TPU `slice_index`) or nodes
+  (process index) when mesh.dcn_data or mesh.dcn_fsdp > 1."""
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_cfg, len(devices))
-  return jax.sharding.Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+  dcn = dcn_shape(mesh_cfg, shape)
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  if math.prod(dcn) == 1:
+    return jax.make_mesh(shape, MESH_AXES, axis_types=auto, devices=devices)
+
+  return jax.sharding.Mesh(hybrid_devices(shape, dcn, devices), MESH_AXES, axis_types=auto)
+
+
+def hybrid_devices(shape: tuple, dcn: tuple, devices) -> np.ndarray:
+  """Devices [shape] for a mesh spanning prod(dcn) slices (TPU `slice_index`) or
+  processes: each slice holds a contiguous block of the dcn axes."""
+  from jax.experimental import mesh_utils  # noqa: PLC0415
+
+  by_slice = hasattr(devices[0], "slice_index")
+  granules = {d.slice_index if by_slice else d.process_index for d in devices}
+  if len(granules) != math.prod(dcn):
+    raise ValueError(
+      f"mesh.dcn_data x mesh.dcn_fsdp = {math.prod(dcn)} but the devices come from "
+      f"{len(granules)} {'slices' if by_slice else 'processes'}; make them match"
+    )
+  ici = tuple(s // d for s, d in zip(shape, dcn))
+  return mesh_utils.create_hybrid_device_mesh(
+    ici, dcn, devices, process_is_granule=not by_slice, allow_split_physical_axes=True
+  )

@@ -108,3 +108,44 @@ def test_cluster_detection(env, kind):
 def test_partial_flags_are_an_error():
   with pytest.raises(ValueError, match="go together"):
     initialize_distributed("127.0.0.1:1234", 2, -1)
+
+
+def _fake_devices(n: int, **per_device):
+  """Device stand-ins (GPU-like: no TPU coordinates) with the given attributes,
+  each a function of the device index."""
+  import types  # noqa: PLC0415
+
+  return [
+    types.SimpleNamespace(
+      id=i, platform="gpu", device_kind="fake", **{k: f(i) for k, f in per_device.items()}
+    )  # fmt: skip
+    for i in range(n)
+  ]
+
+
+def test_a_multi_slice_mesh_keeps_each_slice_in_one_block_of_the_dcn_axes():
+  """mesh.dcn_data=2 over 2 TPU-style slices of 4: the data axis's halves are the
+  slices; mesh.dcn_fsdp=2 over 2 GPU nodes (process index): fsdp's halves are the
+  nodes. A count of slices that does not match is one error naming the fields."""
+  from parallelism.mesh import dcn_shape, hybrid_devices  # noqa: PLC0415
+
+  slices = _fake_devices(8, slice_index=lambda i: i // 4, process_index=lambda i: 0)
+  grid = hybrid_devices((2, 4, 1, 1, 1), (2, 1, 1, 1, 1), slices)
+  assert [[d.slice_index for d in row.ravel()] for row in grid] == [[0] * 4, [1] * 4]
+  nodes = _fake_devices(8, process_index=lambda i: i % 2)
+  grid = hybrid_devices((4, 2, 1, 1, 1), (1, 2, 1, 1, 1), nodes)
+  assert {d.process_index for d in grid[:, 0].ravel()} == {0}
+  assert {d.process_index for d in grid[:, 1].ravel()} == {1}
+  with pytest.raises(ValueError, match="mesh.dcn_data x mesh.dcn_fsdp = 4 but the devices"):
+    hybrid_devices((4, 2, 1, 1, 1), (2, 2, 1, 1, 1), nodes)
+  with pytest.raises(ValueError, match="mesh.dcn_fsdp=3 must be a positive divisor of mesh.fsdp=4"):
+    dcn_shape({"dcn_data": 1, "dcn_fsdp": 3}, (2, 4, 1, 1, 1))
+
+
+def test_one_slice_meshes_come_from_jax_make_mesh_with_auto_axes():
+  from configs import base  # noqa: PLC0415
+  from parallelism.mesh import make_mesh  # noqa: PLC0415
+
+  mesh = make_mesh(base.get_config().mesh)
+  assert mesh.devices.size == jax.device_count()
+  assert set(mesh.axis_types) == {jax.sharding.AxisType.Auto}
