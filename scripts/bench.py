@@ -52,7 +52,6 @@ first step's loss moved (on CPU auto is XLA: ratio ~1, loss equal).
 """
 
 import argparse
-import importlib.util
 import pathlib
 import sys
 import tempfile
@@ -66,17 +65,13 @@ import numpy as np  # noqa: E402
 from benchmarks import attention, decode, kernels, loader, moe_twin  # noqa: E402
 from modeling.moe.config import MATMULS  # noqa: E402
 from parallelism.mesh import make_mesh  # noqa: E402
-from trainer import pipeline, step  # noqa: E402
+from trainer import cli, pipeline, step  # noqa: E402
+
+OVERRIDES = []  # the command line's --config.a.b=value, applied to every config loaded
 
 
 def load_config(spec: str):
-  path, _, preset = spec.partition(":")
-  module_spec = importlib.util.spec_from_file_location("_config", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  config = module.get_config(preset) if preset else module.get_config()
-  config.unlock()
-  return config
+  return cli.load_config(spec, OVERRIDES)
 
 
 def step_tokens_per_s(config, batch, steps: int, out: dict | None = None) -> tuple[float, float]:
@@ -388,7 +383,10 @@ def main():
   flt.add_argument("--workdir", default="", help="where the runs go (default: a temp dir)")
   for module in (decode, loader):  # benchmarks/*.py with their own flags
     module.add_parser(sub)
-  args = parser.parse_args()
+  args, rest = parser.parse_known_args()
+  OVERRIDES.extend(a for a in rest if a.startswith("--config.") and "=" in a)
+  if len(OVERRIDES) != len(rest):
+    parser.error(f"unrecognized arguments: {' '.join(a for a in rest if a not in OVERRIDES)}")
   benches = {"decode": decode.bench, "moe": bench_moe, "optim": bench_optim, "flops": bench_flops,
              "attention": attention.bench, "kernels": kernels.bench, "mfu": bench_mfu,
              "muonclip": bench_muonclip, "dispatch": bench_dispatch, "faults": bench_faults,

@@ -45,5 +45,10 @@ def main(argv):
   print(f"exported step {step} of {_WORKDIR.value} to {_OUT.value} as {hf['model_type']}")
 
 
-if __name__ == "__main__":
+def run():
+  """The console entry point (pyproject.toml [project.scripts])."""
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -61,5 +61,10 @@ def main(argv):
         f"perplexity {result['perplexity']:.2f}")  # fmt: skip
 
 
-if __name__ == "__main__":
+def run():
+  """The console entry point (pyproject.toml [project.scripts])."""
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -113,5 +113,10 @@ def main(argv):
     print(" ".join(map(str, ids)) if print_ids else tok.decode(ids))
 
 
-if __name__ == "__main__":
+def run():
+  """The console entry point (pyproject.toml [project.scripts])."""
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -151,5 +151,10 @@ def main(argv):
     _print_table(result)
 
 
-if __name__ == "__main__":
+def run():
+  """The console entry point (pyproject.toml [project.scripts])."""
   app.run(main, flags_parser=cli.parse_flags)
+
+
+if __name__ == "__main__":
+  run()

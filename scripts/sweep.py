@@ -77,5 +77,10 @@ def main(argv):
     sys.exit(f"error: {len(failed)} of {len(jobs)} cells failed: {names}")
 
 
-if __name__ == "__main__":
+def run():
+  """The console entry point (pyproject.toml [project.scripts])."""
   app.run(main, flags_parser=parse_flags)
+
+
+if __name__ == "__main__":
+  run()

@@ -10,6 +10,65 @@ from absl import flags
 from configs import moved
 
 
+def resolve_config_path(spec: str) -> str:
+  """FILE.py[:PRESET] with FILE found relative to the current directory first,
+  then beside the installed `configs` package (so `configs/llama3.py:tiny` works
+  from any directory once the package is installed)."""
+  path, colon, preset = spec.partition(":")
+  if pathlib.Path(path).is_file() or pathlib.Path(path).is_absolute():
+    return spec
+  import configs  # noqa: PLC0415
+
+  installed = pathlib.Path(configs.__file__).resolve().parents[1] / path
+  return f"{installed}{colon}{preset}" if installed.is_file() else spec
+
+
+def _resolve_config_flag(argv) -> list[str]:
+  """argv with the --config value resolved (`resolve_config_path`)."""
+  out = list(argv)
+  for i, arg in enumerate(out):
+    if arg.startswith("--config="):
+      out[i] = "--config=" + resolve_config_path(arg.split("=", 1)[1])
+    elif arg == "--config" and i + 1 < len(out):
+      out[i + 1] = resolve_config_path(out[i + 1])
+  return out
+
+
+def load_config(spec: str, overrides=()):
+  """The unlocked config of FILE.py[:PRESET] with `--config.a.b=value` overrides
+  applied (each value parsed as its field's type); one-line errors."""
+  path, _, preset = resolve_config_path(spec).partition(":")
+  if not pathlib.Path(path).is_file():
+    sys.exit(f"error: --config {spec}: no file {path!r}; use configs/FAMILY.py:PRESET")
+  module_spec = importlib.util.spec_from_file_location("_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(preset) if preset else module.get_config()
+  config.unlock()
+  for arg in overrides:
+    message = unknown_override(["", f"--config={spec}", arg])
+    if message:
+      sys.exit(f"error: {message}")
+    key, _, value = arg[len("--config.") :].partition("=")
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    node[leaf] = _parsed(value, node[leaf])
+  return config
+
+
+def _parsed(value: str, default):
+  kind = type(default)
+  if kind is bool:
+    return value.lower() in ("true", "1")
+  if kind in (int, float):
+    return kind(float(value) if kind is float else int(value))
+  if kind is tuple:
+    return tuple(ast.literal_eval(value)) if value else ()
+  return value
+
+
 def _config_arg(argv) -> str | None:
   """The value of --config (FILE.py:PRESET), if given."""
   config_arg = None
@@ -28,7 +87,7 @@ def unknown_override(argv) -> str | None:
   if config_arg is None:
     return None
   path, _, preset = config_arg.partition(":")
-  spec = importlib.util.spec_from_file_location("_config", path)
+  spec = importlib.util.spec_from_file_location("_config", resolve_config_path(path))
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   config = module.get_config(preset) if preset else module.get_config()
@@ -84,6 +143,7 @@ def parse_flags(argv):
     full = "--helpfull" in argv
     print(flags.FLAGS.get_help() if full else flags.FLAGS.main_module_help())
     sys.exit(0)
+  argv = _resolve_config_flag(argv)
   config_arg = _config_arg(argv)
   if config_arg and not pathlib.Path(config_arg.partition(":")[0]).is_file():
     sys.exit(f"error: --config {config_arg}: no file {config_arg.partition(':')[0]!r}; "
