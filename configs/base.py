@@ -331,10 +331,10 @@ def get_config() -> ml_collections.ConfigDict:
   # and exits cleanly; the same command with the same --workdir resumes. A save
   # that fails stops the run at once, naming the last committed step; a state
   # whose loss or grad norm is not finite is never saved.
-  # Workdir of another run whose latest weights (params, router biases) start a
-  # new run here: fresh optimizer, step 0. For the next training stage (DSA
-  # warm-up -> sparse) or adding parts (indexers onto a dense MLA model: params the
-  # source lacks keep their init and are listed). "" = from scratch.
+  # Another run's workdir, or a Hugging Face directory (config.json + safetensors, checked
+  # against config.model, read shard by shard), whose weights start a new run here: fresh
+  # optimizer, step 0. For fine-tuning, the next stage (DSA warm-up -> sparse) or adding parts
+  # (params the source lacks, e.g. MTP modules, keep their init and are listed). "" = scratch.
   k.init_from = ""
   # A newest checkpoint that cannot be read is moved aside (<step>.unreadable) and
   # the step before it restored, with a message; False: stop with the error instead.

@@ -303,6 +303,31 @@ def check_layout(saved: list, wanted: list, step: int, directory):
   )
 
 
+def is_hf_dir(path: str) -> bool:
+  """A Hugging Face checkpoint directory (config.json + *.safetensors), not a workdir."""
+  where = pathlib.Path(path).expanduser()
+  return (
+    (where / "config.json").is_file()
+    and any(where.glob("*.safetensors"))
+    and not committed_steps(where.absolute() / "checkpoints")
+  )
+
+
+def init_weights(path: str, abstract: dict, model_cfg, graphdef) -> tuple[dict, list[str]]:
+  """`checkpoint.init_from`'s weights (as `restore_weights` returns them): a run's
+  latest checkpoint, or a Hugging Face directory checked against config.model
+  and read shard by shard (modeling/hf/loader.py `load_sharded`)."""
+  if not is_hf_dir(path):
+    return restore_weights(path, abstract)
+  from flax import nnx  # noqa: PLC0415
+
+  from modeling.hf import export, loader  # noqa: PLC0415
+
+  export.check_matches(model_cfg, path)
+  model = nnx.merge(graphdef, abstract["params"], abstract["model_state"])
+  return loader.load_sharded(path, model, abstract)
+
+
 def restore_weights(workdir: str, abstract: dict) -> tuple[dict, list[str]]:
   """Another run's latest committed `params` and `model_state` (`checkpoint.init_from`).
 

@@ -203,9 +203,10 @@ class Trainer:
     self.lock.release()
 
   def _init_from(self, workdir: str):
-    """Starts from another run's latest weights; the optimizer state stays fresh."""
+    """Starts from another run's latest weights, or a Hugging Face directory's
+    (each device reading its own shards); the optimizer state stays fresh."""
     weights = {k: self.program.abstract_state[k] for k in ("params", "model_state")}
-    restored, missing = checkpoint.restore_weights(workdir, weights)
+    restored, missing = checkpoint.init_weights(workdir, weights, self.config.model, self.graphdef)
     for key, tree in restored.items():
       self.state[key] = _merge(self.state[key], tree)
     if missing and self.primary:

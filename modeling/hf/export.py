@@ -13,6 +13,7 @@ either). Training settings live outside `config.model` (objective, compute,
 precision), so there is nothing else to leave out.
 """
 
+import ast
 import json
 import math
 import os
@@ -210,6 +211,43 @@ def _exported(model_cfg) -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict(model_cfg.to_dict())
   m.mtp.depth = 0
   return m
+
+
+def check_matches(model_cfg, directory):
+  """`checkpoint.init_from` a Hugging Face directory: config.model must compute the
+  function its config.json describes (MTP modules aside: they start fresh); one
+  clause per field that differs."""
+  directory = pathlib.Path(directory)
+  hf = json.loads((directory / "config.json").read_text())
+  theirs = config_json.model_config_from_hf(hf).model
+  ours = _exported(model_cfg)
+  ours.max_len = theirs.max_len  # (generation's limit; not the function)
+  if decoder_config(ours) == decoder_config(theirs):
+    return
+  diffs = [d for d in _differences(ours.to_dict(), theirs.to_dict()) if _matters(ours, d)]
+  diffs = [d.replace(" (reads back as ", " but its config.json gives ")[:-1] for d in diffs]
+  raise ValueError(
+    f"checkpoint.init_from={str(directory)!r} holds another model: "
+    + "; ".join(diffs or ["(derived settings differ)"])
+    + "; start from a preset of its family with those fields, or export it again"
+  )
+
+
+def _matters(ours, diff: str) -> bool:
+  """Whether a `_differences` entry changes the function: `ours` with that one
+  field set to the other side's value expands to other blocks (head_dim 0 and
+  an explicit equal head_dim do not)."""
+  key, _, rest = diff[len("model.") :].partition("=")
+  theirs_value = ast.literal_eval(rest.split(" (reads back as ", 1)[1][:-1])
+  changed = ml_collections.ConfigDict(ours.to_dict())
+  node, leaf = config_json.field_node(changed, key)
+  node[leaf] = (
+    type(node[leaf])(theirs_value) if not isinstance(node[leaf], tuple) else tuple(theirs_value)
+  )
+  try:
+    return decoder_config(changed) != decoder_config(ours)
+  except ValueError:  # the field alone makes an invalid model: it matters
+    return True
 
 
 def _check_reads_back(model_cfg, hf, model_type):

@@ -6,13 +6,15 @@ tensor names in `tensors.py`.
 """
 
 import contextlib
+import functools
 import json
 import math
 import pathlib
 
+import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 from safetensors import safe_open
 
 from modeling.config import Options, decoder_config
@@ -205,6 +207,55 @@ def load_params(model: Decoder, directory) -> Decoder:
     new = [(p, v.replace(_value(ckpt, wanted.get(p), v, p))) for p, v in flat]
   nnx.update(model, nnx.from_flat_state(new))
   return model
+
+
+def load_sharded(directory, model: Decoder, targets: dict) -> tuple[dict, list[str]]:
+  """The safetensors weights of `directory` for `model` (abstract is enough) as
+  {"params", "model_state"} nested dicts of jax.Arrays laid out as `targets` says
+  (the train state's ShapeDtypeStructs with shardings), and the paths the
+  checkpoint does not hold (MTP modules: they keep their init). Each device's
+  shard is read by itself (jax.make_array_from_callback): a stacked layer or
+  expert axis reads only that shard's layers / experts, one tensor at a time,
+  so host memory holds about one tensor beyond the shards."""
+  directory = pathlib.Path(directory)
+  hf_config, prefix = config_json.text_model(json.loads((directory / "config.json").read_text()))
+  fam = families.family(hf_config.get("model_type"))
+  flat = [
+    (p, v) for p, v in nnx.to_flat_state(nnx.state(model)) if isinstance(v, _CHECKPOINT_VARIABLES)
+  ]
+  skipped = [p for p, _ in flat if p[0] == "mtp"]  # not in a Hugging Face checkpoint's map
+  flat = [(p, v) for p, v in flat if p[0] != "mtp"]
+  wanted = {path: _hf_names(path, _layer_shape(path, v), model, fam, prefix) for path, v in flat}
+  loaded = {}
+  with contextlib.ExitStack() as stack:
+    ckpt = _Checkpoint(directory, stack, fam.renames)
+    _check_names(ckpt, wanted, model, fam, hf_config, prefix, directory)
+    for path, v in flat:
+      section = "params" if isinstance(v, nnx.Param) else "model_state"
+      target = functools.reduce(lambda node, key: node[key], path, targets[section])
+      read = functools.partial(_shard, ckpt, wanted[path], path[0] == "stack", target)
+      loaded[(section, *path)] = jax.make_array_from_callback(target.shape, target.sharding, read)
+  return traverse_util.unflatten_dict(loaded), ["/".join(map(str, p)) for p in skipped]
+
+
+def _shard(ckpt, source, stacked: bool, target, index) -> np.ndarray:
+  """The block `index` (slices of target.shape) of one param, read layer by layer
+  (and expert by expert), each HF tensor converted alone."""
+  names, transform, per_expert = source
+  layers, inner = (names[index[0]], index[1:]) if stacked else (names, index)
+  shape = target.shape[1:] if stacked else target.shape
+  blocks = []
+  for layer in layers:
+    if per_expert:  # one tensor per routed expert: read only this block's experts
+      arrays = [_TRANSFORMS[transform](ckpt.read(n)) for n in layer[inner[0]]]
+      block = np.stack(arrays).reshape((len(arrays), *shape[1:]))[(slice(None), *inner[1:])]
+    else:
+      array = _TRANSFORMS[transform](ckpt.read(layer[0]))
+      if array.size != math.prod(shape):
+        raise ValueError(f"tensor {layer[0]} has shape {array.shape}; expected {shape} elements")
+      block = array.reshape(shape)[inner]
+    blocks.append(np.asarray(block).astype(target.dtype))
+  return np.stack(blocks) if stacked else blocks[0]
 
 
 def load(directory, param_dtype: str = "float32", compute_dtype: str = "float32"):
