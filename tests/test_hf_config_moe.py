@@ -140,11 +140,16 @@ def _with_extra_layer_tensor(tmp_path, layer_past_last: int):
   return name
 
 
-def test_multi_token_prediction_layers_are_ignored(tmp_path):
-  """DeepSeek / GLM checkpoints store num_nextn_predict_layers MTP modules after the last layer."""
+def test_a_multi_token_prediction_layer_held_in_part_is_named(tmp_path):
+  """DeepSeek / GLM checkpoints store num_nextn_predict_layers MTP modules after the
+  last layer: loaded whole (tests/test_hf_export.py), or an error naming the
+  tensors that are missing; one saved by transformers has none (and loads without)."""
+  _build("deepseek_v3", tmp_path / "plain", num_hidden_layers=2)
+  config, model = hf.load(tmp_path / "plain")
+  assert config.model.mtp.depth == 0 and np.asarray(model.prefix[0].attn.kv_b_proj[...]).any()
   _with_extra_layer_tensor(tmp_path, 0)
-  _, model = hf.load(tmp_path)
-  assert np.asarray(model.prefix[0].attn.kv_b_proj[...]).any()
+  with pytest.raises(ValueError, match=r"missing \['model.layers.2.enorm.weight'"):
+    hf.load(tmp_path)
 
 
 def test_qwen3_next_mtp_block_is_ignored(tmp_path):

@@ -178,3 +178,37 @@ def test_export_script_without_a_checkpoint_fails_cleanly(tmp_path):
   result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
   assert result.returncode != 0
   assert result.stderr.strip().splitlines()[-1].startswith("error: no checkpoint in")
+
+
+@pytest.mark.parametrize("family", ["deepseek_v3", "deepseek_v32", "glm4_moe"])
+def test_mtp_modules_export_and_load_as_deepseeks_extra_layers(family, tmp_path):
+  """The MTP module is layer num_layers of the checkpoint (DeepSeek's layout:
+  enorm, hnorm, eh_proj, shared_head.norm, its block, and copies of the embedding
+  and head), config.json's num_nextn_predict_layers says how many; it loads back
+  to the same weights and the same MTP logits."""
+  from modeling.decoder import Decoder  # noqa: PLC0415
+  from tests.conftest import family_config  # noqa: PLC0415
+  from trainer import precision  # noqa: PLC0415
+
+  config = family_config(family)
+  config.model.mtp.depth = 1  # (the deepseek presets' own; GLM-4.5 has one too)
+  model = Decoder(precision.model_config(config), rngs=nnx.Rngs(0))
+  export.save(model, config.model, tmp_path / "hf")
+  assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_nextn_predict_layers"] == 1
+  layer = f"model.layers.{config.model.num_layers}."
+  names = set(safe_open(tmp_path / "hf" / "model.safetensors", "np").keys())
+  for name in ("enorm", "hnorm", "eh_proj", "shared_head.norm", "shared_head.head",
+               "embed_tokens", "input_layernorm", "self_attn.o_proj"):  # fmt: skip
+    assert f"{layer}{name}.weight" in names
+  back_config, back = hf.load(tmp_path / "hf")
+  assert back_config.model.mtp.depth == 1
+  mtp = lambda m: {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(nnx.state(m, nnx.Param))
+                   if p[0] == "mtp"}  # noqa: E731  # fmt: skip
+  ours, theirs = mtp(model), mtp(back)
+  assert ours and ours.keys() == theirs.keys()
+  for path in ours:
+    np.testing.assert_array_equal(ours[path], theirs[path])
+  tokens = jnp.asarray(hf_common.tokens(2, SEQ))
+  (_, want), (_, got) = model(tokens), back(tokens)
+  for a, b in zip(want["mtp_logits"], got["mtp_logits"], strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5)

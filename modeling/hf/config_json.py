@@ -7,7 +7,7 @@ import math
 import ml_collections
 
 from configs import base
-from modeling.hf import families
+from modeling.hf import families, tensors
 from modeling.hf.families.common import ACTIVATIONS, CHUNKED, DENSE, FULL, LINEAR, SLIDING
 
 
@@ -38,6 +38,8 @@ def model_config_from_hf(hf_config: dict) -> ml_collections.ConfigDict:
   _ffn_patterns(m, hf, fam)
   _rope(m, hf, fam, types)
   m.max_len = int(hf.get("max_position_embeddings") or 0)
+  if fam.extra_layers_key == tensors.MTP_KEY:  # DeepSeek / GLM: MTP modules as extra layers
+    m.mtp.depth = int(hf.get(tensors.MTP_KEY) or 0)
   config.lock()
   return config
 

@@ -200,6 +200,8 @@ def hf_config(model_cfg, dtype: str = "float32") -> dict:
   hf["sliding_window"] = m.sliding_window if SLIDING in lay.types else None
   hf.update(_rope(m, fam, lay))
   hf.update(fam.layout(m, lay))
+  if loader.mtp_mapped(fam):
+    hf[tensors.MTP_KEY] = m.mtp.depth
   if m.max_len:  # (else the HF class's default)
     hf["max_position_embeddings"] = m.max_len
   _check_reads_back(m, hf, model_type)
@@ -207,9 +209,12 @@ def hf_config(model_cfg, dtype: str = "float32") -> dict:
 
 
 def _exported(model_cfg) -> ml_collections.ConfigDict:
-  """config.model as an export carries it: without MTP modules (not exported)."""
+  """config.model as an export carries it: MTP modules only where the family stores
+  them (DeepSeek, GLM: as extra layers)."""
   m = ml_collections.ConfigDict(model_cfg.to_dict())
-  m.mtp.depth = 0
+  fam = families.FAMILIES.get(MODEL_TYPES.get(m.family, ""))
+  if fam is None or not loader.mtp_mapped(fam):
+    m.mtp.depth = 0
   return m
 
 
@@ -266,16 +271,32 @@ def _check_reads_back(model_cfg, hf, model_type):
 # ----------------------------------------------------------------- weights
 
 
-def _flat_checkpoint_state(model: Decoder):
-  flat = nnx.to_flat_state(nnx.state(model))
-  return [(p, v) for p, v in flat if isinstance(v, loader._CHECKPOINT_VARIABLES) and p[0] != "mtp"]
+def _flat_checkpoint_state(model: Decoder, fam):
+  flat = [(p, v) for p, v in nnx.to_flat_state(nnx.state(model))]
+  return [
+    (p, v) for p, v in loader._mapped(flat, fam) if isinstance(v, loader._CHECKPOINT_VARIABLES)
+  ]
 
 
 def hf_tensors(model: Decoder, model_type: str):
-  """Yields (HF name, numpy array) for every tensor of `model`'s checkpoint."""
-  fam = families.FAMILIES[model_type]
+  """Yields (HF name, numpy array) for every tensor of `model`'s checkpoint; a
+  DeepSeek-line MTP layer also gets copies of the embedding and the head, as the
+  official checkpoints store it."""
+  fam, kept = families.FAMILIES[model_type], {}
+  for name, array in _tensors(model, fam):
+    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+      kept[name] = array
+    yield name, array
+  for k in range(model.cfg.mtp_depth if loader.mtp_mapped(fam) else 0):
+    layer = f"model.layers.{model.cfg.num_layers + k}."
+    embed = kept["model.embed_tokens.weight"]
+    yield layer + "embed_tokens.weight", embed
+    yield layer + "shared_head.head.weight", kept.get("lm_head.weight", embed)
+
+
+def _tensors(model: Decoder, fam):
   halves = {}  # HF name -> {0: array, 1: array} until both halves are in.
-  for path, variable in _flat_checkpoint_state(model):
+  for path, variable in _flat_checkpoint_state(model, fam):
     value = np.asarray(jax.device_get(variable.get_value()))
     shape = loader._layer_shape(path, variable)
     names, transform, per_expert = loader._hf_names(path, shape, model, fam, "")

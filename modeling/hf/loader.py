@@ -104,7 +104,20 @@ def _layers(path: tuple, model: Decoder) -> tuple[list | None, tuple]:
     return [cfg.prefix + p * cfg.period + path[2] for p in range(periods)], path[3:]
   if path[0] == "tail":  # ("tail", j, ...): layer prefix + periods * period + j.
     return [cfg.prefix + periods * cfg.period + path[1]], path[2:]
+  if path[0] == "mtp":  # ("mtp", k, "block", ...) or ("mtp", k, "enorm", ...): layer n + k.
+    return [cfg.num_layers + path[1]], path[3:] if path[2] == "block" else path[2:]
   return None, path
+
+
+def mtp_mapped(fam) -> bool:
+  """Whether the family stores MTP modules as extra layers (DeepSeek, GLM)."""
+  return fam.extra_layers_key == tensors.MTP_KEY
+
+
+def _mapped(flat, fam) -> list:
+  """The checkpoint's (path, variable) pairs of `flat`: MTP modules only when the
+  family stores them."""
+  return [(p, v) for p, v in flat if p[0] != "mtp" or mtp_mapped(fam)]
 
 
 def _hf_names(path: tuple, shape: tuple, model: Decoder, fam, prefix) -> tuple[list, str, bool]:
@@ -120,6 +133,7 @@ def _hf_names(path: tuple, shape: tuple, model: Decoder, fam, prefix) -> tuple[l
     **tensors.LAYER_WEIGHTS,
     **fam.weights,
     **{k: (v, tensors.AS_IS) for k, v in fam.norms.items()},
+    **(tensors.MTP_WEIGHTS if path[0] == "mtp" else {}),
   }
   name, transform = table[".".join(rest)]
   per_expert = "{x}" in name
@@ -156,6 +170,18 @@ def _ignored(name: str, model: Decoder, fam, extra_layers: int, prefix: str) -> 
     and parts[2].isdigit()
     and n <= int(parts[2]) < n + extra_layers
   )
+
+
+def _present(ckpt, wanted: dict) -> dict:
+  """`wanted` without the MTP modules the checkpoint does not hold (transformers
+  saves none: they keep their init); a module held only in part stays, so the
+  missing tensors are named."""
+  held = {}
+  for path, (names, *_) in wanted.items():
+    held.setdefault(path[:2] if path[0] == "mtp" else path, []).append(
+      any(n in ckpt.names() for layer in names for n in layer)
+    )
+  return {p: w for p, w in wanted.items() if p[0] != "mtp" or any(held[p[:2]])}
 
 
 def _check_names(ckpt, wanted: dict, model: Decoder, fam, hf_config, prefix, directory):
@@ -198,11 +224,12 @@ def load_params(model: Decoder, directory) -> Decoder:
   flat = list(nnx.to_flat_state(nnx.state(model)))
   wanted = {
     path: _hf_names(path, _layer_shape(path, v), model, fam, prefix)
-    for path, v in flat
+    for path, v in _mapped(flat, fam)
     if isinstance(v, _CHECKPOINT_VARIABLES)
   }
   with contextlib.ExitStack() as stack:
     ckpt = _Checkpoint(directory, stack, fam.renames)
+    wanted = _present(ckpt, wanted)
     _check_names(ckpt, wanted, model, fam, hf_config, prefix, directory)
     new = [(p, v.replace(_value(ckpt, wanted.get(p), v, p))) for p, v in flat]
   nnx.update(model, nnx.from_flat_state(new))
@@ -213,7 +240,7 @@ def load_sharded(directory, model: Decoder, targets: dict) -> tuple[dict, list[s
   """The safetensors weights of `directory` for `model` (abstract is enough) as
   {"params", "model_state"} nested dicts of jax.Arrays laid out as `targets` says
   (the train state's ShapeDtypeStructs with shardings), and the paths the
-  checkpoint does not hold (MTP modules: they keep their init). Each device's
+  checkpoint does not hold (MTP modules it lacks keep their init). Each device's
   shard is read by itself (jax.make_array_from_callback): a stacked layer or
   expert axis reads only that shard's layers / experts, one tensor at a time,
   so host memory holds about one tensor beyond the shards."""
@@ -223,14 +250,15 @@ def load_sharded(directory, model: Decoder, targets: dict) -> tuple[dict, list[s
   flat = [
     (p, v) for p, v in nnx.to_flat_state(nnx.state(model)) if isinstance(v, _CHECKPOINT_VARIABLES)
   ]
-  skipped = [p for p, _ in flat if p[0] == "mtp"]  # not in a Hugging Face checkpoint's map
-  flat = [(p, v) for p, v in flat if p[0] != "mtp"]
-  wanted = {path: _hf_names(path, _layer_shape(path, v), model, fam, prefix) for path, v in flat}
+  mapped = _mapped(flat, fam)
+  wanted = {path: _hf_names(path, _layer_shape(path, v), model, fam, prefix) for path, v in mapped}
   loaded = {}
   with contextlib.ExitStack() as stack:
     ckpt = _Checkpoint(directory, stack, fam.renames)
+    wanted = _present(ckpt, wanted)
     _check_names(ckpt, wanted, model, fam, hf_config, prefix, directory)
-    for path, v in flat:
+    skipped = [p for p, _ in flat if p not in wanted]  # MTP modules it does not hold
+    for path, v in [(p, v) for p, v in flat if p in wanted]:
       section = "params" if isinstance(v, nnx.Param) else "model_state"
       target = functools.reduce(lambda node, key: node[key], path, targets[section])
       read = functools.partial(_shard, ckpt, wanted[path], path[0] == "stack", target)
@@ -258,6 +286,13 @@ def _shard(ckpt, source, stacked: bool, target, index) -> np.ndarray:
   return np.stack(blocks) if stacked else blocks[0]
 
 
+def _holds_mtp(directory: pathlib.Path, num_layers: int) -> bool:
+  """Whether the checkpoint stores tensors of a layer after the last (MTP modules)."""
+  with contextlib.ExitStack() as stack:
+    names = _Checkpoint(directory, stack).names()
+  return any(f"model.layers.{num_layers}." in n for n in names)
+
+
 def load(directory, param_dtype: str = "float32", compute_dtype: str = "float32"):
   """HF checkpoint directory -> (config, Decoder with its weights)."""
   directory = pathlib.Path(directory)
@@ -265,6 +300,8 @@ def load(directory, param_dtype: str = "float32", compute_dtype: str = "float32"
   with config.unlocked():
     config.precision.param_dtype = param_dtype
     config.precision.compute_dtype = compute_dtype
+    if config.model.mtp.depth and not _holds_mtp(directory, config.model.num_layers):
+      config.model.mtp.depth = 0  # saved by transformers: no MTP modules to load
   cfg = decoder_config(config.model, Options(param_dtype=param_dtype, compute_dtype=compute_dtype))
   model = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0)))
   return config, load_params(model, directory)

@@ -98,3 +98,14 @@ SANDWICH_NORMS = {
   "mlp_norm.scale": "pre_feedforward_layernorm.weight",
   "mlp_post_norm.scale": "post_feedforward_layernorm.weight",
 }
+# A DeepSeek-line multi-token-prediction module k, stored as layer num_layers + k
+# (`num_nextn_predict_layers` of them): its block under the usual layer names,
+# and these (the official checkpoints also copy the embedding and the head there
+# as `embed_tokens` and `shared_head.head`: written on export, not read).
+MTP_WEIGHTS = {
+  "enorm.scale": ("enorm.weight", AS_IS),
+  "hnorm.scale": ("hnorm.weight", AS_IS),
+  "eh_proj": ("eh_proj.weight", TRANSPOSE),
+  "final_norm.scale": ("shared_head.norm.weight", AS_IS),
+}
+MTP_KEY = "num_nextn_predict_layers"  # config.json: how many MTP layers follow (DeepSeek, GLM)
