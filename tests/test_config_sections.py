@@ -83,7 +83,8 @@ def test_export_needs_no_denylist_for_training_settings():
   config.objective.update(z_loss=1e-3, moe_seq_aux_weight=0.1, moe_bias_update_rate=0.5)
   config.compute.update(remat="full", moe_dispatch="capacity", mla_absorbed=True)
   hf = export.hf_config(config.model)
-  assert hf["model_type"] == "deepseek_v3" and hf["num_nextn_predict_layers"] == 0
+  assert hf["model_type"] == "deepseek_v3"
+  assert hf["num_nextn_predict_layers"] == config.model.mtp.depth == 1  # MTP layers exported
 
 
 def test_a_checkpoint_from_before_the_split_resumes(tmp_path):

@@ -80,9 +80,10 @@ def test_sharded_loads_equal_one_device_and_host_memory_stays_near_the_params(
   a, b = np.load(tmp_path / "one.npz"), np.load(tmp_path / "eight.npz")
   assert sorted(a.files) == sorted(b.files)
   assert all(np.array_equal(a[k], b[k]) for k in a.files)
-  if model:  # big enough to measure: the params plus at most ~2 tensors, never 2x the model
+  if model:  # big enough to measure: the params plus a few tensors (measured: +19 MB on
+    # 1 device, +11 MB on 8, the largest tensor 16 MB); a second copy would add 94 MB
     for run in (one, eight):
-      assert run["peak"] < run["bytes"] + 2 * run["largest"], run
+      assert run["peak"] < run["bytes"] + 3 * run["largest"] < 2 * run["bytes"], run
 
 
 def test_init_from_a_hugging_face_directory_checks_the_config_and_loads_it(tmp_path):
