@@ -13,7 +13,6 @@ either). Training settings live outside `config.model` (objective, compute,
 precision), so there is nothing else to leave out.
 """
 
-import ast
 import json
 import math
 import os
@@ -24,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from flax import nnx
+from flax import nnx, traverse_util
 from safetensors.numpy import save_file
 
 from modeling.config import decoder_config
@@ -220,8 +219,7 @@ def _exported(model_cfg) -> ml_collections.ConfigDict:
 
 def check_matches(model_cfg, directory):
   """`checkpoint.init_from` a Hugging Face directory: config.model must compute the
-  function its config.json describes (MTP modules aside: they start fresh); one
-  clause per field that differs."""
+  function its config.json describes; one clause per field that changes it."""
   directory = pathlib.Path(directory)
   hf = json.loads((directory / "config.json").read_text())
   theirs = config_json.model_config_from_hf(hf).model
@@ -229,8 +227,15 @@ def check_matches(model_cfg, directory):
   ours.max_len = theirs.max_len  # (generation's limit; not the function)
   if decoder_config(ours) == decoder_config(theirs):
     return
-  diffs = [d for d in _differences(ours.to_dict(), theirs.to_dict()) if _matters(ours, d)]
-  diffs = [d.replace(" (reads back as ", " but its config.json gives ")[:-1] for d in diffs]
+  mine, other = (
+    traverse_util.flatten_dict(ours.to_dict()),
+    traverse_util.flatten_dict(theirs.to_dict()),
+  )
+  diffs = [
+    f"model.{'.'.join(key)}={value!r} but its config.json gives {other[key]!r}"
+    for key, value in mine.items()
+    if key != ("family",) and value != other[key] and _matters(ours, key, other[key])
+  ]
   raise ValueError(
     f"checkpoint.init_from={str(directory)!r} holds another model: "
     + "; ".join(diffs or ["(derived settings differ)"])
@@ -238,17 +243,12 @@ def check_matches(model_cfg, directory):
   )
 
 
-def _matters(ours, diff: str) -> bool:
-  """Whether a `_differences` entry changes the function: `ours` with that one
-  field set to the other side's value expands to other blocks (head_dim 0 and
-  an explicit equal head_dim do not)."""
-  key, _, rest = diff[len("model.") :].partition("=")
-  theirs_value = ast.literal_eval(rest.split(" (reads back as ", 1)[1][:-1])
+def _matters(ours, key: tuple, value) -> bool:
+  """Whether setting field `key` of `ours` to `value` changes the blocks it expands
+  to (head_dim 0 and an explicit equal head_dim do not)."""
   changed = ml_collections.ConfigDict(ours.to_dict())
-  node, leaf = config_json.field_node(changed, key)
-  node[leaf] = (
-    type(node[leaf])(theirs_value) if not isinstance(node[leaf], tuple) else tuple(theirs_value)
-  )
+  node, leaf = config_json.field_node(changed, ".".join(key))
+  node[leaf] = tuple(value) if isinstance(node[leaf], tuple) else value
   try:
     return decoder_config(changed) != decoder_config(ours)
   except ValueError:  # the field alone makes an invalid model: it matters
@@ -278,20 +278,23 @@ def _flat_checkpoint_state(model: Decoder, fam):
   ]
 
 
+_EMBED, _HEAD = tensors.TOP_WEIGHTS["embed"][0], tensors.TOP_WEIGHTS["lm_head"][0]
+
+
 def hf_tensors(model: Decoder, model_type: str):
   """Yields (HF name, numpy array) for every tensor of `model`'s checkpoint; a
   DeepSeek-line MTP layer also gets copies of the embedding and the head, as the
   official checkpoints store it."""
   fam, kept = families.FAMILIES[model_type], {}
   for name, array in _tensors(model, fam):
-    if name in ("model.embed_tokens.weight", "lm_head.weight"):
+    if name in (_EMBED, _HEAD):
       kept[name] = array
     yield name, array
   for k in range(model.cfg.mtp_depth if loader.mtp_mapped(fam) else 0):
     layer = f"model.layers.{model.cfg.num_layers + k}."
-    embed = kept["model.embed_tokens.weight"]
+    embed = kept[_EMBED]
     yield layer + "embed_tokens.weight", embed
-    yield layer + "shared_head.head.weight", kept.get("lm_head.weight", embed)
+    yield layer + "shared_head.head.weight", kept.get(_HEAD, embed)
 
 
 def _tensors(model: Decoder, fam):
