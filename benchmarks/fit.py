@@ -63,10 +63,39 @@ ROWS = {
     Row("DeepSeek-V3 (with MTP), 8-way EP", "deepseek_v3:full", dict(fsdp=32, expert=8), 4096, 256),
     Row("Kimi K2", "kimi_k2:full", dict(fsdp=8, expert=64), 4096, 512),
   ],
+  # Pipeline stages (mesh.stage) across the slow network: `plan.py --table pipeline`.
+  # Stages must divide the scanned layers (DeepSeek-V3: 58 after the 3 dense ones;
+  # Llama 3.1 405B: 126), so both take 2 on power-of-two clusters.
+  "pipeline": [
+    Row(
+      "DeepSeek-V3 (with MTP), 2 stages",
+      "deepseek_v3:full",
+      dict(stage=2, fsdp=8, expert=64),
+      4096,
+      2048,
+      {**EP_BUFFERS, "train.microbatches": 4},
+    ),
+    Row(
+      "Llama-3.1 405B, 2 stages",
+      "llama3:405b",
+      dict(stage=2, fsdp=32, tensor=8),
+      8192,
+      128,
+      {"train.microbatches": 4, "compute.loss_chunks": 8, "compute.virtual_stages": 3},
+    ),
+  ],
   # The same program on tiny presets: what CI runs to keep the command working.
   "tiny": [
     Row("Llama-3 tiny", "llama3:tiny", dict(fsdp=2), 256, 4),
     Row("Llama-3 tiny, context 2", "llama3:tiny", dict(data=2, context=2), 1024, 2),
+    Row(
+      "Llama-3 tiny, 2 stages",
+      "llama3:tiny",
+      dict(stage=2, fsdp=2),
+      256,
+      8,
+      {"train.microbatches": 2},
+    ),
     Row("DeepSeek-V3 tiny", "deepseek_v3:tiny", dict(fsdp=2, expert=2), 256, 4, EP_BUFFERS),
   ],
 }
@@ -77,7 +106,8 @@ def load(row: Row):
   family, preset = row.config.split(":")
   config = importlib.import_module(f"configs.{family}").get_config(preset)
   config.unlock()
-  config.mesh.update({"data": 1, "fsdp": 1, "tensor": 1, "expert": 1, "context": 1} | row.mesh)
+  ones = {"data": 1, "fsdp": 1, "tensor": 1, "expert": 1, "context": 1, "stage": 1}
+  config.mesh.update(ones | row.mesh)
   config.train.update(seq_len=row.seq_len, batch_size=row.batch_size)
   for key, value in row.overrides.items():
     section, field = key.split(".")
@@ -89,6 +119,7 @@ def measure(row: Row, devices) -> dict:
   """Compiles the row's train step on `devices` (fake CPU devices, at least
   row.devices of them) -> the table's numbers."""
   from parallelism import mesh as mesh_lib  # noqa: PLC0415 - after the device count is set
+  from parallelism import pipeline  # noqa: PLC0415
   from trainer import plan, precision  # noqa: PLC0415
 
   config = load(row)
@@ -97,6 +128,7 @@ def measure(row: Row, devices) -> dict:
   sizes = dict(mesh.shape)
   mesh_lib.check_model_fits(cfg, sizes)
   mesh_lib.check_step(config, sizes)
+  sched = pipeline.schedule(config, cfg, sizes["stage"])
   state = plan.memory_plan(config, cfg, sizes)["total"]
   compiled = plan.compile_step(config, cfg, mesh)
   memory = compiled["memory_per_device"]
@@ -115,6 +147,7 @@ def measure(row: Row, devices) -> dict:
     "temp": memory["temp"],
     "collectives": compiled["collectives"],
     "whole_expert_gathers": compiled["whole_expert_gathers"],
+    "pipeline": sched,
   }
 
 
@@ -137,14 +170,21 @@ def verdict(m: dict) -> str:
     fixes.append("more expert parallelism (fewer experts a device to gather and reduce)")
   if m.get("loss_chunks", 1) == 1:
     fixes.append("compute.loss_chunks (the head's logits a sequence chunk at a time)")
-  fixes.append("pipeline stages (not built yet)")
+  fixes.append("more pipeline stages" if m.get("pipeline") else "pipeline stages (mesh.stage)")
   why = f"no: the step's temporaries are {human_bytes(m['temp'])} per device"
   if m["whole_expert_gathers"]:
     why += f" ({m['whole_expert_gathers']} all-gathers of whole expert weights)"
   return f"{why}; what would cut them: {', or '.join(fixes)}"
 
 
-def markdown(measured: list[dict], title: str) -> str:
+def _pipeline(sched) -> str:
+  if sched is None:
+    return "none"
+  return (f"{sched.kind}, {sched.stages} stages x {sched.virtual}, {sched.microbatches} "
+          f"micro-batches, bubble {sched.bubble:.1%}")  # fmt: skip
+
+
+def markdown(measured: list[dict], title: str, notes: str = "") -> str:
   lines = [
     f"# {title}",
     "",
@@ -154,8 +194,8 @@ def markdown(measured: list[dict], title: str) -> str:
     "micro-batches and loss chunks are the preset's defaults.",
     "",
     "| model | mesh | seq x batch | overrides | remat | micro-batches | loss chunks "
-    "| peak / device | state / device | fits? | collectives |",
-    "|---|---|---|---|---|---|---|---|---|---|---|",
+    "| peak / device | state / device | fits? | collectives | pipeline |",
+    "|---|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   for m in measured:
     row = m["row"]
@@ -166,9 +206,9 @@ def markdown(measured: list[dict], title: str) -> str:
       f"| {row.name} | {mesh} | {row.seq_len} x {row.batch_size} | {overrides} | {m['remat']} "
       f"| {m['microbatches']} | {m['loss_chunks']} | {human_bytes(m['peak'])} "
       f"| {human_bytes(m['state'])} "
-      f"| {verdict(m)} | {coll} |"
+      f"| {verdict(m)} | {coll} | {_pipeline(m.get('pipeline'))} |"
     )
-  return "\n".join(lines + ["", NOTES]) + "\n"
+  return "\n".join(lines + ["", notes or NOTES]) + "\n"
 
 
 NOTES = """How the MoE rows run: 64-way expert parallelism (DeepSeek-V3's own EP size) with
@@ -211,3 +251,22 @@ bfloat16 first moments (the preset's default) bring the state to 47.9, and the
 gradient clip, now one multiply by a scalar that fuses into AdamW (optax's
 per-element divide left a params-sized buffer of clipped gradients), took 5 GiB
 off the optimizer step, where this row peaks."""
+
+
+PIPELINE_NOTES = """How the pipeline rows run (`mesh.stage`, parallelism/pipeline.py): the scanned
+layers split into stage x virtual_stages chunks, each stage holding its own layers'
+weights; the embedding, DeepSeek-V3's 3 dense layers, the head and the MTP module run
+outside the pipeline with `stage` as one more data-parallel axis. Stages must divide
+the scanned periods (DeepSeek-V3: 58, Llama 3.1 405B: 126), so both rows take 2 stages
+on their power-of-two clusters; 405B takes 3 virtual stages (21-layer chunks).
+
+What sets the peak: the backward runs in GPipe's order, so with remat=full the step
+keeps each iteration's chunk input (M x virtual + stages - 1 iterations) and, while
+a chunk's backward runs, that chunk's layer inputs. 405B with one 63-layer chunk per
+stage peaked at 80.8 GiB (temporaries 72.0); 3 virtual stages (21 layers a chunk,
+13 iterations) bring it to the row's number. Outside the pipeline each device holds
+batch / devices rows, micro-batches / stages times a micro-batch's share: DeepSeek-V3
+at 4096 x 4096 with 8 micro-batches (4 rows a device outside, its MoE MTP block's
+all-to-all buffers 4 times the 256-device row's) peaked at 79.9 GiB; 2048 rows with
+4 micro-batches is the row. Same measuring caveats as the main table (XLA:CPU memory
+order, bfloat16 elementwise work counted in float32)."""

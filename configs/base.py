@@ -48,9 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.residual_scale.linear_beta = 1.0
   m.residual_scale.mlp_alpha = 1.0  # the FFN (dense or MoE) of every layer
   m.residual_scale.mlp_beta = 1.0
-  m.qk_norm = "none"  # none | head (RMSNorm over head_dim, Qwen3/Gemma 3)
-  #   | full (over all heads at once, OLMo 2) | l2_rope_layers (RMS over head_dim
-  #   without a scale, on the RoPE layers only, Llama 4).
+  m.qk_norm = "none"  # none | head (RMSNorm over head_dim, Qwen3/Gemma 3) | full (over
+  #   all heads at once, OLMo 2) | l2_rope_layers (unscaled, RoPE layers only, Llama 4).
   m.qkv_bias = False  # bias on the q/k/v projections (Qwen2).
   m.out_bias = False  # bias on the attention output projection.
   m.attention_sinks = False  # learned per-head logit in the softmax denominator (gpt-oss).
@@ -218,10 +217,9 @@ def get_config() -> ml_collections.ConfigDict:
   # pallas | pallas_interpret (Pallas emulated on CPU, for tests). A choice a layer
   # cannot run is an error before any compile.
   r.attention_kernel = "auto"
-  # Repeating layers: scan (one layer body under jax.lax.scan: compile time flat in
-  #   depth) | unroll (each layer its own code: faster steps, XLA optimises across
-  #   layers) | auto (unroll up to 16 layers on CPU and 4 elsewhere, scan deeper
-  #   models; a resumed run keeps its checkpoint's layout). The first log line says which.
+  # Repeating layers: scan (one layer body under jax.lax.scan: compile time flat in depth)
+  # | unroll (each layer its own code: faster steps, XLA optimises across layers) | auto
+  # (unroll <= 16 layers on CPU, 4 elsewhere; pipelines and resumes keep/need the scan).
   r.scan_layers = "auto"
   r.remat = "none"  # each layer's backward recomputes its forward except what it keeps:
   #   none (keeps all) | full (keeps nothing) | save_dots (keeps weight matmul outputs)
@@ -240,8 +238,10 @@ def get_config() -> ml_collections.ConfigDict:
   # Output head + CE (and MTP's) over this many sequence chunks, each recomputed in
   # the backward: one chunk's [batch, seq/chunks, vocab] logits at a time.
   r.loss_chunks = 1
-  # Gemma 3n: the per-layer embedding table (+ optimizer state) in pinned host memory.
-  r.ple_host_memory = False
+  r.ple_host_memory = False  # Gemma 3n: per-layer embeddings (+ opt state) in pinned host RAM.
+  # mesh.stage > 1: gpipe (one round) | circular (virtual_stages rounds, smaller bubble).
+  r.pipeline = "circular"
+  r.virtual_stages = 1  # chunks of layers per stage; train.microbatches >= mesh.stage.
 
   # ----------------------------------------------------------------- mesh
   c.mesh = ml_collections.ConfigDict()
@@ -251,9 +251,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.mesh.expert = 1  # expert parallelism (MoE).
   c.mesh.context = 1  # context parallelism: the sequence split (train.seq_len % 2x it == 0).
   c.mesh.rules = ""  # logical -> mesh axis overrides: "vocab=tensor+fsdp,heads=" (= none).
-  # Slices (TPU) or nodes (GPU processes) the data / fsdp axes span over DCN; divide the axis.
-  c.mesh.dcn_data = 1
-  c.mesh.dcn_fsdp = 1
+  c.mesh.stage = 1  # pipeline stages: the scanned layers split in turn (compute.pipeline).
+  c.mesh.dcn_data = 1  # slices (TPU) / nodes (GPU processes) mesh.data spans over DCN.
+  c.mesh.dcn_fsdp = 1  # the same for mesh.fsdp; each divides its axis.
 
   # ---------------------------------------------------------------- train
   t = c.train = ml_collections.ConfigDict()

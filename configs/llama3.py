@@ -69,6 +69,21 @@ PRESETS = {
     ),
     compute=dict(remat="full"),  # activations: each layer recomputed in the backward
   ),
+  # Llama 3.1 405B: 405.9B params (126 layers = 2 x 63: pipeline stages 2, 3, 6, 7, 9, ...).
+  "405b": dict(
+    model=dict(
+      vocab_size=128_256,
+      embed_dim=16_384,
+      num_layers=126,
+      num_heads=128,
+      num_kv_heads=8,
+      mlp_dim=53_248,
+      rope_theta=500_000.0,
+      rope_scaling=_LLAMA3_ROPE,
+      norm_eps=1e-5,
+    ),
+    compute=dict(remat="full"),
+  ),
 }
 
 

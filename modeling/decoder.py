@@ -28,7 +28,7 @@ from modeling.context import Context
 from modeling.layers import params
 from modeling.layers.norms import NormConfig, RMSNorm
 from modeling.mtp import MTPModule
-from parallelism import rules
+from parallelism import pipeline, rules
 
 # Remat policies (config.compute.remat): what the backward pass keeps from the
 # forward instead of recomputing it. "none" keeps everything (no remat).
@@ -62,6 +62,7 @@ class DecoderConfig:
   mtp_depth: int = 0  # multi-token prediction modules after the trunk.
   num_periods: int = 0  # whole periods from `prefix` on run under the layer scan.
   stream: Any = None  # the stream kind's config (modeling/streams.py); None: plain.
+  pipeline: Any = None  # parallelism.pipeline.Schedule: the periods run over `stage`.
 
   @property
   def num_layers(self) -> int:
@@ -196,7 +197,9 @@ class Decoder(nnx.Module):
     ctx = Context(positions, segment_ids, cache_len=cache_len, decode=cache is not None)
     cache, stats = cache or {}, {}
     x = self._unrolled(x, ctx, "prefix", 0, inputs, cache, stats)
-    if self.num_periods:
+    if self.num_periods and cfg.pipeline is not None and not (cache or cache_len):
+      x = self._pipeline(x, ctx, stats)
+    elif self.num_periods:
       x = self._scan(x, ctx, inputs, cache, stats)
     first_tail = cfg.prefix + self.num_periods * cfg.period
     x = self._unrolled(x, ctx, "tail", first_tail, inputs, cache, stats)
@@ -291,6 +294,40 @@ class Decoder(nnx.Module):
     if cfg.remat != "none":
       step = jax.checkpoint(step, policy=REMAT_POLICIES[cfg.remat])
     x, stacked = jax.lax.scan(step, x, (state, first_layers, period_inputs, caches))
-    for j, block_stats in enumerate(stacked):  # [periods, ...] per block j of the period
-      stats.update({f"stack/blocks/{j}/{n}": st for n, st in block_stats.items() if st})
+    _stack_stats(stacked, stats)
     return x
+
+  def _pipeline(self, x, ctx, stats):
+    """The stacked periods over the mesh's `stage` axis (parallelism/pipeline.py):
+    each chunk of periods runs as the layer scan does, on one micro-batch."""
+    cfg, sched = self.cfg, self.cfg.pipeline
+    graphdef, state = nnx.split(self.stack)
+    k = self.num_periods // sched.chunks
+
+    def step(x, xs):
+      period_state, first_layer, positions, segment_ids = xs
+      period = nnx.merge(graphdef, period_state)
+      mb_ctx = dataclasses.replace(ctx, positions=positions, segment_ids=segment_ids)
+      return period(x, mb_ctx.at_layer(first_layer, {}))
+
+    if cfg.remat != "none":
+      step = jax.checkpoint(step, policy=REMAT_POLICIES[cfg.remat])
+
+    def chunk(weights, carry, index):
+      first_layers = cfg.prefix + cfg.period * (index * k + jnp.arange(k))
+      run = lambda x, xs: step(x, (*xs, carry["positions"], carry["segment_ids"]))
+      return jax.lax.scan(run, carry["x"], (weights, first_layers))
+
+    if cfg.remat == "full":  # keep one input per stage and iteration, not one per layer
+      chunk = jax.checkpoint(chunk)
+    carry = {"x": x, "positions": ctx.positions, "segment_ids": ctx.segment_ids}
+    x, stacked = pipeline.run(chunk, state, carry, sched)
+    _stack_stats(stacked, stats)
+    return x
+
+
+def _stack_stats(stacked, stats: dict):
+  """Stats of the stacked periods ([periods, ...] per block j of the period) into
+  `stats` by module path."""
+  for j, block_stats in enumerate(stacked):
+    stats.update({f"stack/blocks/{j}/{n}": st for n, st in block_stats.items() if st})

@@ -1,4 +1,4 @@
-"""Device mesh with axes (data, fsdp, tensor, expert) from `config.mesh`, and
+"""Device mesh with axes (data, fsdp, tensor, expert, context, stage) from `config.mesh`, and
 multi-process start-up through JAX's own runtime (`jax.distributed`)."""
 
 import math
@@ -30,7 +30,7 @@ def mesh_shape(mesh_cfg, num_devices: int) -> tuple[int, ...]:
   if math.prod(sizes) != num_devices:
     raise ValueError(
       f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices but "
-      f"{num_devices} are available; make mesh.data*fsdp*tensor*expert*context match"
+      f"{num_devices} are available; make mesh.data*fsdp*tensor*expert*context*stage match"
     )
   return tuple(sizes)
 
@@ -93,16 +93,17 @@ def check_model_fits(model_cfg, sizes: dict):
 
 
 def check_batch_fits(batch_size: int, sizes: dict):
-  """The batch splits over every data-like axis: data, fsdp and expert."""
-  ways = sizes["data"] * sizes["fsdp"] * sizes["expert"]
+  """The batch splits over every data-like axis: data, fsdp, expert and stage."""
+  ways = sizes["data"] * sizes["fsdp"] * sizes["expert"] * sizes.get("stage", 1)
   if batch_size % ways:
     raise ValueError(
-      f"train.batch_size={batch_size} must be divisible by the mesh's data*fsdp*expert={ways}"
+      f"train.batch_size={batch_size} must be divisible by the mesh's data*fsdp*expert*stage={ways}"
     )
 
 
 def check_microbatches(batch_size: int, n: int, shape: dict):
-  """Micro-batches split the batch into equal parts that each split over the mesh."""
+  """Micro-batches split the batch into equal parts that each split over the mesh
+  (within a pipeline stage: data, fsdp, expert)."""
   ways = shape["data"] * shape["fsdp"] * shape["expert"]
   if n < 1 or batch_size % (n * ways):
     raise ValueError(

@@ -2,7 +2,7 @@
 
 Model code names logical axes only (`embed`, `heads`, `mlp`, ...); this table
 decides where they live on the mesh (`data`, `fsdp`, `tensor`, `expert`,
-`context`).
+`context`, `stage`).
 A dimension that a mesh axis does not divide is left unsharded.
 
 Inside `activate(mesh, table)` (the trainer enters it while tracing a step)
@@ -18,31 +18,36 @@ import jax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-MESH_AXES = ("data", "fsdp", "tensor", "expert", "context")
+MESH_AXES = ("data", "fsdp", "tensor", "expert", "context", "stage")
 
 RULES: dict[str, tuple[str, ...]] = {
-  "batch": ("data", "fsdp", "expert"),
+  # Outside the pipeline (parallelism/pipeline.py: embedding, unscanned layers, head,
+  # MTP) `stage` is one more data-parallel axis, splitting the batch and, like fsdp,
+  # the weights; inside it, each stage runs its own layers on whole micro-batches.
+  "batch": ("data", "fsdp", "expert", "stage"),
   "length": ("context",),  # activations' sequence axis (context parallelism)
   "vocab": ("tensor",),
   # ZeRO-3 over every axis the batch is split on but `data`: the expert axis holds
   # different experts, and shards the dense weights like fsdp (expert weights
   # take `expert` on their experts axis first, so their embed axis gets fsdp only).
   # `context` splits the sequence, and the weights like fsdp, as torchtitan does.
-  "embed": ("fsdp", "expert", "context"),
+  "embed": ("fsdp", "expert", "context", "stage"),
   "heads": ("tensor",),
   "kv_heads": ("tensor",),
   "mlp": ("tensor",),
   "head_dim": (),
   # MLA's latent axes: q_b / kv_b ([latent, heads, head_dim], 38M params a layer in
   # DeepSeek-V3) shard like embed when heads are not tensor-sharded.
-  "q_lora": ("fsdp", "expert", "context"),
-  "kv_lora": ("fsdp", "expert", "context"),
+  "q_lora": ("fsdp", "expert", "context", "stage"),
+  "kv_lora": ("fsdp", "expert", "context", "stage"),
   # DSA indexer heads: small (64 x 128 per layer in V3.2), replicated.
   "index_heads": (),
   "index_head_dim": (),
   "experts": ("expert",),
   "expert_mlp": ("tensor",),
-  "layers": (),  # scanned layers stay whole: each scan step reads one slice.
+  # Scanned layers: each pipeline stage holds its own (without stages, whole: each
+  # scan step reads one slice).
+  "layers": ("stage",),
   "streams": (),  # Gemma 3n's AltUp stream projections: one small matrix per stream.
   "norm": (),
 }

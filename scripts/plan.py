@@ -36,9 +36,10 @@ _DEVICES = flags.DEFINE_integer("devices", 0, "Device count; 0 = the mesh's prod
 _COMPILE = flags.DEFINE_bool("compile", False, "AOT-compile one train step on fake devices.")
 _JSON = flags.DEFINE_bool("json", False, "Print one JSON object instead of a table.")
 _TABLE = flags.DEFINE_enum(
-  "table", "", ["", "full", "tiny"],
+  "table", "", ["", "full", "pipeline", "tiny"],
   "Compile every row of benchmarks/fit.py's table (full: the real presets on their "
-  "clusters; tiny: the same on tiny presets) and print it as markdown (--out: a file).",
+  "clusters; pipeline: the mesh.stage rows; tiny: the same on tiny presets) and print it "
+  "as markdown (--out: a file).",
 )  # fmt: skip
 _OUT = flags.DEFINE_string("out", "", "With --table: write the markdown here.")
 
@@ -98,7 +99,8 @@ def _table(name: str, out: str):
       measured.append(fit.measure(row, jax.devices()))
     except ValueError as e:
       sys.exit(f"error: {row.name}: {e}")
-  text = fit.markdown(measured, f"Fit table ({name} presets)")
+  notes = fit.PIPELINE_NOTES if name == "pipeline" else fit.NOTES
+  text = fit.markdown(measured, f"Fit table ({name} presets)", notes)
   if out:
     pathlib.Path(out).write_text(text)
   print(text)
@@ -123,7 +125,7 @@ def main(argv):
       fit.cpu_flags(),
     ])  # fmt: skip
   from parallelism import mesh as parallelism_mesh  # noqa: PLC0415
-  from parallelism import rules  # noqa: PLC0415
+  from parallelism import pipeline, rules  # noqa: PLC0415
   from parallelism.mesh import check_model_fits  # noqa: PLC0415
   from trainer import plan, precision  # noqa: PLC0415
 
@@ -134,6 +136,7 @@ def main(argv):
     parallelism_mesh.check_context(config.train.seq_len, mesh_sizes)
     if _COMPILE.value:
       parallelism_mesh.check_step(config, mesh_sizes)
+    pipeline.schedule(config, cfg, mesh_sizes["stage"])
     rules.with_overrides(config.mesh.rules)
   except ValueError as e:
     sys.exit(f"error: {e}")

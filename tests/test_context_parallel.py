@@ -86,7 +86,7 @@ from unittest import mock
 from modeling.attention import dot_product as dp, linear
 from parallelism import context, rules
 
-mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 1, 1, 1, 4), rules.MESH_AXES)
+mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, 1, 1, 1, 4, 1), rules.MESH_AXES)
 rng = np.random.default_rng(0)
 normal = lambda *shape: jnp.asarray(rng.standard_normal(shape), jnp.float32)
 b, s = 2, 64

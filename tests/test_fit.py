@@ -7,16 +7,19 @@ import pytest
 
 from benchmarks import fit
 from parallelism import mesh as mesh_lib
+from parallelism import pipeline
 from trainer import plan, precision
 
 
-@pytest.mark.parametrize("row", fit.ROWS["full"], ids=lambda r: r.name)
+@pytest.mark.parametrize("row", fit.ROWS["full"] + fit.ROWS["pipeline"], ids=lambda r: r.name)
 def test_every_full_row_is_a_valid_run_on_its_mesh(row):
   config = fit.load(row)
   cfg = precision.model_config(config)
   sizes = mesh_lib.mesh_sizes(config.mesh, row.devices)
   mesh_lib.check_model_fits(cfg, sizes)
   mesh_lib.check_step(config, sizes)
+  sched = pipeline.schedule(config, cfg, sizes["stage"])
+  assert (sched is not None) == (row in fit.ROWS["pipeline"])
   assert config.train.seq_len == row.seq_len and config.train.batch_size == row.batch_size
 
 
@@ -42,7 +45,7 @@ def test_a_row_over_budget_says_why():
   moe = fit.verdict(base | dict(peak=71 * 2**30, state=1, temp=40 * 2**30, moe=True,
                                 ep_buffers=True, loss_chunks=8, remat="full", row=row))  # fmt: skip
   assert moe.endswith("more expert parallelism (fewer experts a device to gather and "
-                      "reduce), or pipeline stages (not built yet)")  # fmt: skip
+                      "reduce), or pipeline stages (mesh.stage)")  # fmt: skip
   assert fit.verdict(base | dict(peak=70 * 2**30, state=1)) == "fits"
 
 

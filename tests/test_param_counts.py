@@ -9,6 +9,7 @@ from trainer.state import param_count
 PUBLISHED = [  # (family, preset, published total params)
   ("llama3", "8b", 8.03e9),  # Llama 3.1 8B model card
   ("llama3", "70b", 70.6e9),  # Llama 3.1 70B model card
+  ("llama3", "405b", 405.9e9),  # Llama 3.1 405B model card (405,853,388,800)
   ("qwen3", "8b", 8.2e9),  # Qwen3-8B model card
   ("qwen3", "32b", 32.8e9),  # Qwen3-32B model card
   ("gemma3", "27b", 27.0e9),  # Gemma 3 report: 1,416M embedding + 25,600M non-embedding

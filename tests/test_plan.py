@@ -162,7 +162,7 @@ def _plan_error(*args) -> str:
     ),
     (
       ["configs/llama3.py:tiny", "--mesh", "fsdp=8", "--compile", "--config.train.batch_size=4"],
-      "train.batch_size=4 must be divisible by the mesh's data*fsdp*expert=8",
+      "train.batch_size=4 must be divisible by the mesh's data*fsdp*expert*stage=8",
     ),
   ],
   ids=["fill", "device_count", "experts", "heads", "rule_name", "rule_axis", "batch"],

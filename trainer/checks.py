@@ -8,7 +8,7 @@ import jax
 from flax import traverse_util
 
 from configs import base, moved
-from parallelism import rules
+from parallelism import pipeline, rules
 from parallelism.mesh import check_model_fits, check_step, mesh_sizes
 from trainer import data, documents, metrics, objective, optim, precision
 
@@ -46,6 +46,7 @@ def validate(config):
       f"train.batch_size={t.batch_size}"
     )
   check_step(config, shape)
+  pipeline.schedule(config, model_cfg, shape["stage"])
   return model_cfg
 
 

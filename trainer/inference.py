@@ -117,7 +117,7 @@ def evaluate(config, model, *, batch_size: int, seq_len: int, max_batches: int, 
   from trainer import pipeline, step  # noqa: PLC0415
 
   config = ml_collections.ConfigDict(config.to_dict())
-  config.mesh.update(data=jax.device_count(), fsdp=1, tensor=1, expert=1, context=1)
+  config.mesh.update(data=jax.device_count(), fsdp=1, tensor=1, expert=1, context=1, stage=1)
   config.train.update(batch_size=batch_size, seq_len=seq_len, microbatches=1)
   program = step.build(config, make_mesh(config.mesh, jax.devices()))
   _, params, rest = nnx.split(model, nnx.Param, ...)

@@ -92,6 +92,8 @@ def scan_layers(config, platform: str = "") -> tuple[bool, str]:
     )
   if choice != "auto":
     return choice == "scan", f"compute.scan_layers={choice}"
+  if config.mesh.get("stage", 1) > 1:
+    return True, f"compute.scan_layers=auto: mesh.stage={config.mesh.stage} pipelines the scan"
   platform = platform or jax.default_backend()
   limit = UNROLL_MAX_LAYERS["cpu" if platform == "cpu" else "other"]
   scan = n > limit

@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from modeling import matformer
 from modeling.decoder import DecoderConfig
-from parallelism import rules
+from parallelism import pipeline, rules
 from trainer import hooks, microbatch, objective, optim, precision
 from trainer import state as state_lib
 
@@ -83,6 +83,9 @@ def build(config, mesh, model_cfg: DecoderConfig | None = None) -> Program:
   """The run's program on `mesh` (model_cfg: the validated model, when the caller
   has it already)."""
   cfg = model_cfg or precision.model_config(config)
+  # Pipeline stages run the train.microbatches together, not one after another.
+  sched = pipeline.schedule(config, cfg, mesh.shape.get(pipeline.AXIS, 1))
+  cfg = dataclasses.replace(cfg, pipeline=sched)
   table = rules.with_overrides(config.mesh.rules)
   graphdef, _, _ = state_lib.abstract(cfg)
   state_dtype = precision.policy(config.precision).opt_state_dtype
@@ -98,7 +101,8 @@ def build(config, mesh, model_cfg: DecoderConfig | None = None) -> Program:
   shardings = jax.tree.map(lambda s: s.sharding, abstract)
   batch_sharding = rules.batch_sharding(mesh, table)
   n = config.train.microbatches
-  micro = microbatch.Plan(n, batch_sharding, shardings["params"]) if n > 1 else None
+  accumulate = n > 1 and sched is None
+  micro = microbatch.Plan(n, batch_sharding, shardings["params"]) if accumulate else None
   train_step = make_train_step(
     graphdef, cfg, tx, lr, obj, loss_fn, config.optim, precision.wants_max_logit(config), micro
   )

@@ -155,12 +155,13 @@ class Trainer:
     if self.primary:
       print(f"attention kernels: {kernels.describe(self.model_cfg.blocks)}", flush=True)
       print(f"layers: {self.layers_note}", flush=True)
-      if t.microbatches > 1:
-        print(f"step: batch {t.batch_size} in {t.microbatches} micro-batches of "
-              f"{t.batch_size // t.microbatches} (gradients accumulated)", flush=True)  # fmt: skip
       if self.data_note:
         print(self.data_note, flush=True)
     self.program = step_lib.build(config, self.mesh, self.model_cfg)
+    sched = self.program.model_cfg.pipeline
+    if self.primary and (t.microbatches > 1 or sched):
+      print(sched.describe() if sched else f"step: batch {t.batch_size} in {t.microbatches} "
+            f"micro-batches of {t.batch_size // t.microbatches} (gradients accumulated)", flush=True)  # fmt: skip
     self.graphdef = self.program.graphdef  # nnx.merge(graphdef, params, model_state): the model
     self._train_step, self._eval_step = self.program.train_step, self.program.eval_step
     self.batch_sharding = self.program.batch_sharding

@@ -1,0 +1,266 @@
+"""Pipeline parallelism: the scanned periods split over the mesh's `stage` axis.
+
+The repeating layers (the decoder's stacked periods, [P, ...] params) are cut into
+`stages x virtual` equal chunks of k = P / (stages x virtual) periods; stage s
+runs chunks s, s + stages, s + 2 stages, ... (one per virtual stage, or round).
+The step's batch is cut into `microbatches` (train.microbatches; micro-batch i
+holds rows i, i + M, ..., as in gradient accumulation), and every iteration each
+stage runs one chunk on one micro-batch, then hands its output to the next stage
+with a `ppermute` over `stage` (a `shard_map` manual in that axis alone; the
+stages' compute is a `vmap` over the stage axis under XLA's partitioner, so it
+composes with data, fsdp, tensor, expert and context sharding inside a stage).
+The last stage's output goes back to stage 0 for the next round, or is the
+micro-batch's result after the last round.
+
+Stage s works at iteration t on job j = t - s (round j // M, micro-batch j % M);
+M x virtual + stages - 1 iterations run, so each stage idles (stages - 1) of
+them: the bubble, (stages - 1) / (M x virtual) of the useful time. Rounds need
+M >= stages (a micro-batch is back at stage 0 before round r + 1 needs it).
+
+Schedules (`compute.pipeline`): "gpipe" (one round) and "circular" (virtual
+rounds, a smaller bubble). The backward is JAX's reverse of this loop: every
+forward first, then every backward (GPipe's order, not 1F1B's), so the step keeps
+what each iteration saves until the backward reaches it: with compute.remat=full
+only each stage's chunk input (the chunk's forward runs again in the backward,
+then each layer's once more: 5 layer passes a step instead of full remat's 4);
+with other policies, what the policy keeps of every layer of every micro-batch.
+
+Per-layer stats come back as the layer scan's ([P, ...], layer order): expert
+loads summed over micro-batches, max logits maxed, everything else (balance
+terms, router z, dropped fraction, indexer KL) the mean over micro-batches, as
+gradient accumulation gives them.
+
+Weights: the stacked params keep their layer order ([P] split over `stage` in
+contiguous blocks, so checkpoints and HF export do not depend on the pipeline).
+With one round, stage s's block is its chunk; with several, the step regroups the
+[P] blocks into chunks (one all-to-all over `stage` per step, and back for the
+gradients).
+"""
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from parallelism import rules
+
+AXIS = "stage"
+SCHEDULES = ("circular", "gpipe")
+# How a per-layer stat of one micro-batch combines over the step's micro-batches.
+SUMMED, MAXED = ("load",), ("max_logits",)
+
+
+@dataclasses.dataclass(frozen=True)
+class Schedule:
+  stages: int
+  virtual: int = 1  # rounds: chunks per stage
+  microbatches: int = 1
+  kind: str = "circular"
+
+  @property
+  def chunks(self) -> int:
+    return self.stages * self.virtual
+
+  @property
+  def iterations(self) -> int:
+    return self.microbatches * self.virtual + self.stages - 1
+
+  @property
+  def bubble(self) -> float:
+    """Idle iterations per useful one: (stages - 1) / (micro-batches x virtual)."""
+    return (self.stages - 1) / (self.microbatches * self.virtual)
+
+  def describe(self) -> str:
+    return (
+      f"pipeline: {self.kind}, {self.stages} stages x {self.virtual} virtual, "
+      f"{self.microbatches} micro-batches; bubble (stages-1)/(microbatches*virtual) = "
+      f"{self.bubble:.1%}"
+    )
+
+
+def _layers(first: int, last: int) -> str:
+  return f"layer {first}" if first == last else f"layers {first}-{last}"
+
+
+def schedule(config, cfg, stages: int) -> Schedule | None:
+  """The run's schedule on a mesh with `stages` stages (None for 1), or one
+  ValueError naming the field and the fix. cfg: the model's DecoderConfig."""
+  c, t = config.compute, config.train
+  if stages <= 1:
+    return None
+  kind, virtual = c.pipeline, c.virtual_stages
+  if kind not in SCHEDULES:
+    raise ValueError(f"compute.pipeline={kind!r} is not valid; use one of {', '.join(SCHEDULES)}")
+  if virtual < 1 or (kind == "gpipe" and virtual != 1):
+    raise ValueError(
+      f"compute.virtual_stages={virtual} must be >= 1, and 1 with compute.pipeline=gpipe "
+      "(more rounds are the circular schedule)"
+    )
+  if cfg.stream is not None or config.objective.matformer_dims:
+    raise ValueError(
+      f"mesh.stage={stages} does not support per-layer stream inputs (Gemma 3n) or "
+      "objective.matformer_dims; set mesh.stage=1"
+    )
+  if not cfg.num_periods:
+    raise ValueError(
+      f"mesh.stage={stages} splits the scanned layers; compute.scan_layers="
+      f"{c.scan_layers} leaves none: set compute.scan_layers=scan"
+    )
+  n = stages * virtual
+  if cfg.num_periods % n:
+    first, period = cfg.prefix, cfg.period
+    last = first + cfg.num_periods * period - 1
+    ok = [d for d in range(1, cfg.num_periods + 1) if cfg.num_periods % d == 0]
+    raise ValueError(
+      f"mesh.stage={stages} x compute.virtual_stages={virtual} = {n} chunks do not divide "
+      f"the {cfg.num_periods} scanned periods of {period} layer(s) ({_layers(first, last)}; "
+      f"{_layers(0, first - 1) + ' run before' if first else 'nothing runs before'} the "
+      f"pipeline, the rest after it): {cfg.num_periods / n:.2f} periods a chunk. Use "
+      f"stage x virtual_stages in {ok}, or a model.num_layers whose scanned periods divide"
+    )
+  if t.microbatches < stages:
+    raise ValueError(
+      f"train.microbatches={t.microbatches} is fewer than mesh.stage={stages}: every stage "
+      f"needs its own micro-batch in flight; set train.microbatches >= {stages} (the bubble "
+      f"shrinks as it grows)"
+    )
+  return Schedule(stages, virtual, t.microbatches, kind)
+
+
+def _split(a, m: int):
+  """[B, ...] -> [m, B / m, ...]: micro-batch i holds rows i, i + m, ..."""
+  return a.reshape(a.shape[0] // m, m, *a.shape[1:]).swapaxes(0, 1)
+
+
+def _merge(a):
+  """The inverse of `_split`."""
+  return a.swapaxes(0, 1).reshape(a.shape[0] * a.shape[1], *a.shape[2:])
+
+
+def _on_stages(tree):
+  """Leading axis over `stage`, the rest left to the partitioner (no-op outside a mesh)."""
+  ctx = rules.active()
+  if ctx is None or ctx[0].shape.get(AXIS, 1) == 1:
+    return tree
+  mesh = ctx[0]
+
+  def one(a):
+    spec = P(AXIS, *(P.UNCONSTRAINED,) * (a.ndim - 1))
+    return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
+
+  return jax.tree.map(one, tree)
+
+
+def _shift(tree):
+  """Stage s's value goes to stage s + 1, the last stage's to stage 0."""
+  ctx = rules.active()
+  if ctx is None or ctx[0].shape.get(AXIS, 1) == 1:  # one device: the same move as a roll
+    return jax.tree.map(lambda a: jnp.roll(a, 1, axis=0), tree)
+  mesh, n = ctx[0], ctx[0].shape[AXIS]
+  perm = [(s, (s + 1) % n) for s in range(n)]
+  move = lambda a: jax.lax.ppermute(a, AXIS, perm)
+  return jax.shard_map(
+    lambda t: jax.tree.map(move, t), mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
+    axis_names={AXIS},
+  )(tree)  # fmt: skip
+
+
+def _name(path) -> str:
+  return getattr(path[-1], "key", "")
+
+
+def _fold(path, old, new, valid):
+  """Folds one micro-batch's stat into its accumulator (bubble jobs add nothing)."""
+  if _name(path) in MAXED:
+    return jnp.where(valid, jnp.maximum(old, new), old)
+  return old + jnp.where(valid, new, jnp.zeros_like(new))
+
+
+def _finish(path, acc, periods: int, microbatches: int):
+  """[S, V, k, ...] -> [P, ...] in layer order (chunk r * S + s); the means over
+  micro-batches divided out."""
+  a = acc.swapaxes(0, 1).reshape(periods, *acc.shape[3:])
+  return a if _name(path) in MAXED + SUMMED else a / microbatches
+
+
+def _without_stage(table: dict) -> dict:
+  """The rules inside a stage: `stage` is the vmapped axis there, not the batch's."""
+  return {name: tuple(a for a in axes if a != AXIS) for name, axes in table.items()}
+
+
+def _stage(chunk_fn, sched: Schedule, active, w, acc, state, s, t):
+  """Stage s at iteration t: its job's chunk on its carry, the stats folded into
+  its round's accumulators. w, acc: this stage's [V, k, ...]; active: the mesh and
+  rules the step runs under (None: no mesh)."""
+  S, V, M = sched.stages, sched.virtual, sched.microbatches
+  j = t - s
+  valid = (j >= 0) & (j < M * V)
+  r = jnp.clip(j // M, 0, V - 1)
+  at_round = lambda tree: jax.tree.map(
+    lambda a: jax.lax.dynamic_index_in_dim(a, r, keepdims=False), tree
+  )
+  if active is None:
+    x, stats = chunk_fn(at_round(w), state, r * S + s)
+  else:
+    with rules.activate(active[0], _without_stage(active[1])):
+      x, stats = chunk_fn(at_round(w), state, r * S + s)
+  folded = jax.tree_util.tree_map_with_path(
+    lambda p, o, n: _fold(p, o, n, valid), at_round(acc), stats
+  )
+  return x, jax.tree.map(lambda a, f: jax.lax.dynamic_update_index_in_dim(a, f, r, 0), acc, folded)
+
+
+def _accumulators(chunk_fn, chunks, inputs, sched: Schedule):
+  """[S, V, k, ...] per stat of one chunk: zeros, or -inf for the maxed ones."""
+  one = jax.tree.map(lambda a: a[0, 0], chunks), jax.tree.map(lambda a: a[0], inputs)
+  shapes = jax.eval_shape(lambda w, c: chunk_fn(w, c, 0)[1], *one)
+  full = lambda p, s: jnp.full(
+    (sched.stages, sched.virtual, *s.shape), -jnp.inf if _name(p) in MAXED else 0, s.dtype
+  )
+  return jax.tree_util.tree_map_with_path(full, shapes)
+
+
+def run(chunk_fn, weights, carry: dict, sched: Schedule):
+  """chunk_fn(weights [k, ...], carry {name: [b, ...]}, chunk index) -> (x, stats
+  [k, ...]) runs one chunk of k periods on one micro-batch; carry["x"] is what the
+  chunk transforms, the other entries (positions, documents) travel with it.
+  weights: [P, ...] stacked params. Returns (x [B, ...] after every chunk, stats
+  [P, ...] per layer as the layer scan gives them)."""
+  S, V, M = sched.stages, sched.virtual, sched.microbatches
+  periods = jax.tree.leaves(weights)[0].shape[0]
+  k = periods // sched.chunks
+  # [P] -> [S, V, k]: stage s, round r holds chunk r * S + s.
+  chunks = _on_stages(
+    jax.tree.map(lambda w: w.reshape(V, S, k, *w.shape[1:]).swapaxes(0, 1), weights)
+  )
+  inputs = jax.tree.map(lambda a: _split(a, M), carry)  # [M, b, ...]
+  stage = functools.partial(_stage, chunk_fn, sched, rules.active())
+  # Every slot starts with real data: bubble jobs then compute on finite values, so
+  # their (discarded) results send no nan into the gradients.
+  state = _on_stages(jax.tree.map(lambda a: jnp.broadcast_to(a[0], (S, *a.shape[1:])), inputs))
+
+  def iteration(loop, t):
+    state, acc, looped = loop
+    # Stage 0's input: micro-batch t's own in round 0, else its last round's output.
+    m = t % M
+    first = jax.tree.map(lambda a: a[m], inputs)
+    first["x"] = jnp.where(t < M, first["x"], looped[m])
+    state = jax.tree.map(lambda st, f: st.at[0].set(f), state, first)
+    x, acc = jax.vmap(stage, in_axes=(0, 0, 0, 0, None), spmd_axis_name=AXIS)(
+      chunks, acc, state, jnp.arange(S), t
+    )
+    state = _shift(_on_stages(dict(state, x=x)))
+    # Stage 0 now holds the last stage's output of job t - (S - 1).
+    done = t - (S - 1)
+    keep = (done >= 0) & (done < M * V)
+    slot = jnp.clip(done, 0, M * V - 1) % M
+    looped = looped.at[slot].set(jnp.where(keep, state["x"][0], looped[slot]))
+    return (state, acc, looped), None
+
+  loop = (state, _accumulators(chunk_fn, chunks, inputs, sched), inputs["x"])
+  (_, acc, looped), _ = jax.lax.scan(iteration, loop, jnp.arange(sched.iterations))
+  stats = jax.tree_util.tree_map_with_path(lambda p, a: _finish(p, a, periods, M), acc)
+  return _merge(looped), stats
