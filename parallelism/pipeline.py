@@ -140,18 +140,23 @@ def _merge(a):
   return a.swapaxes(0, 1).reshape(a.shape[0] * a.shape[1], *a.shape[2:])
 
 
-def _on_stages(tree):
-  """Leading axis over `stage`, the rest left to the partitioner (no-op outside a mesh)."""
+def _lead(tree, axis):
+  """Leading axis over `axis` (None: whole on every device), the rest left to the
+  partitioner (no-op outside a mesh)."""
   ctx = rules.active()
   if ctx is None or ctx[0].shape.get(AXIS, 1) == 1:
     return tree
   mesh = ctx[0]
 
   def one(a):
-    spec = P(AXIS, *(P.UNCONSTRAINED,) * (a.ndim - 1))
+    spec = P(axis, *(P.UNCONSTRAINED,) * (a.ndim - 1))
     return jax.lax.with_sharding_constraint(a, NamedSharding(mesh, spec))
 
   return jax.tree.map(one, tree)
+
+
+def _on_stages(tree):
+  return _lead(tree, AXIS)
 
 
 def _shift(tree):
@@ -236,7 +241,8 @@ def run(chunk_fn, weights, carry: dict, sched: Schedule):
   chunks = _on_stages(
     jax.tree.map(lambda w: w.reshape(V, S, k, *w.shape[1:]).swapaxes(0, 1), weights)
   )
-  inputs = jax.tree.map(lambda a: _split(a, M), carry)  # [M, b, ...]
+  # [M, b, ...], every micro-batch on every stage: one gather here, not one per iteration.
+  inputs = _lead(jax.tree.map(lambda a: _split(a, M), carry), None)
   stage = functools.partial(_stage, chunk_fn, sched, rules.active())
   # Every slot starts with real data: bubble jobs then compute on finite values, so
   # their (discarded) results send no nan into the gradients.
@@ -245,22 +251,31 @@ def run(chunk_fn, weights, carry: dict, sched: Schedule):
   def iteration(loop, t):
     state, acc, looped = loop
     # Stage 0's input: micro-batch t's own in round 0, else its last round's output.
-    m = t % M
-    first = jax.tree.map(lambda a: a[m], inputs)
-    first["x"] = jnp.where(t < M, first["x"], looped[m])
-    state = jax.tree.map(lambda st, f: st.at[0].set(f), state, first)
+    # Per stage under the vmap (the others keep theirs), so nothing leaves a device.
+    m, stage_ids = t % M, jnp.arange(S)
+    feed = jax.tree.map(lambda a: a[m], inputs)
+
+    def enter(held, looped, s):
+      own = dict(feed, x=jnp.where(t < M, feed["x"], looped[m]))
+      return jax.tree.map(lambda a, b: jnp.where(s == 0, a, b), own, held)
+
+    state = jax.vmap(enter, spmd_axis_name=AXIS)(state, looped, stage_ids)
     x, acc = jax.vmap(stage, in_axes=(0, 0, 0, 0, None), spmd_axis_name=AXIS)(
-      chunks, acc, state, jnp.arange(S), t
+      chunks, acc, state, stage_ids, t
     )
     state = _shift(_on_stages(dict(state, x=x)))
     # Stage 0 now holds the last stage's output of job t - (S - 1).
     done = t - (S - 1)
     keep = (done >= 0) & (done < M * V)
     slot = jnp.clip(done, 0, M * V - 1) % M
-    looped = looped.at[slot].set(jnp.where(keep, state["x"][0], looped[slot]))
+    store = lambda held, x: held.at[slot].set(jnp.where(keep, x, held[slot]))
+    looped = jax.vmap(store, spmd_axis_name=AXIS)(looped, state["x"])
     return (state, acc, looped), None
 
-  loop = (state, _accumulators(chunk_fn, chunks, inputs, sched), inputs["x"])
+  # What the last stage hands back, by micro-batch: each stage keeps a [M, b, ...]
+  # copy so that writes and reads stay on the device (stage 0's is the one read).
+  looped = _on_stages(jnp.broadcast_to(inputs["x"], (S, *inputs["x"].shape)))
+  loop = (state, _accumulators(chunk_fn, chunks, inputs, sched), looped)
   (_, acc, looped), _ = jax.lax.scan(iteration, loop, jnp.arange(sched.iterations))
   stats = jax.tree_util.tree_map_with_path(lambda p, a: _finish(p, a, periods, M), acc)
-  return _merge(looped), stats
+  return _merge(looped[0]), stats
