@@ -37,6 +37,7 @@ With one round, stage s's block is its chunk; with several, the step regroups th
 gradients).
 """
 
+import contextlib
 import dataclasses
 import functools
 
@@ -130,13 +131,14 @@ def schedule(config, cfg, stages: int) -> Schedule | None:
   return Schedule(stages, virtual, t.microbatches, kind)
 
 
-def _split(a, m: int):
-  """[B, ...] -> [m, B / m, ...]: micro-batch i holds rows i, i + m, ..."""
+def split_rows(a, m: int):
+  """[B, ...] -> [m, B / m, ...]: micro-batch i holds rows i, i + m, ... (each device
+  keeps its own rows of a batch split in contiguous blocks)."""
   return a.reshape(a.shape[0] // m, m, *a.shape[1:]).swapaxes(0, 1)
 
 
 def _merge(a):
-  """The inverse of `_split`."""
+  """The inverse of `split_rows`."""
   return a.swapaxes(0, 1).reshape(a.shape[0] * a.shape[1], *a.shape[2:])
 
 
@@ -207,11 +209,9 @@ def _stage(chunk_fn, sched: Schedule, active, w, acc, state, s, t):
   at_round = lambda tree: jax.tree.map(
     lambda a: jax.lax.dynamic_index_in_dim(a, r, keepdims=False), tree
   )
-  if active is None:
+  inside = active and rules.activate(active[0], _without_stage(active[1]))
+  with inside or contextlib.nullcontext():
     x, stats = chunk_fn(at_round(w), state, r * S + s)
-  else:
-    with rules.activate(active[0], _without_stage(active[1])):
-      x, stats = chunk_fn(at_round(w), state, r * S + s)
   folded = jax.tree_util.tree_map_with_path(
     lambda p, o, n: _fold(p, o, n, valid), at_round(acc), stats
   )
@@ -242,7 +242,7 @@ def run(chunk_fn, weights, carry: dict, sched: Schedule):
     jax.tree.map(lambda w: w.reshape(V, S, k, *w.shape[1:]).swapaxes(0, 1), weights)
   )
   # [M, b, ...], every micro-batch on every stage: one gather here, not one per iteration.
-  inputs = _lead(jax.tree.map(lambda a: _split(a, M), carry), None)
+  inputs = _lead(jax.tree.map(lambda a: split_rows(a, M), carry), None)
   stage = functools.partial(_stage, chunk_fn, sched, rules.active())
   # Every slot starts with real data: bubble jobs then compute on finite values, so
   # their (discarded) results send no nan into the gradients.

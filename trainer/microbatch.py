@@ -23,6 +23,8 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from parallelism import pipeline
+
 # Per-layer stats the post-update hooks read, and how micro-batches combine them.
 HOOK_STATS = {"load": jnp.sum, "max_logits": jnp.max}
 
@@ -40,8 +42,7 @@ def split(batch: dict, plan: Plan) -> dict:
   stacked = NamedSharding(sharding.mesh, P(None, *sharding.spec))
 
   def one(a):
-    a = a.reshape(a.shape[0] // plan.n, plan.n, *a.shape[1:]).swapaxes(0, 1)
-    return jax.lax.with_sharding_constraint(a, stacked)
+    return jax.lax.with_sharding_constraint(pipeline.split_rows(a, plan.n), stacked)
 
   return jax.tree.map(one, batch)
 
