@@ -176,11 +176,10 @@ def _present(ckpt, wanted: dict) -> dict:
   """`wanted` without the MTP modules the checkpoint does not hold (transformers
   saves none: they keep their init); a module held only in part stays, so the
   missing tensors are named."""
-  held = {}
+  stored, held = ckpt.names(), {}
   for path, (names, *_) in wanted.items():
-    held.setdefault(path[:2] if path[0] == "mtp" else path, []).append(
-      any(n in ckpt.names() for layer in names for n in layer)
-    )
+    if path[0] == "mtp":
+      held.setdefault(path[:2], []).append(any(n in stored for layer in names for n in layer))
   return {p: w for p, w in wanted.items() if p[0] != "mtp" or any(held[p[:2]])}
 
 
