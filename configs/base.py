@@ -183,9 +183,8 @@ def get_config() -> ml_collections.ConfigDict:
   m.mtp.depth = 0
 
   # ------------------------------------------------------------ objective
-  # What the loss rewards: loss terms, their weights and schedules. Changes
-  # training, never the function a given set of weights computes (owned by
-  # trainer/objective.py).
+  # What the loss rewards: loss terms, their weights and schedules. Changes training,
+  # never the function a given set of weights computes (trainer/objective.py).
   obj = c.objective = ml_collections.ConfigDict()
   obj.z_loss = 0.0  # weight of log(Z)^2 in the loss (PaLM z-loss); 0 = off.
   obj.moe_seq_aux_weight = 0.0  # DeepSeek-V3 sequence-wise balance loss (alpha), summed
@@ -239,8 +238,9 @@ def get_config() -> ml_collections.ConfigDict:
   # the backward: one chunk's [batch, seq/chunks, vocab] logits at a time.
   r.loss_chunks = 1
   r.ple_host_memory = False  # Gemma 3n: per-layer embeddings (+ opt state) in pinned host RAM.
-  # mesh.stage > 1: gpipe (one round) | circular (virtual_stages rounds, smaller bubble).
-  r.pipeline = "circular"
+  # mesh.stage > 1: 1f1b (interleaved over virtual_stages rounds) | circular (the same
+  # rounds, every forward then every backward) | gpipe (one round, forwards first).
+  r.pipeline = "1f1b"
   r.virtual_stages = 1  # chunks of layers per stage; train.microbatches >= mesh.stage.
 
   # ----------------------------------------------------------------- mesh

@@ -186,6 +186,20 @@ class Decoder(nnx.Module):
     one normed [b, s, e] per depth).
     """
     cfg = self.cfg
+    x, ctx, inputs, stats = self.front(
+      tokens, positions=positions, segment_ids=segment_ids, layer_inputs=layer_inputs,
+      cache_len=cache_len, cache=cache,
+    )  # fmt: skip
+    if self.num_periods and cfg.pipeline is not None and not (cache or cache_len):
+      x = self._pipeline(x, ctx, stats)
+    elif self.num_periods:
+      x = self._scan(x, ctx, inputs, cache or {}, stats)
+    return self.back(x, tokens, ctx, inputs, stats, mtp=mtp, logits=logits, cache=cache)
+
+  def front(self, tokens, *, positions=None, segment_ids=None, layer_inputs=None,
+            cache_len: int = 0, cache: dict | None = None):  # fmt: skip
+    """What runs before the stacked periods: the embedding into the stream and the
+    prefix layers. Returns (x, ctx, per-layer inputs, stats so far) for `back`."""
     b, s = tokens.shape
     if positions is None:
       positions = jnp.broadcast_to(jnp.arange(s), (b, s))
@@ -195,14 +209,17 @@ class Decoder(nnx.Module):
     x, inputs = self.stream.enter(tokens, x)  # per-layer inputs: [layers, ...] each
     inputs |= layer_inputs or {}
     ctx = Context(positions, segment_ids, cache_len=cache_len, decode=cache is not None)
-    cache, stats = cache or {}, {}
-    x = self._unrolled(x, ctx, "prefix", 0, inputs, cache, stats)
-    if self.num_periods and cfg.pipeline is not None and not (cache or cache_len):
-      x = self._pipeline(x, ctx, stats)
-    elif self.num_periods:
-      x = self._scan(x, ctx, inputs, cache, stats)
+    stats = {}
+    x = self._unrolled(x, ctx, "prefix", 0, inputs, cache or {}, stats)
+    return x, ctx, inputs, stats
+
+  def back(self, x, tokens, ctx, inputs, stats: dict, *, mtp: bool = True, logits: bool = True,
+           cache: dict | None = None):  # fmt: skip
+    """What runs after the stacked periods (x: their output): the tail layers, the
+    stream's exit, the final norm, the MTP modules and the head; as `__call__`."""
+    cfg = self.cfg
     first_tail = cfg.prefix + self.num_periods * cfg.period
-    x = self._unrolled(x, ctx, "tail", first_tail, inputs, cache, stats)
+    x = self._unrolled(x, ctx, "tail", first_tail, inputs, cache or {}, stats)
     x = self.stream.exit(x)
     hidden, aux = self.final_norm(x), {"layers": stats}
     if mtp and self.mtp:
@@ -294,14 +311,26 @@ class Decoder(nnx.Module):
     if cfg.remat != "none":
       step = jax.checkpoint(step, policy=REMAT_POLICIES[cfg.remat])
     x, stacked = jax.lax.scan(step, x, (state, first_layers, period_inputs, caches))
-    _stack_stats(stacked, stats)
+    stack_stats(stacked, stats)
     return x
 
   def _pipeline(self, x, ctx, stats):
     """The stacked periods over the mesh's `stage` axis (parallelism/pipeline.py):
     each chunk of periods runs as the layer scan does, on one micro-batch."""
+    chunk = self.chunk_fn(ctx)
+    if self.cfg.remat == "full":  # keep one input per stage and iteration, not one per layer
+      chunk = jax.checkpoint(chunk)
+    carry = {"x": x, "positions": ctx.positions, "segment_ids": ctx.segment_ids}
+    x, stacked = pipeline.run(chunk, nnx.state(self.stack), carry, self.cfg.pipeline)
+    stack_stats(stacked, stats)
+    return x
+
+  def chunk_fn(self, ctx):
+    """chunk(weights [k, ...], carry {x, positions, segment_ids}, chunk index) -> (x,
+    stats [k, ...]): k consecutive stacked periods of chunk `index` (of the schedule's
+    stages x virtual) on one micro-batch, as the layer scan runs them."""
     cfg, sched = self.cfg, self.cfg.pipeline
-    graphdef, state = nnx.split(self.stack)
+    graphdef = nnx.graphdef(self.stack)
     k = self.num_periods // sched.chunks
 
     def step(x, xs):
@@ -318,15 +347,10 @@ class Decoder(nnx.Module):
       run = lambda x, xs: step(x, (*xs, carry["positions"], carry["segment_ids"]))
       return jax.lax.scan(run, carry["x"], (weights, first_layers))
 
-    if cfg.remat == "full":  # keep one input per stage and iteration, not one per layer
-      chunk = jax.checkpoint(chunk)
-    carry = {"x": x, "positions": ctx.positions, "segment_ids": ctx.segment_ids}
-    x, stacked = pipeline.run(chunk, state, carry, sched)
-    _stack_stats(stacked, stats)
-    return x
+    return chunk
 
 
-def _stack_stats(stacked, stats: dict):
+def stack_stats(stacked, stats: dict):
   """Stats of the stacked periods ([periods, ...] per block j of the period) into
   `stats` by module path."""
   for j, block_stats in enumerate(stacked):

@@ -17,13 +17,16 @@ M x virtual + stages - 1 iterations run, so each stage idles (stages - 1) of
 them: the bubble, (stages - 1) / (M x virtual) of the useful time. Rounds need
 M >= stages (a micro-batch is back at stage 0 before round r + 1 needs it).
 
-Schedules (`compute.pipeline`): "gpipe" (one round) and "circular" (virtual
-rounds, a smaller bubble). The backward is JAX's reverse of this loop: every
-forward first, then every backward (GPipe's order, not 1F1B's), so the step keeps
-what each iteration saves until the backward reaches it: with compute.remat=full
-only each stage's chunk input (the chunk's forward runs again in the backward,
-then each layer's once more: 5 layer passes a step instead of full remat's 4);
-with other policies, what the policy keeps of every layer of every micro-batch.
+Schedules (`compute.pipeline`): "1f1b" (the default) runs the step's backward
+inside its own loop, each micro-batch's as soon as it leaves the last stage
+(parallelism/pipeline_1f1b.py); its forward without gradients (eval, QK-clip's
+measuring forward) is this module's loop. "circular" (virtual rounds) and "gpipe"
+(one round) are this loop with JAX's reverse of it as the backward: every forward
+first, then every backward, so the step keeps what each iteration saves until the
+backward reaches it: with compute.remat=full only each stage's chunk input (the
+chunk's forward runs again in the backward, then each layer's once more: 5 layer
+passes a step instead of full remat's 4); with other policies, what the policy
+keeps of every layer of every micro-batch.
 
 Per-layer stats come back as the layer scan's ([P, ...], layer order): expert
 loads summed over micro-batches, max logits maxed, everything else (balance
@@ -49,7 +52,7 @@ from jax.sharding import PartitionSpec as P
 from parallelism import rules
 
 AXIS = "stage"
-SCHEDULES = ("circular", "gpipe")
+SCHEDULES = ("1f1b", "circular", "gpipe")
 # How a per-layer stat of one micro-batch combines over the step's micro-batches.
 SUMMED, MAXED = ("load",), ("max_logits",)
 
@@ -128,6 +131,13 @@ def schedule(config, cfg, stages: int) -> Schedule | None:
       f"needs its own micro-batch in flight; set train.microbatches >= {stages} (the bubble "
       f"shrinks as it grows)"
     )
+  if kind == "1f1b" and virtual > 1 and t.microbatches % stages:
+    raise ValueError(
+      f"train.microbatches={t.microbatches} with compute.pipeline=1f1b and "
+      f"compute.virtual_stages={virtual} must be a multiple of mesh.stage={stages} (the "
+      f"interleaved schedule runs micro-batches in groups of {stages}); set it to "
+      f"{t.microbatches // stages * stages or stages} or {(t.microbatches // stages + 1) * stages}"
+    )
   return Schedule(stages, virtual, t.microbatches, kind)
 
 
@@ -137,12 +147,12 @@ def split_rows(a, m: int):
   return a.reshape(a.shape[0] // m, m, *a.shape[1:]).swapaxes(0, 1)
 
 
-def _merge(a):
+def merge_rows(a):
   """The inverse of `split_rows`."""
   return a.swapaxes(0, 1).reshape(a.shape[0] * a.shape[1], *a.shape[2:])
 
 
-def _lead(tree, axis):
+def lead(tree, axis):
   """Leading axis over `axis` (None: whole on every device), the rest left to the
   partitioner (no-op outside a mesh)."""
   ctx = rules.active()
@@ -157,17 +167,18 @@ def _lead(tree, axis):
   return jax.tree.map(one, tree)
 
 
-def _on_stages(tree):
-  return _lead(tree, AXIS)
+def on_stages(tree):
+  return lead(tree, AXIS)
 
 
-def _shift(tree):
-  """Stage s's value goes to stage s + 1, the last stage's to stage 0."""
+def shift(tree, step: int = 1):
+  """Stage s's value goes to stage s + step, around the ring (step 1: the last
+  stage's to stage 0; -1: the way back, stage 0's to the last)."""
   ctx = rules.active()
   if ctx is None or ctx[0].shape.get(AXIS, 1) == 1:  # one device: the same move as a roll
-    return jax.tree.map(lambda a: jnp.roll(a, 1, axis=0), tree)
+    return jax.tree.map(lambda a: jnp.roll(a, step, axis=0), tree)
   mesh, n = ctx[0], ctx[0].shape[AXIS]
-  perm = [(s, (s + 1) % n) for s in range(n)]
+  perm = [(s, (s + step) % n) for s in range(n)]
   move = lambda a: jax.lax.ppermute(a, AXIS, perm)
   return jax.shard_map(
     lambda t: jax.tree.map(move, t), mesh=mesh, in_specs=P(AXIS), out_specs=P(AXIS),
@@ -175,25 +186,25 @@ def _shift(tree):
   )(tree)  # fmt: skip
 
 
-def _name(path) -> str:
+def stat_name(path) -> str:
   return getattr(path[-1], "key", "")
 
 
-def _fold(path, old, new, valid):
+def fold(path, old, new, valid):
   """Folds one micro-batch's stat into its accumulator (bubble jobs add nothing)."""
-  if _name(path) in MAXED:
+  if stat_name(path) in MAXED:
     return jnp.where(valid, jnp.maximum(old, new), old)
   return old + jnp.where(valid, new, jnp.zeros_like(new))
 
 
-def _finish(path, acc, periods: int, microbatches: int):
+def finish(path, acc, periods: int, microbatches: int):
   """[S, V, k, ...] -> [P, ...] in layer order (chunk r * S + s); the means over
   micro-batches divided out."""
   a = acc.swapaxes(0, 1).reshape(periods, *acc.shape[3:])
-  return a if _name(path) in MAXED + SUMMED else a / microbatches
+  return a if stat_name(path) in MAXED + SUMMED else a / microbatches
 
 
-def _without_stage(table: dict) -> dict:
+def without_stage(table: dict) -> dict:
   """The rules inside a stage: `stage` is the vmapped axis there, not the batch's."""
   return {name: tuple(a for a in axes if a != AXIS) for name, axes in table.items()}
 
@@ -209,23 +220,35 @@ def _stage(chunk_fn, sched: Schedule, active, w, acc, state, s, t):
   at_round = lambda tree: jax.tree.map(
     lambda a: jax.lax.dynamic_index_in_dim(a, r, keepdims=False), tree
   )
-  inside = active and rules.activate(active[0], _without_stage(active[1]))
+  inside = active and rules.activate(active[0], without_stage(active[1]))
   with inside or contextlib.nullcontext():
     x, stats = chunk_fn(at_round(w), state, r * S + s)
   folded = jax.tree_util.tree_map_with_path(
-    lambda p, o, n: _fold(p, o, n, valid), at_round(acc), stats
+    lambda p, o, n: fold(p, o, n, valid), at_round(acc), stats
   )
   return x, jax.tree.map(lambda a, f: jax.lax.dynamic_update_index_in_dim(a, f, r, 0), acc, folded)
 
 
-def _accumulators(chunk_fn, chunks, inputs, sched: Schedule):
+def accumulators(chunk_fn, chunks, inputs, sched: Schedule):
   """[S, V, k, ...] per stat of one chunk: zeros, or -inf for the maxed ones."""
   one = jax.tree.map(lambda a: a[0, 0], chunks), jax.tree.map(lambda a: a[0], inputs)
   shapes = jax.eval_shape(lambda w, c: chunk_fn(w, c, 0)[1], *one)
   full = lambda p, s: jnp.full(
-    (sched.stages, sched.virtual, *s.shape), -jnp.inf if _name(p) in MAXED else 0, s.dtype
+    (sched.stages, sched.virtual, *s.shape), -jnp.inf if stat_name(p) in MAXED else 0, s.dtype
   )
   return jax.tree_util.tree_map_with_path(full, shapes)
+
+
+def to_chunks(weights, sched: Schedule):
+  """[P, ...] -> [S, V, k, ...] on the stages: stage s, round r holds chunk r * S + s."""
+  S, V = sched.stages, sched.virtual
+  k = jax.tree.leaves(weights)[0].shape[0] // sched.chunks
+  return on_stages(jax.tree.map(lambda w: w.reshape(V, S, k, *w.shape[1:]).swapaxes(0, 1), weights))
+
+
+def from_chunks(chunks):
+  """The inverse of `to_chunks`."""
+  return jax.tree.map(lambda c: c.swapaxes(0, 1).reshape(-1, *c.shape[3:]), chunks)
 
 
 def run(chunk_fn, weights, carry: dict, sched: Schedule):
@@ -236,17 +259,13 @@ def run(chunk_fn, weights, carry: dict, sched: Schedule):
   [P, ...] per layer as the layer scan gives them)."""
   S, V, M = sched.stages, sched.virtual, sched.microbatches
   periods = jax.tree.leaves(weights)[0].shape[0]
-  k = periods // sched.chunks
-  # [P] -> [S, V, k]: stage s, round r holds chunk r * S + s.
-  chunks = _on_stages(
-    jax.tree.map(lambda w: w.reshape(V, S, k, *w.shape[1:]).swapaxes(0, 1), weights)
-  )
+  chunks = to_chunks(weights, sched)
   # [M, b, ...], every micro-batch on every stage: one gather here, not one per iteration.
-  inputs = _lead(jax.tree.map(lambda a: split_rows(a, M), carry), None)
+  inputs = lead(jax.tree.map(lambda a: split_rows(a, M), carry), None)
   stage = functools.partial(_stage, chunk_fn, sched, rules.active())
   # Every slot starts with real data: bubble jobs then compute on finite values, so
   # their (discarded) results send no nan into the gradients.
-  state = _on_stages(jax.tree.map(lambda a: jnp.broadcast_to(a[0], (S, *a.shape[1:])), inputs))
+  state = on_stages(jax.tree.map(lambda a: jnp.broadcast_to(a[0], (S, *a.shape[1:])), inputs))
 
   def iteration(loop, t):
     state, acc, looped = loop
@@ -263,7 +282,7 @@ def run(chunk_fn, weights, carry: dict, sched: Schedule):
     x, acc = jax.vmap(stage, in_axes=(0, 0, 0, 0, None), spmd_axis_name=AXIS)(
       chunks, acc, state, stage_ids, t
     )
-    state = _shift(_on_stages(dict(state, x=x)))
+    state = shift(on_stages(dict(state, x=x)))
     # Stage 0 now holds the last stage's output of job t - (S - 1).
     done = t - (S - 1)
     keep = (done >= 0) & (done < M * V)
@@ -274,8 +293,8 @@ def run(chunk_fn, weights, carry: dict, sched: Schedule):
 
   # What the last stage hands back, by micro-batch: each stage keeps a [M, b, ...]
   # copy so that writes and reads stay on the device (stage 0's is the one read).
-  looped = _on_stages(jnp.broadcast_to(inputs["x"], (S, *inputs["x"].shape)))
-  loop = (state, _accumulators(chunk_fn, chunks, inputs, sched), looped)
+  looped = on_stages(jnp.broadcast_to(inputs["x"], (S, *inputs["x"].shape)))
+  loop = (state, accumulators(chunk_fn, chunks, inputs, sched), looped)
   (_, acc, looped), _ = jax.lax.scan(iteration, loop, jnp.arange(sched.iterations))
-  stats = jax.tree_util.tree_map_with_path(lambda p, a: _finish(p, a, periods, M), acc)
-  return _merge(looped[0]), stats
+  stats = jax.tree_util.tree_map_with_path(lambda p, a: finish(p, a, periods, M), acc)
+  return merge_rows(looped[0]), stats

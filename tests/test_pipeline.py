@@ -34,6 +34,7 @@ config = small_train_config(family, batch_size=16, seq_len=32, microbatches=case
 config.model.num_layers = case["layers"]
 config.compute.update(scan_layers="scan", **case.get("compute", {}))
 config.optim.qk_clip_tau = case.get("qk_clip_tau", 0.0)
+config.objective.update(**case.get("objective", {}))
 
 ones = dict(data=1, fsdp=1, tensor=1, expert=1, context=1, stage=1)
 one_config = config.copy_and_resolve_references()
@@ -70,13 +71,20 @@ print(json.dumps({
 
 CASES = [
   # llama3: 8 layers = 8 periods; deepseek_v3: 1 dense prefix layer + 8 MoE periods + MTP.
+  # 1f1b is the default schedule; with virtual_stages > 1 it is the interleaved one.
   ("llama3", dict(stage=2, fsdp=2, data=2), dict(layers=8, microbatches=4)),
   ("llama3", dict(stage=4, fsdp=2), dict(layers=8, microbatches=4, compute=dict(virtual_stages=2))),
+  ("llama3", dict(stage=4, fsdp=2),
+   dict(layers=8, microbatches=4, compute=dict(pipeline="circular", virtual_stages=2))),
   ("llama3", dict(stage=2, tensor=2, context=2),
    dict(layers=8, microbatches=2, compute=dict(pipeline="gpipe", remat="full"))),
-  ("deepseek_v3", dict(stage=2, fsdp=2, data=2), dict(layers=9, microbatches=4)),
+  # Balance and router-z weights on: the pipelined layers' stats reach the loss.
+  ("deepseek_v3", dict(stage=2, fsdp=2, data=2),
+   dict(layers=9, microbatches=4, objective=dict(moe_seq_aux_weight=0.01, moe_router_z_weight=0.001))),
+  ("deepseek_v3", dict(stage=2, fsdp=2, data=2),
+   dict(layers=9, microbatches=4, compute=dict(pipeline="circular"))),
   ("deepseek_v3", dict(stage=4, expert=2),
-   dict(layers=9, microbatches=4, qk_clip_tau=5.0, compute=dict(virtual_stages=2))),
+   dict(layers=9, microbatches=4, qk_clip_tau=5.0, compute=dict(virtual_stages=2, remat="full"))),
 ]  # fmt: skip
 
 
@@ -169,11 +177,22 @@ def test_bad_schedules_are_one_error_each():
     _schedule(stages=4, train__microbatches=2)
   with pytest.raises(ValueError, match=r"^compute\.virtual_stages=2 must be >= 1, and 1 with"):
     _schedule(train__microbatches=2, compute__pipeline="gpipe", compute__virtual_stages=2)
-  with pytest.raises(ValueError, match=r"^compute\.pipeline='1f1b' is not valid"):
-    _schedule(train__microbatches=2, compute__pipeline="1f1b")
+  with pytest.raises(ValueError, match=r"^compute\.pipeline='zero_bubble' is not valid"):
+    _schedule(train__microbatches=2, compute__pipeline="zero_bubble")
+  with pytest.raises(ValueError) as e:
+    _schedule(train__microbatches=3, compute__virtual_stages=2)
+  assert str(e.value) == (
+    "train.microbatches=3 with compute.pipeline=1f1b and compute.virtual_stages=2 must be a "
+    "multiple of mesh.stage=2 (the interleaved schedule runs micro-batches in groups of 2); "
+    "set it to 2 or 4"
+  )
+  # One round has no groups; the circular schedule needs none.
+  assert _schedule(train__microbatches=3).virtual == 1
+  assert _schedule(train__microbatches=3, compute__pipeline="circular",
+                   compute__virtual_stages=2).virtual == 2  # fmt: skip
   with pytest.raises(ValueError, match=r"compute\.scan_layers=unroll leaves none"):
     _schedule(train__microbatches=2, compute__scan_layers="unroll")
-  assert _schedule(train__microbatches=2).describe().startswith("pipeline: circular, 2 stages")
+  assert _schedule(train__microbatches=2).describe().startswith("pipeline: 1f1b, 2 stages")
   assert _schedule(stages=1) is None
 
 

@@ -161,6 +161,24 @@ def moe_terms(obj: Objective, cfg: DecoderConfig, aux: dict, share: float = 1.0)
   }
 
 
+def stat_weights(obj: Objective) -> dict:
+  """Each per-layer stat's weight in the loss (`layer_terms` is linear in them)."""
+  return {"seq_aux": obj.seq_aux, "switch_aux": obj.switch_aux, "router_z": obj.router_z,
+          "indexer_kl": obj.indexer_kl}  # fmt: skip
+
+
+def layer_terms(obj: Objective, cfg: DecoderConfig, aux: dict, share: float = 1.0):
+  """(the loss of the layers' stats, their reported terms): the MoE balance terms
+  (`moe_terms`) and the DSA indexers' KL ([dsa_layers] `indexer_kl`), times share."""
+  terms = moe_terms(obj, cfg, aux, share)
+  total = terms.get("aux_loss", jnp.zeros((), jnp.float32))
+  kl = by_layer(cfg, aux, "attn", "indexer_kl")
+  if kl is not None:
+    terms["indexer_kl"] = kl * share  # [dsa_layers]
+    total = total + obj.indexer_kl * terms["indexer_kl"].sum()
+  return total, terms
+
+
 def loss(obj: Objective, cfg: DecoderConfig, run_model, batch, step, *, mtp: bool, train: bool,
          shares: Shares | None = None):  # fmt: skip
   """(total loss, (CE, aux, terms)): run_model(mlp_widths, mtp) -> (normed hidden,
@@ -178,12 +196,8 @@ def loss(obj: Objective, cfg: DecoderConfig, run_model, batch, step, *, mtp: boo
     segment_ids=batch["segment_ids"], z_loss=obj.z_loss, denom=ce_denom, mtp_denoms=mtp_denoms,
     chunks=chunks,
   )  # fmt: skip
-  terms = moe_terms(obj, cfg, aux, share)
-  total = total + terms.get("aux_loss", 0.0)
-  kl = by_layer(cfg, aux, "attn", "indexer_kl")
-  if kl is not None:
-    terms["indexer_kl"] = kl * share  # [dsa_layers]
-    total = total + obj.indexer_kl * terms["indexer_kl"].sum()
+  stats_loss, terms = layer_terms(obj, cfg, aux, share)
+  total = total + stats_loss
   if mtp_loss is not None:
     terms["mtp_loss"] = mtp_loss
     total = total + obj.mtp(step) * mtp_loss.mean()

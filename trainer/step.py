@@ -25,7 +25,7 @@ from jax.sharding import PartitionSpec as P
 from modeling import matformer
 from modeling.decoder import DecoderConfig
 from parallelism import pipeline, rules
-from trainer import hooks, microbatch, objective, optim, precision
+from trainer import hooks, microbatch, objective, optim, pipelined, precision
 from trainer import state as state_lib
 
 # The step's metrics besides loss, grad_norm, lr (and max_logit), when the objective has them.
@@ -146,6 +146,8 @@ def make_loss_fn(graphdef, cfg: DecoderConfig, obj, mesh, table):
   loss over chunks on each device's own tokens. shares: a
   micro-batch's part of its step (`objective.Shares`)."""
 
+  one_f_one_b = cfg.pipeline is not None and cfg.pipeline.kind == "1f1b"
+
   def loss_fn(params, model_state, batch, step, *, mtp: bool, train: bool = True, shares=None):
     model = nnx.merge(graphdef, params, model_state)
 
@@ -158,6 +160,8 @@ def make_loss_fn(graphdef, cfg: DecoderConfig, obj, mesh, table):
       return hidden, aux, model.head()
 
     with rules.activate(mesh, table) if mesh is not None else contextlib.nullcontext():
+      if train and one_f_one_b:  # the backward runs inside the schedule
+        return pipelined.loss(model, obj, batch, step, mtp=mtp)
       return objective.loss(obj, cfg, run_model, batch, step, mtp=mtp, train=train, shares=shares)
 
   return loss_fn
