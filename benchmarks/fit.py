@@ -260,15 +260,17 @@ outside the pipeline with `stage` as one more data-parallel axis. Stages must di
 the scanned periods (DeepSeek-V3: 58, Llama 3.1 405B: 126), so both rows take 2 stages
 on their power-of-two clusters; 405B takes 3 virtual stages (21-layer chunks).
 
-What sets the peak: the backward runs in GPipe's order, so with remat=full the step
-keeps each iteration's chunk input (M x virtual + stages - 1 iterations) and, while
-a chunk's backward runs, that chunk's layer inputs. 405B with one 63-layer chunk per
-stage peaked at 80.8 GiB (temporaries 72.0); 3 virtual stages (21 layers a chunk,
-13 iterations) bring it to the row's number. Outside the pipeline each device holds
-batch / devices rows, micro-batches / stages times a micro-batch's share: DeepSeek-V3
-at 4096 x 4096 with 8 micro-batches (4 rows a device outside, its MoE MTP block's
-all-to-all buffers 4 times the 256-device row's) peaked at 79.9 GiB; 2048 rows with
-4 micro-batches is the row. (Those two were measured before each stage kept its own
-copy of the hand-back buffer, which took the activation gathers out of every
-iteration and added 0.2 and 1.1 GiB to the two rows.) Same measuring caveats as the
+What sets the peak: the default schedule is 1F1B (parallelism/pipeline_1f1b.py): each
+stage keeps at most 2 x virtual x stages - 1 chunk inputs, and while a chunk's
+backward runs, that chunk's layer inputs (remat=full). With the forward-then-backward
+loop (compute.pipeline=circular) the same rows peaked at 49.3 and 52.8 GiB: it keeps
+each iteration's chunk input (M x virtual + stages - 1 iterations), and 405B with one
+63-layer chunk per stage at 80.8 GiB (temporaries 72.0), hence its 3 virtual stages
+(21 layers a chunk). Outside the pipeline each device holds batch / devices rows,
+micro-batches / stages times a micro-batch's share: DeepSeek-V3 at 4096 x 4096 with 8
+micro-batches (4 rows a device outside, its MoE MTP block's all-to-all buffers 4 times
+the 256-device row's) peaked at 79.9 GiB with that loop; 2048 rows with 4
+micro-batches is the row. Without the 1F1B tick's ordering of its parts (forward,
+loss, hand-off, backward) XLA overlapped them and the DeepSeek-V3 row peaked at
+63.4 GiB. Same measuring caveats as the
 main table (XLA:CPU memory order, bfloat16 elementwise work counted in float32)."""

@@ -138,34 +138,19 @@ def run(chunk_fn, post_fn, weights, rest, carry: dict, sched: Schedule, stat_wei
 
 
 def _after(done, *values):
-  """values, made to wait for `done` when the step runs on XLA:CPU (fake devices).
-  Its runtime runs collectives that do not depend on each other (say one stage's
-  permute and the all-gathers in a layer loop) in any order per device, and
-  deadlocks when devices pick different orders; an optimization barrier does not
-  survive its compiler, so each part of a tick takes a data dependency on the part
-  before (a select on whether the first element of each of `done`'s leaves is
-  finite). Elsewhere (other backends order collectives themselves; `planning`):
-  values as they are."""
-  firsts = [a.ravel()[0].astype(jnp.float32) for a in jax.tree.leaves(done) if a.size]
-  if jax.default_backend() != "cpu" or _PLANNING or not firsts:
+  """values, made to wait for `done`: each part of a tick (forward jobs, the loss,
+  the hand-off, backward jobs, the hand-off back) takes a data dependency on the
+  part before, a select on whether the first element of each of `done`'s leaves is
+  finite. Without it the compiler may run the parts side by side: XLA:CPU's
+  runtime then runs their collectives in a different order on different devices
+  and deadlocks, and the tick's peak is every part's working memory at once
+  (DeepSeek-V3's fit row: 63.4 GiB against 46.3). An optimization barrier does not
+  survive XLA:CPU's compiler; this does."""
+  firsts = [a[(0,) * a.ndim].astype(jnp.float32) for a in jax.tree.leaves(done) if a.size]
+  if not firsts:
     return values
   ok = jnp.all(jnp.isfinite(jnp.stack(firsts)))
   return jax.tree.map(lambda v: jnp.where(ok, v, jnp.zeros_like(v)), values)
-
-
-_PLANNING = False
-
-
-@contextlib.contextmanager
-def planning():
-  """Steps built inside compile for an accelerator's memory, not to run on XLA:CPU:
-  without `_after`'s dependencies (their selects copy the post-pipeline params)."""
-  global _PLANNING
-  _PLANNING, before = True, _PLANNING
-  try:
-    yield
-  finally:
-    _PLANNING = before
 
 
 def _zero_grads(tree):
@@ -216,7 +201,8 @@ class _Loop:
     return y, _put(acc, folded, r), _put(ring, x, j % self.K, valid)
 
   def stage_backward(self, w, grads, ring, dx0, cot, s, t, dy):
-    """Stage s's backward job at tick t: (its input's cotangent, gradients added)."""
+    """Stage s's backward job at tick t: (its input's cotangent, gradients added,
+    input cotangents of micro-batches, a few elements of its weight gradient)."""
     S, V, M = self.sched.stages, self.sched.virtual, self.sched.microbatches
     j = t - self.D - (S - 1 - s)
     valid = (j >= 0) & (j < M * V)
@@ -231,7 +217,10 @@ class _Loop:
     )
     dw, dx = vjp((jnp.where(valid, cot, 0), stat_cot))
     grads = _put(grads, _add(_at(grads, r), dw, valid), r)
-    return dx, grads, _put(dx0, dx, m, valid & (s == 0) & (r == 0))
+    # The gradient's first elements, for `_after` (a slice of the written `grads`
+    # would make the partitioner gather them whole).
+    firsts = [a[(0,) * a.ndim] for a in jax.tree.leaves(dw) if _inexact(a) and a.size]
+    return dx, grads, _put(dx0, dx, m, valid & (s == 0) & (r == 0)), firsts
 
   def loss(self, rest, y, t):
     """The loss after the pipeline of the micro-batch that left the last stage at
@@ -251,23 +240,23 @@ class _Loop:
       y, c["acc"], c["ring"] = jax.vmap(
         self.stage_forward, in_axes=(0, 0, 0, 0, 0, None), spmd_axis_name=AXIS
       )(self.chunks, c["acc"], c["ring"], c["held"], ids, t)
-      done = (y, c["acc"], c["ring"])
+      done = (y, c["acc"])  # (the ring's write moves nothing between devices)
       if loss:
         l, out, d_rest, dy = self.loss(*_after(done, self.rest, y[S - 1]), t)
         c["total"] = c["total"] + l
         c["out"] = _fold_post(c["out"], out)
         c["d_rest"] = _add(c["d_rest"], d_rest, True)
-        done = (done, c["total"], c["out"], c["d_rest"], dy)
+        done = (done, l, out, d_rest, dy)
       (y,) = _after(done, y)
       c["held"] = held = pipeline.shift(pipeline.on_stages(y))
     if backward:
       # Every index the backward reads and writes comes from tb: its weights' gathers
-      # wait for the hand-off (on XLA:CPU; see _after).
+      # wait for the hand-off (see _after).
       tb, cot, dy = _after(held, t, c["cot"], dy)
-      dx, c["grads"], c["dx0"] = jax.vmap(
+      dx, c["grads"], c["dx0"], dw = jax.vmap(
         self.stage_backward, in_axes=(0, 0, 0, 0, 0, 0, None, None), spmd_axis_name=AXIS
       )(self.chunks, c["grads"], c["ring"], c["dx0"], cot, ids, tb, dy)
-      (dx,) = _after((c["grads"], c["dx0"]), dx)
+      (dx,) = _after(dw, dx)
       c["cot"] = pipeline.shift(pipeline.on_stages(dx), -1)
     return c
 

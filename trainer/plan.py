@@ -20,7 +20,7 @@ from modeling.attention.linear import DeltaNetConfig
 from modeling.attention.mla import MlaConfig
 from modeling.decoder import DecoderConfig
 from modeling.moe.config import MoeConfig
-from parallelism import pipeline_1f1b, rules
+from parallelism import rules
 from trainer import metrics, step
 from trainer import state as state_lib
 
@@ -99,8 +99,7 @@ def compile_step(config, cfg: DecoderConfig, mesh) -> dict:
   """AOT-compiles the run's train step (trainer/step.py's, as train.py runs it) for
   `mesh` on abstract arrays: XLA's per-device memory analysis and the collectives
   in the compiled HLO."""
-  with pipeline_1f1b.planning():
-    lowered = step.build(config, mesh, cfg).lower()
+  lowered = step.build(config, mesh, cfg).lower()
   compiled = lowered.compile()
   analysis = compiled.memory_analysis()
   memory = {
