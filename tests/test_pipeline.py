@@ -77,6 +77,8 @@ CASES = [
   ("llama3", dict(stage=4, fsdp=2),
    dict(layers=8, microbatches=4, compute=dict(pipeline="circular", virtual_stages=2))),
   ("llama3", dict(stage=2, tensor=2, context=2),
+   dict(layers=8, microbatches=2, compute=dict(remat="full"))),
+  ("llama3", dict(stage=2, fsdp=4),
    dict(layers=8, microbatches=2, compute=dict(pipeline="gpipe", remat="full"))),
   # Balance and router-z weights on: the pipelined layers' stats reach the loss.
   ("deepseek_v3", dict(stage=2, fsdp=2, data=2),
