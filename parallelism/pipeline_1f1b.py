@@ -98,8 +98,8 @@ def _cotangent(stats, stat_weights: dict):
   return jax.tree_util.tree_map_with_path(one, stats)
 
 
-def _fold_post(acc, out, valid=True):
-  return jax.tree_util.tree_map_with_path(lambda p, o, n: pipeline.fold(p, o, n, valid), acc, out)
+def _fold_post(acc, out):
+  return jax.tree_util.tree_map_with_path(lambda p, o, n: pipeline.fold(p, o, n, True), acc, out)
 
 
 def _empty_post(shapes):
