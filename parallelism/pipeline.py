@@ -190,6 +190,16 @@ def stat_name(path) -> str:
   return getattr(path[-1], "key", "")
 
 
+def averaged(path) -> bool:
+  """Whether a stat is a mean over micro-batches (loads are summed, MAXED maxed)."""
+  return stat_name(path) not in MAXED + SUMMED
+
+
+def empty(path, shape, dtype):
+  """A stat's accumulator before any micro-batch: -inf for maxed stats, else 0."""
+  return jnp.full(shape, -jnp.inf if stat_name(path) in MAXED else 0, dtype)
+
+
 def fold(path, old, new, valid):
   """Folds one micro-batch's stat into its accumulator (bubble jobs add nothing)."""
   if stat_name(path) in MAXED:
@@ -201,7 +211,7 @@ def finish(path, acc, periods: int, microbatches: int):
   """[S, V, k, ...] -> [P, ...] in layer order (chunk r * S + s); the means over
   micro-batches divided out."""
   a = acc.swapaxes(0, 1).reshape(periods, *acc.shape[3:])
-  return a if stat_name(path) in MAXED + SUMMED else a / microbatches
+  return a / microbatches if averaged(path) else a
 
 
 def without_stage(table: dict) -> dict:
@@ -233,9 +243,7 @@ def accumulators(chunk_fn, chunks, inputs, sched: Schedule):
   """[S, V, k, ...] per stat of one chunk: zeros, or -inf for the maxed ones."""
   one = jax.tree.map(lambda a: a[0, 0], chunks), jax.tree.map(lambda a: a[0], inputs)
   shapes = jax.eval_shape(lambda w, c: chunk_fn(w, c, 0)[1], *one)
-  full = lambda p, s: jnp.full(
-    (sched.stages, sched.virtual, *s.shape), -jnp.inf if stat_name(p) in MAXED else 0, s.dtype
-  )
+  full = lambda p, s: empty(p, (sched.stages, sched.virtual, *s.shape), s.dtype)
   return jax.tree_util.tree_map_with_path(full, shapes)
 
 

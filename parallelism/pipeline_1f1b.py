@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from parallelism import pipeline, rules
-from parallelism.pipeline import AXIS, MAXED, SUMMED, Schedule
+from parallelism.pipeline import AXIS, Schedule
 
 
 def _jobs(sched: Schedule):
@@ -103,8 +103,7 @@ def _fold_post(acc, out):
 
 
 def _empty_post(shapes):
-  full = lambda p, s: jnp.full(s.shape, -jnp.inf if pipeline.stat_name(p) in MAXED else 0, s.dtype)
-  return jax.tree_util.tree_map_with_path(full, shapes)
+  return jax.tree_util.tree_map_with_path(lambda p, s: pipeline.empty(p, s.shape, s.dtype), shapes)
 
 
 def run(chunk_fn, post_fn, weights, rest, carry: dict, sched: Schedule, stat_weights: dict):
@@ -303,7 +302,7 @@ class _Loop:
     stats_loss = sum(
       weight(p) * a.sum()
       for p, a in jax.tree_util.tree_leaves_with_path(c["acc"])
-      if pipeline.stat_name(p) not in MAXED + SUMMED
+      if pipeline.averaged(p)
     )
     periods = jax.tree.leaves(self.weights)[0].shape[0]
     stats = jax.tree_util.tree_map_with_path(

@@ -11,6 +11,7 @@ import logging as std_logging
 import os
 import pathlib
 import sys
+import threading
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -39,10 +40,27 @@ def _quiet_orbax(record) -> bool:
   return not (record.levelno >= std_logging.ERROR and "orbax" in record.pathname)
 
 
+def _closed_loop(error) -> bool:
+  return isinstance(error, RuntimeError) and str(error) == "Event loop is closed"
+
+
+def _quiet_closed_loops():
+  """After a failed background save, orbax's worker threads may still hand results
+  to the event loop the failure closed; their "Event loop is closed" tracebacks
+  (a thread's exception, or a future's callback logged by asyncio or
+  concurrent.futures) are dropped: the trainer reports the failure itself."""
+  keep = lambda record: not (record.exc_info and _closed_loop(record.exc_info[1]))
+  for name in ("asyncio", "concurrent.futures"):
+    std_logging.getLogger(name).addFilter(keep)
+  report = threading.excepthook
+  threading.excepthook = lambda args: None if _closed_loop(args.exc_value) else report(args)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save step at INFO.
   std_logging.getLogger("absl").addFilter(_quiet_orbax)
+  _quiet_closed_loops()
   from parallelism.mesh import initialize_distributed
   from trainer import checkpoint
   from trainer.trainer import NonFinite, Trainer

@@ -1,4 +1,4 @@
-"""The forms the train step takes for speed: gate and up as one matmul, the layer
+"""The forms the train step takes for speed: the linear matmul's written-out backward, the layer
 layout (`compute.scan_layers`), and statistics computed only when something reads
 them. Speed itself is measured by the benchmarks, never here."""
 
@@ -12,27 +12,28 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from modeling.layers import mlp
+from modeling.layers import linear
 from parallelism.mesh import make_mesh
 from tests.conftest import ROOT, small_train_config
 from trainer import precision, step
 from trainer.trainer import Trainer
 
 
-def test_gate_up_as_one_matmul_equals_two():
-  k = jax.random.split(jax.random.PRNGKey(0), 4)
-  x, wg, wu = (jax.random.normal(k[i], s) for i, s in enumerate([(3, 5, 8), (8, 6), (8, 6)]))
-  dy = jax.random.normal(k[3], (3, 5, 6))
+@pytest.mark.parametrize("n_in", [1, 2])
+def test_the_linear_matmul_has_autodiffs_gradients(n_in):
+  k = jax.random.split(jax.random.PRNGKey(0), 3)
+  x = jax.random.normal(k[0], (3, 5, 4, 2))  # [b, s, *in] with in (4, 2) or (2,)
+  w = jax.random.normal(k[1], x.shape[4 - n_in :] + (6, 3))  # [*in, *out]
+  dy = jax.random.normal(k[2], x.shape[: 4 - n_in] + (6, 3))
 
-  def loss(fn, x, wg, wu):
-    gate, up = fn(x, wg, wu)
-    return jnp.sum((jax.nn.silu(gate) * up) * dy)
+  def loss(fn, x, w):
+    return jnp.sum(jnp.tanh(fn(x, w)) * dy)
 
-  fused = jax.value_and_grad(lambda *a: loss(mlp.gate_up, *a), argnums=(0, 1, 2))(x, wg, wu)
-  separate = lambda x, wg, wu: (x @ wg, x @ wu)
-  want = jax.value_and_grad(lambda *a: loss(separate, *a), argnums=(0, 1, 2))(x, wg, wu)
-  for got, ref in zip(jax.tree.leaves(fused), jax.tree.leaves(want)):
-    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+  got = jax.value_and_grad(lambda *a: loss(lambda x, w: linear.matmul(x, w, n_in), *a), (0, 1))
+  want = jax.value_and_grad(lambda *a: loss(lambda x, w: jnp.tensordot(x, w, n_in), *a), (0, 1))
+  for g, r in zip(jax.tree.leaves(got(x, w)), jax.tree.leaves(want(x, w))):
+    assert g.shape == r.shape
+    np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

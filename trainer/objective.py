@@ -141,6 +141,12 @@ def _count(aux: dict, name: str) -> int:
   return sum(st[name].size for st in aux["layers"].values() if name in st)
 
 
+def stat_weights(obj: Objective) -> dict:
+  """Each per-layer stat's weight in the loss (`layer_terms` is linear in them)."""
+  return {"seq_aux": obj.seq_aux, "switch_aux": obj.switch_aux, "router_z": obj.router_z,
+          "indexer_kl": obj.indexer_kl}  # fmt: skip
+
+
 def moe_terms(obj: Objective, cfg: DecoderConfig, aux: dict, share: float = 1.0) -> dict:
   """The weighted MoE balance loss and the MoE metrics (empty without MoE layers):
   `expert_load` [moe_layers, E] raw counts in layer order, means over layers of
@@ -148,23 +154,14 @@ def moe_terms(obj: Objective, cfg: DecoderConfig, aux: dict, share: float = 1.0)
   layers = _count(aux, "seq_aux")
   if not layers:
     return {}
-  aux_loss = (
-    obj.seq_aux * _sum(aux, "seq_aux")
-    + obj.switch_aux * _sum(aux, "switch_aux")
-    + obj.router_z * _sum(aux, "router_z")
-  )
+  weights = stat_weights(obj)
+  aux_loss = sum(weights[name] * _sum(aux, name) for name in ("seq_aux", "switch_aux", "router_z"))
   return {
     "aux_loss": aux_loss * share,
     "expert_load": by_layer(cfg, aux, "mlp", "load"),
     "dropped_frac": _sum(aux, "dropped_frac") / layers * share,
     "router_z": _sum(aux, "router_z") / layers * share,
   }
-
-
-def stat_weights(obj: Objective) -> dict:
-  """Each per-layer stat's weight in the loss (`layer_terms` is linear in them)."""
-  return {"seq_aux": obj.seq_aux, "switch_aux": obj.switch_aux, "router_z": obj.router_z,
-          "indexer_kl": obj.indexer_kl}  # fmt: skip
 
 
 def layer_terms(obj: Objective, cfg: DecoderConfig, aux: dict, share: float = 1.0):
@@ -175,7 +172,7 @@ def layer_terms(obj: Objective, cfg: DecoderConfig, aux: dict, share: float = 1.
   kl = by_layer(cfg, aux, "attn", "indexer_kl")
   if kl is not None:
     terms["indexer_kl"] = kl * share  # [dsa_layers]
-    total = total + obj.indexer_kl * terms["indexer_kl"].sum()
+    total = total + stat_weights(obj)["indexer_kl"] * terms["indexer_kl"].sum()
   return total, terms
 
 

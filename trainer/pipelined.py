@@ -62,8 +62,7 @@ def loss(model: Decoder, obj, batch, step, *, mtp: bool):
   stack_stats(pipelined, stats)
   for path, layer in out["layers"].items():  # the means over micro-batches
     stats[path] = jax.tree_util.tree_map_with_path(
-      lambda p, a: a if pipeline.stat_name(p) in pipeline.MAXED + pipeline.SUMMED else a / M,
-      layer,
+      lambda p, a: a / M if pipeline.averaged(p) else a, layer
     )
   aux = {"layers": stats}
   _, terms = objective.layer_terms(obj, cfg, aux)

@@ -33,7 +33,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from modeling.layers import grouped
+from modeling.layers import grouped, linear
 
 TILE = 128
 FP8_DTYPES = {"e4m3": jnp.float8_e4m3fn, "e5m2": jnp.float8_e5m2}
@@ -198,7 +198,7 @@ def project(x, w, fp8: Fp8 | None, n_in: int = 1):
   of x flattened to [tokens, K] and w to [K, N] (the 2-D layout HF stores).
   """
   if fp8 is None:
-    return jnp.tensordot(x, w.astype(x.dtype), axes=n_in)
+    return linear.matmul(x, w.astype(x.dtype), n_in)
   lead, k = x.shape[: x.ndim - n_in], w.shape[:n_in]
   out = w.shape[n_in:]
   x2 = x.reshape(-1, math.prod(k))

@@ -45,7 +45,7 @@ class GatedMLP(nnx.Module):
     masked out."""
     width = None if ctx is None else ctx.inputs.get("mlp_width")
     dt, fp8 = x.dtype, self.cfg.fp8
-    gate, up = gate_up(x, self.gate_proj[...], self.up_proj[...], fp8)
+    gate, up = project(x, self.gate_proj[...], fp8), project(x, self.up_proj[...], fp8)
     if self.cfg.bias:
       gate, up = gate + self.gate_bias[...].astype(dt), up + self.up_bias[...].astype(dt)
     keep = None if width is None else jnp.arange(self.cfg.mlp_dim) < width
@@ -58,21 +58,6 @@ class GatedMLP(nnx.Module):
     if self.cfg.bias:
       out = out + self.down_bias[...].astype(dt)
     return out
-
-
-def gate_up(x, w_gate, w_up, fp8: Fp8 | None = None):
-  """(x @ w_gate, x @ w_up) as one matmul over the two weights stacked side by
-  side ([e, 2, f]): on XLA:CPU the two separate products' backward runs several
-  times slower (strided, transposed weight-gradient writes), and one wider matmul
-  is never slower elsewhere. The parameters stay two matrices (Muon orthogonalises
-  each; checkpoints and Hugging Face files keep their layout); the stack is a
-  weight-sized copy per step. FP8 keeps two quantized matmuls (per-matrix tiles)."""
-  if fp8 is not None:
-    return project(x, w_gate, fp8), project(x, w_up, fp8)
-  w = jnp.stack([w_gate, w_up], axis=1).astype(x.dtype)  # [e, 2, f]
-  h = jnp.einsum("...e,ecf->...cf", x, w)
-  gate, up = jnp.split(h, 2, axis=-2)  # (its backward concatenates: no padded copies)
-  return gate[..., 0, :], up[..., 0, :]
 
 
 def gaussian_top_k(x, sparsity: float, keep=None):
