@@ -21,24 +21,52 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.ad_checkpoint import Recompute
 
 from modeling import streams
 from modeling.blocks import ACTIVATION_AXES, BlockSpec
 from modeling.context import Context
-from modeling.layers import params
+from modeling.layers import linear, params
 from modeling.layers.norms import NormConfig, RMSNorm
 from modeling.mtp import MTPModule
 from parallelism import pipeline, rules
 
+
+def _either(*policies):
+  """A remat policy keeping (or offloading) what the first of `policies` that does
+  keeps (or offloads)."""
+
+  def policy(prim, *args, **params):
+    for p in policies:
+      case = p(prim, *args, **params)
+      if case is not False and case is not Recompute:
+        return case
+    return Recompute
+
+  return policy
+
+
+_policies = jax.checkpoint_policies
 # Remat policies (config.compute.remat): what the backward pass keeps from the
-# forward instead of recomputing it. "none" keeps everything (no remat).
+# forward instead of recomputing it. "none" keeps everything (no remat). The weight
+# matmuls are unbatched dots and the linear layers' named outputs (linear.NAME).
 REMAT_POLICIES = {
   "full": None,  # keep only each layer's input
-  "save_dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls
-  "save_attention_outputs": jax.checkpoint_policies.save_only_these_names("attention_out"),
+  "save_dots": _either(
+    _policies.dots_with_no_batch_dims_saveable, _policies.save_only_these_names(linear.NAME)
+  ),
+  "save_attention_outputs": _policies.save_only_these_names("attention_out"),
   # save_dots' outputs parked in pinned host memory until the backward (GPU/TPU move
   # them over PCIe; on CPU the host is the device, so it saves nothing there).
-  "offload_dots": jax.checkpoint_policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+  "offload_dots": _either(
+    _policies.offload_dot_with_no_batch_dims("device", "pinned_host"),
+    _policies.save_and_offload_only_these_names(
+      names_which_can_be_saved=[],
+      names_which_can_be_offloaded=[linear.NAME],
+      offload_src="device",
+      offload_dst="pinned_host",
+    ),
+  ),
 }
 
 

@@ -55,3 +55,23 @@ def test_full_remat_needs_less_scratch_memory(scan):
     fn, args = _loss_and_grad("llama3", policy, seq=256, scan=scan)
     temp[policy] = fn.lower(*args).compile().memory_analysis().temp_size_in_bytes
   assert temp["full"] < (0.8 if scan else 0.95) * temp["none"], temp
+
+
+@pytest.mark.parametrize(
+  "remat,kept", [("save_dots", "named 'linear_out'"), ("offload_dots", "f32<host>")]
+)
+def test_dot_policies_keep_the_linear_layers_outputs(remat, kept, capsys):
+  """A linear layer is a custom_vjp (modeling/layers/linear.py), not a bare dot: the
+  dot policies keep its output (on host for offload_dots), as they keep a dot's."""
+  from jax.ad_checkpoint import print_saved_residuals  # noqa: PLC0415
+
+  from modeling.decoder import REMAT_POLICIES  # noqa: PLC0415
+  from modeling.layers import linear  # noqa: PLC0415
+
+  def mlp(x, w1, w2):
+    return jnp.sum(linear.matmul(jnp.tanh(linear.matmul(x, w1)), w2))
+
+  args = jnp.ones((8, 16)), jnp.ones((16, 32)), jnp.ones((32, 16))
+  print_saved_residuals(jax.checkpoint(mlp, policy=REMAT_POLICIES[remat]), *args)
+  saved = [line for line in capsys.readouterr().out.splitlines() if "argument" not in line]
+  assert len(saved) == 1 and kept in saved[0] and "[8,32]" in saved[0], saved

@@ -10,22 +10,33 @@ backward, say) and write it strided: a tiny model's MLP backward ran 2x slower
 Here the weight gradient is one contraction of x with the output gradient over
 their shared leading axes, produced in w's own [in, out] order, and no operand
 needs transposing. The numbers are those of autodiff's products.
+
+Remat policies see a custom_vjp as one call, not as the dot inside it, so the
+output carries the name `NAME`: `compute.remat=save_dots` and `offload_dots`
+keep it as they keep any unbatched dot (modeling/decoder.py).
 """
 
 import functools
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
+
+NAME = "linear_out"
+
+
+def matmul(x, w, n_in: int = 1):
+  """x [..., *in] times w [*in, *out] -> [..., *out]; in is w.shape[:n_in]."""
+  return checkpoint_name(_matmul(x, w, n_in), NAME)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def matmul(x, w, n_in: int = 1):
-  """x [..., *in] times w [*in, *out] -> [..., *out]; in is w.shape[:n_in]."""
+def _matmul(x, w, n_in):
   return jnp.tensordot(x, w, axes=n_in)
 
 
 def _fwd(x, w, n_in):
-  return matmul(x, w, n_in), (x, w)
+  return _matmul(x, w, n_in), (x, w)
 
 
 def _bwd(n_in, residuals, g):
@@ -36,4 +47,4 @@ def _bwd(n_in, residuals, g):
   return dx, dw.astype(w.dtype)
 
 
-matmul.defvjp(_fwd, _bwd)
+_matmul.defvjp(_fwd, _bwd)
