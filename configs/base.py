@@ -1,16 +1,15 @@
 """Every default of a jaxfrontier run, documented once.
 
-Sections: `model` (only what changes the function the network computes: what a
-Hugging Face export writes and what a resumed checkpoint must match),
-`objective` (what the loss rewards: loss terms, weights, schedules), `compute`
-(how the step runs: kernels, remat, scan, MoE dispatch), `mesh`, `train`,
-`optim`, `data`, `checkpoint`, `precision`, `logging`.
+Sections: `model` (only what changes the function the network computes: what a Hugging
+Face export writes and what a resumed checkpoint must match), `objective` (what the loss
+rewards: loss terms, weights, schedules), `compute` (how the step runs: kernels, remat,
+scan, MoE dispatch), `mesh`, `train`, `optim`, `data`, `checkpoint`, `precision`, `logging`.
 
-Family files (`configs/llama3.py`, ...) start from `get_config()` here and set
-only what differs. Any field can be overridden on the command line:
-`--config.train.steps=200 --config.optim.lr=3e-4`. The returned config is
-locked, so a misspelt override key fails with the key named, and a key that
-moved to another section (configs/moved.py) with its new home.
+Family files (`configs/llama3.py`, ...) start from `get_config()` here and set only
+what differs. Any field can be overridden on the command line: `--config.train.steps=200
+--config.optim.lr=3e-4`. The returned config is locked, so a misspelt override key fails
+with the key named, and a key that moved to another section (configs/moved.py) with its
+new home.
 """
 
 import ml_collections
@@ -238,6 +237,7 @@ def get_config() -> ml_collections.ConfigDict:
   # the backward: one chunk's [batch, seq/chunks, vocab] logits at a time.
   r.loss_chunks = 1
   r.ple_host_memory = False  # Gemma 3n: per-layer embeddings (+ opt state) in pinned host RAM.
+  r.cpu_ynnpack = False  # CPU only: matmuls in XLA:CPU's YNNPACK fusions, or its own + Eigen.
   # mesh.stage > 1: 1f1b (interleaved over virtual_stages rounds) | circular (the same
   # rounds, every forward then every backward) | gpipe (one round, forwards first).
   r.pipeline = "1f1b"

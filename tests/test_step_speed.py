@@ -1,6 +1,7 @@
 """The forms the train step takes for speed: the linear matmul's written-out backward, the layer
-layout (`compute.scan_layers`), and statistics computed only when something reads
-them. Speed itself is measured by the benchmarks, never here."""
+layout (`compute.scan_layers`), statistics computed only when something reads
+them, and the CPU compile options (`compute.cpu_ynnpack`). Speed itself is
+measured by the benchmarks, never here."""
 
 import os
 import re
@@ -101,6 +102,20 @@ def test_max_logits_are_computed_only_when_something_reads_them():
   assert "max_logit" not in metrics
 
 
+def test_cpu_steps_compile_without_ynnpack_unless_asked_and_compute_the_same():
+  config = small_train_config("llama3")
+  losses = {}
+  for ynnpack in (False, True):
+    config.compute.cpu_ynnpack = ynnpack
+    program = step.build(config, make_mesh(config.mesh))
+    assert ("ynn_fusion" in program.lower().compile().as_text()) is ynnpack
+    batch = jax.tree.map(lambda s: jnp.ones(s.shape, s.dtype), program.abstract_batch())
+    _, metrics = program.train_step(program.init_state(seed=0), batch)
+    losses[ynnpack] = float(metrics["loss"])
+  np.testing.assert_allclose(losses[False], losses[True], rtol=1e-5)
+  assert precision.compiler_options(config, "gpu") is None
+
+
 def _bench(*args) -> str:
   env = dict(os.environ, JAX_PLATFORMS="cpu")
   result = subprocess.run(
@@ -125,10 +140,11 @@ def test_mfu_bench_runs_the_dense_and_moe_models_on_cpu_shapes():
   assert "configs/deepseek_v3.py:tiny" in rows[1] and "layers unrolled" in rows[1]
 
 
-def test_decode_bench_runs_ours_hf_and_the_matmul_floor():
+def test_decode_bench_runs_ours_hf_and_the_matmul_floors():
   out = _bench("decode", "--batch", "2", "--prompt", "4", "--new_tokens", "4", "--repeats", "1")
   assert "same tokens: True" in out
-  assert [line.split()[0] for line in out.splitlines()[1:]] == ["ours", "HF", "matmuls", "ours"]
+  rows = [line.split()[0] for line in out.splitlines()[1:]]
+  assert rows == ["ours", "HF", "torch", "XLA", "ours"]
 
 
 def test_data_bench_times_every_source_kind_with_both_tokenizers():

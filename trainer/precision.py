@@ -11,6 +11,7 @@
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
@@ -101,6 +102,32 @@ def scan_layers(config, platform: str = "") -> tuple[bool, str]:
     scan,
     f"compute.scan_layers=auto: {n} layers on {platform}, {'>' if scan else '<='} {limit}",
   )
+
+
+# compute.cpu_ynnpack=False on CPU: XLA's own dot emitters and Eigen instead of its
+# YNNPACK library fusions (XLA's default), per compiled step, not process-wide.
+NO_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+@functools.cache
+def _accepted(options: tuple) -> bool:
+  """Whether this jaxlib's XLA knows these compile options (names change across
+  versions; an unknown one fails the compile)."""
+  try:
+    jax.jit(lambda: 0, compiler_options=dict(options)).lower().compile()
+  except jax.errors.JaxRuntimeError:
+    return False
+  return True
+
+
+def compiler_options(config, platform: str = "") -> dict | None:
+  """XLA options the train and eval steps compile with (None: XLA's defaults).
+  On CPU, compute.cpu_ynnpack=False keeps YNNPACK out of the step: measured on the
+  2-core CPU VM, fine-grained MoE tiny steps ran up to 26% faster without it and the
+  dense bench step about the same (benchmarks/results/flops_cpu.txt, perf_cpu.txt)."""
+  if config.compute.cpu_ynnpack or (platform or jax.default_backend()) != "cpu":
+    return None
+  return NO_YNNPACK if _accepted(tuple(NO_YNNPACK.items())) else None
 
 
 def wants_max_logit(config) -> bool:

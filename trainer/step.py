@@ -107,6 +107,9 @@ def build(config, mesh, model_cfg: DecoderConfig | None = None) -> Program:
     graphdef, cfg, tx, lr, obj, loss_fn, config.optim, precision.wants_max_logit(config), micro
   )
   replicated = NamedSharding(mesh, P())
+  # An AbstractMesh (trainer/plan.py) has no devices: the default backend decides.
+  platform = mesh.devices.flat[0].platform if isinstance(mesh, jax.sharding.Mesh) else ""
+  options = precision.compiler_options(config, platform)
   return Program(
     config=config,
     model_cfg=cfg,
@@ -118,8 +121,13 @@ def build(config, mesh, model_cfg: DecoderConfig | None = None) -> Program:
     objective=obj,
     abstract_state=abstract,
     batch_sharding=batch_sharding,
-    train_step=jax.jit(train_step, donate_argnums=0, out_shardings=(shardings, replicated)),
-    eval_step=jax.jit(functools.partial(eval_step, loss_fn, micro)),
+    train_step=jax.jit(
+      train_step,
+      donate_argnums=0,
+      out_shardings=(shardings, replicated),
+      compiler_options=options,
+    ),
+    eval_step=jax.jit(functools.partial(eval_step, loss_fn, micro), compiler_options=options),
   )
 
 

@@ -155,6 +155,8 @@ class Trainer:
     if self.primary:
       print(f"attention kernels: {kernels.describe(self.model_cfg.blocks)}", flush=True)
       print(f"layers: {self.layers_note}", flush=True)
+      if options := precision.compiler_options(config, self.mesh.devices.flat[0].platform):
+        print(f"step compiled with XLA options {options} (compute.cpu_ynnpack=False)", flush=True)
       if self.data_note:
         print(self.data_note, flush=True)
     self.program = step_lib.build(config, self.mesh, self.model_cfg)
